@@ -1,0 +1,51 @@
+"""One Settings class for every process (prefix ``RXTRAIL_``).
+
+An unset database URL or Kafka bootstrap means "start the embedded part".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RXTRAIL_", env_file=".env", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None, description="postgresql://user:pass@host:port/db; unset = embedded PostgreSQL"
+    )
+    kafka_bootstrap: str | None = Field(default=None, description="host:port[,host:port]; unset = embedded Tansu")
+    data_dir: Path = Field(default=Path(".rxtrail"), description="embedded parts keep their data here")
+    postgres_port: int = Field(default=55432, ge=1, le=65535)
+    kafka_port: int = Field(default=59092, ge=1, le=65535)
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8700, ge=1, le=65535)
+    partitions: int = Field(default=12, ge=1, le=1000)
+    start_timeout_s: float = Field(default=30.0, gt=0)
+
+    @property
+    def embedded_postgres(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def embedded_kafka(self) -> bool:
+        return self.kafka_bootstrap is None
+
+
+def eventsourcing_env(database_url: str, **extra: str) -> dict[str, str]:
+    """The environment eventsourcing's PostgreSQL persistence module reads, from our database URL."""
+    u = urlparse(database_url)
+    env = {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": (u.path or "/postgres").lstrip("/") or "postgres",
+        "POSTGRES_HOST": u.hostname or "127.0.0.1",
+        "POSTGRES_PORT": str(u.port or 5432),
+        "POSTGRES_USER": u.username or "postgres",
+        "POSTGRES_PASSWORD": u.password or "",
+    }
+    env.update(extra)
+    return env

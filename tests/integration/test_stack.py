@@ -1,0 +1,128 @@
+"""`rxtrail up` on embedded parts: ready line, clean Ctrl-C, clear errors for a taken port and a dying broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from services.infra.ports import free_port
+
+
+@pytest.fixture
+def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    data = Path("/var/tmp") / f"rxtrail-stack-{os.getpid()}-{time.monotonic_ns()}"
+    env = dict(os.environ)
+    env.update({
+        "RXTRAIL_DATA_DIR": str(data),
+        "RXTRAIL_POSTGRES_PORT": str(free_port()),
+        "RXTRAIL_KAFKA_PORT": str(free_port()),
+        "RXTRAIL_API_PORT": str(free_port()),
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.pop("RXTRAIL_DATABASE_URL", None)
+    env.pop("RXTRAIL_KAFKA_BOOTSTRAP", None)
+    yield env
+    subprocess.run([sys.executable, "-m", "services.cli", "down"], env=env, capture_output=True, timeout=60)
+    import shutil
+
+    shutil.rmtree(data, ignore_errors=True)
+
+
+def _up(env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "services.cli", "up"], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_ready(proc: subprocess.Popen[str], timeout_s: float = 60) -> str:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith("rxtrail ready:"):
+            return line.strip()
+        if not line and proc.poll() is not None:
+            raise AssertionError(f"rxtrail up exited {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+    raise AssertionError("no ready line")
+
+
+def _state(env: dict[str, str]) -> dict[str, object]:
+    return json.loads((Path(env["RXTRAIL_DATA_DIR"]) / "stack.json").read_text())  # type: ignore[no-any-return]
+
+
+def test_up_prints_ready_line_and_ctrl_c_leaves_no_process(stack_env: dict[str, str]) -> None:
+    proc = _up(stack_env)
+    line = _wait_ready(proc)
+    assert f"kafka=127.0.0.1:{stack_env['RXTRAIL_KAFKA_PORT']}" in line
+    assert f":{stack_env['RXTRAIL_POSTGRES_PORT']}/rxtrail" in line
+    import httpx
+
+    health = httpx.get(f"http://127.0.0.1:{stack_env['RXTRAIL_API_PORT']}/health", timeout=5).json()
+    assert health == {"status": "ok", "database": True}
+    state = _state(stack_env)
+    pids = [p for p in state["services"].values()]  # type: ignore[attr-defined]
+    data = Path(stack_env["RXTRAIL_DATA_DIR"])
+    tansu_pid = int((data / "tansu.pid").read_text())
+    pg_pid = int((data / "postgres" / "postmaster.pid").read_text().splitlines()[0])
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 0
+    time.sleep(0.5)
+    for pid in [*pids, tansu_pid, pg_pid]:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, pid
+
+
+def test_detached_up_status_down(stack_env: dict[str, str]) -> None:
+    cli = [sys.executable, "-m", "services.cli"]
+    r = subprocess.run([*cli, "up", "--detach"], env=stack_env, capture_output=True, text=True, timeout=90)
+    assert r.returncode == 0, r.stderr
+    assert "rxtrail ready:" in r.stdout
+    s = subprocess.run([*cli, "status"], env=stack_env, capture_output=True, text=True, timeout=30)
+    assert s.returncode == 0 and "api" in s.stdout and "running" in s.stdout
+    again = subprocess.run([*cli, "up"], env=stack_env, capture_output=True, text=True, timeout=30)
+    assert again.returncode == 2 and "already running" in again.stderr.replace("\n", "")
+    d = subprocess.run([*cli, "down"], env=stack_env, capture_output=True, text=True, timeout=60)
+    assert d.returncode == 0 and "stopped" in d.stdout
+    s2 = subprocess.run([*cli, "status"], env=stack_env, capture_output=True, text=True, timeout=30)
+    assert s2.returncode == 1 and "not running" in s2.stdout
+
+
+def test_taken_kafka_port_is_named(stack_env: dict[str, str]) -> None:
+    port = int(stack_env["RXTRAIL_KAFKA_PORT"])
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", port))
+        blocker.listen()
+        r = subprocess.run([sys.executable, "-m", "services.cli", "up"], env=stack_env, capture_output=True,
+                           text=True, timeout=90)
+    message = " ".join(r.stderr.split())
+    assert r.returncode == 2
+    assert f"port 127.0.0.1:{port} is already taken" in message and "kafka" in message
+
+
+def test_dying_broker_is_reported_and_restarted(stack_env: dict[str, str]) -> None:
+    proc = _up(stack_env)
+    _wait_ready(proc)
+    data = Path(stack_env["RXTRAIL_DATA_DIR"])
+    first = int((data / "tansu.pid").read_text())
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    second = first
+    while time.monotonic() < deadline and second == first:
+        time.sleep(0.3)
+        try:
+            second = int((data / "tansu.pid").read_text())
+        except (OSError, ValueError):
+            continue
+    proc.send_signal(signal.SIGINT)
+    proc.wait(60)
+    stderr = " ".join((proc.stderr.read() if proc.stderr else "").split())
+    assert second != first
+    assert "kafka (tansu) died" in stderr and "restarted empty" in stderr

@@ -95,6 +95,55 @@ def schemas(out: Path = typer.Option(Path("schemas"), "--out", help="folder for 
     console.print(f"wrote {len(written)} schemas to {out}")
 
 
+keys_app = typer.Typer(help="API keys per party (stored hashed).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    party: str = typer.Option(..., "--party", help="hospital:H001 | pharmacy:P001 | pharmacist:PH01 | "
+                                                   "agency:370100 | regulator:REG01"),
+    label: str = typer.Option("", "--label"),
+) -> None:
+    """Create an API key for a party; the key is shown once."""
+    from datetime import UTC, datetime
+
+    import psycopg
+
+    from services.api import keys
+
+    try:
+        who = keys.parse_party(party)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--party") from exc
+    url = Settings().resolved_database_url()
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+            keys.ensure_schema(conn)
+            token = keys.create_key(conn, who, datetime.now(UTC), label)
+    except psycopg.OperationalError as exc:
+        err.print(f"[bold red]cannot reach PostgreSQL[/] (is `rxtrail up` running?): {exc}")
+        raise typer.Exit(2) from exc
+    console.print(token, highlight=False)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key by its id (the 16 hex characters after `rx_`)."""
+    from datetime import UTC, datetime
+
+    import psycopg
+
+    from services.api import keys
+
+    with psycopg.connect(Settings().resolved_database_url(), autocommit=True, connect_timeout=5) as conn:
+        keys.ensure_schema(conn)
+        if not keys.revoke_key(conn, key_id, datetime.now(UTC)):
+            err.print(f"no active key {key_id}")
+            raise typer.Exit(1)
+    console.print(f"revoked {key_id}")
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def test(
     ctx: typer.Context,

@@ -35,6 +35,13 @@ class Settings(BaseSettings):
     def embedded_kafka(self) -> bool:
         return self.kafka_bootstrap is None
 
+    def resolved_database_url(self) -> str:
+        """The external URL, or the embedded server's (as `rxtrail up` starts it)."""
+        return self.database_url or f"postgresql://postgres@127.0.0.1:{self.postgres_port}/rxtrail"
+
+    def resolved_kafka_bootstrap(self) -> str:
+        return self.kafka_bootstrap or f"127.0.0.1:{self.kafka_port}"
+
 
 def eventsourcing_env(database_url: str, **extra: str) -> dict[str, str]:
     """The environment eventsourcing's PostgreSQL persistence module reads, from our database URL."""

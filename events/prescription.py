@@ -1,0 +1,246 @@
+"""Prescription stream: issue → review → routing → dispensing → delivery/collection → settlement → audit.
+
+处方流转全过程事件；每个事件都带 business_type（R14）。
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from events.base import (
+    BusinessType,
+    CatalogCategory,
+    DomainEvent,
+    DrugCode,
+    InsuranceType,
+    Money,
+    Ownership,
+    PatientRef,
+    RealNameMethod,
+    TraceCodeStr,
+    UTCDateTime,
+    register_upcaster,
+)
+
+
+class PrescriptionItem(BaseModel):
+    """处方药品明细：国家医保药品编码、名称、规格、数量（盒）、用药天数、单价、目录类别。
+
+    目录外（NONE）或超适应症（off_indication）用药须记录患者知情同意（R10）。
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    drug_code: DrugCode
+    name: str = Field(min_length=1)
+    spec: str = Field(min_length=1)
+    quantity: int = Field(ge=1)
+    days_supply: int = Field(ge=1)
+    unit_price: Money
+    category: CatalogCategory
+    off_indication: bool = False
+    patient_consent: bool = False
+
+    @property
+    def self_pay_only(self) -> bool:
+        return self.category is CatalogCategory.NONE or self.off_indication
+
+
+class DispensedLine(BaseModel):
+    """一次配药的一行：实际数量、实际单价、限价（R7）和扫码的追溯码（R8）。"""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    drug_code: DrugCode
+    quantity: int = Field(ge=1)
+    unit_price: Money
+    price_cap: Money
+    trace_codes: tuple[TraceCodeStr, ...] = ()
+
+
+class DispenserKind(StrEnum):
+    PHARMACY = "pharmacy"
+    HOSPITAL = "hospital"
+
+
+class RoutingBasis(StrEnum):
+    PATIENT_CHOICE = "patient_choice"
+    ROUTING_RULE = "routing_rule"
+
+
+class PrescriptionEvent(DomainEvent):
+    business_type: BusinessType
+
+
+class PrescriptionIssued(PrescriptionEvent):
+    """医师开具电子处方并电子签名。"""
+
+    encounter_id: UUID
+    hospital_id: str = Field(min_length=1)
+    physical_institution_id: str = Field(min_length=1)
+    institution_ownership: Ownership
+    pooling_region: str = Field(pattern=r"^\d{6}$")
+    insured_region: str = Field(pattern=r"^\d{6}$")
+    insurance_type: InsuranceType
+    patient_ref: PatientRef
+    patient_sealed: str | None = None
+    physician_id: str = Field(min_length=1)
+    physician_signature: str = Field(min_length=1)
+    diagnosis_code: str = Field(min_length=1)
+    diagnosis_name: str = Field(min_length=1)
+    items: tuple[PrescriptionItem, ...] = Field(min_length=1)
+    valid_until: UTCDateTime
+    emergency_declared: bool = False
+    justification: str | None = None
+
+
+class PrescriptionApproved(PrescriptionEvent):
+    """药师审核通过。"""
+
+    pharmacist_id: str = Field(min_length=1)
+
+
+class PrescriptionRejected(PrescriptionEvent):
+    """药师审核不通过（v2：可给出多条理由；v1 只有一条 ``reason``）。"""
+
+    schema_version: int = 2
+    pharmacist_id: str = Field(min_length=1)
+    reasons: tuple[str, ...] = Field(min_length=1)
+
+
+@register_upcaster("PrescriptionRejected", 1)
+def _rejected_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    data["reasons"] = [data.pop("reason")]
+    return data
+
+
+class PrescriptionRouted(PrescriptionEvent):
+    """处方流转至定点零售药店（或由医院自行配药）。"""
+
+    dispenser_kind: DispenserKind
+    dispenser_id: str = Field(min_length=1)
+    dispenser_ownership: Ownership
+    basis: RoutingBasis
+
+
+class PrescriptionAccepted(PrescriptionEvent):
+    dispenser_id: str = Field(min_length=1)
+
+
+class PrescriptionReturned(PrescriptionEvent):
+    """药店拒收退回，处方回到可流转状态。"""
+
+    dispenser_id: str = Field(min_length=1)
+    reason: str = Field(min_length=1)
+
+
+class PrescriptionDispensed(PrescriptionEvent):
+    """配药（允许分次，累计不超过处方量，R13）。"""
+
+    dispenser_id: str = Field(min_length=1)
+    dispense_no: int = Field(ge=1)
+    lines: tuple[DispensedLine, ...] = Field(min_length=1)
+    complete: bool
+
+
+class DispenseWithdrawn(PrescriptionEvent):
+    """撤销一次配药，追溯码退回。"""
+
+    dispense_no: int = Field(ge=1)
+    reason: str = Field(min_length=1)
+    trace_codes: tuple[TraceCodeStr, ...] = ()
+
+
+class DeliveryArranged(PrescriptionEvent):
+    """安排配送；配送费事先告知患者，医保不予支付（R6）。"""
+
+    delivery_enterprise_id: str = Field(min_length=1)
+    delivery_fee: Money
+
+
+class PrescriptionDelivered(PrescriptionEvent):
+    delivery_enterprise_id: str = Field(min_length=1)
+
+
+class PrescriptionCollected(PrescriptionEvent):
+    verification_method: RealNameMethod
+
+
+class PrescriptionSettled(PrescriptionEvent):
+    """结算：统筹基金 / 个人账户 / 自费 的拆分由结算服务计算后传入。"""
+
+    settled_with: str = Field(min_length=1)
+    settled_with_kind: DispenserKind
+    patient_ref: PatientRef
+    verification_method: RealNameMethod
+    total: Money
+    fund: Money
+    personal_account: Money
+    self_pay: Money
+    delivery_fee: Money
+    policy_version: str = Field(min_length=1)
+    policy_region: str = Field(pattern=r"^\d{6}$")
+    catalog_region: str = Field(pattern=r"^\d{6}$")
+    settlement_ref: str = Field(min_length=1)
+
+
+class PrescriptionCancelled(PrescriptionEvent):
+    """作废；部分配药后作废只作废剩余部分。"""
+
+    reason: str = Field(min_length=1)
+    cancelled_by: str = Field(min_length=1)
+    remainder_only: bool
+
+
+class PrescriptionExpired(PrescriptionEvent):
+    valid_until: UTCDateTime
+    remainder_only: bool
+
+
+class FeesRefusedInAudit(PrescriptionEvent):
+    """审核拒付（从当月结算中扣除）。"""
+
+    amount: Money
+    reason: str = Field(min_length=1)
+    audit_ref: str = Field(min_length=1)
+
+
+class FeesClawedBack(PrescriptionEvent):
+    """已支付违规费用追回。"""
+
+    amount: Money
+    reason: str = Field(min_length=1)
+    audit_ref: str = Field(min_length=1)
+
+
+class RuleFlagged(PrescriptionEvent):
+    """规则标记：记录在案、报告稽核，不阻止业务。"""
+
+    rule_id: str = Field(pattern=r"^R\d{1,2}$")
+    reason: str = Field(min_length=1)
+    details: dict[str, str] = Field(default_factory=dict)
+
+
+PRESCRIPTION_EVENTS: tuple[type[DomainEvent], ...] = (
+    PrescriptionIssued,
+    PrescriptionApproved,
+    PrescriptionRejected,
+    PrescriptionRouted,
+    PrescriptionAccepted,
+    PrescriptionReturned,
+    PrescriptionDispensed,
+    DispenseWithdrawn,
+    DeliveryArranged,
+    PrescriptionDelivered,
+    PrescriptionCollected,
+    PrescriptionSettled,
+    PrescriptionCancelled,
+    PrescriptionExpired,
+    FeesRefusedInAudit,
+    FeesClawedBack,
+    RuleFlagged,
+)

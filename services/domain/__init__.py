@@ -1,0 +1,92 @@
+"""The pure domain: aggregates, rules R1–R14, policy, clock, hash chain. No Kafka, HTTP or SQL."""
+
+from __future__ import annotations
+
+from services.domain.aggregate import Aggregate, make_projector, natural_id, project_all
+from services.domain.clock import Clock, FixedClock, SystemClock
+from services.domain.encounter import Encounter, project_encounter
+from services.domain.errors import (
+    DomainError,
+    EncounterNotFound,
+    IllegalTransition,
+    IntegrityError,
+    InvalidCommand,
+    NotFound,
+    PartyNotEligible,
+    PharmacistNotFound,
+    PharmacyNotFound,
+    PhysicianNotFound,
+    PrescriptionNotFound,
+    RuleViolation,
+    TraceCodeNotFound,
+    ValidityElapsed,
+)
+from services.domain.hashchain import BrokenLink, verify_stream
+from services.domain.policy import DEFAULT_RULES, Policy, RuleConfig
+from services.domain.prescription import Prescription, RxStatus, project_prescription
+from services.domain.registries import (
+    PatientStatus,
+    Pharmacist,
+    Pharmacy,
+    Physician,
+    project_patient_status,
+    project_pharmacist,
+    project_pharmacy,
+    project_physician,
+)
+from services.domain.trace_code import TraceCode, project_trace_code
+
+PROJECTORS = {
+    Encounter: project_encounter,
+    Prescription: project_prescription,
+    TraceCode: project_trace_code,
+    Physician: project_physician,
+    Pharmacist: project_pharmacist,
+    Pharmacy: project_pharmacy,
+    PatientStatus: project_patient_status,
+}
+
+__all__ = [
+    "DEFAULT_RULES",
+    "PROJECTORS",
+    "Aggregate",
+    "BrokenLink",
+    "Clock",
+    "DomainError",
+    "Encounter",
+    "EncounterNotFound",
+    "FixedClock",
+    "IllegalTransition",
+    "IntegrityError",
+    "InvalidCommand",
+    "NotFound",
+    "PartyNotEligible",
+    "PatientStatus",
+    "Pharmacist",
+    "PharmacistNotFound",
+    "Pharmacy",
+    "PharmacyNotFound",
+    "Physician",
+    "PhysicianNotFound",
+    "Policy",
+    "Prescription",
+    "PrescriptionNotFound",
+    "RuleConfig",
+    "RuleViolation",
+    "RxStatus",
+    "SystemClock",
+    "TraceCode",
+    "TraceCodeNotFound",
+    "ValidityElapsed",
+    "make_projector",
+    "natural_id",
+    "project_all",
+    "project_encounter",
+    "project_patient_status",
+    "project_pharmacist",
+    "project_pharmacy",
+    "project_physician",
+    "project_prescription",
+    "project_trace_code",
+    "verify_stream",
+]

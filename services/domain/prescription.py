@@ -1,0 +1,762 @@
+"""Prescription: the state machine of issue → review → routing → dispensing → delivery → settlement → audit.
+
+处方状态机。每条命令先检查状态与规则，再记录事件；被拒绝的命令不记录任何事件。
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping, Sequence
+from datetime import datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from typing import Self
+from uuid import UUID
+
+from pydantic import Field
+
+from events.base import ZERO, BusinessType, InsuranceType, Ownership, RealNameMethod, to_money
+from events.prescription import (
+    DeliveryArranged,
+    DispensedLine,
+    DispenserKind,
+    DispenseWithdrawn,
+    FeesClawedBack,
+    FeesRefusedInAudit,
+    PrescriptionAccepted,
+    PrescriptionApproved,
+    PrescriptionCancelled,
+    PrescriptionCollected,
+    PrescriptionDelivered,
+    PrescriptionDispensed,
+    PrescriptionExpired,
+    PrescriptionIssued,
+    PrescriptionItem,
+    PrescriptionRejected,
+    PrescriptionReturned,
+    PrescriptionRouted,
+    PrescriptionSettled,
+    RoutingBasis,
+    RuleFlagged,
+)
+from services.domain.aggregate import Aggregate, make_projector, new_id
+from services.domain.clock import Clock
+from services.domain.encounter import (
+    Encounter,
+    check_not_suspended,
+    check_person,
+    check_physician,
+    check_policy_region,
+    check_split,
+)
+from services.domain.errors import (
+    IllegalTransition,
+    InvalidCommand,
+    PartyNotEligible,
+    RuleViolation,
+    TraceCodeNotFound,
+    ValidityElapsed,
+)
+from services.domain.policy import DEFAULT_RULES, RuleConfig
+from services.domain.registries import PatientStatus, Pharmacist, Pharmacy, Physician
+from services.domain.trace_code import TraceCode
+
+
+class RxStatus(StrEnum):
+    ISSUED = "issued"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    ROUTED = "routed"
+    ACCEPTED = "accepted"
+    PARTIALLY_DISPENSED = "partially_dispensed"
+    DISPENSED = "dispensed"
+    DELIVERY_ARRANGED = "delivery_arranged"
+    DELIVERED = "delivered"
+    COLLECTED = "collected"
+    SETTLED = "settled"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+S = RxStatus
+
+
+class Lines(StrEnum):
+    ALL = "all"
+    SELF_PAY_ONLY = "self_pay_only"
+    INSURABLE = "insurable"
+
+
+def _actual(line: DispensedLine) -> Decimal:
+    return line.unit_price
+
+
+def _capped(line: DispensedLine) -> Decimal:
+    """R7: insurance pays on min(actual, cap)."""
+    return min(line.unit_price, line.price_cap)
+
+
+NOT_APPROVED = frozenset({S.ISSUED, S.REJECTED})
+BEFORE_DISPENSE = frozenset({S.ISSUED, S.APPROVED, S.ROUTED, S.ACCEPTED})
+
+
+class Prescription(Aggregate):
+    """电子处方。"""
+
+    creation_event = PrescriptionIssued
+
+    status: RxStatus
+    business_type: BusinessType
+    encounter_id: UUID
+    hospital_id: str
+    physical_institution_id: str
+    institution_ownership: Ownership
+    pooling_region: str
+    insured_region: str
+    insurance_type: InsuranceType
+    patient_ref: str
+    physician_id: str
+    items: tuple[PrescriptionItem, ...]
+    valid_until: datetime
+    emergency_declared: bool = False
+    pharmacist_id: str | None = None
+    dispenser_kind: DispenserKind | None = None
+    dispenser_id: str | None = None
+    dispenser_ownership: Ownership | None = None
+    dispenses: dict[int, tuple[DispensedLine, ...]] = Field(default_factory=dict)
+    last_dispense_no: int = 0
+    remainder_closed_as: RxStatus | None = None
+    delivery_enterprise_id: str | None = None
+    delivery_fee: Decimal = ZERO
+    total: Decimal | None = None
+    fund: Decimal | None = None
+    personal_account: Decimal | None = None
+    self_pay: Decimal | None = None
+    refused: Decimal = ZERO
+    clawed_back: Decimal = ZERO
+    flags: list[str] = Field(default_factory=list)
+
+    # --- issue ----------------------------------------------------------------------------------
+    @classmethod
+    def issue(
+        cls,
+        *,
+        clock: Clock,
+        encounter: Encounter,
+        physician: Physician | None,
+        physician_signature: str,
+        items: Sequence[PrescriptionItem],
+        first_visit_drug_codes: Collection[str],
+        justification: str | None = None,
+        emergency_declared: bool = False,
+        patient_sealed: str | None = None,
+        rules: RuleConfig = DEFAULT_RULES,
+        prescription_id: UUID | None = None,
+    ) -> Self:
+        """Issue a prescription from a follow-up visit: R2, R4, R10 reject; R5 flags.
+
+        ``first_visit_drug_codes`` are the drugs of the first-visit (offline) prescription for R5.
+        """
+        if not items:
+            raise InvalidCommand("a prescription needs at least one item", encounter_id=encounter.id)
+        codes = [item.drug_code for item in items]
+        duplicated = [code for code, n in Counter(codes).items() if n > 1]
+        if duplicated:
+            raise InvalidCommand("each drug appears once per prescription", drug_code=duplicated[0])
+        check_physician(physician, encounter.physician_id, encounter.hospital_id, physician_signature)
+        limit = rules.emergency_max_days if emergency_declared else rules.long_rx_max_days
+        for item in items:
+            if item.days_supply > limit:
+                raise RuleViolation(
+                    "R4",
+                    f"{item.days_supply} days' supply exceeds {limit} days"
+                    + (" (declared emergency)" if emergency_declared else ""),
+                    drug_code=item.drug_code,
+                    encounter_id=encounter.id,
+                )
+            if item.self_pay_only and not item.patient_consent:
+                raise RuleViolation(
+                    "R10",
+                    "out-of-catalog or out-of-indication drug needs recorded patient consent (self-pay)",
+                    drug_code=item.drug_code,
+                    encounter_id=encounter.id,
+                )
+        justification = justification.strip() if justification and justification.strip() else None
+        now = clock.now()
+        prescription = cls._create(
+            PrescriptionIssued,
+            clock,
+            prescription_id or new_id(),
+            business_type=encounter.business_type,
+            encounter_id=encounter.id,
+            hospital_id=encounter.hospital_id,
+            physical_institution_id=encounter.physical_institution_id,
+            institution_ownership=encounter.institution_ownership,
+            pooling_region=encounter.pooling_region,
+            insured_region=encounter.insured_region,
+            insurance_type=encounter.insurance_type,
+            patient_ref=encounter.patient_ref,
+            patient_sealed=patient_sealed,
+            physician_id=encounter.physician_id,
+            physician_signature=physician_signature,
+            diagnosis_code=encounter.diagnosis_code,
+            diagnosis_name=encounter.diagnosis_name,
+            items=tuple(items),
+            valid_until=now + timedelta(days=rules.validity_days),
+            emergency_declared=emergency_declared,
+            justification=justification,
+        )
+        beyond_first_visit = sorted(set(codes) - set(first_visit_drug_codes))
+        if beyond_first_visit and justification is None:
+            prescription._flag(
+                clock,
+                "R5",
+                "follow-up prescription adds drugs not on the first-visit prescription without justification",
+                drug_codes=",".join(beyond_first_visit),
+            )
+        return prescription
+
+    # --- review ---------------------------------------------------------------------------------
+    def approve(self, *, clock: Clock, pharmacist: Pharmacist) -> None:
+        self._require("approve", S.ISSUED)
+        self._require_reviewer(pharmacist)
+        self._trigger(
+            PrescriptionApproved,
+            clock,
+            business_type=self.business_type,
+            pharmacist_id=pharmacist.pharmacist_id,
+        )
+
+    def reject(self, *, clock: Clock, pharmacist: Pharmacist, reasons: Sequence[str]) -> None:
+        self._require("reject", S.ISSUED)
+        self._require_reviewer(pharmacist)
+        cleaned = tuple(r.strip() for r in reasons if r.strip())
+        if not cleaned:
+            raise InvalidCommand("a rejection needs at least one reason", prescription_id=self.id)
+        self._trigger(
+            PrescriptionRejected,
+            clock,
+            business_type=self.business_type,
+            pharmacist_id=pharmacist.pharmacist_id,
+            reasons=cleaned,
+        )
+
+    # --- routing --------------------------------------------------------------------------------
+    def route(self, *, clock: Clock, pharmacy: Pharmacy | None, basis: RoutingBasis) -> None:
+        """Route to a designated pharmacy of the pooling region; ``pharmacy=None`` means the hospital dispenses."""
+        self._require_approved("route")
+        self._require("route", S.APPROVED)
+        self._require_valid(clock)
+        if pharmacy is None:
+            kind, dispenser_id, ownership = (
+                DispenserKind.HOSPITAL,
+                self.hospital_id,
+                self.institution_ownership,
+            )
+        else:
+            if not pharmacy.agreement_active:
+                raise PartyNotEligible("pharmacy", pharmacy.pharmacy_id, "agreement suspended")
+            if pharmacy.pooling_region != self.pooling_region:
+                raise PartyNotEligible(
+                    "pharmacy", pharmacy.pharmacy_id, f"not in pooling region {self.pooling_region}"
+                )
+            kind, dispenser_id, ownership = DispenserKind.PHARMACY, pharmacy.pharmacy_id, pharmacy.ownership
+        self._trigger(
+            PrescriptionRouted,
+            clock,
+            business_type=self.business_type,
+            dispenser_kind=kind,
+            dispenser_id=dispenser_id,
+            dispenser_ownership=ownership,
+            basis=basis,
+        )
+
+    def accept(self, *, clock: Clock, dispenser_id: str) -> None:
+        self._require_approved("accept")
+        self._require("accept", S.ROUTED)
+        self._require_dispenser(dispenser_id)
+        self._trigger(
+            PrescriptionAccepted, clock, business_type=self.business_type, dispenser_id=dispenser_id
+        )
+
+    def decline(self, *, clock: Clock, dispenser_id: str, reason: str) -> None:
+        """The pharmacy declines; the prescription can be routed again."""
+        self._require("decline", S.ROUTED, S.ACCEPTED)
+        self._require_dispenser(dispenser_id)
+        self._trigger(
+            PrescriptionReturned,
+            clock,
+            business_type=self.business_type,
+            dispenser_id=dispenser_id,
+            reason=reason,
+        )
+
+    # --- dispensing -----------------------------------------------------------------------------
+    def dispense(
+        self,
+        *,
+        clock: Clock,
+        dispenser_id: str,
+        lines: Sequence[DispensedLine],
+        trace_codes: Mapping[str, TraceCode | None],
+    ) -> list[TraceCode]:
+        """Dispense (partially or in full): R3, R13, R8 reject; R7 flags prices above the cap.
+
+        ``trace_codes`` maps every scanned code to its aggregate from the repository (None if never seen).
+        Returns the trace-code aggregates to save in the same transaction: ``app.save(rx, *codes)``.
+        On R8 nothing is recorded; the application then calls ``record_flag(violation=...)``.
+        """
+        self._require_approved("dispense")
+        self._require("dispense", S.ACCEPTED, S.PARTIALLY_DISPENSED)
+        self._require_dispenser(dispenser_id)
+        self._require_valid(clock)
+        if not lines:
+            raise InvalidCommand("nothing to dispense", prescription_id=self.id)
+        prescribed = {item.drug_code: item.quantity for item in self.items}
+        already = self.dispensed_quantities()
+        now_qty: Counter[str] = Counter()
+        for line in lines:
+            if line.drug_code not in prescribed:
+                raise RuleViolation(
+                    "R13", "drug not on the prescription", prescription_id=self.id, drug_code=line.drug_code
+                )
+            if len(line.trace_codes) > line.quantity:
+                raise InvalidCommand("more trace codes than packs dispensed", drug_code=line.drug_code)
+            now_qty[line.drug_code] += line.quantity
+        for code, qty in now_qty.items():
+            if already.get(code, 0) + qty > prescribed[code]:
+                raise RuleViolation(
+                    "R13",
+                    f"dispensing {qty} would exceed the prescribed {prescribed[code]} "
+                    f"({already.get(code, 0)} already dispensed)",
+                    prescription_id=self.id,
+                    drug_code=code,
+                )
+        scanned = [(code, line.drug_code) for line in lines for code in line.trace_codes]
+        repeated = [code for code, n in Counter(code for code, _ in scanned).items() if n > 1]
+        if repeated:
+            raise RuleViolation(
+                "R8",
+                "trace code scanned twice in one dispense",
+                trace_code=repeated[0],
+                attempted_for=self.id,
+            )
+        for code, drug_code in scanned:
+            if code not in trace_codes:
+                raise InvalidCommand("trace code aggregate (or None) not supplied", trace_code=code)
+            TraceCode.check_sellable(
+                trace_codes[code],
+                code=code,
+                drug_code=drug_code,
+                business_type=self.business_type,
+                prescription_id=self.id,
+            )
+
+        complete = all(already.get(c, 0) + now_qty.get(c, 0) == q for c, q in prescribed.items())
+        self._trigger(
+            PrescriptionDispensed,
+            clock,
+            business_type=self.business_type,
+            dispenser_id=dispenser_id,
+            dispense_no=self.last_dispense_no + 1,
+            lines=tuple(lines),
+            complete=complete,
+        )
+        for line in lines:
+            if line.unit_price > line.price_cap:
+                self._flag(
+                    clock,
+                    "R7",
+                    "unit price above the price cap; settled on the cap",
+                    drug_code=line.drug_code,
+                    unit_price=str(line.unit_price),
+                    price_cap=str(line.price_cap),
+                )
+        return [
+            TraceCode.sell(
+                trace_codes[code],
+                clock=clock,
+                code=code,
+                drug_code=drug_code,
+                seller_id=dispenser_id,
+                business_type=self.business_type,
+                prescription_id=self.id,
+                patient_ref=self.patient_ref,
+            )
+            for code, drug_code in scanned
+        ]
+
+    def withdraw_dispense(
+        self, *, clock: Clock, dispense_no: int, reason: str, trace_codes: Mapping[str, TraceCode]
+    ) -> list[TraceCode]:
+        """Undo one dispense before delivery/collection; its trace codes go back to stock (returned)."""
+        self._require("withdraw_dispense", S.PARTIALLY_DISPENSED, S.DISPENSED)
+        if dispense_no not in self.dispenses:
+            raise InvalidCommand("no such dispense", prescription_id=self.id, dispense_no=dispense_no)
+        codes = [code for line in self.dispenses[dispense_no] for code in line.trace_codes]
+        missing = [code for code in codes if code not in trace_codes]
+        if missing:
+            raise TraceCodeNotFound(missing[0])
+        for code in codes:
+            tc = trace_codes[code]
+            if not tc.sold or tc.prescription_id != self.id:
+                raise InvalidCommand("trace code is not sold for this prescription", trace_code=code)
+        self._trigger(
+            DispenseWithdrawn,
+            clock,
+            business_type=self.business_type,
+            dispense_no=dispense_no,
+            reason=reason,
+            trace_codes=tuple(codes),
+        )
+        returned = []
+        for code in codes:
+            tc = trace_codes[code]
+            tc.return_to_stock(
+                clock=clock, business_type=self.business_type, prescription_id=self.id, reason=reason
+            )
+            returned.append(tc)
+        return returned
+
+    # --- hand-over ------------------------------------------------------------------------------
+    def arrange_delivery(
+        self, *, clock: Clock, delivery_enterprise_id: str, delivery_fee: Decimal | str, fee_disclosed: bool
+    ) -> None:
+        """R6: the delivery fee is stated to the patient in advance and is always self-pay."""
+        self._require("arrange_delivery", S.DISPENSED)
+        fee = to_money(delivery_fee)
+        if fee < ZERO:
+            raise InvalidCommand("delivery fee must not be negative", delivery_fee=fee)
+        if not fee_disclosed:
+            raise RuleViolation(
+                "R6", "delivery fee must be stated to the patient in advance", prescription_id=self.id
+            )
+        self._trigger(
+            DeliveryArranged,
+            clock,
+            business_type=self.business_type,
+            delivery_enterprise_id=delivery_enterprise_id,
+            delivery_fee=fee,
+        )
+
+    def deliver(self, *, clock: Clock, delivery_enterprise_id: str) -> None:
+        self._require("deliver", S.DELIVERY_ARRANGED)
+        if delivery_enterprise_id != self.delivery_enterprise_id:
+            raise PartyNotEligible(
+                "delivery enterprise", delivery_enterprise_id, "not the arranged enterprise"
+            )
+        self._trigger(
+            PrescriptionDelivered,
+            clock,
+            business_type=self.business_type,
+            delivery_enterprise_id=delivery_enterprise_id,
+        )
+
+    def collect(self, *, clock: Clock, verification_method: RealNameMethod) -> None:
+        self._require("collect", S.DISPENSED)
+        self._trigger(
+            PrescriptionCollected,
+            clock,
+            business_type=self.business_type,
+            verification_method=verification_method,
+        )
+
+    # --- settlement -----------------------------------------------------------------------------
+    def settle(
+        self,
+        *,
+        clock: Clock,
+        patient: PatientStatus | None,
+        patient_ref: str,
+        verification_method: RealNameMethod,
+        fund: Decimal | str,
+        personal_account: Decimal | str,
+        self_pay: Decimal | str,
+        delivery_fee: Decimal | str,
+        policy_version: str,
+        policy_region: str,
+        catalog_region: str,
+        settlement_ref: str,
+        rules: RuleConfig = DEFAULT_RULES,
+    ) -> None:
+        """Record a split computed elsewhere: R3, R6, R7, R9, R10, R11, R12 and the split adding up."""
+        self._require_approved("settle")
+        self._require("settle", S.DELIVERED, S.COLLECTED)
+        fund_, personal_, self_pay_ = to_money(fund), to_money(personal_account), to_money(self_pay)
+        fee = to_money(delivery_fee)
+        if fee != self.delivery_fee:
+            raise InvalidCommand(
+                f"delivery fee {fee} differs from the arranged {self.delivery_fee}", prescription_id=self.id
+            )
+        drugs_total = self.dispensed_total()
+        total = drugs_total + fee
+        check_split(total, fund=fund_, personal_account=personal_, self_pay=self_pay_)
+        check_person(self.patient_ref, patient_ref, prescription_id=self.id)
+        insured = fund_ + personal_
+        if insured > drugs_total:
+            raise RuleViolation(
+                "R6",
+                "delivery fee paid by the fund or personal account",
+                prescription_id=self.id,
+                delivery_fee=fee,
+            )
+        self_pay_only = self._lines_total(_actual, Lines.SELF_PAY_ONLY)
+        if insured > drugs_total - self_pay_only:
+            raise RuleViolation(
+                "R10",
+                "out-of-catalog or out-of-indication drugs must be self-pay",
+                prescription_id=self.id,
+                self_pay_only=self_pay_only,
+            )
+        capped = self._lines_total(_capped, Lines.INSURABLE)
+        if fund_ > capped:
+            raise RuleViolation("R7", f"fund pays above the price caps ({capped})", prescription_id=self.id)
+        if self.dispenser_ownership is not Ownership.NON_PUBLIC and insured > capped:
+            raise RuleViolation(
+                "R7",
+                f"public institution: price above the cap ({capped}) must be self-pay",
+                prescription_id=self.id,
+            )
+        check_policy_region(self.business_type, self.insured_region, self.pooling_region, policy_region)
+        if catalog_region != self.pooling_region:
+            raise RuleViolation(
+                "R12",
+                f"catalog must be the treatment region's ({self.pooling_region})",
+                catalog_region=catalog_region,
+            )
+        check_not_suspended(patient, self.patient_ref, fund_, personal_, clock, rules)
+        if self.dispenser_kind is DispenserKind.PHARMACY and self.dispenser_id is not None:
+            settled_with, kind = self.dispenser_id, DispenserKind.PHARMACY
+        else:
+            settled_with, kind = self.physical_institution_id, DispenserKind.HOSPITAL
+        self._trigger(
+            PrescriptionSettled,
+            clock,
+            business_type=self.business_type,
+            settled_with=settled_with,
+            settled_with_kind=kind,
+            patient_ref=patient_ref,
+            verification_method=verification_method,
+            total=total,
+            fund=fund_,
+            personal_account=personal_,
+            self_pay=self_pay_,
+            delivery_fee=fee,
+            policy_version=policy_version,
+            policy_region=policy_region,
+            catalog_region=catalog_region,
+            settlement_ref=settlement_ref,
+        )
+
+    # --- ending early ---------------------------------------------------------------------------
+    def cancel(self, *, clock: Clock, reason: str, cancelled_by: str) -> None:
+        """Cancel until fully dispensed; after a partial dispense only the remainder is cancelled."""
+        self._require("cancel", *BEFORE_DISPENSE, S.PARTIALLY_DISPENSED)
+        self._trigger(
+            PrescriptionCancelled,
+            clock,
+            business_type=self.business_type,
+            reason=reason,
+            cancelled_by=cancelled_by,
+            remainder_only=self.status is S.PARTIALLY_DISPENSED,
+        )
+
+    def expire(self, *, clock: Clock) -> None:
+        """Expire after the validity; after a partial dispense only the remainder expires."""
+        self._require("expire", *BEFORE_DISPENSE, S.PARTIALLY_DISPENSED)
+        if clock.now() <= self.valid_until:
+            raise InvalidCommand(f"still valid until {self.valid_until.isoformat()}", prescription_id=self.id)
+        self._trigger(
+            PrescriptionExpired,
+            clock,
+            business_type=self.business_type,
+            valid_until=self.valid_until,
+            remainder_only=self.status is S.PARTIALLY_DISPENSED,
+        )
+
+    # --- audit ----------------------------------------------------------------------------------
+    def refuse_fees(self, *, clock: Clock, amount: Decimal | str, reason: str, audit_ref: str) -> None:
+        """Audit refuses insurance-paid fees (deducted from the month's statement)."""
+        self._require("refuse_fees", S.SETTLED)
+        self._trigger(
+            FeesRefusedInAudit,
+            clock,
+            business_type=self.business_type,
+            amount=self._audit_amount(amount),
+            reason=reason,
+            audit_ref=audit_ref,
+        )
+
+    def claw_back(self, *, clock: Clock, amount: Decimal | str, reason: str, audit_ref: str) -> None:
+        """Fees already paid for a violation are recovered."""
+        self._require("claw_back", S.SETTLED)
+        self._trigger(
+            FeesClawedBack,
+            clock,
+            business_type=self.business_type,
+            amount=self._audit_amount(amount),
+            reason=reason,
+            audit_ref=audit_ref,
+        )
+
+    def record_flag(self, *, clock: Clock, violation: RuleViolation) -> None:
+        """Record a refused attempt for auditors (e.g. R8: a trace code already sold elsewhere)."""
+        self._flag(clock, violation.rule_id, violation.reason, **violation.ids)
+
+    # --- queries --------------------------------------------------------------------------------
+    @property
+    def approved(self) -> bool:
+        return self.pharmacist_id is not None and self.status is not S.REJECTED
+
+    def dispensed_quantities(self) -> dict[str, int]:
+        qty: Counter[str] = Counter()
+        for lines in self.dispenses.values():
+            for line in lines:
+                qty[line.drug_code] += line.quantity
+        return dict(qty)
+
+    def dispensed_total(self) -> Decimal:
+        return self._lines_total(_actual, Lines.ALL)
+
+    @property
+    def trace_codes(self) -> tuple[str, ...]:
+        return tuple(code for lines in self.dispenses.values() for line in lines for code in line.trace_codes)
+
+    # --- helpers --------------------------------------------------------------------------------
+    def _lines_total(self, price: Callable[[DispensedLine], Decimal], which: Lines) -> Decimal:
+        self_pay_only = {item.drug_code for item in self.items if item.self_pay_only}
+        total = ZERO
+        for lines in self.dispenses.values():
+            for line in lines:
+                if which is Lines.SELF_PAY_ONLY and line.drug_code not in self_pay_only:
+                    continue
+                if which is Lines.INSURABLE and line.drug_code in self_pay_only:
+                    continue
+                total += price(line) * line.quantity
+        return total
+
+    def _audit_amount(self, amount: Decimal | str) -> Decimal:
+        value = to_money(amount)
+        if value <= ZERO:
+            raise InvalidCommand("amount must be positive", prescription_id=self.id)
+        paid = (self.fund or ZERO) + (self.personal_account or ZERO)
+        if self.refused + self.clawed_back + value > paid:
+            raise InvalidCommand(
+                f"refused and clawed back would exceed the insurance-paid {paid}", prescription_id=self.id
+            )
+        return value
+
+    def _flag(self, clock: Clock, rule_id: str, reason: str, **details: object) -> None:
+        self._trigger(
+            RuleFlagged,
+            clock,
+            business_type=self.business_type,
+            rule_id=rule_id,
+            reason=reason,
+            details={k: str(v) for k, v in details.items()},
+        )
+
+    def _require(self, command: str, *allowed: RxStatus) -> None:
+        if self.status not in allowed:
+            raise IllegalTransition(self.status.value, command, prescription_id=self.id)
+
+    def _require_approved(self, command: str) -> None:
+        if self.status in NOT_APPROVED:
+            raise RuleViolation("R3", f"cannot {command} before pharmacist approval", prescription_id=self.id)
+
+    def _require_reviewer(self, pharmacist: Pharmacist) -> None:
+        if not (pharmacist.third_party or pharmacist.employer_id == self.hospital_id):
+            raise PartyNotEligible(
+                "pharmacist",
+                pharmacist.pharmacist_id,
+                "neither the hospital's own nor a qualified third party's",
+            )
+
+    def _require_valid(self, clock: Clock) -> None:
+        if clock.now() > self.valid_until:
+            raise ValidityElapsed(self.id, self.valid_until.isoformat())
+
+    def _require_dispenser(self, dispenser_id: str) -> None:
+        if dispenser_id != self.dispenser_id:
+            raise PartyNotEligible("dispenser", dispenser_id, "prescription is not routed to it")
+
+    # --- state ----------------------------------------------------------------------------------
+    @classmethod
+    def _created(cls, event: PrescriptionIssued) -> Self:
+        return cls(
+            id=event.originator_id,
+            status=S.ISSUED,
+            business_type=event.business_type,
+            encounter_id=event.encounter_id,
+            hospital_id=event.hospital_id,
+            physical_institution_id=event.physical_institution_id,
+            institution_ownership=event.institution_ownership,
+            pooling_region=event.pooling_region,
+            insured_region=event.insured_region,
+            insurance_type=event.insurance_type,
+            patient_ref=event.patient_ref,
+            physician_id=event.physician_id,
+            items=event.items,
+            valid_until=event.valid_until,
+            emergency_declared=event.emergency_declared,
+        )
+
+    def _apply(self, event: object) -> None:
+        match event:
+            case PrescriptionApproved():
+                self.status = S.APPROVED
+                self.pharmacist_id = event.pharmacist_id
+            case PrescriptionRejected():
+                self.status = S.REJECTED
+                self.pharmacist_id = event.pharmacist_id
+            case PrescriptionRouted():
+                self.status = S.ROUTED
+                self.dispenser_kind = event.dispenser_kind
+                self.dispenser_id = event.dispenser_id
+                self.dispenser_ownership = event.dispenser_ownership
+            case PrescriptionAccepted():
+                self.status = S.ACCEPTED
+            case PrescriptionReturned():
+                self.status = S.APPROVED
+                self.dispenser_kind = self.dispenser_id = self.dispenser_ownership = None
+            case PrescriptionDispensed():
+                self.dispenses = {**self.dispenses, event.dispense_no: event.lines}
+                self.last_dispense_no = event.dispense_no
+                complete = event.complete or self.remainder_closed_as is not None
+                self.status = S.DISPENSED if complete else S.PARTIALLY_DISPENSED
+            case DispenseWithdrawn():
+                self.dispenses = {n: ls for n, ls in self.dispenses.items() if n != event.dispense_no}
+                if not self.dispenses:
+                    self.status = self.remainder_closed_as or S.ACCEPTED
+                elif self.remainder_closed_as is None:
+                    self.status = S.PARTIALLY_DISPENSED
+            case DeliveryArranged():
+                self.status = S.DELIVERY_ARRANGED
+                self.delivery_enterprise_id = event.delivery_enterprise_id
+                self.delivery_fee = event.delivery_fee
+            case PrescriptionDelivered():
+                self.status = S.DELIVERED
+            case PrescriptionCollected():
+                self.status = S.COLLECTED
+            case PrescriptionSettled():
+                self.status = S.SETTLED
+                self.total = event.total
+                self.fund = event.fund
+                self.personal_account = event.personal_account
+                self.self_pay = event.self_pay
+            case PrescriptionCancelled() | PrescriptionExpired():
+                closed = S.CANCELLED if isinstance(event, PrescriptionCancelled) else S.EXPIRED
+                if event.remainder_only:
+                    self.remainder_closed_as = closed
+                    self.status = S.DISPENSED
+                else:
+                    self.status = closed
+            case FeesRefusedInAudit():
+                self.refused += event.amount
+            case FeesClawedBack():
+                self.clawed_back += event.amount
+            case RuleFlagged():
+                self.flags = [*self.flags, event.rule_id]
+
+
+project_prescription = make_projector(Prescription)

@@ -1,0 +1,160 @@
+"""The relay's own bookkeeping in PostgreSQL, beside the event store.
+
+``relay_position(name, log, position, ...)``: per relay name and event table (one eventsourcing application's
+notification log), the last notification id the broker acknowledged.
+
+``relay_broker(name, topic, generation, next_offsets, published, ...)``: what this relay knows the broker holds:
+per partition ``[floor, next]``: ``next`` is one past the highest offset the broker acknowledged, ``floor`` the
+lowest offset acknowledged in our last batch to that partition. A later ack below ``next``, or a reported end
+offset below ``floor + 1``, means the partition lost data. (Tansu reports the base offset of the last record
+batch + 1 as a partition's end offset, not the high watermark; ``floor + 1`` is a bound both brokers respect.) ``generation`` changes whenever positions are reset (republish, broker data loss), so a running
+relay notices a reset made by another process and never overwrites it with an older position.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass, field
+
+from psycopg import AsyncConnection
+from psycopg.sql import SQL, Identifier, Literal
+
+CONTROL_CHANNEL = "rxtrail_relay_control"
+
+CREATE = (
+    (
+        "CREATE TABLE IF NOT EXISTS relay_position ("
+        " name text NOT NULL, log text NOT NULL, position bigint NOT NULL DEFAULT 0,"
+        " updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (name, log))"
+    ),
+    (
+        "CREATE TABLE IF NOT EXISTS relay_broker ("
+        " name text PRIMARY KEY, topic text NOT NULL, generation bigint NOT NULL DEFAULT 0,"
+        " next_offsets jsonb NOT NULL DEFAULT '{}'::jsonb, published bigint NOT NULL DEFAULT 0,"
+        " updated_at timestamptz NOT NULL DEFAULT now())"
+    ),
+)
+
+
+def lock_key(name: str) -> int:
+    """A stable advisory-lock key per relay name (one active relay per name)."""
+    return zlib.crc32(f"rxtrail.relay:{name}".encode()) - 2**31
+
+
+@dataclass
+class RelayState:
+    generation: int
+    positions: dict[str, int]
+    next_offsets: dict[int, int] = field(default_factory=dict)
+    floors: dict[int, int] = field(default_factory=dict)
+    published: int = 0
+
+
+async def ensure_tables(conn: AsyncConnection) -> None:
+    # Concurrent CREATE TABLE IF NOT EXISTS can still collide on the catalog; serialise it.
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key("__ddl__"),))
+        for statement in CREATE:
+            await conn.execute(statement)  # type: ignore[arg-type]
+
+
+async def load_state(conn: AsyncConnection, name: str, topic: str, logs: list[str]) -> RelayState:
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO relay_broker (name, topic) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING", (name, topic)
+        )
+        for log in logs:
+            await conn.execute(
+                "INSERT INTO relay_position (name, log) VALUES (%s, %s) ON CONFLICT DO NOTHING", (name, log)
+            )
+        cur = await conn.execute(
+            "SELECT generation, next_offsets, published, topic FROM relay_broker WHERE name = %s", (name,)
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        generation, offsets, published, stored_topic = row
+        if stored_topic != topic:
+            # A relay renamed onto another topic knows nothing about the new topic's contents.
+            await conn.execute(
+                "UPDATE relay_broker SET topic = %s, next_offsets = '{}'::jsonb, published = 0,"
+                " generation = generation + 1, updated_at = now() WHERE name = %s",
+                (topic, name),
+            )
+            offsets, published, generation = {}, 0, generation + 1
+        cur = await conn.execute("SELECT log, position FROM relay_position WHERE name = %s", (name,))
+        positions = {log: int(pos) for log, pos in await cur.fetchall()}
+    offsets = dict(offsets)
+    return RelayState(
+        generation=int(generation),
+        positions={log: positions.get(log, 0) for log in logs},
+        next_offsets={int(p): int(v[1]) for p, v in offsets.items()},
+        floors={int(p): int(v[0]) for p, v in offsets.items()},
+        published=int(published),
+    )
+
+
+async def current_generation(conn: AsyncConnection, name: str) -> int | None:
+    cur = await conn.execute("SELECT generation FROM relay_broker WHERE name = %s", (name,))
+    row = await cur.fetchone()
+    return None if row is None else int(row[0])
+
+
+class GenerationChanged(Exception):
+    """Positions were reset by someone else (republish) since this relay loaded them."""
+
+
+async def commit_batch(
+    conn: AsyncConnection,
+    name: str,
+    log: str,
+    position: int,
+    generation: int,
+    next_offsets: dict[int, int],
+    floors: dict[int, int],
+    published_delta: int,
+) -> None:
+    async with conn.transaction():
+        cur = await conn.execute(
+            "SELECT generation FROM relay_broker WHERE name = %s FOR UPDATE", (name,)
+        )
+        row = await cur.fetchone()
+        if row is None or int(row[0]) != generation:
+            raise GenerationChanged
+        await conn.execute(
+            "UPDATE relay_position SET position = %s, updated_at = now() WHERE name = %s AND log = %s",
+            (position, name, log),
+        )
+        await conn.execute(
+            "UPDATE relay_broker SET next_offsets = %s::jsonb, published = published + %s, updated_at = now()"
+            " WHERE name = %s",
+            (json.dumps({str(p): [floors.get(p, o - 1), o] for p, o in sorted(next_offsets.items())}),
+             published_delta, name),
+        )
+
+
+async def reset_positions(
+    conn: AsyncConnection, name: str, from_notification_id: int, *, broker_lost_data: bool
+) -> int:
+    """Set every log's position of relay ``name`` to ``from_notification_id``; returns the new generation.
+
+    After broker data loss the partition offsets we knew are void too.
+    """
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO relay_broker (name, topic) VALUES (%s, '') ON CONFLICT (name) DO NOTHING", (name,)
+        )
+        await conn.execute(
+            "UPDATE relay_position SET position = %s, updated_at = now() WHERE name = %s",
+            (from_notification_id, name),
+        )
+        extra = ", next_offsets = '{}'::jsonb, published = 0" if broker_lost_data else ""
+        cur = await conn.execute(
+            SQL("UPDATE relay_broker SET generation = generation + 1, updated_at = now(){}"
+                " WHERE name = %s RETURNING generation").format(SQL(extra)),
+            (name,),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        await conn.execute(SQL("NOTIFY {}, {}").format(Identifier(CONTROL_CHANNEL), Literal(name)))
+    return int(row[0])

@@ -30,7 +30,7 @@ from events.base import (
 class PrescriptionItem(BaseModel):
     """处方药品明细：国家医保药品编码、名称、规格、数量（盒）、用药天数、单价、目录类别。
 
-    目录外（NONE）或超适应症（off_indication）用药须记录患者知情同意（R10）。
+    丙类（C）、目录外（NONE）或超适应症（off_indication）用药全自费，须记录患者知情同意（R10）。
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -47,7 +47,7 @@ class PrescriptionItem(BaseModel):
 
     @property
     def self_pay_only(self) -> bool:
-        return self.category is CatalogCategory.NONE or self.off_indication
+        return self.category in (CatalogCategory.C, CatalogCategory.NONE) or self.off_indication
 
 
 class DispensedLine(BaseModel):

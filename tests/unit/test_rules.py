@@ -474,6 +474,12 @@ def test_r10_rejects_out_of_catalog_without_consent(w: World) -> None:
         w.issued(item(VITAMIN, category=CatalogCategory.NONE))
 
 
+def test_r10_rejects_category_c_without_consent(w: World) -> None:
+    """丙类 drugs are outside the basic catalog's payment: self-pay, so consent is recorded first."""
+    with refused("R10"):
+        w.issued(item(VITAMIN, category=CatalogCategory.C))
+
+
 def test_r10_rejects_off_indication_without_consent(w: World) -> None:
     with refused("R10"):
         w.issued(item(off_indication=True))

@@ -95,6 +95,90 @@ def schemas(out: Path = typer.Option(Path("schemas"), "--out", help="folder for 
     console.print(f"wrote {len(written)} schemas to {out}")
 
 
+@app.command()
+def relay(
+    republish: bool = typer.Option(False, "--republish", help="publish again every event after --from, then relay"),
+    from_: int = typer.Option(0, "--from", help="notification id to republish after (0 = everything)"),
+    once: bool = typer.Option(False, "--once", help="with --republish: reset the position and exit"),
+) -> None:
+    """Relay stored events to Kafka `rx.events` in global order (runs until Ctrl-C)."""
+    import asyncio
+
+    from services.relay.core import republish as do_republish
+    from services.relay.core import run_relay_blocking
+
+    _logging(False)
+    settings = _resolved()
+    if republish:
+        generation = asyncio.run(do_republish(settings, from_notification_id=from_))
+        console.print(f"relay reset to notification {from_} (generation {generation})")
+        if once:
+            return
+    raise typer.Exit(run_relay_blocking(settings))
+
+
+@app.command()
+def verify(
+    kafka: bool = typer.Option(False, "--kafka", help="also check what `rx.events` carries against the store"),
+    bundle: Path | None = typer.Option(None, "--bundle", help="check an exported trail bundle offline"),
+    public_key: Path | None = typer.Option(None, "--public-key", help="trusted checkpoint public key (raw or PEM)"),
+) -> None:
+    """Recompute every hash chain and signed checkpoint; exit 0 intact, 1 tampered."""
+    if bundle is not None:
+        from services.checkpoint import verify_bundle
+
+        trusted = public_key.read_bytes() if public_key else None
+        report = verify_bundle(bundle, trusted_public_key=trusted)
+        if report.ok:
+            console.print(f"bundle {bundle}: INTACT" + ("" if trusted else " (self-consistent; no trusted key given)"))
+        else:
+            for problem in report.problems:
+                err.print(f"[red]bundle {bundle}: {problem}[/]", highlight=False)
+        raise typer.Exit(report.exit_code)
+    from services.verify import verify as run_verify
+
+    settings = _resolved()
+    report = run_verify(settings.database_url, settings.kafka_bootstrap if kafka else None,
+                        data_dir=settings.data_dir)
+    for finding in report.findings:
+        err.print(f"[red]{finding}[/]", highlight=False)
+    console.print(report.summary(), highlight=False)
+    raise typer.Exit(report.exit_code)
+
+
+@app.command("export-trail")
+def export_trail(rx_id: str, out: Path = typer.Option(..., "--out")) -> None:
+    """Write one prescription's events, hash chain, covering signed checkpoint and public key to a file."""
+    from services.checkpoint import export_trail as do_export
+
+    settings = _resolved()
+    path = do_export(str(settings.database_url), settings.data_dir, rx_id, out)
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def checkpoint(every: float = typer.Option(0.0, "--every", help="seconds between checkpoints; 0 = once")) -> None:
+    """Sign the head of the whole event log (Ed25519) and store the checkpoint."""
+    import time as _time
+
+    from services.checkpoint import create_checkpoint
+
+    settings = _resolved()
+    while True:
+        cp = create_checkpoint(str(settings.database_url), settings.data_dir)
+        console.print(f"checkpoint {cp}", highlight=False)
+        if every <= 0:
+            return
+        _time.sleep(every)
+
+
+def _resolved() -> Settings:
+    """Settings with the embedded parts' addresses filled in when no external ones are set."""
+    s = Settings()
+    return s.model_copy(update={"database_url": s.resolved_database_url(),
+                                "kafka_bootstrap": s.resolved_kafka_bootstrap()})
+
+
 keys_app = typer.Typer(help="API keys per party (stored hashed).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 

@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8700, ge=1, le=65535)
     partitions: int = Field(default=12, ge=1, le=1000)
     start_timeout_s: float = Field(default=30.0, gt=0)
+    checkpoint_interval_s: float = Field(default=300.0, gt=0, description="seconds between signed checkpoints")
 
     @property
     def embedded_postgres(self) -> bool:

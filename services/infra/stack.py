@@ -37,6 +37,8 @@ def service_commands(settings: Settings) -> dict[str, list[str]]:
     return {
         "api": [py, "-m", "uvicorn", "services.api:create_app", "--factory",
                 "--host", settings.api_host, "--port", str(settings.api_port), "--log-level", "warning"],
+        "relay": [py, "-m", "services.relay"],
+        "checkpoint": [py, "-m", "services.cli", "checkpoint", "--every", str(settings.checkpoint_interval_s)],
     }
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8700, ge=1, le=65535)
     partitions: int = Field(default=12, ge=1, le=1000)
     start_timeout_s: float = Field(default=30.0, gt=0)
+    pseudonym_secret: SecretStr | None = Field(
+        default=None, description="HMAC key for patient pseudonyms; unset = generated once into the data dir"
+    )
     checkpoint_interval_s: float = Field(default=300.0, gt=0, description="seconds between signed checkpoints")
 
     @property
@@ -42,6 +45,21 @@ class Settings(BaseSettings):
 
     def resolved_kafka_bootstrap(self) -> str:
         return self.kafka_bootstrap or f"127.0.0.1:{self.kafka_port}"
+
+    def resolved_pseudonym_secret(self) -> bytes:
+        """The configured secret, else one generated once (32 random bytes) into `<data_dir>/pseudonym.key`."""
+        if self.pseudonym_secret is not None:
+            return self.pseudonym_secret.get_secret_value().encode()
+        import os
+        import secrets
+
+        path = Path(self.data_dir).absolute() / "pseudonym.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+        return path.read_text().strip().encode()
 
 
 def eventsourcing_env(database_url: str, **extra: str) -> dict[str, str]:

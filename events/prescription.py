@@ -77,8 +77,9 @@ class PrescriptionEvent(DomainEvent):
 
 
 class PrescriptionIssued(PrescriptionEvent):
-    """医师开具电子处方并电子签名。"""
+    """医师开具电子处方并电子签名（v2：可带患者自选的定点零售药店 ``preferred_pharmacy_id``）。"""
 
+    schema_version: int = 2
     encounter_id: UUID
     hospital_id: str = Field(min_length=1)
     physical_institution_id: str = Field(min_length=1)
@@ -96,6 +97,15 @@ class PrescriptionIssued(PrescriptionEvent):
     valid_until: UTCDateTime
     emergency_declared: bool = False
     justification: str | None = None
+    preferred_pharmacy_id: str | None = Field(
+        default=None, min_length=1, description="the patient's chosen designated pharmacy; None = routing rule"
+    )
+
+
+@register_upcaster("PrescriptionIssued", 1)
+def _issued_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    data["preferred_pharmacy_id"] = None
+    return data
 
 
 class PrescriptionApproved(PrescriptionEvent):

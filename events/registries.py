@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
 
 from pydantic import Field
 
-from events.base import DomainEvent, Ownership, PatientRef
+from events.base import DomainEvent, DrugCode, Ownership, PatientRef, register_upcaster
 
 
 class PhysicianRegistered(DomainEvent):
@@ -37,13 +38,23 @@ class PharmacistRegistered(DomainEvent):
 
 
 class PharmacyDesignated(DomainEvent):
-    """定点零售药店，属于某统筹区。"""
+    """定点零售药店，属于某统筹区（v2：可申报经营的药品 ``drug_codes``，供规则流转使用）。"""
 
+    schema_version: int = 2
     pharmacy_id: str = Field(min_length=1)
     name: str = Field(min_length=1)
     pooling_region: str = Field(pattern=r"^\d{6}$")
     agreement_no: str = Field(min_length=1)
     ownership: Ownership = Ownership.NON_PUBLIC
+    drug_codes: tuple[DrugCode, ...] | None = Field(
+        default=None, description="drugs the pharmacy declares it carries; None = not declared"
+    )
+
+
+@register_upcaster("PharmacyDesignated", 1)
+def _designated_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    data["drug_codes"] = None
+    return data
 
 
 class PharmacyAgreementSuspended(DomainEvent):

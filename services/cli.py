@@ -172,6 +172,90 @@ def checkpoint(every: float = typer.Option(0.0, "--every", help="seconds between
         _time.sleep(every)
 
 
+@app.command("forget-patient")
+def forget_patient(
+    patient_ref: str = typer.Argument(None, help="the patient's pseudonym as shared streams carry it"),
+    national_id: str = typer.Option(None, "--national-id", help="derive the pseudonym from the ID number instead",
+                                    prompt=False, hide_input=True),
+) -> None:
+    """Crypto-shred a patient: delete their key, so sealed personal fields can never be read again.
+
+    Trails, hash chains and totals still verify: events carry only the pseudonym and the ciphertext."""
+    from services.privacy import PatientVault, PostgresPatientKeyStore
+
+    settings = _resolved()
+    vault = PatientVault(settings.resolved_pseudonym_secret(), PostgresPatientKeyStore(str(settings.database_url)))
+    if not patient_ref and not national_id:
+        raise typer.BadParameter("give a patient pseudonym or --national-id")
+    ref = patient_ref or vault.patient_ref(national_id)
+    removed = vault.forget_patient(ref)
+    console.print(f"patient {ref[:12]}…: {removed} key(s) deleted" if removed else
+                  f"patient {ref[:12]}…: no key held (already forgotten or never sealed)")
+
+
+@app.command()
+def statement(
+    month: str | None = typer.Option(None, "--month", help="YYYY-MM: close this month (one statement per party)"),
+    party: str | None = typer.Option(None, "--party", help="only this physical institution / pharmacy / enterprise"),
+    fmt: str = typer.Option("csv", "--format", help="csv | pdf"),
+    out: Path | None = typer.Option(None, "--out", help="file to write (default: CSV to stdout, PDF to statement-<month>.pdf)"),
+    release_deposit: int | None = typer.Option(None, "--release-deposit", metavar="YEAR",
+                                        help="instead: release --party's deposit withheld over YEAR"),
+    score: int | None = typer.Option(None, "--score", min=0, max=100, help="with --release-deposit: assessment score"),
+    assessment_ref: str = typer.Option("", "--assessment-ref", help="with --release-deposit: the assessment's ref"),
+) -> None:
+    """Close a month: a StatementIssued per hospital institution and pharmacy (closing twice records nothing);
+    or, with --release-deposit, release a party's year's deposit by its assessment score."""
+    from services.application.store import open_store
+    from services.domain.clock import SystemClock
+    from services.domain.errors import DomainError
+    from services.settlement.render import to_csv, to_pdf
+    from services.settlement.statements import EventStoreDirectory, ProjectionFigures, StatementDesk
+
+    if fmt not in {"csv", "pdf"}:
+        raise typer.BadParameter("csv or pdf", param_hint="--format")
+    if release_deposit is None and month is None:
+        raise typer.BadParameter("give --month (or --release-deposit YEAR --party ID --score N)", param_hint="--month")
+    url = str(_resolved().database_url)
+    store = open_store(url, pool_size=2, max_overflow=2)
+    try:
+        desk = StatementDesk(store, ProjectionFigures(url), EventStoreDirectory(url), SystemClock())
+        if release_deposit is not None:
+            if party is None or score is None:
+                raise typer.BadParameter("--release-deposit needs --party and --score")
+            release, withheld, created = desk.release_deposit(party, release_deposit, score,
+                                                              assessment_ref or f"assessment {release_deposit}")
+            verb = "released" if created else "already released"
+            console.print(f"deposit {party} {release_deposit}: withheld {withheld:.2f}, {verb} {release.amount:.2f} "
+                          f"({release.assessment_ref})", highlight=False)
+            return
+        if month is None:
+            raise typer.BadParameter("give --month", param_hint="--month")
+        closed = desk.close_month(month, party)
+    except DomainError as exc:
+        err.print(f"[bold red]statement refused:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from exc
+    finally:
+        store.close()
+    for c in closed:
+        s = c.statement
+        note = "issued" if c.created else "already closed" + (" (figures moved since: see log)" if c.drift else "")
+        err.print(f"{s.month} {s.party_kind.value:<20} {s.party_id:<24} gross {s.gross:>12.2f} payable "
+                  f"{s.payable:>12.2f}  {note}", highlight=False)
+    if not closed:
+        err.print(f"nothing settled in {month}" + (f" for {party}" if party else ""))
+    if fmt == "csv":
+        text = to_csv(closed)
+        if out is None:
+            console.file.write(text)
+        else:
+            out.write_text(text, encoding="utf-8")
+    else:
+        target = out or Path(f"statement-{month}" + (f"-{party}" if party else "") + ".pdf")
+        target.write_bytes(to_pdf(closed))
+        err.print(f"wrote {target}")
+
+
 def _resolved() -> Settings:
     """Settings with the embedded parts' addresses filled in when no external ones are set."""
     s = Settings()

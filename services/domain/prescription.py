@@ -150,12 +150,14 @@ class Prescription(Aggregate):
         justification: str | None = None,
         emergency_declared: bool = False,
         patient_sealed: str | None = None,
+        preferred_pharmacy_id: str | None = None,
         rules: RuleConfig = DEFAULT_RULES,
         prescription_id: UUID | None = None,
     ) -> Self:
         """Issue a prescription from a follow-up visit: R2, R4, R10 reject; R5 flags.
 
-        ``first_visit_drug_codes`` are the drugs of the first-visit (offline) prescription for R5.
+        ``first_visit_drug_codes`` are the drugs of the first-visit (offline) prescription for R5;
+        ``preferred_pharmacy_id`` is the patient's chosen pharmacy, checked only when the prescription is routed.
         """
         if not items:
             raise InvalidCommand("a prescription needs at least one item", encounter_id=encounter.id)
@@ -205,6 +207,7 @@ class Prescription(Aggregate):
             valid_until=now + timedelta(days=rules.validity_days),
             emergency_declared=emergency_declared,
             justification=justification,
+            preferred_pharmacy_id=preferred_pharmacy_id,
         )
         beyond_first_visit = sorted(set(codes) - set(first_visit_drug_codes))
         if beyond_first_visit and justification is None:

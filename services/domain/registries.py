@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Self
 from uuid import UUID
@@ -149,7 +150,9 @@ class Pharmacy(Aggregate):
         pooling_region: str,
         agreement_no: str,
         ownership: Ownership = Ownership.NON_PUBLIC,
+        drug_codes: Sequence[str] | None = None,
     ) -> Self:
+        """``drug_codes``: the drugs it declares it carries (rule-based routing); None = not declared."""
         return cls._create(
             PharmacyDesignated,
             clock,
@@ -159,6 +162,7 @@ class Pharmacy(Aggregate):
             pooling_region=pooling_region,
             agreement_no=agreement_no,
             ownership=ownership,
+            drug_codes=None if drug_codes is None else tuple(drug_codes),
         )
 
     def suspend_agreement(self, *, clock: Clock, reason: str) -> None:

@@ -1,0 +1,542 @@
+"""Command handlers: load, act, save — with idempotency keys, safe retries and batches.
+
+``RxTrail.handle(command) -> Outcome`` is the one entry point the HTTP and Kafka layers call;
+``RxTrail.apply_batch(commands) -> list[Outcome]`` applies many commands in one transaction.
+
+Retries. A save that loses an optimistic-concurrency race (eventsourcing ``IntegrityError``: another
+writer took the same aggregate version, the same derived id, or the same command id) is never re-sent as
+it was: the whole handler runs again on freshly loaded aggregates, so every rule is checked against the
+state that won (a dispense that lost to another dispense meets R13, a sale that lost to another sale of the
+same trace code meets R8, a second registration meets ``AlreadyExists``). Commands that carry
+``expected_version`` are refused with ``StaleVersion`` instead: the caller decided on a state that is gone.
+A command id already in the outcome table ends the loop with the first outcome.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+from uuid import UUID
+
+from eventsourcing.persistence import IntegrityError
+from pydantic import ValidationError
+
+from services.application import commands as c
+from services.application.errors import ConcurrencyConflict
+from services.application.ids import encounter_id_for, prescription_id_for
+from services.application.outcomes import Outcome
+from services.application.persistence import OutcomeRow
+from services.application.store import RxTrailStore
+from services.application.unit_of_work import UnitOfWork, event_refs
+from services.domain.clock import Clock, SystemClock
+from services.domain.encounter import Encounter
+from services.domain.errors import DomainError, PartyNotEligible, RuleViolation
+from services.domain.policy import DEFAULT_RULES, RuleConfig
+from services.domain.prescription import Prescription
+from services.domain.registries import PatientStatus, Pharmacist, Pharmacy, Physician
+from services.domain.trace_code import TraceCode
+from services.privacy import PatientVault
+
+C = TypeVar("C", bound=c.Command)
+Handler = Callable[[Any, Any, UnitOfWork], UUID]
+_HANDLERS: dict[type[c.Command], Handler] = {}
+
+
+def handles(command_type: type[C]) -> Callable[[Callable[[RxTrail, C, UnitOfWork], UUID]], Any]:
+    def register(func: Callable[[RxTrail, C, UnitOfWork], UUID]) -> Any:
+        _HANDLERS[command_type] = func
+        return func
+
+    return register
+
+
+class RxTrail:
+    """The write side of rxtrail: one instance per process (it is thread-safe; each call has its own unit)."""
+
+    def __init__(
+        self,
+        store: RxTrailStore,
+        vault: PatientVault,
+        *,
+        clock: Clock | None = None,
+        rules: RuleConfig = DEFAULT_RULES,
+        max_attempts: int = 8,
+    ) -> None:
+        self.store = store
+        self.vault = vault
+        self.clock: Clock = clock or SystemClock()
+        self.rules = rules
+        self.max_attempts = max_attempts
+
+    def close(self) -> None:
+        self.store.close()
+        self.vault.close()
+
+    # --- entry points -----------------------------------------------------------------------------
+    def handle(self, command: c.Command) -> Outcome:
+        """Apply one command; a refusal is an ``Outcome`` with status "rejected", never an exception.
+
+        A keyed command is not looked up first: its outcome row is inserted in the same transaction as its
+        events, so a repeat fails on the outcome table's primary key, rolls back, and returns the first outcome.
+        """
+        for attempt in range(1, self.max_attempts + 1):
+            uow = UnitOfWork(self.store, careful=attempt > 1)
+            try:
+                aggregate_id = self._run(command, uow)
+            except (DomainError, ValidationError) as err:
+                outcome = self._record_rejection(command, err)
+            else:
+                outcome = _ok(command, aggregate_id, uow)
+                outcome = self._save(uow, [(command, outcome)])
+            if outcome is not None:
+                return outcome
+            if command.command_id is not None and (first := self.recorded_outcome(command.command_id)):
+                return first
+            _backoff(attempt)
+        return _rejected(command, ConcurrencyConflict(type(command).__name__, self.max_attempts))
+
+    def apply_batch(self, commands: Sequence[c.Command]) -> list[Outcome]:
+        """Apply commands in order in one transaction, with one outcome each.
+
+        A refused command is rolled back alone (its outcome says why) and the others go on. If the
+        transaction loses a race with another writer, the batch falls back to ``handle`` one by one.
+        """
+        ids = [cmd.command_id for cmd in commands if cmd.command_id is not None]
+        recorded = self.recorded_outcomes(ids)
+        uow = UnitOfWork(self.store, careful=False)
+        _prefetch(uow, commands)
+        outcomes: list[Outcome] = []
+        rows: list[tuple[c.Command, Outcome]] = []
+        in_batch: dict[str, Outcome] = {}
+        for command in commands:
+            key = command.command_id
+            if key is not None and key in recorded:
+                outcomes.append(recorded[key])
+                continue
+            if key is not None and key in in_batch:
+                outcomes.append(in_batch[key].model_copy(update={"replayed": True}))
+                continue
+            uow.begin()
+            try:
+                aggregate_id = self._run(command, uow)
+                outcome = _ok(command, aggregate_id, uow)
+            except (DomainError, ValidationError) as err:
+                uow.rollback()
+                self._after_rejection(command, err, uow)
+                outcome = _rejected(command, err, uow)
+            outcomes.append(outcome)
+            if key is not None:
+                in_batch[key] = outcome
+                rows.append((command, outcome))
+        try:
+            self._write(uow, rows)
+        except IntegrityError:
+            return [self.handle(command) for command in commands]
+        return outcomes
+
+    def recorded_outcome(self, command_id: str) -> Outcome | None:
+        return self.recorded_outcomes([command_id]).get(command_id)
+
+    def recorded_outcomes(self, command_ids: Sequence[str]) -> dict[str, Outcome]:
+        rows = self.store.outcome_recorder.select_outcomes(list(dict.fromkeys(command_ids)))
+        return {
+            key: Outcome.model_validate_json(text).model_copy(update={"replayed": True}) for key, text in rows.items()
+        }
+
+    # --- machinery --------------------------------------------------------------------------------
+    def _run(self, command: c.Command, uow: UnitOfWork) -> UUID:
+        try:
+            handler = _HANDLERS[type(command)]
+        except KeyError:
+            raise TypeError(f"no handler for {type(command).__name__}") from None
+        return handler(self, command, uow)
+
+    def _record_rejection(self, command: c.Command, err: Exception) -> Outcome | None:
+        """Record what a refusal leaves behind (a fraud flag, the outcome of a keyed command); None = retry."""
+        uow = UnitOfWork(self.store)
+        self._after_rejection(command, err, uow)
+        outcome = _rejected(command, err, uow)
+        if command.command_id is None and not uow.changed():
+            return outcome
+        return self._save(uow, [(command, outcome)])
+
+    def _after_rejection(self, command: c.Command, err: Exception, uow: UnitOfWork) -> None:
+        """R8 is "reject + flag": the refused sale is recorded on the prescription that attempted it."""
+        if not (isinstance(err, RuleViolation) and err.rule_id == "R8"):
+            return
+        if not isinstance(command, c.DispensePrescription):
+            return
+        if uow.in_batch:
+            uow.begin()
+        try:
+            rx = uow.require(Prescription, command.prescription_id)
+            rx.record_flag(clock=self.clock, violation=err)
+        except DomainError:
+            if uow.in_batch:
+                uow.rollback()
+
+    def _save(self, uow: UnitOfWork, results: list[tuple[c.Command, Outcome]]) -> Outcome | None:
+        """Write the unit; the outcome of a single command, or None when it lost a race."""
+        try:
+            self._write(uow, [(cmd, out) for cmd, out in results if cmd.command_id is not None])
+        except IntegrityError:
+            return None
+        return results[0][1]
+
+    def _write(self, uow: UnitOfWork, results: list[tuple[c.Command, Outcome]]) -> None:
+        rows = [
+            OutcomeRow(cmd.command_id, type(cmd).__name__, out.status, out.model_dump_json())
+            for cmd, out in results
+            if cmd.command_id is not None
+        ]
+        changed = uow.changed()
+        if changed or rows:
+            self.store.save(*changed, command_outcomes=rows)
+
+    # --- hospitals -------------------------------------------------------------------------------
+    @handles(c.RecordFollowUpVisit)
+    def _record_follow_up_visit(self, cmd: c.RecordFollowUpVisit, uow: UnitOfWork) -> UUID:
+        encounter_id = encounter_id_for(cmd.hospital_id, cmd.visit_ref)
+        uow.expect_new(Encounter, encounter_id, "encounter", f"{cmd.hospital_id}/{cmd.visit_ref}")
+        physician = uow.get(Physician, Physician.id_for(cmd.physician_id))
+        patient_ref = self.vault.patient_ref(cmd.patient.national_id)
+        personal = {"name": cmd.patient.name, "id_number": cmd.patient.national_id}
+        if cmd.patient.phone:
+            personal["phone"] = cmd.patient.phone
+        encounter = Encounter.record(
+            clock=self.clock,
+            hospital_id=cmd.hospital_id,
+            physical_institution_id=cmd.physical_institution_id,
+            institution_ownership=cmd.institution_ownership,
+            pooling_region=cmd.pooling_region,
+            insured_region=cmd.insured_region,
+            insurance_type=cmd.insurance_type,
+            patient_ref=patient_ref,
+            patient_sealed=self.vault.seal(patient_ref, personal),
+            physician_id=cmd.physician_id,
+            physician=physician,
+            physician_signature=cmd.physician_signature,
+            diagnosis_code=cmd.diagnosis_code,
+            diagnosis_name=cmd.diagnosis_name,
+            original_diagnosis_code=cmd.original_diagnosis_code,
+            original_diagnosis_date=cmd.original_diagnosis_date,
+            original_institution_id=cmd.original_institution_id,
+            verification_method=cmd.verification_method,
+            consultation_fee=cmd.consultation_fee,
+            rules=self.rules,
+            encounter_id=encounter_id,
+        )
+        uow.add(encounter)
+        return encounter_id
+
+    @handles(c.IssuePrescription)
+    def _issue_prescription(self, cmd: c.IssuePrescription, uow: UnitOfWork) -> UUID:
+        prescription_id = prescription_id_for(cmd.hospital_id, cmd.prescription_ref)
+        uow.expect_new(Prescription, prescription_id, "prescription", f"{cmd.hospital_id}/{cmd.prescription_ref}")
+        encounter = uow.require(Encounter, cmd.encounter_id)
+        if encounter.hospital_id != cmd.hospital_id:
+            raise PartyNotEligible("hospital", cmd.hospital_id, "the visit belongs to another hospital")
+        rx = Prescription.issue(
+            clock=self.clock,
+            encounter=encounter,
+            physician=uow.get(Physician, Physician.id_for(encounter.physician_id)),
+            physician_signature=cmd.physician_signature,
+            items=cmd.items,
+            first_visit_drug_codes=cmd.first_visit_drug_codes,
+            justification=cmd.justification,
+            emergency_declared=cmd.emergency_declared,
+            preferred_pharmacy_id=cmd.preferred_pharmacy_id,
+            rules=self.rules,
+            prescription_id=prescription_id,
+        )
+        uow.add(rx)
+        return prescription_id
+
+    @handles(c.CancelPrescription)
+    def _cancel(self, cmd: c.CancelPrescription, uow: UnitOfWork) -> UUID:
+        self._rx(cmd, uow).cancel(clock=self.clock, reason=cmd.reason, cancelled_by=cmd.cancelled_by)
+        return cmd.prescription_id
+
+    @handles(c.ExpirePrescription)
+    def _expire(self, cmd: c.ExpirePrescription, uow: UnitOfWork) -> UUID:
+        self._rx(cmd, uow).expire(clock=self.clock)
+        return cmd.prescription_id
+
+    # --- pharmacists ------------------------------------------------------------------------------
+    @handles(c.ApprovePrescription)
+    def _approve(self, cmd: c.ApprovePrescription, uow: UnitOfWork) -> UUID:
+        pharmacist = uow.require(Pharmacist, Pharmacist.id_for(cmd.pharmacist_id), key=cmd.pharmacist_id)
+        self._rx(cmd, uow).approve(clock=self.clock, pharmacist=pharmacist)
+        return cmd.prescription_id
+
+    @handles(c.RejectPrescription)
+    def _reject(self, cmd: c.RejectPrescription, uow: UnitOfWork) -> UUID:
+        pharmacist = uow.require(Pharmacist, Pharmacist.id_for(cmd.pharmacist_id), key=cmd.pharmacist_id)
+        self._rx(cmd, uow).reject(clock=self.clock, pharmacist=pharmacist, reasons=cmd.reasons)
+        return cmd.prescription_id
+
+    # --- routing ------------------------------------------------------------------------------------
+    @handles(c.RoutePrescription)
+    def _route(self, cmd: c.RoutePrescription, uow: UnitOfWork) -> UUID:
+        rx = self._rx(cmd, uow)
+        pharmacy = None
+        if cmd.pharmacy_id is not None:
+            pharmacy = uow.require(Pharmacy, Pharmacy.id_for(cmd.pharmacy_id), key=cmd.pharmacy_id)
+        rx.route(clock=self.clock, pharmacy=pharmacy, basis=cmd.basis)
+        return cmd.prescription_id
+
+    # --- pharmacies ---------------------------------------------------------------------------------
+    @handles(c.AcceptPrescription)
+    def _accept(self, cmd: c.AcceptPrescription, uow: UnitOfWork) -> UUID:
+        self._rx(cmd, uow).accept(clock=self.clock, dispenser_id=cmd.dispenser_id)
+        return cmd.prescription_id
+
+    @handles(c.ReturnPrescription)
+    def _return(self, cmd: c.ReturnPrescription, uow: UnitOfWork) -> UUID:
+        self._rx(cmd, uow).decline(clock=self.clock, dispenser_id=cmd.dispenser_id, reason=cmd.reason)
+        return cmd.prescription_id
+
+    @handles(c.DispensePrescription)
+    def _dispense(self, cmd: c.DispensePrescription, uow: UnitOfWork) -> UUID:
+        """R8 across the platform: the prescription and every scanned code's aggregate commit together."""
+        rx = self._rx(cmd, uow)
+        codes = [code for line in cmd.lines for code in line.trace_codes]
+        held = uow.get_many(TraceCode, [TraceCode.id_for(code) for code in codes])
+        scanned = {code: held[TraceCode.id_for(code)] for code in codes}
+        for sold in rx.dispense(clock=self.clock, dispenser_id=cmd.dispenser_id, lines=cmd.lines, trace_codes=scanned):
+            uow.add(sold)
+        return cmd.prescription_id
+
+    @handles(c.WithdrawDispense)
+    def _withdraw(self, cmd: c.WithdrawDispense, uow: UnitOfWork) -> UUID:
+        rx = self._rx(cmd, uow)
+        codes = [code for line in rx.dispenses.get(cmd.dispense_no, ()) for code in line.trace_codes]
+        uow.prefetch(TraceCode, [TraceCode.id_for(code) for code in codes])
+        held = {code: uow.require(TraceCode, TraceCode.id_for(code), key=code) for code in codes}
+        for returned in rx.withdraw_dispense(
+            clock=self.clock, dispense_no=cmd.dispense_no, reason=cmd.reason, trace_codes=held
+        ):
+            uow.add(returned)
+        return cmd.prescription_id
+
+    @handles(c.ArrangeDelivery)
+    def _arrange_delivery(self, cmd: c.ArrangeDelivery, uow: UnitOfWork) -> UUID:
+        self._rx(cmd, uow).arrange_delivery(
+            clock=self.clock,
+            delivery_enterprise_id=cmd.delivery_enterprise_id,
+            delivery_fee=cmd.delivery_fee,
+            fee_disclosed=cmd.fee_disclosed,
+        )
+        return cmd.prescription_id
+
+    @handles(c.MarkDelivered)
+    def _deliver(self, cmd: c.MarkDelivered, uow: UnitOfWork) -> UUID:
+        self._rx(cmd, uow).deliver(clock=self.clock, delivery_enterprise_id=cmd.delivery_enterprise_id)
+        return cmd.prescription_id
+
+    @handles(c.MarkCollected)
+    def _collect(self, cmd: c.MarkCollected, uow: UnitOfWork) -> UUID:
+        self._rx(cmd, uow).collect(clock=self.clock, verification_method=cmd.verification_method)
+        return cmd.prescription_id
+
+    # --- agency -------------------------------------------------------------------------------------
+    @handles(c.SettlePrescription)
+    def _settle(self, cmd: c.SettlePrescription, uow: UnitOfWork) -> UUID:
+        rx = uow.require(Prescription, cmd.prescription_id, expected_version=cmd.expected_version)
+        rx.settle(
+            clock=self.clock,
+            patient=uow.get(PatientStatus, PatientStatus.id_for(rx.patient_ref)),
+            patient_ref=self._settling_ref(cmd),
+            verification_method=cmd.verification_method,
+            fund=cmd.fund,
+            personal_account=cmd.personal_account,
+            self_pay=cmd.self_pay,
+            delivery_fee=cmd.delivery_fee,
+            policy_version=cmd.policy_version,
+            policy_region=cmd.policy_region,
+            catalog_region=cmd.catalog_region,
+            settlement_ref=cmd.settlement_ref,
+            rules=self.rules,
+        )
+        return cmd.prescription_id
+
+    @handles(c.SettleConsultation)
+    def _settle_consultation(self, cmd: c.SettleConsultation, uow: UnitOfWork) -> UUID:
+        encounter = uow.require(Encounter, cmd.encounter_id)
+        encounter.settle_consultation(
+            clock=self.clock,
+            patient=uow.get(PatientStatus, PatientStatus.id_for(encounter.patient_ref)),
+            patient_ref=self._settling_ref(cmd),
+            verification_method=cmd.verification_method,
+            fund=cmd.fund,
+            personal_account=cmd.personal_account,
+            self_pay=cmd.self_pay,
+            policy_version=cmd.policy_version,
+            policy_region=cmd.policy_region,
+            settlement_ref=cmd.settlement_ref,
+            rules=self.rules,
+        )
+        return cmd.encounter_id
+
+    @handles(c.RefuseFeesInAudit)
+    def _refuse_fees(self, cmd: c.RefuseFeesInAudit, uow: UnitOfWork) -> UUID:
+        self._rx(cmd, uow).refuse_fees(clock=self.clock, amount=cmd.amount, reason=cmd.reason, audit_ref=cmd.audit_ref)
+        return cmd.prescription_id
+
+    @handles(c.ClawBackFees)
+    def _claw_back(self, cmd: c.ClawBackFees, uow: UnitOfWork) -> UUID:
+        self._rx(cmd, uow).claw_back(clock=self.clock, amount=cmd.amount, reason=cmd.reason, audit_ref=cmd.audit_ref)
+        return cmd.prescription_id
+
+    # --- registries ---------------------------------------------------------------------------------
+    @handles(c.RegisterPhysician)
+    def _register_physician(self, cmd: c.RegisterPhysician, uow: UnitOfWork) -> UUID:
+        aggregate_id = Physician.id_for(cmd.physician_id)
+        uow.expect_new(Physician, aggregate_id, "physician", cmd.physician_id)
+        uow.add(Physician.register(clock=self.clock, physician_id=cmd.physician_id, hospital_id=cmd.hospital_id,
+                                   name=cmd.name, qualification_no=cmd.qualification_no))
+        return aggregate_id
+
+    @handles(c.SuspendPhysician)
+    def _suspend_physician(self, cmd: c.SuspendPhysician, uow: UnitOfWork) -> UUID:
+        physician = uow.require(Physician, Physician.id_for(cmd.physician_id), key=cmd.physician_id)
+        physician.suspend(clock=self.clock, reason=cmd.reason)
+        return physician.id
+
+    @handles(c.ReinstatePhysician)
+    def _reinstate_physician(self, cmd: c.ReinstatePhysician, uow: UnitOfWork) -> UUID:
+        physician = uow.require(Physician, Physician.id_for(cmd.physician_id), key=cmd.physician_id)
+        physician.reinstate(clock=self.clock, reason=cmd.reason)
+        return physician.id
+
+    @handles(c.RegisterPharmacist)
+    def _register_pharmacist(self, cmd: c.RegisterPharmacist, uow: UnitOfWork) -> UUID:
+        aggregate_id = Pharmacist.id_for(cmd.pharmacist_id)
+        uow.expect_new(Pharmacist, aggregate_id, "pharmacist", cmd.pharmacist_id)
+        uow.add(Pharmacist.register(clock=self.clock, pharmacist_id=cmd.pharmacist_id, employer_id=cmd.employer_id,
+                                    name=cmd.name, qualification_no=cmd.qualification_no,
+                                    third_party=cmd.third_party))
+        return aggregate_id
+
+    @handles(c.DesignatePharmacy)
+    def _designate_pharmacy(self, cmd: c.DesignatePharmacy, uow: UnitOfWork) -> UUID:
+        aggregate_id = Pharmacy.id_for(cmd.pharmacy_id)
+        uow.expect_new(Pharmacy, aggregate_id, "pharmacy", cmd.pharmacy_id)
+        uow.add(Pharmacy.designate(clock=self.clock, pharmacy_id=cmd.pharmacy_id, name=cmd.name,
+                                   pooling_region=cmd.pooling_region, agreement_no=cmd.agreement_no,
+                                   ownership=cmd.ownership, drug_codes=cmd.drug_codes))
+        return aggregate_id
+
+    @handles(c.SuspendPharmacyAgreement)
+    def _suspend_agreement(self, cmd: c.SuspendPharmacyAgreement, uow: UnitOfWork) -> UUID:
+        pharmacy = uow.require(Pharmacy, Pharmacy.id_for(cmd.pharmacy_id), key=cmd.pharmacy_id)
+        pharmacy.suspend_agreement(clock=self.clock, reason=cmd.reason)
+        return pharmacy.id
+
+    @handles(c.SuspendPatientForFraud)
+    def _suspend_patient(self, cmd: c.SuspendPatientForFraud, uow: UnitOfWork) -> UUID:
+        existing = uow.get(PatientStatus, PatientStatus.id_for(cmd.patient_ref))
+        status = PatientStatus.suspend_for_fraud(existing, clock=self.clock, patient_ref=cmd.patient_ref,
+                                                 reason=cmd.reason, until=cmd.until)
+        uow.add(status)
+        return status.id
+
+    @handles(c.ReinstatePatient)
+    def _reinstate_patient(self, cmd: c.ReinstatePatient, uow: UnitOfWork) -> UUID:
+        status = uow.require(PatientStatus, PatientStatus.id_for(cmd.patient_ref), key=cmd.patient_ref)
+        status.reinstate(clock=self.clock, reason=cmd.reason)
+        return status.id
+
+    # --- helpers ------------------------------------------------------------------------------------
+    def _rx(self, cmd: c.PrescriptionCommand, uow: UnitOfWork) -> Prescription:
+        return uow.require(Prescription, cmd.prescription_id, expected_version=cmd.expected_version)
+
+    def _settling_ref(self, cmd: c.SettlePrescription | c.SettleConsultation) -> str:
+        if cmd.patient_ref is not None:
+            return cmd.patient_ref
+        if cmd.patient_national_id is None:
+            raise ValueError("settlement without a patient key")  # the command model makes this unreachable
+        return self.vault.patient_ref(cmd.patient_national_id)
+
+
+def _ok(command: c.Command, aggregate_id: UUID, uow: UnitOfWork) -> Outcome:
+    return Outcome(
+        command_type=type(command).__name__,
+        command_id=command.command_id,
+        status="ok",
+        aggregate_id=aggregate_id,
+        events=event_refs(uow.command_events()),
+    )
+
+
+def _rejected(command: c.Command, err: Exception, uow: UnitOfWork | None = None) -> Outcome:
+    if isinstance(err, ValidationError):
+        reason = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors(include_input=False)
+        )
+        error, rule_id, ids = "InvalidCommand", None, {}
+    else:
+        reason = getattr(err, "reason", None) or str(err)
+        error, rule_id = type(err).__name__, getattr(err, "rule_id", None)
+        ids = dict(getattr(err, "ids", {}) or {})
+    return Outcome(
+        command_type=type(command).__name__,
+        command_id=command.command_id,
+        status="rejected",
+        aggregate_id=_addressed(command),
+        events=event_refs(uow.command_events()) if uow is not None else (),
+        error=error,
+        rule_id=rule_id,
+        reason=reason,
+        ids=ids,
+    )
+
+
+def _prefetch(uow: UnitOfWork, commands: Sequence[c.Command]) -> None:
+    """One round trip per aggregate type for everything a batch addresses or creates (so creations are
+    checked for duplicates without a read each)."""
+    prescriptions: list[UUID] = []
+    encounters: list[UUID] = []
+    physicians: list[str] = []
+    pharmacists: list[str] = []
+    pharmacies: list[str] = []
+    for cmd in commands:
+        if isinstance(cmd, c.PrescriptionCommand | c.SettlePrescription):
+            prescriptions.append(cmd.prescription_id)
+        elif isinstance(cmd, c.IssuePrescription):
+            prescriptions.append(prescription_id_for(cmd.hospital_id, cmd.prescription_ref))
+            encounters.append(cmd.encounter_id)
+        elif isinstance(cmd, c.SettleConsultation):
+            encounters.append(cmd.encounter_id)
+        elif isinstance(cmd, c.RecordFollowUpVisit):
+            encounters.append(encounter_id_for(cmd.hospital_id, cmd.visit_ref))
+            physicians.append(cmd.physician_id)
+        elif isinstance(cmd, c.RegisterPhysician | c.SuspendPhysician | c.ReinstatePhysician):
+            physicians.append(cmd.physician_id)
+        elif isinstance(cmd, c.RegisterPharmacist):
+            pharmacists.append(cmd.pharmacist_id)
+        elif isinstance(cmd, c.DesignatePharmacy | c.SuspendPharmacyAgreement):
+            pharmacies.append(cmd.pharmacy_id)
+        if isinstance(cmd, c.ApprovePrescription | c.RejectPrescription):
+            pharmacists.append(cmd.pharmacist_id)
+        if isinstance(cmd, c.RoutePrescription) and cmd.pharmacy_id is not None:
+            pharmacies.append(cmd.pharmacy_id)
+    uow.prefetch(Prescription, prescriptions)
+    uow.prefetch(Encounter, encounters)
+    uow.prefetch(Physician, [Physician.id_for(p) for p in physicians])
+    uow.prefetch(Pharmacist, [Pharmacist.id_for(p) for p in pharmacists])
+    uow.prefetch(Pharmacy, [Pharmacy.id_for(p) for p in pharmacies])
+
+
+def _addressed(command: c.Command) -> UUID | None:
+    for name in ("prescription_id", "encounter_id"):
+        value = getattr(command, name, None)
+        if isinstance(value, UUID):
+            return value
+    return None
+
+
+def _backoff(attempt: int) -> None:
+    time.sleep(random.uniform(0, min(0.05, 0.002 * 2**attempt)))

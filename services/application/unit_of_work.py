@@ -1,0 +1,183 @@
+"""Aggregates loaded for one command (or one batch of commands), saved together in one transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, cast
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
+
+from events.base import DomainEvent
+from services.application.errors import AlreadyExists, PatientStatusNotFound, StaleVersion
+from services.application.outcomes import EventRef
+from services.application.store import RxTrailStore
+from services.domain.aggregate import Aggregate
+from services.domain.encounter import Encounter, project_encounter
+from services.domain.errors import (
+    EncounterNotFound,
+    InvalidCommand,
+    NotFound,
+    PharmacistNotFound,
+    PharmacyNotFound,
+    PhysicianNotFound,
+    PrescriptionNotFound,
+    TraceCodeNotFound,
+)
+from services.domain.prescription import Prescription, project_prescription
+from services.domain.registries import (
+    PatientStatus,
+    Pharmacist,
+    Pharmacy,
+    Physician,
+    project_patient_status,
+    project_pharmacist,
+    project_pharmacy,
+    project_physician,
+)
+from services.domain.trace_code import TraceCode, project_trace_code
+
+A = TypeVar("A", bound=Aggregate)
+
+PROJECTORS: dict[type[Aggregate], Callable[[Any, Iterable[Any]], Any]] = {
+    Prescription: project_prescription,
+    Encounter: project_encounter,
+    TraceCode: project_trace_code,
+    Physician: project_physician,
+    Pharmacist: project_pharmacist,
+    Pharmacy: project_pharmacy,
+    PatientStatus: project_patient_status,
+}
+NOT_FOUND: dict[type[Aggregate], type[NotFound]] = {
+    Prescription: PrescriptionNotFound,
+    Encounter: EncounterNotFound,
+    TraceCode: TraceCodeNotFound,
+    Physician: PhysicianNotFound,
+    Pharmacist: PharmacistNotFound,
+    Pharmacy: PharmacyNotFound,
+    PatientStatus: PatientStatusNotFound,
+}
+
+
+class UnitOfWork:
+    """Loads each aggregate once, hands the same object to every command of the unit, and knows what changed.
+
+    In a batch, ``begin()`` starts a command: the first time the command touches an aggregate a deep copy is
+    kept, so ``rollback()`` undoes a refused command without disturbing the others, and ``command_events()``
+    tells which pending events the command produced.
+
+    ``careful=False`` (a first attempt) lets ``expect_new`` trust a derived id to be free without reading:
+    if it was taken after all, the save fails on the event store's primary key and the retry, careful,
+    reads and refuses with ``AlreadyExists``.
+    """
+
+    def __init__(self, store: RxTrailStore, *, careful: bool = True) -> None:
+        self.store = store
+        self.careful = careful
+        self._loaded: dict[UUID, Aggregate | None] = {}
+        self._backup: dict[UUID, Aggregate | None] | None = None
+
+    # --- loading ------------------------------------------------------------------------------
+    def get(self, cls: type[A], aggregate_id: UUID) -> A | None:
+        if aggregate_id in self._loaded:
+            aggregate = self._loaded[aggregate_id]
+        else:
+            aggregate = self._load(cls, aggregate_id)
+            self._loaded[aggregate_id] = aggregate
+        if aggregate is not None and not isinstance(aggregate, cls):
+            raise InvalidCommand(f"{aggregate_id} is a {type(aggregate).__name__}, not a {cls.__name__}")
+        self._journal(aggregate_id)
+        return aggregate
+
+    def _load(self, cls: type[A], aggregate_id: UUID) -> A | None:
+        if cls in self.store.snapshotting_intervals:
+            try:
+                return cast(A, self.store.repository.get(aggregate_id, projector_func=PROJECTORS[cls]))
+            except AggregateNotFoundError:
+                return None
+        stored = self.store.recorder.select_events(aggregate_id)
+        return cast(A | None, PROJECTORS[cls](None, map(self.store.mapper.to_domain_event, stored)))
+
+    def prefetch(self, cls: type[Aggregate], aggregate_ids: Iterable[UUID]) -> None:
+        """Load many aggregates in one round trip (full streams; snapshots are for single loads)."""
+        wanted = list(dict.fromkeys(i for i in aggregate_ids if i not in self._loaded))
+        if not wanted:
+            return
+        found = self.store.outcome_recorder.select_events_many(wanted)
+        for aggregate_id in wanted:
+            stored = found.get(aggregate_id, [])
+            self._loaded[aggregate_id] = PROJECTORS[cls](None, map(self.store.mapper.to_domain_event, stored))
+
+    def get_many(self, cls: type[A], aggregate_ids: Iterable[UUID]) -> dict[UUID, A | None]:
+        ids = list(aggregate_ids)
+        self.prefetch(cls, ids)
+        return {aggregate_id: self.get(cls, aggregate_id) for aggregate_id in ids}
+
+    def expect_new(self, cls: type[Aggregate], aggregate_id: UUID, kind: str, key: object) -> None:
+        """Refuse with ``AlreadyExists`` when the id is taken (read only when careful or already loaded)."""
+        if (aggregate_id in self._loaded or self.careful) and self.get(cls, aggregate_id) is not None:
+            raise AlreadyExists(kind, key)
+
+    def require(
+        self, cls: type[A], aggregate_id: UUID, *, key: object = None, expected_version: int | None = None
+    ) -> A:
+        aggregate = self.get(cls, aggregate_id)
+        if aggregate is None:
+            raise NOT_FOUND[cls](key if key is not None else aggregate_id)
+        if expected_version is not None and aggregate.version != expected_version:
+            raise StaleVersion(aggregate_id, expected_version, aggregate.version)
+        return aggregate
+
+    def add(self, aggregate: Aggregate) -> None:
+        """Track an aggregate the command created (or got back from a domain method)."""
+        if aggregate.id not in self._loaded:
+            self._loaded[aggregate.id] = None
+        self._journal(aggregate.id)
+        self._loaded[aggregate.id] = aggregate
+
+    # --- batch journal ------------------------------------------------------------------------
+    @property
+    def in_batch(self) -> bool:
+        return self._backup is not None
+
+    def begin(self) -> None:
+        self._backup = {}
+
+    def _journal(self, aggregate_id: UUID) -> None:
+        if self._backup is not None and aggregate_id not in self._backup:
+            current = self._loaded.get(aggregate_id)
+            self._backup[aggregate_id] = None if current is None else current.model_copy(deep=True)
+
+    def rollback(self) -> None:
+        if self._backup is None:
+            raise RuntimeError("rollback() without begin()")
+        for aggregate_id, before in self._backup.items():
+            self._loaded[aggregate_id] = before
+        self._backup = {}
+
+    def command_events(self) -> list[DomainEvent]:
+        """Events the current command produced (since ``begin()``), or all pending events outside a batch."""
+        if self._backup is None:
+            return self.pending_events()
+        produced: list[DomainEvent] = []
+        for aggregate_id, before in self._backup.items():
+            now = self._loaded.get(aggregate_id)
+            if now is None:
+                continue
+            skip = 0 if before is None else len(before.pending_events)
+            produced.extend(now.pending_events[skip:])
+        return produced
+
+    # --- saving ---------------------------------------------------------------------------------
+    def changed(self) -> list[Aggregate]:
+        return [a for a in self._loaded.values() if a is not None and a.pending_events]
+
+    def pending_events(self) -> list[DomainEvent]:
+        return [event for aggregate in self.changed() for event in aggregate.pending_events]
+
+
+def event_refs(events: Iterable[DomainEvent]) -> tuple[EventRef, ...]:
+    return tuple(
+        EventRef(aggregate_id=e.originator_id, version=e.originator_version, event_type=type(e).__name__)
+        for e in events
+    )

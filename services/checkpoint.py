@@ -396,6 +396,15 @@ class BundleReport:
         return 0 if self.ok else 1
 
 
+def _strict_b64(text: object) -> bytes:
+    """Decode base64 that is exactly the canonical encoding of its bytes: no stray padding bits, no
+    second spelling of the same signature, so any change to a bundle's text is a change the check sees."""
+    raw = base64.b64decode(str(text), validate=True)
+    if base64.b64encode(raw).decode() != text:
+        raise ValueError("base64 field is not in canonical form")
+    return raw
+
+
 def verify_bundle(path: str | Path, trusted_public_key: bytes | Ed25519PublicKey | None = None) -> BundleReport:
     """Check a trail bundle with nothing but the file (and, ideally, a public key you already trust)."""
     from services.verify import GENESIS, event_type_of, stored_event_hash
@@ -407,7 +416,7 @@ def verify_bundle(path: str | Path, trusted_public_key: bytes | Ed25519PublicKey
             report.problems.append(f"not a {BUNDLE_FORMAT} bundle")
             return report
         report.aggregate_id = str(bundle["aggregate_id"])
-        public_raw = base64.b64decode(bundle["public_key"], validate=True)
+        public_raw = _strict_b64(bundle["public_key"])
         public_key = Ed25519PublicKey.from_public_bytes(public_raw)
         if trusted_public_key is not None:
             trusted = (trusted_public_key if isinstance(trusted_public_key, bytes)
@@ -415,13 +424,13 @@ def verify_bundle(path: str | Path, trusted_public_key: bytes | Ed25519PublicKey
             if trusted != public_raw:
                 report.problems.append("the bundle is signed with a key that is not the trusted one")
         try:
-            public_key.verify(base64.b64decode(bundle["export_signature"], validate=True),
+            public_key.verify(_strict_b64(bundle["export_signature"]),
                               _bundle_signing_bytes(bundle))
         except InvalidSignature:
             report.problems.append("export signature does not match the bundle's content")
         payload = str(bundle["checkpoint"]["payload"]).encode()
         try:
-            public_key.verify(base64.b64decode(bundle["checkpoint"]["signature"], validate=True), payload)
+            public_key.verify(_strict_b64(bundle["checkpoint"]["signature"]), payload)
         except InvalidSignature:
             report.problems.append("checkpoint signature is invalid")
         body = json.loads(payload)

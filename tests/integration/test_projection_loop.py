@@ -84,7 +84,7 @@ async def test_duplicates_restarts_and_garbage_leave_totals_as_a_clean_pass(pg_u
     first = await _run(pg_url, kafka_bootstrap, topic, dlq, schema, unique_id("g"))
     expected = sorted((h, 10) for h in hospitals)
     assert _table(pg_url, schema) == expected
-    assert (first.applied, first.dead_lettered) == (30, 2)
+    assert first.applied == 30 and first.dead_lettered >= 2
     assert first.duplicates >= 20  # a rebalance may hand a batch over twice; the versions keep it out
 
     again = await _run(pg_url, kafka_bootstrap, topic, dlq, schema, unique_id("g"))  # new group: offsets from PG
@@ -103,5 +103,6 @@ async def test_duplicates_restarts_and_garbage_leave_totals_as_a_clean_pass(pg_u
         dead = [m for msgs in got.values() for m in msgs]
     finally:
         await reader.stop()
-    assert len(dead) == 2
+    # at least once: a rebalance can hand a batch over twice, so a bad message may be dead-lettered twice
+    assert len({dict(m.headers)["dlq_source"] for m in dead}) == 2
     assert all(dict(m.headers)["dlq_error"].startswith(b"value is not JSON") for m in dead)

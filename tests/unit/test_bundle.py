@@ -97,3 +97,17 @@ def test_every_single_byte_change_fails_or_changes_nothing(tmp_path: Path) -> No
                 if not same:
                     accepted.append((i, chr(raw[i]), chr(replacement)))
     assert accepted == []
+
+
+def test_a_second_spelling_of_a_signature_is_refused(tmp_path: Path) -> None:
+    """An Ed25519 signature is 64 bytes: its base64 form ends in a character with 4 unused bits, so several
+    spellings decode to the same bytes. Only the canonical one is accepted."""
+    path, key = make_bundle(tmp_path)
+    bundle = json.loads(path.read_bytes())
+    sig = bundle["export_signature"]
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    last = alphabet.index(sig[-3])
+    bundle["export_signature"] = sig[:-3] + alphabet[last ^ 0b0001] + sig[-2:]
+    path.write_bytes(canonical_json(bundle))
+    report = verify_bundle(path, trusted_public_key=key.public_key())
+    assert not report.ok and any("canonical" in p for p in report.problems)

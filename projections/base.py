@@ -209,28 +209,33 @@ class ProjectionConsumer:
                 auto_offset_reset="earliest", session_timeout_ms=self.session_timeout_ms,
                 heartbeat_interval_ms=min(1000, self.session_timeout_ms // 3), max_poll_records=self.max_records,
             )
-            runner = self
+            # Seeks happen in this loop, between batches, never inside aiokafka's rebalance callback: there
+            # they could read offsets while a batch's transaction is open, and aiokafka may reset the
+            # position after the callback anyway.
+            unpositioned: set[Any] = set()
 
-            class SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
+            class MarkAssigned(ConsumerRebalanceListener):  # type: ignore[misc]
                 async def on_partitions_revoked(self, revoked: Any) -> None:
-                    return None
+                    unpositioned.difference_update(revoked)
 
                 async def on_partitions_assigned(self, assigned: Any) -> None:
-                    stored = await asyncio.to_thread(stored_offsets, conn, runner.schema, runner.topic)
-                    for tp in assigned:
-                        if tp.partition in stored:
-                            consumer.seek(tp, stored[tp.partition])
-                        else:
-                            await consumer.seek_to_beginning(tp)
+                    unpositioned.update(assigned)
 
             producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap)
             await producer.start()
-            consumer.subscribe([self.topic], listener=SeekToStored())
+            consumer.subscribe([self.topic], listener=MarkAssigned())
             await consumer.start()
             try:
                 idle_since = asyncio.get_running_loop().time()
                 while not stop.is_set():
+                    if unpositioned:
+                        await self._seek_to_stored(conn, consumer, unpositioned)
                     records = await consumer.getmany(timeout_ms=200, max_records=self.max_records)
+                    if unpositioned:
+                        # a rebalance landed during the fetch: drop the batch and put every partition back
+                        # at its stored offset (everything applied so far is committed there)
+                        unpositioned.update(consumer.assignment())
+                        continue
                     messages = [m for part in records.values() for m in part]
                     if not messages:
                         if not consumer.assignment():
@@ -249,6 +254,17 @@ class ProjectionConsumer:
         finally:
             await asyncio.to_thread(conn.close)
         return self.stats
+
+    async def _seek_to_stored(self, conn: psycopg.Connection[Any], consumer: Any, partitions: set[Any]) -> None:
+        stored = await asyncio.to_thread(stored_offsets, conn, self.schema, self.topic)
+        assigned = consumer.assignment()
+        for tp in list(partitions):
+            if tp in assigned:
+                if tp.partition in stored:
+                    consumer.seek(tp, stored[tp.partition])
+                else:
+                    await consumer.seek_to_beginning(tp)
+            partitions.discard(tp)
 
     async def _handle(self, conn: psycopg.Connection[Any], producer: Any, messages: list[Any]) -> None:
         good: list[Delivered] = []

@@ -1,0 +1,207 @@
+"""Hospital settlement: what the agency owes each internet hospital, per settlement month, rolled up to the
+physical designated institution whose agreement and budget it shares (DOMAIN.md, Settlement).
+
+Booked per hospital, physical institution and month (China Standard Time, of the event that moves money):
+consultation fees (``ConsultationSettled``), drugs the hospital dispensed itself (``PrescriptionSettled`` with
+``settled_with_kind = hospital``), their fund / personal-account / self-pay split, fees refused in audit and
+fees clawed back (booked in the month of the audit event, the month they are deducted from). Delivery fees
+are kept apart: never in the fund share, and not in ``self_pay`` either (that is the drugs' self-pay).
+
+The deposit and payable are derived in the ``statements`` views from the month's totals, rounded once:
+``withheld_deposit = round(max(fund − refused, 0) × rate, 2)`` (half away from zero, PostgreSQL ``round``),
+``payable = fund − refused − clawed_back − withheld_deposit``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg import sql
+
+from events.encounter import ConsultationSettled, FollowUpVisitRecorded
+from events.prescription import (
+    DispenserKind,
+    FeesClawedBack,
+    FeesRefusedInAudit,
+    PrescriptionIssued,
+    PrescriptionRouted,
+    PrescriptionSettled,
+)
+from projections.base import Delivered
+from projections.hospital_settlement.ledger import (
+    ZERO,
+    add_deltas,
+    select_view,
+    settlement_month,
+    upsert_rows,
+)
+
+DEFAULT_DEPOSIT_RATE = Decimal("0.05")
+
+MONTHLY_KEYS = ("hospital_id", "physical_institution_id", "month")
+MONTHLY_SUMS = ("consultations", "consultation_fees", "prescriptions", "drug_fees", "fund", "personal_account",
+                "self_pay", "delivery_fees", "refused", "clawed_back")
+_MONTHLY_TYPES = (*(["text"] * len(MONTHLY_KEYS)),
+                  *("int" if c in ("consultations", "prescriptions") else "numeric" for c in MONTHLY_SUMS))
+_LOOKUP_COLUMNS = ("hospital_id", "physical_institution_id", "dispenser_kind", "dispenser_id", "settled_kind")
+_RELEVANT_RX = (PrescriptionIssued, PrescriptionRouted, PrescriptionSettled, FeesRefusedInAudit, FeesClawedBack)
+
+
+@dataclass
+class _Rx:
+    hospital_id: str
+    physical_institution_id: str
+    dispenser_kind: str | None = None
+    dispenser_id: str | None = None
+    settled_kind: str | None = None
+
+    def row(self, rx_id: UUID) -> tuple[Any, ...]:
+        return (rx_id, self.hospital_id, self.physical_institution_id, self.dispenser_kind, self.dispenser_id,
+                self.settled_kind)
+
+
+class _Month:
+    __slots__ = ("values",)
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {c: 0 if c in ("consultations", "prescriptions") else ZERO
+                                       for c in MONTHLY_SUMS}
+
+    def add(self, **amounts: Any) -> None:
+        for column, amount in amounts.items():
+            self.values[column] += amount
+
+
+class HospitalSettlement:
+    """The hospital settlement projection (schema ``hospital_settlement`` by default)."""
+
+    name = "hospital_settlement"
+
+    def __init__(self, deposit_rate: Decimal = DEFAULT_DEPOSIT_RATE) -> None:
+        if not Decimal(0) <= deposit_rate < 1:
+            raise ValueError(f"deposit rate must be in [0, 1), not {deposit_rate}")
+        self.deposit_rate = deposit_rate
+
+    def create_tables(self, conn: psycopg.Connection[Any], schema: str) -> None:
+        s = sql.Identifier(schema)
+        money = "numeric(16,2) NOT NULL DEFAULT 0"
+        conn.execute(sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {}.prescriptions (prescription_id uuid PRIMARY KEY, hospital_id text NOT NULL,"
+            " physical_institution_id text NOT NULL, dispenser_kind text, dispenser_id text, settled_kind text)"
+        ).format(s))
+        conn.execute(sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {}.encounters (encounter_id uuid PRIMARY KEY, hospital_id text NOT NULL,"
+            " physical_institution_id text NOT NULL)").format(s))
+        conn.execute(sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {}.monthly (hospital_id text, physical_institution_id text, month text,"
+            " consultations int NOT NULL DEFAULT 0, consultation_fees " + money + ","
+            " prescriptions int NOT NULL DEFAULT 0, drug_fees " + money + ", fund " + money + ","
+            " personal_account " + money + ", self_pay " + money + ", delivery_fees " + money + ","
+            " refused " + money + ", clawed_back " + money + ","
+            " PRIMARY KEY (hospital_id, physical_institution_id, month))").format(s))
+        conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS monthly_institution ON {}.monthly "
+                             "(physical_institution_id, month)").format(s))
+        rate = sql.Literal(self.deposit_rate)
+        conn.execute(sql.SQL(
+            "CREATE OR REPLACE VIEW {s}.statements AS SELECT hospital_id, physical_institution_id, month,"
+            " consultations, consultation_fees, prescriptions, drug_fees, fund, personal_account, self_pay,"
+            " delivery_fees, refused, clawed_back, {rate}::numeric AS deposit_rate,"
+            " round(greatest(fund - refused, 0) * {rate}, 2) AS withheld_deposit,"
+            " fund - refused - clawed_back - round(greatest(fund - refused, 0) * {rate}, 2) AS payable"
+            " FROM {s}.monthly").format(s=s, rate=rate))
+        conn.execute(sql.SQL(
+            "CREATE OR REPLACE VIEW {s}.institution_statements AS SELECT physical_institution_id, month,"
+            " count(*)::int AS hospitals, sum(consultations)::int AS consultations,"
+            " sum(consultation_fees) AS consultation_fees, sum(prescriptions)::int AS prescriptions,"
+            " sum(drug_fees) AS drug_fees, sum(fund) AS fund, sum(personal_account) AS personal_account,"
+            " sum(self_pay) AS self_pay, sum(delivery_fees) AS delivery_fees, sum(refused) AS refused,"
+            " sum(clawed_back) AS clawed_back, {rate}::numeric AS deposit_rate,"
+            " round(greatest(sum(fund) - sum(refused), 0) * {rate}, 2) AS withheld_deposit,"
+            " sum(fund) - sum(refused) - sum(clawed_back)"
+            " - round(greatest(sum(fund) - sum(refused), 0) * {rate}, 2) AS payable"
+            " FROM {s}.monthly GROUP BY physical_institution_id, month").format(s=s, rate=rate))
+
+    def apply(self, conn: psycopg.Connection[Any], schema: str, batch: Sequence[Delivered]) -> None:
+        s = sql.Identifier(schema)
+        created_rx = {d.aggregate_id for d in batch if isinstance(d.event, PrescriptionIssued)}
+        created_enc = {d.aggregate_id for d in batch if isinstance(d.event, FollowUpVisitRecorded)}
+        want_rx = {d.aggregate_id for d in batch if isinstance(d.event, _RELEVANT_RX)} - created_rx
+        want_enc = {d.aggregate_id for d in batch if isinstance(d.event, ConsultationSettled)} - created_enc
+
+        rxs: dict[UUID, _Rx] = {}
+        if want_rx:
+            for row in conn.execute(sql.SQL(
+                    "SELECT prescription_id, hospital_id, physical_institution_id, dispenser_kind, dispenser_id,"
+                    " settled_kind FROM {}.prescriptions WHERE prescription_id = ANY(%s)").format(s),
+                    (list(want_rx),)):
+                rxs[row[0]] = _Rx(*row[1:])
+        encounters: dict[UUID, tuple[str, str]] = {}
+        if want_enc:
+            for row in conn.execute(sql.SQL(
+                    "SELECT encounter_id, hospital_id, physical_institution_id FROM {}.encounters"
+                    " WHERE encounter_id = ANY(%s)").format(s), (list(want_enc),)):
+                encounters[row[0]] = (row[1], row[2])
+
+        changed_rx: set[UUID] = set()
+        new_enc: dict[UUID, tuple[str, str]] = {}
+        months: dict[tuple[str, str, str], _Month] = {}
+
+        def month(hospital: str, institution: str, d: Delivered) -> _Month:
+            key = (hospital, institution, settlement_month(d.timestamp))
+            if (m := months.get(key)) is None:
+                m = months[key] = _Month()
+            return m
+
+        for d in batch:
+            e = d.event
+            if isinstance(e, FollowUpVisitRecorded):
+                encounters[d.aggregate_id] = new_enc[d.aggregate_id] = (e.hospital_id, e.physical_institution_id)
+            elif isinstance(e, ConsultationSettled):
+                if (enc := encounters.get(d.aggregate_id)) is not None:
+                    month(*enc, d).add(consultations=1, consultation_fees=e.fund + e.personal_account + e.self_pay,
+                                       fund=e.fund, personal_account=e.personal_account, self_pay=e.self_pay)
+            elif isinstance(e, PrescriptionIssued):
+                rxs[d.aggregate_id] = _Rx(e.hospital_id, e.physical_institution_id)
+                changed_rx.add(d.aggregate_id)
+            elif (rx := rxs.get(d.aggregate_id)) is None:
+                continue  # a stream whose issue this view never saw (an as-of cut): nothing to book it to
+            elif isinstance(e, PrescriptionRouted):
+                rx.dispenser_kind, rx.dispenser_id = e.dispenser_kind.value, e.dispenser_id
+                changed_rx.add(d.aggregate_id)
+            elif isinstance(e, PrescriptionSettled):
+                rx.settled_kind = e.settled_with_kind.value
+                changed_rx.add(d.aggregate_id)
+                if e.settled_with_kind is DispenserKind.HOSPITAL:
+                    month(rx.hospital_id, rx.physical_institution_id, d).add(
+                        prescriptions=1, drug_fees=e.total - e.delivery_fee, fund=e.fund,
+                        personal_account=e.personal_account, self_pay=e.self_pay - e.delivery_fee,
+                        delivery_fees=e.delivery_fee)
+            elif isinstance(e, FeesRefusedInAudit | FeesClawedBack) and rx.settled_kind == DispenserKind.HOSPITAL.value:
+                column = "refused" if isinstance(e, FeesRefusedInAudit) else "clawed_back"
+                month(rx.hospital_id, rx.physical_institution_id, d).add(**{column: e.amount})
+
+        upsert_rows(conn, schema, "prescriptions", ("prescription_id",), _LOOKUP_COLUMNS,
+                    [rxs[i].row(i) for i in changed_rx], ("uuid", *(["text"] * 5)))
+        upsert_rows(conn, schema, "encounters", ("encounter_id",), ("hospital_id", "physical_institution_id"),
+                    [(i, *v) for i, v in new_enc.items()], ("uuid", "text", "text"))
+        add_deltas(conn, schema, "monthly", MONTHLY_KEYS, MONTHLY_SUMS,
+                   [(*k, *(m.values[c] for c in MONTHLY_SUMS)) for k, m in months.items()], _MONTHLY_TYPES)
+
+
+def statements(conn: psycopg.Connection[Any], schema: str = HospitalSettlement.name, *, month: str | None = None,
+               hospital_id: str | None = None) -> list[dict[str, Any]]:
+    """Hospital statements (one row per hospital and month), filtered by month and/or hospital."""
+    return select_view(conn, schema, "statements", ("hospital_id", "month"), {"month": month, "hospital_id": hospital_id})
+
+
+def institution_statements(conn: psycopg.Connection[Any], schema: str = HospitalSettlement.name, *,
+                           month: str | None = None, physical_institution_id: str | None = None
+                           ) -> list[dict[str, Any]]:
+    """Statements rolled up to the physical designated institution (the deposit is taken on the roll-up)."""
+    return select_view(conn, schema, "institution_statements", ("physical_institution_id", "month"),
+                       {"month": month, "physical_institution_id": physical_institution_id})

@@ -1,0 +1,145 @@
+"""Pharmacy settlement: what the agency owes each designated retail pharmacy for routed prescriptions, per month.
+
+Pharmacies (or, Jinan style, the delivery enterprise that supplied and delivered: ``settle_with_delivery_enterprise``)
+are paid the month's circulation drug fees in full: no deposit is withheld (DOMAIN.md, Settlement; 003 art. 20;
+004 §六). Booked per party and settlement month (China Standard Time): drug fees of prescriptions settled with
+``settled_with_kind = pharmacy`` and their split, fees refused in audit and clawed back (in the month of the audit
+event, against the party the prescription was settled with). Delivery fees are shown on their own: never in the
+fund share, nor in ``self_pay`` (the drugs' self-pay). ``payable = fund − refused − clawed_back``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg import sql
+
+from events.prescription import (
+    DeliveryArranged,
+    DispenserKind,
+    FeesClawedBack,
+    FeesRefusedInAudit,
+    PrescriptionRouted,
+    PrescriptionSettled,
+)
+from events.statement import PartyKind
+from projections.base import Delivered
+from projections.hospital_settlement.ledger import (
+    ZERO,
+    add_deltas,
+    select_view,
+    settlement_month,
+    upsert_rows,
+)
+
+MONTHLY_KEYS = ("party_id", "party_kind", "month")
+MONTHLY_SUMS = ("prescriptions", "drug_fees", "fund", "personal_account", "self_pay", "delivery_fees", "refused",
+                "clawed_back")
+_MONTHLY_TYPES = (*(["text"] * len(MONTHLY_KEYS)), *("int" if c == "prescriptions" else "numeric" for c in MONTHLY_SUMS))
+_LOOKUP_COLUMNS = ("dispenser_kind", "dispenser_id", "delivery_enterprise_id", "party_id", "party_kind")
+_RELEVANT = (PrescriptionRouted, DeliveryArranged, PrescriptionSettled, FeesRefusedInAudit, FeesClawedBack)
+
+
+@dataclass
+class _Rx:
+    dispenser_kind: str | None = None
+    dispenser_id: str | None = None
+    delivery_enterprise_id: str | None = None
+    party_id: str | None = None
+    party_kind: str | None = None
+
+    def row(self, rx_id: UUID) -> tuple[Any, ...]:
+        return (rx_id, self.dispenser_kind, self.dispenser_id, self.delivery_enterprise_id, self.party_id,
+                self.party_kind)
+
+
+class PharmacySettlement:
+    """The pharmacy settlement projection (schema ``pharmacy_settlement`` by default)."""
+
+    name = "pharmacy_settlement"
+
+    def __init__(self, settle_with_delivery_enterprise: bool = False) -> None:
+        self.settle_with_delivery_enterprise = settle_with_delivery_enterprise
+
+    def create_tables(self, conn: psycopg.Connection[Any], schema: str) -> None:
+        s = sql.Identifier(schema)
+        money = "numeric(16,2) NOT NULL DEFAULT 0"
+        conn.execute(sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {}.prescriptions (prescription_id uuid PRIMARY KEY, dispenser_kind text,"
+            " dispenser_id text, delivery_enterprise_id text, party_id text, party_kind text)").format(s))
+        conn.execute(sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {}.monthly (party_id text, party_kind text, month text,"
+            " prescriptions int NOT NULL DEFAULT 0, drug_fees " + money + ", fund " + money + ","
+            " personal_account " + money + ", self_pay " + money + ", delivery_fees " + money + ","
+            " refused " + money + ", clawed_back " + money + ", PRIMARY KEY (party_id, party_kind, month))"
+        ).format(s))
+        conn.execute(sql.SQL(
+            "CREATE OR REPLACE VIEW {s}.statements AS SELECT party_id, party_kind, month, prescriptions, drug_fees,"
+            " fund, personal_account, self_pay, delivery_fees, refused, clawed_back,"
+            " 0.00::numeric(16,2) AS withheld_deposit, fund - refused - clawed_back AS payable"
+            " FROM {s}.monthly").format(s=s))
+
+    def apply(self, conn: psycopg.Connection[Any], schema: str, batch: Sequence[Delivered]) -> None:
+        wanted = {d.aggregate_id for d in batch if isinstance(d.event, _RELEVANT)}
+        if not wanted:
+            return
+        rxs: dict[UUID, _Rx] = {}
+        for row in conn.execute(sql.SQL(
+                "SELECT prescription_id, dispenser_kind, dispenser_id, delivery_enterprise_id, party_id, party_kind"
+                " FROM {}.prescriptions WHERE prescription_id = ANY(%s)").format(sql.Identifier(schema)),
+                (list(wanted),)):
+            rxs[row[0]] = _Rx(*row[1:])
+        changed: set[UUID] = set()
+        months: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+        def month(party_id: str, party_kind: str, d: Delivered) -> dict[str, Any]:
+            key = (party_id, party_kind, settlement_month(d.timestamp))
+            if (m := months.get(key)) is None:
+                m = months[key] = {c: 0 if c == "prescriptions" else ZERO for c in MONTHLY_SUMS}
+            return m
+
+        for d in batch:
+            e = d.event
+            if not isinstance(e, _RELEVANT):
+                continue
+            rx = rxs.setdefault(d.aggregate_id, _Rx())
+            if isinstance(e, PrescriptionRouted):
+                rx.dispenser_kind, rx.dispenser_id = e.dispenser_kind.value, e.dispenser_id
+                changed.add(d.aggregate_id)
+            elif isinstance(e, DeliveryArranged):
+                rx.delivery_enterprise_id = e.delivery_enterprise_id
+                changed.add(d.aggregate_id)
+            elif isinstance(e, PrescriptionSettled):
+                if e.settled_with_kind is not DispenserKind.PHARMACY:
+                    continue
+                if self.settle_with_delivery_enterprise and rx.delivery_enterprise_id:
+                    rx.party_id, rx.party_kind = rx.delivery_enterprise_id, PartyKind.DELIVERY_ENTERPRISE.value
+                else:
+                    rx.party_id, rx.party_kind = e.settled_with, PartyKind.PHARMACY.value
+                changed.add(d.aggregate_id)
+                m = month(rx.party_id, rx.party_kind, d)
+                m["prescriptions"] += 1
+                m["drug_fees"] += e.total - e.delivery_fee
+                m["fund"] += e.fund
+                m["personal_account"] += e.personal_account
+                m["self_pay"] += e.self_pay - e.delivery_fee
+                m["delivery_fees"] += e.delivery_fee
+            elif rx.party_id is not None and rx.party_kind is not None:  # settled with a pharmacy-side party
+                m = month(rx.party_id, rx.party_kind, d)
+                m["refused" if isinstance(e, FeesRefusedInAudit) else "clawed_back"] += e.amount
+
+        upsert_rows(conn, schema, "prescriptions", ("prescription_id",), _LOOKUP_COLUMNS,
+                    [rxs[i].row(i) for i in changed], ("uuid", *(["text"] * 5)))
+        add_deltas(conn, schema, "monthly", MONTHLY_KEYS, MONTHLY_SUMS,
+                   [(*k, *(m[c] for c in MONTHLY_SUMS)) for k, m in months.items()], _MONTHLY_TYPES)
+
+
+def statements(conn: psycopg.Connection[Any], schema: str = PharmacySettlement.name, *, month: str | None = None,
+               party_id: str | None = None) -> list[dict[str, Any]]:
+    """Pharmacy / delivery-enterprise statements (one row per party and month)."""
+    return select_view(conn, schema, "statements", ("party_id", "party_kind", "month"),
+                       {"month": month, "party_id": party_id})

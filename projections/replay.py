@@ -1,0 +1,407 @@
+"""Drop and rebuild projections, from Kafka ``rx.events`` or straight from the event store, optionally "as of" a time.
+
+- From Kafka: partitions are assigned by hand (no consumer group), read from the beginning to the end offsets
+  captured at the start, then the replay stops. The stored offsets of the rebuilt schema are those ends, so the
+  live consumer continues from there.
+- From the event store (``from_store=True``, for when the broker lost data): every eventsourcing ``*_events`` table
+  with a ``notification_id`` is read in notification order with psycopg and decoded with ``events.from_json``.
+  The end offsets of ``rx.events`` are captured *before* the store is read, and stored as the schema's offsets:
+  everything before them was published from events already in the store, anything after is consumed live
+  (and anything read twice is dropped by the per-aggregate versions).
+- A full rebuild is built into ``<schema>__rebuild`` and swapped in with one transaction at the end, so readers
+  keep the old view until the new one is complete.
+- ``as_of``: only events with ``timestamp <= as_of`` are applied, into ``<name>_asof_<yyyymmddhhmmss>`` (UTC), a
+  separate schema for investigations; the live schema is untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Self
+from uuid import UUID
+
+import psycopg
+from psycopg import sql
+
+from projections.base import (
+    Delivered,
+    Projection,
+    Undecodable,
+    apply_batch,
+    decode,
+    drop_schema,
+    ensure_schema,
+)
+from projections.run import ProjectionSettings, build, resolve
+
+log = logging.getLogger("rxtrail.replay")
+
+DEFAULT_TOPIC = "rx.events"
+_TYPE_NAME = re.compile(r"[^:.]+$")
+
+
+@dataclass
+class ReplayResult:
+    """What one projection's replay did."""
+
+    projection: str
+    schema: str
+    source: str
+    as_of: datetime | None
+    read: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    undecodable: int = 0
+    after_as_of: int = 0
+    seconds: float = 0.0
+    offsets: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def events_per_s(self) -> float:
+        return self.read / self.seconds if self.seconds > 0 else 0.0
+
+
+class ReplayError(RuntimeError):
+    pass
+
+
+def as_of_schema(name: str, as_of: datetime) -> str:
+    """``<name>_asof_<yyyymmddhhmmss>`` with the time in UTC."""
+    if as_of.tzinfo is None:
+        raise ValueError("as_of must be timezone-aware")
+    return f"{name}_asof_{as_of.astimezone(UTC):%Y%m%d%H%M%S}"
+
+
+def replay(name: str, database_url: str, bootstrap: str | None = None, *, as_of: datetime | None = None,
+           from_store: bool = False, progress: bool = True, topic: str = DEFAULT_TOPIC, schema: str | None = None,
+           store_schema: str = "public", batch_size: int = 5000, settings: ProjectionSettings | None = None,
+           console: Any = None) -> list[ReplayResult]:
+    """Rebuild projection ``name`` (or ``"all"``) and return one result per projection; see the module doc.
+
+    ``bootstrap`` may be None only with ``from_store`` (then no Kafka offsets are stored and the live consumer
+    reads the topic from the start, dropping what it already has). ``schema`` overrides the target schema of a
+    single projection (default: the projection's name, or the as-of schema).
+    """
+    return asyncio.run(replay_async(name, database_url, bootstrap, as_of=as_of, from_store=from_store,
+                                    progress=progress, topic=topic, schema=schema, store_schema=store_schema,
+                                    batch_size=batch_size, settings=settings, console=console))
+
+
+@dataclass
+class _Target:
+    projection: Projection
+    final_schema: str
+    build_schema: str
+    result: ReplayResult
+
+
+async def replay_async(name: str, database_url: str, bootstrap: str | None = None, *, as_of: datetime | None = None,
+                       from_store: bool = False, progress: bool = True, topic: str = DEFAULT_TOPIC,
+                       schema: str | None = None, store_schema: str = "public", batch_size: int = 5000,
+                       settings: ProjectionSettings | None = None, console: Any = None) -> list[ReplayResult]:
+    """The coroutine behind :func:`replay` (for callers already inside an event loop)."""
+    names = resolve(name)
+    if schema is not None and len(names) != 1:
+        raise ValueError("schema= applies to a single projection, not 'all'")
+    if as_of is not None and as_of.tzinfo is None:
+        raise ValueError("as_of must be timezone-aware")
+    if bootstrap is None and not from_store:
+        raise ValueError("a Kafka replay needs bootstrap servers")
+    source = "store" if from_store else "kafka"
+    targets: list[_Target] = []
+    for n in names:
+        final = schema or (as_of_schema(n, as_of) if as_of else n)
+        building = final if as_of else f"{final}__rebuild"
+        targets.append(_Target(build(n, settings), final, building, ReplayResult(n, final, source, as_of)))
+
+    conn = await asyncio.to_thread(psycopg.connect, database_url, autocommit=True)
+    try:
+        for t in targets:
+            locked = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (f"rxtrail.replay.{t.final_schema}",)
+                                  ).fetchone()
+            if not (locked and locked[0]):
+                raise ReplayError(f"another replay of {t.final_schema} is running")
+            with conn.transaction():
+                drop_schema(conn, t.build_schema)
+                ensure_schema(conn, t.projection, t.build_schema)
+        started = time.monotonic()
+        with _Progress(progress, console) as bar:
+            if from_store:
+                ends = await _end_offsets_or_none(bootstrap, topic) if as_of is None else None
+                await asyncio.to_thread(_from_store, conn, database_url, targets, store_schema, as_of, batch_size, bar)
+                if ends is not None:
+                    offsets = {(topic, p): o for p, o in ends.items()}
+                    for t in targets:
+                        t.result.offsets = dict(ends)
+                        with conn.transaction():
+                            apply_batch(conn, t.projection, t.build_schema, [], offsets)
+            elif bootstrap is not None:
+                await _from_kafka(conn, targets, bootstrap, topic, as_of, batch_size, bar)
+        elapsed = time.monotonic() - started
+        for t in targets:
+            t.result.seconds = elapsed
+            if t.build_schema != t.final_schema:
+                with conn.transaction():
+                    drop_schema(conn, t.final_schema)
+                    conn.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(
+                        sql.Identifier(t.build_schema), sql.Identifier(t.final_schema)))
+        if progress:
+            _print_summary([t.result for t in targets], console)
+        return [t.result for t in targets]
+    finally:
+        await asyncio.to_thread(conn.close)  # also releases the advisory locks
+
+
+def _apply(conn: psycopg.Connection[Any], targets: Sequence[_Target], batch: list[Delivered], read: int,
+           undecodable: int, as_of: datetime | None, offsets: dict[tuple[str, int], int] | None) -> None:
+    kept = batch if as_of is None else [d for d in batch if d.timestamp <= as_of]
+    for t in targets:
+        with conn.transaction():
+            applied = apply_batch(conn, t.projection, t.build_schema, kept, offsets if as_of is None else None)
+        r = t.result
+        r.read += read
+        r.undecodable += undecodable
+        r.after_as_of += len(batch) - len(kept)
+        r.applied += applied
+        r.duplicates += len(kept) - applied
+
+
+# --- from Kafka ---------------------------------------------------------------------------------------------
+
+
+async def _partitions(bootstrap: str, topic: str) -> list[int]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await asyncio.wait_for(admin.describe_topics([topic]), 15)
+    finally:
+        await admin.close()
+    for t in described:
+        if t.get("topic") == topic and not t.get("error_code"):
+            return sorted(int(p["partition"]) for p in t.get("partitions", ()))
+    raise ReplayError(f"topic {topic} does not exist on {bootstrap}")
+
+
+async def _ends(consumer: Any, tps: list[Any], timeout_s: float = 15.0) -> dict[Any, int]:
+    """End offsets as a fetch sees them: ListOffsets, then the high watermark of a fetch from there, whichever is
+    higher. (Tansu answers ListOffsets(latest) with the last record batch's base offset + 1, short of the end.)"""
+    listed = await consumer.end_offsets(tps)
+    consumer.assign(tps)
+    for tp in tps:
+        consumer.seek(tp, listed[tp])
+    deadline = time.monotonic() + timeout_s
+    while any(consumer.highwater(tp) is None for tp in tps):
+        if time.monotonic() > deadline:
+            raise ReplayError("no fetch answer from the broker for the end offsets")
+        await consumer.getmany(timeout_ms=200)
+    return {tp: max(int(listed[tp]), int(consumer.highwater(tp))) for tp in tps}
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """The current end offset of every partition of ``topic``."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    parts = await _partitions(bootstrap, topic)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        ends = await _ends(consumer, [TopicPartition(topic, p) for p in parts])
+    finally:
+        await consumer.stop()
+    return {tp.partition: o for tp, o in ends.items()}
+
+
+async def _end_offsets_or_none(bootstrap: str | None, topic: str) -> dict[int, int] | None:
+    if bootstrap is None:
+        log.warning("replay from the store without a broker: the live consumers will re-read %s from the start", topic)
+        return None
+    try:
+        return await asyncio.wait_for(end_offsets(bootstrap, topic), 30)
+    except Exception as exc:  # noqa: BLE001 - a missing broker or topic must not stop a rebuild from the store
+        log.warning("replay: cannot read the end offsets of %s (%r); the live consumers will re-read it from the "
+                    "start (duplicates are dropped)", topic, exc)
+        return None
+
+
+async def _from_kafka(conn: psycopg.Connection[Any], targets: Sequence[_Target], bootstrap: str, topic: str,
+                      as_of: datetime | None, batch_size: int, bar: _Progress) -> None:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    parts = await _partitions(bootstrap, topic)
+    tps = [TopicPartition(topic, p) for p in parts]
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+                                max_poll_records=batch_size, fetch_max_bytes=64 * 1024 * 1024)
+    await consumer.start()
+    try:
+        ends = await _ends(consumer, tps)
+        starts = await consumer.beginning_offsets(tps)
+        for t in targets:
+            t.result.offsets = {tp.partition: int(o) for tp, o in ends.items()}
+        pending = {tp for tp in tps if ends[tp] > starts[tp]}
+        for tp in tps:
+            consumer.seek(tp, starts[tp])
+        bar.start(f"{topic} → {', '.join(t.final_schema for t in targets)}", sum(ends[tp] - starts[tp] for tp in tps))
+        if not pending:
+            return
+        consumer.pause(*[tp for tp in tps if tp not in pending])
+        last_progress = time.monotonic()
+        while pending:
+            records = await consumer.getmany(timeout_ms=500, max_records=batch_size)
+            if not records:
+                if time.monotonic() - last_progress > 60:
+                    raise ReplayError(f"no records for 60 s with {len(pending)} partitions short of their end offsets")
+                continue
+            last_progress = time.monotonic()
+            batch: list[Delivered] = []
+            offsets: dict[tuple[str, int], int] = {}
+            read = undecodable = 0
+            for tp, msgs in records.items():
+                if tp not in pending:
+                    continue
+                for m in msgs:
+                    if m.offset >= ends[tp]:
+                        break
+                    read += 1
+                    offsets[(tp.topic, tp.partition)] = m.offset + 1
+                    try:
+                        batch.append(decode(m.value, m.headers, topic=m.topic, partition=m.partition, offset=m.offset))
+                    except Undecodable as exc:
+                        undecodable += 1
+                        log.warning("replay: %s[%d]@%d undecodable, skipped: %s", m.topic, m.partition, m.offset, exc)
+                if offsets.get((tp.topic, tp.partition), -1) >= ends[tp]:
+                    pending.discard(tp)
+                    consumer.pause(tp)
+            await asyncio.to_thread(_apply, conn, targets, batch, read, undecodable, as_of, offsets)
+            bar.advance(read)
+    finally:
+        await consumer.stop()
+
+
+# --- from the event store ----------------------------------------------------------------------------------------
+
+
+def event_tables(conn: psycopg.Connection[Any], schema: str = "public") -> list[str]:
+    """eventsourcing application event tables: every ``*_events`` table with a ``notification_id``."""
+    rows = conn.execute(
+        "SELECT table_name FROM information_schema.columns WHERE table_schema = %s AND column_name = 'notification_id'"
+        " AND table_name LIKE %s ORDER BY table_name", (schema, "%\\_events")).fetchall()
+    return [r[0] for r in rows]
+
+
+def _stored_rows(conn: psycopg.Connection[Any], schema: str, table: str, page: int
+                 ) -> Iterator[list[tuple[int, UUID, int, str, bytes]]]:
+    after = 0
+    query = sql.SQL("SELECT notification_id, originator_id, originator_version, topic, state FROM {}"
+                    " WHERE notification_id > %s ORDER BY notification_id LIMIT %s").format(sql.Identifier(schema, table))
+    while True:
+        rows = conn.execute(query, (after, page)).fetchall()
+        if not rows:
+            return
+        yield rows
+        after = rows[-1][0]
+
+
+def decode_stored(notification_id: int, originator_id: UUID | str, version: int, topic: str, state: bytes
+                  ) -> Delivered:
+    """A stored event (eventsourcing ``topic`` + plain JSON ``state``) as the relay would have delivered it."""
+    from events import from_json
+    from services.relay.core import event_id
+
+    m = _TYPE_NAME.search(topic or "")
+    type_name = m.group(0) if m else ""
+    try:
+        event = from_json(type_name, bytes(state))
+    except Exception as exc:
+        raise Undecodable(f"{type_name or topic}: {exc}") from exc
+    aggregate_id = UUID(str(originator_id))
+    return Delivered(event=event, event_type=type_name, aggregate_id=aggregate_id, version=int(version),
+                     event_id=event_id(str(aggregate_id), int(version)), timestamp=event.timestamp,
+                     notification_id=int(notification_id))
+
+
+def _from_store(conn: psycopg.Connection[Any], database_url: str, targets: Sequence[_Target], store_schema: str,
+                as_of: datetime | None, batch_size: int, bar: _Progress) -> None:
+    tables = event_tables(conn, store_schema)
+    total = 0
+    for table in tables:
+        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(store_schema, table))).fetchone()
+        total += int(row[0]) if row else 0
+    bar.start(f"event store ({', '.join(tables) or 'no event tables'}) → "
+              f"{', '.join(t.final_schema for t in targets)}", total)
+    reader = psycopg.connect(database_url)
+    try:
+        reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")  # one snapshot of all logs
+        for table in tables:
+            for rows in _stored_rows(reader, store_schema, table, batch_size):
+                batch: list[Delivered] = []
+                undecodable = 0
+                for row in rows:
+                    try:
+                        batch.append(decode_stored(*row))
+                    except Undecodable as exc:
+                        undecodable += 1
+                        log.warning("replay: %s notification %s undecodable, skipped: %s", table, row[0], exc)
+                _apply(conn, targets, batch, len(rows), undecodable, as_of, None)
+                bar.advance(len(rows))
+    finally:
+        reader.close()
+
+
+# --- progress and summary -------------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """A Rich progress bar, or nothing when ``enabled`` is false."""
+
+    def __init__(self, enabled: bool, console: Any) -> None:
+        self.enabled, self.console = enabled, console
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> Self:
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TimeElapsedColumn(), console=self.console)
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def start(self, description: str, total: int) -> None:
+        if self._progress is not None:
+            self._task = self._progress.add_task(description, total=total)
+
+    def advance(self, n: int) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.advance(self._task, n)
+
+
+def _print_summary(results: Sequence[ReplayResult], console: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="replay")
+    for column in ("projection", "schema", "source", "as of", "read", "applied", "duplicates", "undecodable",
+                   "after as-of", "seconds", "events/s"):
+        table.add_column(column, justify="right" if column not in ("projection", "schema", "source") else "left")
+    for r in results:
+        table.add_row(r.projection, r.schema, r.source, r.as_of.isoformat() if r.as_of else "-", f"{r.read:,}",
+                      f"{r.applied:,}", f"{r.duplicates:,}", f"{r.undecodable:,}", f"{r.after_as_of:,}",
+                      f"{r.seconds:.1f}", f"{r.events_per_s:,.0f}")
+    (console or Console()).print(table)
+
+
+__all__ = ["ReplayError", "ReplayResult", "as_of_schema", "decode_stored", "end_offsets", "event_tables", "replay",
+           "replay_async"]

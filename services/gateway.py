@@ -1,0 +1,397 @@
+"""Pharmacy feeds: each routed prescription, and what later happens to it, on ``rx.pharmacy.<pharmacy_id>``.
+``python -m services.gateway`` runs it until SIGTERM.
+
+A pharmacy sees only prescriptions routed to it (DOMAIN.md, "Who may see what"). Its topic gets, keyed by
+prescription id, one JSON ``FeedMessage`` per event:
+
+- ``routed`` (``PrescriptionRouted`` to this pharmacy) with what it needs to dispense: prescription id, the
+  hospital, business type (R14), diagnosis, items (drug code, name, spec, quantity, days of supply, unit price,
+  catalogue category — self-pay lines are told apart at the counter, R10), validity, and the patient's
+  pseudonym. Never ``patient_sealed``, never identity, never anything of another pharmacy.
+- ``returned`` (``PrescriptionReturned`` by this pharmacy): it is no longer this pharmacy's; the router may
+  send it elsewhere, and that pharmacy gets its own ``routed``.
+- ``cancelled``, ``expired``, ``dispense_withdrawn``: later changes to a prescription routed to this pharmacy.
+
+Prescriptions the hospital dispenses itself have no feed. Feed topics are created on demand with
+``feed_partitions`` partitions (default 1: one pharmacy's traffic is small, and thousands of pharmacies times
+twelve partitions would load a cluster for nothing); a pharmacy id that cannot be a Kafka topic name is sent
+to ``rx.dlq`` with the reason instead, so one bad registration never stops every feed.
+
+Delivery is at least once; consumers dedupe on the ``event_id`` header (the triggering event's id, also in the
+body). The gateway is a projection on the shared loop (own consumer group and schema ``gateway``): ``apply``
+folds the batch into its state (each prescription's dispensing details and current pharmacy), publishes the
+messages and waits for the broker's acknowledgements, then records the published event ids in ``published``;
+the loop commits state, that record and the consumed offsets in one transaction. A crash before the commit
+publishes the batch again (same ``event_id`` headers); an event already recorded in ``published`` is never
+sent again, even if the per-aggregate version record is rebuilt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import re
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from uuid import UUID
+
+import psycopg
+from psycopg import sql
+from pydantic import BaseModel, ConfigDict, Field
+
+from events import topics
+from events.base import BusinessType, CatalogCategory, DrugCode, Money, PatientRef, UTCDateTime
+from events.prescription import (
+    DispenserKind,
+    DispenseWithdrawn,
+    PrescriptionCancelled,
+    PrescriptionExpired,
+    PrescriptionIssued,
+    PrescriptionReturned,
+    PrescriptionRouted,
+    RoutingBasis,
+)
+from projections.base import Delivered, RunnerStats
+from services.workers import in_log_order, run_worker
+
+log = logging.getLogger(__name__)
+
+NAME = "gateway"
+FEED_SCHEMA_VERSION = 1
+_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+MessageType = Literal["routed", "returned", "cancelled", "expired", "dispense_withdrawn"]
+
+
+# --- what a pharmacy receives ------------------------------------------------------------------------------
+
+
+class FeedItem(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    drug_code: DrugCode
+    name: str
+    spec: str
+    quantity: int
+    days_supply: int
+    unit_price: Money
+    category: CatalogCategory
+
+
+class FeedPrescription(BaseModel):
+    """A prescription as its pharmacy sees it: dispensing details and the patient's pseudonym, nothing else."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prescription_id: UUID
+    hospital_id: str
+    business_type: BusinessType
+    patient_ref: PatientRef
+    diagnosis_code: str
+    diagnosis_name: str
+    items: tuple[FeedItem, ...]
+    issued_at: UTCDateTime
+    valid_until: UTCDateTime
+
+    @classmethod
+    def of(cls, event: PrescriptionIssued) -> FeedPrescription:
+        return cls(
+            prescription_id=event.originator_id, hospital_id=event.hospital_id, business_type=event.business_type,
+            patient_ref=event.patient_ref, diagnosis_code=event.diagnosis_code, diagnosis_name=event.diagnosis_name,
+            items=tuple(FeedItem(drug_code=i.drug_code, name=i.name, spec=i.spec, quantity=i.quantity,
+                                 days_supply=i.days_supply, unit_price=i.unit_price, category=i.category)
+                        for i in event.items),
+            issued_at=event.timestamp, valid_until=event.valid_until,
+        )
+
+
+class FeedMessage(BaseModel):
+    """One message on ``rx.pharmacy.<pharmacy_id>``; ``prescription`` is set on ``routed`` only."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: int = FEED_SCHEMA_VERSION
+    message_type: MessageType
+    event_id: str = Field(description="id of the triggering event; the same on every redelivery")
+    pharmacy_id: str
+    prescription_id: UUID
+    business_type: BusinessType
+    occurred_at: UTCDateTime
+    basis: RoutingBasis | None = None
+    prescription: FeedPrescription | None = None
+    reason: str | None = None
+    remainder_only: bool | None = None
+    dispense_no: int | None = None
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    topic: str
+    message: FeedMessage
+
+    def value(self) -> bytes:
+        return self.message.model_dump_json().encode()
+
+    def key(self) -> bytes:
+        return str(self.message.prescription_id).encode()
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        m = self.message
+        return [("event_id", m.event_id.encode()), ("message_type", m.message_type.encode()),
+                ("prescription_id", str(m.prescription_id).encode()), ("pharmacy_id", m.pharmacy_id.encode()),
+                ("schema_version", str(m.schema_version).encode()), ("business_type", m.business_type.value.encode())]
+
+
+def feed_topic(pharmacy_id: str, prefix: str = "rx.pharmacy.") -> str:
+    return f"{prefix}{pharmacy_id}"
+
+
+def valid_topic(name: str) -> bool:
+    return bool(_TOPIC_NAME.match(name)) and name not in {".", ".."}
+
+
+# --- the projection -------------------------------------------------------------------------------------------
+
+Publish = Callable[[Sequence[Outgoing]], None]
+
+
+@dataclass
+class _Rx:
+    details: FeedPrescription
+    pharmacy_id: str | None = None
+
+
+@dataclass
+class GatewayStats:
+    published: int = 0
+    already_published: int = 0
+    by_type: dict[str, int] = field(default_factory=dict)
+
+
+class Gateway:
+    """Folds prescription events into per-pharmacy feed messages; ``publish`` must return only once the broker
+    acknowledged every message (it is called inside the transaction that records them)."""
+
+    name = NAME
+
+    def __init__(self, publish: Publish | None = None, *, feed_prefix: str = "rx.pharmacy.") -> None:
+        self.publish = publish
+        self.feed_prefix = feed_prefix
+        self.stats = GatewayStats()
+
+    def create_tables(self, conn: psycopg.Connection[Any], schema: str) -> None:
+        s = sql.Identifier(schema)
+        conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {}.prescriptions (prescription_id uuid PRIMARY KEY, "
+                             "details jsonb NOT NULL, pharmacy_id text)").format(s))
+        conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {}.published (event_id text PRIMARY KEY, "
+                             "topic text NOT NULL, message_type text NOT NULL, "
+                             "published_at timestamptz NOT NULL DEFAULT now())").format(s))
+
+    def apply(self, conn: psycopg.Connection[Any], schema: str, batch: Sequence[Delivered]) -> None:
+        s = sql.Identifier(schema)
+        events = [d for d in in_log_order(batch) if isinstance(d.event, _RELEVANT)]
+        if not events:
+            return
+        rxs = _load(conn, s, {d.aggregate_id for d in events})
+        touched: set[UUID] = set()
+        out: list[Outgoing] = []
+        for d in events:
+            e = d.event
+            if isinstance(e, PrescriptionIssued):
+                rxs[d.aggregate_id] = _Rx(FeedPrescription.of(e))
+                touched.add(d.aggregate_id)
+                continue
+            rx = rxs.get(d.aggregate_id)
+            if rx is None:
+                log.warning("gateway: %s for prescription %s whose issue it never saw; ignored", d.event_type,
+                            d.aggregate_id)
+                continue
+            touched.add(d.aggregate_id)
+            if isinstance(e, PrescriptionRouted):
+                rx.pharmacy_id = e.dispenser_id if e.dispenser_kind is DispenserKind.PHARMACY else None
+                if rx.pharmacy_id is not None:
+                    out.append(self._message(d, rx, "routed", basis=e.basis, prescription=rx.details))
+            elif rx.pharmacy_id is None:
+                continue
+            elif isinstance(e, PrescriptionReturned):
+                out.append(self._message(d, rx, "returned", reason=e.reason))
+                rx.pharmacy_id = None
+            elif isinstance(e, PrescriptionCancelled):
+                out.append(self._message(d, rx, "cancelled", reason=e.reason, remainder_only=e.remainder_only))
+            elif isinstance(e, PrescriptionExpired):
+                out.append(self._message(d, rx, "expired", remainder_only=e.remainder_only))
+            elif isinstance(e, DispenseWithdrawn):
+                out.append(self._message(d, rx, "dispense_withdrawn", reason=e.reason, dispense_no=e.dispense_no))
+        fresh = _not_yet_published(conn, s, out)
+        self.stats.already_published += len(out) - len(fresh)
+        if fresh:
+            if self.publish is None:
+                raise RuntimeError("gateway: no publisher configured")
+            self.publish(fresh)
+            with conn.cursor() as cur:
+                cur.executemany(
+                    sql.SQL("INSERT INTO {}.published (event_id, topic, message_type) VALUES (%s, %s, %s) "
+                            "ON CONFLICT (event_id) DO NOTHING").format(s),
+                    [(o.message.event_id, o.topic, o.message.message_type) for o in fresh])
+            self.stats.published += len(fresh)
+            for o in fresh:
+                self.stats.by_type[o.message.message_type] = self.stats.by_type.get(o.message.message_type, 0) + 1
+        _save(conn, s, {k: rxs[k] for k in touched if k in rxs})
+
+    def _message(self, d: Delivered, rx: _Rx, message_type: MessageType, **fields: Any) -> Outgoing:
+        if rx.pharmacy_id is None:
+            raise ValueError(f"prescription {d.aggregate_id} has no pharmacy to feed")
+        message = FeedMessage(message_type=message_type, event_id=d.event_id, pharmacy_id=rx.pharmacy_id,
+                              prescription_id=d.aggregate_id, business_type=rx.details.business_type,
+                              occurred_at=d.timestamp, **fields)
+        return Outgoing(feed_topic(rx.pharmacy_id, self.feed_prefix), message)
+
+
+_RELEVANT = (PrescriptionIssued, PrescriptionRouted, PrescriptionReturned, PrescriptionCancelled, PrescriptionExpired,
+             DispenseWithdrawn)
+
+
+def _load(conn: psycopg.Connection[Any], s: sql.Identifier, ids: set[UUID]) -> dict[UUID, _Rx]:
+    rows = conn.execute(sql.SQL("SELECT prescription_id, details, pharmacy_id FROM {}.prescriptions "
+                                "WHERE prescription_id = ANY(%s)").format(s), (list(ids),)).fetchall()
+    return {r[0]: _Rx(FeedPrescription.model_validate(r[1]), r[2]) for r in rows}
+
+
+def _save(conn: psycopg.Connection[Any], s: sql.Identifier, rows: dict[UUID, _Rx]) -> None:
+    if not rows:
+        return
+    with conn.cursor() as cur:
+        cur.executemany(
+            sql.SQL("INSERT INTO {}.prescriptions (prescription_id, details, pharmacy_id) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (prescription_id) DO UPDATE SET pharmacy_id = EXCLUDED.pharmacy_id").format(s),
+            [(k, json.dumps(rx.details.model_dump(mode="json")), rx.pharmacy_id) for k, rx in rows.items()])
+
+
+def _not_yet_published(conn: psycopg.Connection[Any], s: sql.Identifier, out: list[Outgoing]) -> list[Outgoing]:
+    if not out:
+        return []
+    rows = conn.execute(sql.SQL("SELECT event_id FROM {}.published WHERE event_id = ANY(%s)").format(s),
+                        ([o.message.event_id for o in out],)).fetchall()
+    done = {r[0] for r in rows}
+    return [o for o in out if o.message.event_id not in done]
+
+
+# --- publishing -------------------------------------------------------------------------------------------------
+
+
+class FeedPublisher:
+    """Sends feed messages from the projection's worker thread through one producer on the event loop.
+
+    ``__call__`` blocks until every message is acknowledged; topics are created on first use.
+    """
+
+    def __init__(self, bootstrap: str, loop: asyncio.AbstractEventLoop, *, dlq_topic: str = topics.DLQ,
+                 feed_partitions: int = 1, send_timeout_s: float = 30.0) -> None:
+        self.bootstrap = bootstrap
+        self.loop = loop
+        self.dlq_topic = dlq_topic
+        self.feed_partitions = feed_partitions
+        self.send_timeout_s = send_timeout_s
+        self.producer: Any = None
+        self._known: set[str] = set()
+
+    async def start(self) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
+        await self.producer.start()
+
+    async def stop(self) -> None:
+        if self.producer is not None:
+            await self.producer.stop()
+
+    def __call__(self, messages: Sequence[Outgoing]) -> None:
+        asyncio.run_coroutine_threadsafe(self.send(messages), self.loop).result()
+
+    async def send(self, messages: Sequence[Outgoing]) -> None:
+        from services.infra.kafka_admin import ensure_topics_async
+
+        new = [o.topic for o in messages if valid_topic(o.topic) and o.topic not in self._known]
+        if new:
+            await ensure_topics_async(self.bootstrap, new, partitions=self.feed_partitions)
+            self._known.update(new)
+        pending = []
+        for o in messages:
+            if valid_topic(o.topic):
+                pending.append(await self.producer.send(o.topic, value=o.value(), key=o.key(), headers=o.headers()))
+                continue
+            error = f"pharmacy id {o.message.pharmacy_id!r} cannot be a Kafka topic name ({o.topic!r})"
+            log.error("gateway: %s; %s for prescription %s sent to %s", error, o.message.message_type,
+                      o.message.prescription_id, self.dlq_topic)
+            pending.append(await self.producer.send(self.dlq_topic, value=o.value(), key=o.key(), headers=[
+                *o.headers(), ("dlq_error", error.encode()), ("dlq_consumer", f"rxtrail.{NAME}".encode())]))
+        await asyncio.wait_for(asyncio.gather(*pending), self.send_timeout_s)
+
+
+# --- composition root -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    database_url: str
+    bootstrap: str
+    topic: str = topics.EVENTS
+    dlq_topic: str = topics.DLQ
+    group_id: str = "rxtrail.gateway"
+    schema: str = NAME
+    feed_prefix: str = "rx.pharmacy."
+    feed_partitions: int = 1
+    partitions: int = 12
+    max_records: int = 500
+
+
+async def run_gateway(config: GatewayConfig, stop: asyncio.Event, *, idle_timeout_s: float | None = None,
+                      gateway: Gateway | None = None) -> Gateway:
+    """Feed pharmacies until ``stop`` is set (or nothing arrived for ``idle_timeout_s``); returns the gateway."""
+    publisher = FeedPublisher(config.bootstrap, asyncio.get_running_loop(), dlq_topic=config.dlq_topic,
+                              feed_partitions=config.feed_partitions)
+    gateway = gateway or Gateway(feed_prefix=config.feed_prefix)
+    gateway.publish = publisher
+    await publisher.start()
+    try:
+        stats: RunnerStats = await run_worker(
+            gateway, config.database_url, config.bootstrap, stop, topic=config.topic, dlq_topic=config.dlq_topic,
+            group_id=config.group_id, schema=config.schema, partitions=config.partitions,
+            max_records=config.max_records, idle_timeout_s=idle_timeout_s)
+    finally:
+        await publisher.stop()
+    log.info("gateway: stopped after %d events (%d duplicates); published %d feed messages",
+             stats.applied, stats.duplicates, gateway.stats.published)
+    return gateway
+
+
+def main(argv: list[str] | None = None) -> int:
+    from services.infra.settings import Settings
+    from services.workers import configure_logging, run_until_signalled
+
+    settings = Settings()
+    parser = argparse.ArgumentParser(prog="python -m services.gateway", description="Feed routed prescriptions to "
+                                     "their pharmacies on rx.pharmacy.<pharmacy_id>.")
+    parser.add_argument("--topic", default=topics.EVENTS)
+    parser.add_argument("--group-id", default="rxtrail.gateway")
+    parser.add_argument("--schema", default=NAME)
+    parser.add_argument("--feed-prefix", default="rx.pharmacy.")
+    parser.add_argument("--feed-partitions", type=int, default=1)
+    args = parser.parse_args(argv)
+    configure_logging()
+    config = GatewayConfig(settings.resolved_database_url(), settings.resolved_kafka_bootstrap(), topic=args.topic,
+                           group_id=args.group_id, schema=args.schema, feed_prefix=args.feed_prefix,
+                           feed_partitions=args.feed_partitions, partitions=settings.partitions)
+
+    async def body(stop: asyncio.Event) -> None:
+        await run_gateway(config, stop)
+
+    return run_until_signalled(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,367 @@
+"""The settlement worker: `rx.events` → settle commands (SettlePrescription, SettleConsultation).
+
+Triggers:
+- ``PrescriptionDelivered`` / ``PrescriptionCollected`` (and ``PrescriptionDispensed`` complete at the hospital,
+  should the prescription already accept settlement then) → settle the prescription with the party that
+  dispensed it (pharmacy, or the hospital's physical institution);
+- ``FollowUpVisitRecorded`` → settle the consultation fee with the physical institution.
+
+Each command is keyed by the triggering event: ``command_id = "settle:" + event_id`` (the relay's deterministic
+event id), so a redelivered or republished trigger gets the first outcome back and records nothing. The
+aggregates themselves settle at most once (optimistic concurrency), whatever triggers race.
+
+State (schema ``settlement_worker``, written in the consumer loop's transaction together with the offsets):
+``patients`` (R11 status from ``PatientSuspendedForFraud`` / ``PatientReinstated``) and ``ledger`` (one row per
+settled prescription or visit: patient, year, fund, personal account, deductible counted), whose sums per patient
+and year are the year-to-date figures. A command is issued before the batch commits: a crash in between
+re-processes the trigger and meets the recorded outcome. The ledger row is written when the worker issues the
+command (so two claims of one patient in one batch see each other) and corrected by the settled event.
+
+Not known from the record, so configuration (:class:`SettlementConfig`, ILLUSTRATIVE): the personal-account
+balance (a default per employee per year, less what the account paid this year) and institution levels.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from eventsourcing.application import AggregateNotFoundError
+from psycopg import sql
+
+from events.base import ZERO, RealNameMethod
+from events.encounter import ConsultationSettled, FollowUpVisitRecorded
+from events.prescription import (
+    DispenserKind,
+    PrescriptionCollected,
+    PrescriptionDelivered,
+    PrescriptionDispensed,
+    PrescriptionIssued,
+    PrescriptionSettled,
+)
+from events.registries import PatientReinstated, PatientSuspendedForFraud
+from projections.base import Delivered
+from services.application import RxTrail
+from services.application.commands import Command
+from services.application.outcomes import Outcome
+from services.domain.aggregate import project_all
+from services.domain.encounter import Encounter, project_encounter
+from services.domain.errors import DomainError
+from services.domain.policy import DEFAULT_RULES, RuleConfig
+from services.domain.prescription import Prescription, RxStatus
+from services.domain.settlement import RegionCatalog, Split, YearToDate, split
+from services.reference import Reference, ReferenceNotFound, load_reference
+from services.reference.policies import PolicyNotFound, load_policy
+from services.settlement.claims import (
+    SettlementConfig,
+    WithConsultation,
+    consultation_claim,
+    prescription_claim,
+    settle_consultation,
+    settle_prescription,
+)
+from services.workers import command_key, in_log_order
+
+log = logging.getLogger("rxtrail.settlement")
+
+SETTLEABLE = frozenset({RxStatus.DELIVERED, RxStatus.COLLECTED})
+SUSPENDED_RETRY = ":R11"
+"""Suffix of the one retry after an R11 refusal (the suspension reached the record before this worker's table)."""
+
+
+def command_id_for(event_id: str) -> str:
+    """``settle:<event id>`` (``services.workers.command_key``)."""
+    return command_key("settle", event_id)
+
+
+@dataclass
+class WorkerStats:
+    issued: int = 0
+    settled: int = 0
+    replayed: int = 0
+    skipped: int = 0
+    rejected: int = 0
+
+
+@dataclass
+class _Plan:
+    """One trigger made ready to issue: everything but the year-to-date figures."""
+
+    command_id: str
+    aggregate_id: UUID
+    patient_ref: str
+    insurance_type: Any
+    build: Any  # (YearToDate, balance, suspended) -> (Split, Command)
+
+
+@dataclass
+class _Ytd:
+    deductible: Decimal = ZERO
+    fund: Decimal = ZERO
+    personal_account: Decimal = ZERO
+
+
+@dataclass
+class SettlementWorker:
+    """The worker as a :class:`projections.base.Projection`: the shared loop owns Kafka, offsets and the transaction."""
+
+    app: RxTrail
+    config: SettlementConfig = field(default_factory=SettlementConfig)
+    reference: Reference | None = None
+    rules: RuleConfig = DEFAULT_RULES
+    stats: WorkerStats = field(default_factory=WorkerStats)
+    name: str = "settlement_worker"
+
+    def __post_init__(self) -> None:
+        self._catalog: Reference = self.reference or load_reference()
+
+    # --- Projection protocol ------------------------------------------------------------------------
+    def create_tables(self, conn: psycopg.Connection[Any], schema: str) -> None:
+        s = sql.Identifier(schema)
+        conn.execute(sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {}.patients (status_id uuid PRIMARY KEY, patient_ref text NOT NULL,"
+            " suspended boolean NOT NULL, until date)").format(s))
+        conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS patients_ref ON {}.patients (patient_ref)").format(s))
+        conn.execute(sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {}.ledger (aggregate_id uuid PRIMARY KEY, patient_ref text NOT NULL,"
+            " year int NOT NULL, fund numeric(16,2) NOT NULL, personal_account numeric(16,2) NOT NULL,"
+            " deductible numeric(16,2) NOT NULL DEFAULT 0, source text NOT NULL)").format(s))
+        conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS ledger_patient_year ON {}.ledger (patient_ref, year)")
+                     .format(s))
+        conn.execute(sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {}.skipped (command_id text PRIMARY KEY, aggregate_id uuid NOT NULL,"
+            " reason text NOT NULL, at timestamptz NOT NULL DEFAULT now())").format(s))
+
+    def apply(self, conn: psycopg.Connection[Any], schema: str, batch: Sequence[Delivered]) -> None:
+        batch = in_log_order(batch)  # a suspension recorded before a delivery is seen before it
+        self._patients(conn, schema, batch)
+        self._settled(conn, schema, batch)
+        triggers = [d for d in batch if self._is_trigger(d)]
+        if triggers:
+            self._issue(conn, schema, triggers)
+
+    # --- state from events ----------------------------------------------------------------------------
+    def _patients(self, conn: psycopg.Connection[Any], schema: str, batch: Sequence[Delivered]) -> None:
+        s = sql.Identifier(schema)
+        for d in batch:
+            e = d.event
+            if isinstance(e, PatientSuspendedForFraud):
+                conn.execute(sql.SQL(
+                    "INSERT INTO {}.patients (status_id, patient_ref, suspended, until) VALUES (%s, %s, true, %s)"
+                    " ON CONFLICT (status_id) DO UPDATE SET suspended = true, until = EXCLUDED.until").format(s),
+                    (d.aggregate_id, e.patient_ref, e.until))
+            elif isinstance(e, PatientReinstated):
+                conn.execute(sql.SQL("UPDATE {}.patients SET suspended = false, until = NULL WHERE status_id = %s")
+                             .format(s), (d.aggregate_id,))
+
+    def _settled(self, conn: psycopg.Connection[Any], schema: str, batch: Sequence[Delivered]) -> None:
+        rows = [(d.aggregate_id, d.event.patient_ref, self._year(d.timestamp), d.event.fund,
+                 d.event.personal_account)
+                for d in batch if isinstance(d.event, PrescriptionSettled | ConsultationSettled)]
+        if not rows:
+            return
+        with conn.cursor() as cur:
+            cur.executemany(sql.SQL(
+                "INSERT INTO {}.ledger (aggregate_id, patient_ref, year, fund, personal_account, source)"
+                " VALUES (%s, %s, %s, %s, %s, 'event') ON CONFLICT (aggregate_id) DO UPDATE SET"
+                " patient_ref = EXCLUDED.patient_ref, year = EXCLUDED.year, fund = EXCLUDED.fund,"
+                " personal_account = EXCLUDED.personal_account, source = 'event'").format(sql.Identifier(schema)),
+                rows)
+
+    # --- triggers ---------------------------------------------------------------------------------------
+    @staticmethod
+    def _is_trigger(d: Delivered) -> bool:
+        e = d.event
+        if isinstance(e, PrescriptionDelivered | PrescriptionCollected | FollowUpVisitRecorded):
+            return True
+        return isinstance(e, PrescriptionDispensed) and e.complete
+
+    def _issue(self, conn: psycopg.Connection[Any], schema: str, triggers: Sequence[Delivered]) -> None:
+        ids = [command_id_for(d.event_id) for d in triggers]
+        recorded = self.app.recorded_outcomes([*ids, *(i + SUSPENDED_RETRY for i in ids)])
+        plans: list[_Plan] = []
+        for d, command_id in zip(triggers, ids, strict=True):
+            if command_id in recorded:
+                self.stats.replayed += 1
+                continue
+            try:
+                plan = self._plan(d, command_id)
+            except (DomainError, PolicyNotFound, ReferenceNotFound, ValueError) as exc:
+                self._skip(conn, schema, command_id, d.aggregate_id, f"{type(exc).__name__}: {exc}")
+                continue
+            if isinstance(plan, str):
+                if d.event_type != "PrescriptionDispensed":  # hospital hand-over comes later: not worth a row
+                    self._skip(conn, schema, command_id, d.aggregate_id, plan)
+                continue
+            plans.append(plan)
+        for round_ in _rounds(plans):
+            self._issue_round(conn, schema, round_)
+
+    def _plan(self, d: Delivered, command_id: str) -> _Plan | str:
+        """What to issue for a trigger, or why nothing is issued."""
+        if isinstance(d.event, FollowUpVisitRecorded):
+            return self._plan_consultation(d.event, command_id)
+        return self._plan_prescription(d, command_id)
+
+    def _plan_prescription(self, d: Delivered, command_id: str) -> _Plan | str:
+        events = list(self.app.store.events.get(d.aggregate_id))
+        if not events:
+            return "prescription not in the event store"
+        rx = project_all(Prescription, events)
+        if isinstance(d.event, PrescriptionDispensed) and rx.dispenser_kind is not DispenserKind.HOSPITAL:
+            return "dispensed by a pharmacy: settled on delivery or collection"
+        if rx.status not in SETTLEABLE:
+            return f"prescription is {rx.status.value}, not delivered or collected"
+        issued = events[0]
+        if not isinstance(issued, PrescriptionIssued):
+            return "prescription stream does not start with PrescriptionIssued"
+        verification = self._verification(events, rx)
+        policy = load_policy(rx.insured_region, as_of=self.rules.local_date(self.app.clock.now()))
+        catalog = RegionCatalog(rx.pooling_region, self._catalog)
+
+        def build(ytd: YearToDate, balance: Decimal, suspended: bool) -> tuple[Split, Command]:
+            claim = prescription_claim(rx, issued, suspended=suspended, balance=balance)
+            outcome = split(claim, policy, catalog, ytd)
+            return outcome, settle_prescription(command_id, rx, outcome, verification)
+
+        return _Plan(command_id, rx.id, rx.patient_ref, rx.insurance_type, build)
+
+    def _plan_consultation(self, visit: FollowUpVisitRecorded, command_id: str) -> _Plan | str:
+        try:
+            encounter = self.app.store.repository.get(visit.originator_id, projector_func=project_encounter)
+        except AggregateNotFoundError:
+            return "visit not in the event store"
+        if not isinstance(encounter, Encounter):
+            return "not an encounter"
+        if encounter.settled:
+            return "consultation already settled"
+        policy = load_policy(visit.insured_region, as_of=self.rules.local_date(self.app.clock.now()))
+        catalog = WithConsultation(visit.pooling_region, self._catalog)
+        level = self.config.level_of(visit.physical_institution_id)
+
+        def build(ytd: YearToDate, balance: Decimal, suspended: bool) -> tuple[Split, Command]:
+            claim = consultation_claim(visit, policy, level, suspended=suspended, balance=balance)
+            outcome = split(claim, policy, catalog, ytd)
+            return outcome, settle_consultation(command_id, visit, outcome)
+
+        return _Plan(command_id, visit.originator_id, visit.patient_ref, visit.insurance_type, build)
+
+    def _verification(self, events: Iterable[Any], rx: Prescription) -> RealNameMethod:
+        """R9 evidence: the collection's verification, else the visit's (delivery to the verified patient)."""
+        collected = [e for e in events if isinstance(e, PrescriptionCollected)]
+        if collected:
+            return collected[-1].verification_method
+        visit = next(iter(self.app.store.events.get(rx.encounter_id, lte=1)), None)
+        if isinstance(visit, FollowUpVisitRecorded):
+            return visit.verification_method
+        return RealNameMethod.E_VOUCHER
+
+    def _issue_round(self, conn: psycopg.Connection[Any], schema: str, plans: Sequence[_Plan]) -> None:
+        """Issue one command per patient at most, against the ledger as it stands (earlier rounds included)."""
+        year = self._year(self.app.clock.now())
+        ytd = self._year_to_date(conn, schema, year, {p.patient_ref for p in plans})
+        suspended = self._suspended(conn, schema, {p.patient_ref for p in plans})
+        ready: list[tuple[_Plan, Split, Command]] = []
+        for plan in plans:
+            figures = ytd.get(plan.patient_ref, _Ytd())
+            try:
+                outcome, command = plan.build(
+                    YearToDate(deductible_met=figures.deductible, fund_paid=figures.fund),
+                    self.config.balance_left(plan.insurance_type, figures.personal_account),
+                    plan.patient_ref in suspended)
+            except (DomainError, ValueError) as exc:
+                self._skip(conn, schema, plan.command_id, plan.aggregate_id, f"{type(exc).__name__}: {exc}")
+                continue
+            ready.append((plan, outcome, command))
+        if not ready:
+            return
+        outcomes = self.app.apply_batch([command for _, _, command in ready])
+        self.stats.issued += len(ready)
+        retry: list[tuple[_Plan, Split, Command]] = []
+        for (plan, outcome, command), result in zip(ready, outcomes, strict=True):
+            if result.ok:
+                self._booked(conn, schema, plan, outcome, year, result)
+            elif result.rule_id == "R11" and not plan.command_id.endswith(SUSPENDED_RETRY):
+                figures = ytd.get(plan.patient_ref, _Ytd())
+                plan = _Plan(plan.command_id + SUSPENDED_RETRY, plan.aggregate_id, plan.patient_ref,
+                             plan.insurance_type, plan.build)
+                outcome, command = plan.build(YearToDate(deductible_met=figures.deductible, fund_paid=figures.fund),
+                                              ZERO, True)
+                retry.append((plan, outcome, command.model_copy(update={"command_id": plan.command_id,
+                                                                        "settlement_ref": plan.command_id})))
+            else:
+                self._rejected(conn, schema, plan, result)
+        for (plan, outcome, command) in retry:
+            result = self.app.handle(command)
+            self.stats.issued += 1
+            if result.ok:
+                self._booked(conn, schema, plan, outcome, year, result)
+            else:
+                self._rejected(conn, schema, plan, result)
+
+    def _booked(self, conn: psycopg.Connection[Any], schema: str, plan: _Plan, outcome: Split, year: int,
+                result: Outcome) -> None:
+        if result.replayed:
+            self.stats.replayed += 1
+        else:
+            self.stats.settled += 1
+        conn.execute(sql.SQL(
+            "INSERT INTO {}.ledger (aggregate_id, patient_ref, year, fund, personal_account, deductible, source)"
+            " VALUES (%s, %s, %s, %s, %s, %s, 'issued') ON CONFLICT (aggregate_id) DO UPDATE SET"
+            " deductible = EXCLUDED.deductible").format(sql.Identifier(schema)),
+            (plan.aggregate_id, plan.patient_ref, year, outcome.fund, outcome.personal_account,
+             outcome.deductible_applied))
+
+    def _rejected(self, conn: psycopg.Connection[Any], schema: str, plan: _Plan, result: Outcome) -> None:
+        self.stats.rejected += 1
+        reason = f"{result.error} {result.rule_id or ''}: {result.reason}"
+        log.warning("settlement %s of %s refused: %s", plan.command_id, plan.aggregate_id, reason)
+        self._skip(conn, schema, plan.command_id, plan.aggregate_id, reason, count=False)
+
+    def _skip(self, conn: psycopg.Connection[Any], schema: str, command_id: str, aggregate_id: UUID, reason: str,
+              *, count: bool = True) -> None:
+        if count:
+            self.stats.skipped += 1
+            log.info("settlement trigger %s (%s): nothing issued: %s", command_id, aggregate_id, reason)
+        conn.execute(sql.SQL("INSERT INTO {}.skipped (command_id, aggregate_id, reason) VALUES (%s, %s, %s)"
+                             " ON CONFLICT (command_id) DO UPDATE SET reason = EXCLUDED.reason")
+                     .format(sql.Identifier(schema)), (command_id, aggregate_id, reason[:2000]))
+
+    # --- reading state ------------------------------------------------------------------------------------
+    def _year(self, at: datetime) -> int:
+        return self.rules.local_date(at).year
+
+    def _year_to_date(self, conn: psycopg.Connection[Any], schema: str, year: int, patients: set[str]
+                      ) -> dict[str, _Ytd]:
+        rows = conn.execute(sql.SQL(
+            "SELECT patient_ref, sum(deductible), sum(fund), sum(personal_account) FROM {}.ledger"
+            " WHERE year = %s AND patient_ref = ANY(%s) GROUP BY patient_ref").format(sql.Identifier(schema)),
+            (year, list(patients))).fetchall()
+        return {r[0]: _Ytd(r[1], r[2], r[3]) for r in rows}
+
+    def _suspended(self, conn: psycopg.Connection[Any], schema: str, patients: set[str]) -> set[str]:
+        today = self.rules.local_date(self.app.clock.now())
+        rows = conn.execute(sql.SQL(
+            "SELECT patient_ref FROM {}.patients WHERE patient_ref = ANY(%s) AND suspended"
+            " AND (until IS NULL OR until >= %s)").format(sql.Identifier(schema)), (list(patients), today)).fetchall()
+        return {r[0] for r in rows}
+
+
+def _rounds(plans: Sequence[_Plan]) -> list[list[_Plan]]:
+    """Split plans so each round has at most one per patient (the n-th claim of each patient in round n)."""
+    seen: dict[str, int] = defaultdict(int)
+    rounds: list[list[_Plan]] = []
+    for plan in plans:
+        n = seen[plan.patient_ref]
+        seen[plan.patient_ref] += 1
+        if n == len(rounds):
+            rounds.append([])
+        rounds[n].append(plan)
+    return rounds

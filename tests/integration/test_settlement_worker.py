@@ -1,0 +1,213 @@
+"""The settlement worker on real PostgreSQL + Kafka: commands through the application, the relay to a unique
+topic, the worker settles once with the worked split, and a redelivery from the start settles nothing again.
+
+Worked figures (Jinan 370100 policy 2026.1, ILLUSTRATIVE: employee deductible 500.00, fund ratio 0.85, category B
+first self-pay 10%, tertiary outpatient consultation 12.00; the worker's default personal-account balance 2000.00):
+
+Consultation (public institution, fee charged 20.00, payment standard 12.00):
+  settled 12.00 all towards the deductible → fund 0.00; account pays the covered 12.00; the 8.00 above the
+  standard is self-pay (public institution: never the account) → fund 0.00 / account 12.00 / self 8.00;
+  the year's deductible met: 12.00, account used 12.00.
+
+Prescription (non-public pharmacy, delivery fee 8.00), deductible left 488.00, account 1988.00:
+  metformin (A) 4 × 150.00 (cap 150.00) = 600.00 → 488.00 deductible, fund 0.85 × 112.00 = 95.20, account 504.80
+  glimepiride (B) 2 × 55.00 (cap 50.00) = 110.00 → settled 100.00, first self-pay 10.00, fund 0.85 × 90.00 = 76.50,
+      account 33.50 (incl. the 10.00 above the cap: a non-public dispenser, R7)
+  delivery 8.00 self-pay (R6)
+  → total 718.00 = fund 171.70 + account 538.30 + self 8.00.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from uuid import UUID
+
+import psycopg
+import pytest
+from support import unique_id, unique_topic
+
+from events.base import CatalogCategory, InsuranceType, Ownership, RealNameMethod
+from events.encounter import ConsultationSettled
+from events.prescription import DispensedLine, PrescriptionItem, PrescriptionSettled, RoutingBasis
+from services.application import RxTrail, build_application
+from services.application import commands as c
+from services.application.outcomes import Outcome
+from services.application.reading import load_stream
+from services.domain.clock import FixedClock
+from services.infra.kafka_admin import ensure_topics_async
+from services.relay import RelayConfig, RelayStats, run_relay
+from services.settlement.run import build_consumer
+from services.settlement.worker import WorkerStats
+
+JINAN = "370100"
+T0 = datetime(2026, 3, 10, 2, 0, tzinfo=UTC)
+SECRET = b"rxtrail-settlement-test-secret-0123456789"
+METFORMIN = "XA10BAA001A001030101"  # category A in reference 2026.1
+GLIMEPIRIDE = "XA10BBA003A001040101"  # category B
+D = Decimal
+
+
+def ok(outcome: Outcome) -> UUID:
+    if not outcome.ok or outcome.aggregate_id is None:
+        raise AssertionError(f"expected ok, got {outcome.error} {outcome.rule_id}: {outcome.reason}")
+    return outcome.aggregate_id
+
+
+def codes(n: int) -> tuple[str, ...]:
+    return tuple(f"{secrets.randbelow(10**20):020d}" for _ in range(n))
+
+
+@dataclass
+class World:
+    app: RxTrail
+    db: str
+    bootstrap: str
+    topic: str
+    relay_stats: RelayStats
+    hospital: str
+    physician: str
+    pharmacist: str
+    pharmacy: str
+    national_id: str
+
+    def events_stored(self) -> int:
+        with psycopg.connect(self.db) as conn:
+            row = conn.execute("SELECT count(*) FROM rxtrail_events").fetchone()
+        return int(row[0]) if row else 0
+
+    async def relayed(self, timeout_s: float = 20.0) -> None:
+        """Wait until the relay has published everything stored so far."""
+        deadline = time.monotonic() + timeout_s
+        while self.relay_stats.published < self.events_stored():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"relay published {self.relay_stats.published} of {self.events_stored()}")
+            await asyncio.sleep(0.1)
+
+    async def run_worker(self, group: str, schema: str, idle_s: float = 2.5) -> WorkerStats:
+        await self.relayed()
+        consumer = build_consumer(self.app, self.db, self.bootstrap, topic=self.topic, dlq_topic=self.topic + ".dlq",
+                                  group_id=group, schema=schema)
+        await consumer.run(asyncio.Event(), idle_timeout_s=idle_s)
+        stats: WorkerStats = consumer.projection.stats  # type: ignore[attr-defined]
+        return stats
+
+    def visit(self, fee: str = "20.00") -> UUID:
+        return ok(self.app.handle(c.RecordFollowUpVisit(
+            hospital_id=self.hospital, visit_ref=unique_id("V"), physical_institution_id=f"P-{self.hospital}",
+            institution_ownership=Ownership.PUBLIC, pooling_region=JINAN, insured_region=JINAN,
+            insurance_type=InsuranceType.EMPLOYEE,
+            patient=c.PatientIdentity(national_id=self.national_id, name="张三"),
+            physician_id=self.physician, physician_signature=f"sig:{self.physician}", diagnosis_code="E11.9",
+            diagnosis_name="type 2 diabetes", original_diagnosis_code="E11.9",
+            original_diagnosis_date=(T0 - timedelta(days=30)).date(), original_institution_id=f"P-{self.hospital}",
+            verification_method=RealNameMethod.E_VOUCHER, consultation_fee=D(fee))))
+
+    def delivered_prescription(self, encounter_id: UUID) -> UUID:
+        items = (PrescriptionItem(drug_code=METFORMIN, name="metformin", spec="0.5g*30", quantity=4, days_supply=28,
+                                  unit_price=D("150.00"), category=CatalogCategory.A),
+                 PrescriptionItem(drug_code=GLIMEPIRIDE, name="glimepiride", spec="2mg*30", quantity=2,
+                                  days_supply=28, unit_price=D("55.00"), category=CatalogCategory.B))
+        rx = ok(self.app.handle(c.IssuePrescription(
+            hospital_id=self.hospital, prescription_ref=unique_id("RX"), encounter_id=encounter_id,
+            physician_signature=f"sig:{self.physician}", items=items,
+            first_visit_drug_codes=(METFORMIN, GLIMEPIRIDE))))
+        ok(self.app.handle(c.ApprovePrescription(prescription_id=rx, pharmacist_id=self.pharmacist)))
+        ok(self.app.handle(c.RoutePrescription(prescription_id=rx, pharmacy_id=self.pharmacy,
+                                               basis=RoutingBasis.PATIENT_CHOICE)))
+        ok(self.app.handle(c.AcceptPrescription(prescription_id=rx, dispenser_id=self.pharmacy)))
+        ok(self.app.handle(c.DispensePrescription(prescription_id=rx, dispenser_id=self.pharmacy, lines=(
+            DispensedLine(drug_code=METFORMIN, quantity=4, unit_price=D("150.00"), price_cap=D("150.00"),
+                          trace_codes=codes(4)),
+            DispensedLine(drug_code=GLIMEPIRIDE, quantity=2, unit_price=D("55.00"), price_cap=D("50.00"),
+                          trace_codes=codes(2))))))
+        ok(self.app.handle(c.ArrangeDelivery(prescription_id=rx, delivery_enterprise_id="DEL-1",
+                                             delivery_fee=D("8.00"), fee_disclosed=True)))
+        ok(self.app.handle(c.MarkDelivered(prescription_id=rx, delivery_enterprise_id="DEL-1")))
+        return rx
+
+
+@pytest.fixture
+async def world(make_database: Callable[[], str], kafka_bootstrap: str) -> AsyncIterator[World]:
+    db = make_database()
+    topic = unique_topic("rx.events.settle")
+    await ensure_topics_async(kafka_bootstrap, [topic, topic + ".dlq"], partitions=3)
+    app = build_application(db, pseudonym_secret=SECRET, clock=FixedClock(T0))
+    w = World(app, db, kafka_bootstrap, topic, RelayStats(), unique_id("H"), unique_id("DR"), unique_id("RPH"),
+              unique_id("PH"), f"3701{secrets.randbelow(10**14):014d}")
+    ok(app.handle(c.RegisterPhysician(physician_id=w.physician, hospital_id=w.hospital, name="Dr Li",
+                                      qualification_no="Q-1")))
+    ok(app.handle(c.RegisterPharmacist(pharmacist_id=w.pharmacist, employer_id=w.hospital, name="Wang",
+                                       qualification_no="Q-2")))
+    ok(app.handle(c.DesignatePharmacy(pharmacy_id=w.pharmacy, name="Kangda", pooling_region=JINAN,
+                                      agreement_no=unique_id("A"), ownership=Ownership.NON_PUBLIC)))
+    stop = asyncio.Event()
+    relay = asyncio.create_task(run_relay(
+        RelayConfig(database_url=db, bootstrap=kafka_bootstrap, topic=topic, partitions=3, poll_interval_s=0.5,
+                    check_interval_s=5.0, max_backoff_s=1.0), stop, w.relay_stats))
+    try:
+        yield w
+    finally:
+        stop.set()
+        await asyncio.wait_for(relay, 20)
+        app.close()
+
+
+def settlements(world: World, aggregate_id: UUID, kind: type) -> list[object]:
+    return [e for e in load_stream(world.app.store, aggregate_id) if isinstance(e, kind)]
+
+
+async def test_worker_settles_visit_and_prescription_once_with_the_worked_split(world: World) -> None:
+    encounter = world.visit()
+    first = await world.run_worker("g-settle", "settlement_worker")
+    assert (first.settled, first.rejected) == (1, 0)
+    (consultation,) = settlements(world, encounter, ConsultationSettled)
+    assert isinstance(consultation, ConsultationSettled)
+    assert (consultation.fund, consultation.personal_account, consultation.self_pay) == (
+        D("0.00"), D("12.00"), D("8.00"))
+    assert consultation.settled_with == f"P-{world.hospital}"
+    assert consultation.policy_version == "2026.1"
+
+    rx = world.delivered_prescription(encounter)
+    second = await world.run_worker("g-settle", "settlement_worker")
+    assert (second.settled, second.rejected) == (1, 0)
+    (settled,) = settlements(world, rx, PrescriptionSettled)
+    assert isinstance(settled, PrescriptionSettled)
+    assert settled.settled_with == world.pharmacy
+    assert (settled.total, settled.fund, settled.personal_account, settled.self_pay, settled.delivery_fee) == (
+        D("718.00"), D("171.70"), D("538.30"), D("8.00"), D("8.00"))
+    assert (settled.policy_region, settled.catalog_region) == (JINAN, JINAN)
+    assert settled.settlement_ref.startswith("settle:")
+
+    # the ledger (year-to-date source) now holds both, corrected by the settled events
+    await world.relayed()
+    with psycopg.connect(world.db) as conn:
+        rows = conn.execute("SELECT sum(deductible), sum(fund), sum(personal_account), count(*)"
+                            " FROM settlement_worker.ledger").fetchone()
+    assert rows == (D("500.00"), D("171.70"), D("550.30"), 2)
+
+    # redelivery: a fresh group and fresh state read the topic from the start; nothing new is recorded
+    before = world.events_stored()
+    again = await world.run_worker("g-settle-again", "settlement_worker_again")
+    assert again.settled == 0 and again.rejected == 0
+    assert again.replayed == 2  # both triggers met their recorded outcomes by command id
+    assert world.events_stored() == before
+    assert len(settlements(world, rx, PrescriptionSettled)) == 1
+    assert len(settlements(world, encounter, ConsultationSettled)) == 1
+
+
+async def test_a_patient_suspended_for_fraud_is_settled_without_insurance(world: World) -> None:
+    world.app.handle(c.SuspendPatientForFraud(patient_ref=world.app.vault.patient_ref(world.national_id),
+                                              reason="duplicate claims"))
+    encounter = world.visit()
+    stats = await world.run_worker(unique_id("g"), "settlement_worker")
+    assert stats.settled == 1
+    (consultation,) = settlements(world, encounter, ConsultationSettled)
+    assert isinstance(consultation, ConsultationSettled)
+    assert (consultation.fund, consultation.personal_account, consultation.self_pay) == (
+        D("0.00"), D("0.00"), D("20.00"))

@@ -1,0 +1,299 @@
+"""Monthly statements on real PostgreSQL: settlements, refusals and clawbacks recorded through the application over
+three months (clock moved), the settlement projections rebuilt from the event store (their own code), then months
+closed. Statements agree with the projections, closing twice records nothing, a clawback is deducted the month
+after, the deposit is released by the assessment score, and the PDF says what the CSV says.
+
+Worked figures (Changchun 220100, deposit 5% of gross − refused, ILLUSTRATIVE reference 2026.1):
+
+2026-02  institution INST (hospitals H1, H2): consultation 10.00 + H1 rx1 35.00 + H2 rx3 30.00 = gross 75.00,
+         refused (rx3) 6.00, deposit 5% × 69.00 = 3.45, payable 65.55; clawed back from rx1 in Feb: 3.50.
+         pharmacy PH: rx2 40.00 in full.
+2026-03  INST: rx4 20.00, deposit 1.00, less Feb's clawback 3.50 → payable 15.50. PH: a clawback of 4.00 on rx2
+         is recorded (nothing settled) → statement of zeros.
+2026-04  PH: nothing settled, March's clawback 4.00 deducted → payable −4.00 (owed by the pharmacy).
+Deposit 2026 of INST: 3.45 + 1.00 = 4.45; score 75 → 75% → 3.34 (3.3375 rounded half up).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import secrets
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import psycopg
+import pytest
+from support import unique_id
+
+from events.base import CatalogCategory, InsuranceType, Ownership, RealNameMethod
+from events.prescription import DispensedLine, PrescriptionItem, RoutingBasis
+from events.statement import PartyKind
+from projections.hospital_settlement import institution_statements
+from projections.pharmacy_settlement import statements as pharmacy_statements
+from projections.replay import replay
+from services.application import RxTrail, build_application
+from services.application import commands as c
+from services.application.outcomes import Outcome
+from services.domain.clock import FixedClock
+from services.domain.errors import InvalidCommand
+from services.settlement.render import find_font, to_csv, to_pdf
+from services.settlement.statements import (
+    ClosedStatement,
+    EventStoreDirectory,
+    ProjectionFigures,
+    StatementDesk,
+)
+
+CHANGCHUN = "220100"
+SECRET = b"rxtrail-statement-test-secret-0123456789"
+METFORMIN = "XA10BAA001A001030101"
+D = Decimal
+
+
+def ok(outcome: Outcome) -> UUID:
+    if not outcome.ok or outcome.aggregate_id is None:
+        raise AssertionError(f"expected ok, got {outcome.error} {outcome.rule_id}: {outcome.reason}")
+    return outcome.aggregate_id
+
+
+def at(day: str) -> datetime:
+    return datetime.fromisoformat(f"{day}T02:00:00+00:00")  # 10:00 China time
+
+
+@dataclass
+class Books:
+    app: RxTrail
+    clock: FixedClock
+    db: str
+    institution: str
+    hospitals: tuple[str, str]
+    physicians: tuple[str, str]
+    pharmacist: str
+    pharmacy: str
+    national_id: str
+
+    def visit(self, h: int) -> UUID:
+        today = self.clock.now().date()
+        return ok(self.app.handle(c.RecordFollowUpVisit(
+            hospital_id=self.hospitals[h], visit_ref=unique_id("V"), physical_institution_id=self.institution,
+            institution_ownership=Ownership.PUBLIC, pooling_region=CHANGCHUN, insured_region=CHANGCHUN,
+            insurance_type=InsuranceType.EMPLOYEE, patient=c.PatientIdentity(national_id=self.national_id, name="李四"),
+            physician_id=self.physicians[h], physician_signature="sig", diagnosis_code="E11.9",
+            diagnosis_name="type 2 diabetes", original_diagnosis_code="E11.9",
+            original_diagnosis_date=today - timedelta(days=30), original_institution_id=self.institution,
+            verification_method=RealNameMethod.E_VOUCHER, consultation_fee=D("20.00"))))
+
+    def collected(self, h: int, *, pharmacy: bool) -> UUID:
+        """A prescription of 4 × 12.50 = 50.00, dispensed by the hospital or the pharmacy, collected."""
+        encounter = self.visit(h)
+        rx = ok(self.app.handle(c.IssuePrescription(
+            hospital_id=self.hospitals[h], prescription_ref=unique_id("RX"), encounter_id=encounter,
+            physician_signature="sig", first_visit_drug_codes=(METFORMIN,),
+            items=(PrescriptionItem(drug_code=METFORMIN, name="metformin", spec="0.5g*30", quantity=4, days_supply=28,
+                                    unit_price=D("12.50"), category=CatalogCategory.A),))))
+        ok(self.app.handle(c.ApprovePrescription(prescription_id=rx, pharmacist_id=self.pharmacist)))
+        dispenser = self.pharmacy if pharmacy else self.hospitals[h]
+        ok(self.app.handle(c.RoutePrescription(prescription_id=rx, pharmacy_id=self.pharmacy if pharmacy else None,
+                                               basis=RoutingBasis.PATIENT_CHOICE)))
+        ok(self.app.handle(c.AcceptPrescription(prescription_id=rx, dispenser_id=dispenser)))
+        ok(self.app.handle(c.DispensePrescription(prescription_id=rx, dispenser_id=dispenser, lines=(
+            DispensedLine(drug_code=METFORMIN, quantity=4, unit_price=D("12.50"), price_cap=D("12.50"),
+                          trace_codes=(f"{secrets.randbelow(10**20):020d}",)),))))
+        ok(self.app.handle(c.MarkCollected(prescription_id=rx, verification_method=RealNameMethod.E_VOUCHER)))
+        return rx
+
+    def settle(self, rx: UUID, fund: str, personal: str, self_pay: str) -> None:
+        ok(self.app.handle(c.SettlePrescription(
+            prescription_id=rx, patient_national_id=self.national_id, verification_method=RealNameMethod.E_VOUCHER,
+            fund=D(fund), personal_account=D(personal), self_pay=D(self_pay), policy_version="2026.1",
+            policy_region=CHANGCHUN, catalog_region=CHANGCHUN, settlement_ref=unique_id("S"))))
+
+    def events(self) -> int:
+        with psycopg.connect(self.db) as conn:
+            row = conn.execute("SELECT count(*) FROM rxtrail_events").fetchone()
+        return int(row[0]) if row else 0
+
+    def desk(self) -> StatementDesk:
+        return StatementDesk(self.app.store, ProjectionFigures(self.db), EventStoreDirectory(self.db), self.clock)
+
+
+@pytest.fixture(scope="module")
+def books(make_database: Callable[[], str]) -> Iterator[Books]:
+    db = make_database()
+    clock = FixedClock(at("2026-02-10"))
+    app = build_application(db, pseudonym_secret=SECRET, clock=clock)
+    inst = unique_id("INST")
+    b = Books(app, clock, db, inst, (unique_id("H1"), unique_id("H2")), (unique_id("DR"), unique_id("DR")),
+              unique_id("RPH"), unique_id("PH"), f"2201{secrets.randbelow(10**14):014d}")
+    for physician, hospital in zip(b.physicians, b.hospitals, strict=True):
+        ok(app.handle(c.RegisterPhysician(physician_id=physician, hospital_id=hospital, name="Dr Zhao",
+                                          qualification_no="Q")))
+    ok(app.handle(c.RegisterPharmacist(pharmacist_id=b.pharmacist, employer_id="platform", name="Sun",
+                                       qualification_no="Q", third_party=True)))
+    ok(app.handle(c.DesignatePharmacy(pharmacy_id=b.pharmacy, name="Yikang", pooling_region=CHANGCHUN,
+                                      agreement_no=unique_id("A"))))
+    # February
+    visit = b.visit(0)
+    ok(app.handle(c.SettleConsultation(encounter_id=visit, patient_national_id=b.national_id,
+                                       verification_method=RealNameMethod.E_VOUCHER, fund=D("10.00"),
+                                       personal_account=D("5.00"), self_pay=D("5.00"), policy_version="2026.1",
+                                       policy_region=CHANGCHUN, settlement_ref=unique_id("S"))))
+    rx1 = b.collected(0, pharmacy=False)
+    b.settle(rx1, "35.00", "10.00", "5.00")
+    rx2 = b.collected(1, pharmacy=True)
+    b.settle(rx2, "40.00", "5.00", "5.00")
+    rx3 = b.collected(1, pharmacy=False)
+    b.settle(rx3, "30.00", "15.00", "5.00")
+    clock.set(at("2026-02-20"))
+    ok(app.handle(c.RefuseFeesInAudit(prescription_id=rx3, amount=D("6.00"), reason="over-supply", audit_ref="AU-1")))
+    clock.set(at("2026-02-25"))
+    ok(app.handle(c.ClawBackFees(prescription_id=rx1, amount=D("3.50"), reason="violation", audit_ref="CB-1")))
+    # March
+    clock.set(at("2026-03-05"))
+    rx4 = b.collected(0, pharmacy=False)
+    b.settle(rx4, "20.00", "20.00", "10.00")
+    clock.set(at("2026-03-10"))
+    ok(app.handle(c.ClawBackFees(prescription_id=rx2, amount=D("4.00"), reason="violation", audit_ref="CB-2")))
+    # the projections, rebuilt from the event store by their own code
+    replay("hospital_settlement", db, None, from_store=True, progress=False)
+    replay("pharmacy_settlement", db, None, from_store=True, progress=False)
+    clock.set(at("2026-05-02"))
+    yield b
+    app.close()
+
+
+def by_party(closed: list[ClosedStatement]) -> dict[str, ClosedStatement]:
+    return {s.statement.party_id: s for s in closed}
+
+
+def figures(s: ClosedStatement) -> tuple[Decimal, ...]:
+    st = s.statement
+    return st.gross, st.refused, st.clawed_back, st.withheld_deposit, st.payable
+
+
+def test_months_close_with_the_worked_figures_and_agree_with_the_projections(books: Books) -> None:
+    desk = books.desk()
+    feb = by_party(desk.close_month("2026-02"))
+    mar = by_party(desk.close_month("2026-03"))
+    apr = by_party(desk.close_month("2026-04"))
+
+    assert set(feb) == {books.institution, books.pharmacy}
+    assert feb[books.institution].statement.party_kind is PartyKind.PHYSICAL_INSTITUTION
+    assert figures(feb[books.institution]) == (D("75.00"), D("6.00"), D("0.00"), D("3.45"), D("65.55"))
+    assert figures(feb[books.pharmacy]) == (D("40.00"), D("0.00"), D("0.00"), D("0.00"), D("40.00"))
+    # the clawback recorded in February is deducted on March's statement
+    assert figures(mar[books.institution]) == (D("20.00"), D("0.00"), D("3.50"), D("1.00"), D("15.50"))
+    assert figures(mar[books.pharmacy]) == (D("0.00"), D("0.00"), D("0.00"), D("0.00"), D("0.00"))
+    assert set(apr) == {books.pharmacy}
+    assert figures(apr[books.pharmacy]) == (D("0.00"), D("0.00"), D("4.00"), D("0.00"), D("-4.00"))
+    for s in [*feb.values(), *mar.values(), *apr.values()]:
+        assert s.statement.pooling_region == CHANGCHUN and s.statement.policy_version == "2026.1"
+
+    # every statement equals the projections: the month's fund, refusals and deposit, the previous month's clawbacks
+    with psycopg.connect(books.db) as conn:
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        for r in institution_statements(conn, physical_institution_id=books.institution):
+            rows[(r["physical_institution_id"], r["month"])] = r
+        for r in pharmacy_statements(conn, party_id=books.pharmacy):
+            rows[(r["party_id"], r["month"])] = r
+    empty = {"fund": D(0), "refused": D(0), "clawed_back": D(0), "withheld_deposit": D(0)}
+    for month, closed in (("2026-02", feb), ("2026-03", mar), ("2026-04", apr)):
+        before = {"2026-02": "2026-01", "2026-03": "2026-02", "2026-04": "2026-03"}[month]
+        for party, s in closed.items():
+            this, last = rows.get((party, month), empty), rows.get((party, before), empty)
+            st = s.statement
+            assert (st.gross, st.refused, st.withheld_deposit) == (this["fund"], this["refused"],
+                                                                    this["withheld_deposit"])
+            assert st.clawed_back == last["clawed_back"]
+    # over the months closed, everything the projections hold is paid, withheld or deducted exactly once
+    closed_all = [*feb.values(), *mar.values(), *apr.values()]
+    assert sum(s.statement.gross for s in closed_all) == sum(r["fund"] for r in rows.values())
+    assert sum(s.statement.clawed_back for s in closed_all) == sum(r["clawed_back"] for r in rows.values())
+
+
+def test_closing_a_month_twice_records_nothing(books: Books) -> None:
+    desk = books.desk()
+    first = desk.close_month("2026-02")
+    before = books.events()
+    again = desk.close_month("2026-02")
+    assert books.events() == before
+    assert [s.created for s in again] == [False] * len(again)
+    assert [s.statement.id for s in again] == [s.statement.id for s in first]
+    assert all(s.drift is None for s in again)
+    with pytest.raises(InvalidCommand):
+        desk.close_month("2026-05")  # not over yet
+
+
+def test_the_deposit_is_released_once_by_the_assessment_score(books: Books) -> None:
+    desk = books.desk()
+    desk.close_month("2026-02")
+    desk.close_month("2026-03")
+    with pytest.raises(InvalidCommand):
+        desk.release_deposit(books.institution, 2026, 75, "ASSESS-2026")  # the year is not over
+    books.clock.set(at("2027-01-15"))
+    try:
+        release, withheld, created = desk.release_deposit(books.institution, 2026, 75, "ASSESS-2026")
+        assert (withheld, release.amount, created) == (D("4.45"), D("3.34"), True)
+        assert release.assessment_ref == "ASSESS-2026 (score 75/100)"
+        before = books.events()
+        again, _, created_again = desk.release_deposit(books.institution, 2026, 95, "ASSESS-2026-bis")
+        assert (again.amount, created_again, books.events()) == (D("3.34"), False, before)
+    finally:
+        books.clock.set(at("2026-05-02"))
+
+
+def pdf_text(pdf: bytes, tmp_path: Path) -> str:
+    if shutil.which("pdftotext"):
+        path = tmp_path / "statement.pdf"
+        path.write_bytes(pdf)
+        return subprocess.run(["pdftotext", "-layout", str(path), "-"], capture_output=True, text=True,
+                              check=True).stdout
+    from pypdf import PdfReader
+
+    return "\f".join(page.extract_text() or "" for page in PdfReader(io.BytesIO(pdf)).pages)
+
+
+def test_the_pdf_says_what_the_csv_says(books: Books, tmp_path: Path) -> None:
+    closed = books.desk().close_month("2026-02") + books.desk().close_month("2026-04")
+    csv_text = to_csv(closed)
+    text = pdf_text(to_pdf(closed), tmp_path).replace(",", "")
+    payable_rows = [line.split(",") for line in csv_text.splitlines() if ",5,Payable," in line]
+    assert len(payable_rows) == len(closed) == 3
+    pages = text.split("\f")
+    for row, page in zip(payable_rows, pages, strict=False):
+        party, period, amount = row[2], row[4], row[8]
+        assert party in page and period in page
+        assert re.search(rf"Payable.*\s{re.escape(amount)}\s*$", page, re.MULTILINE), (amount, page)
+    for closed_one, page in zip(closed, pages, strict=False):
+        gross = f"{closed_one.statement.gross:.2f}"
+        assert re.search(rf"\(gross\).*\s{re.escape(gross)}\s*$", page, re.MULTILINE)
+    if find_font() is not None:
+        assert "应拨付金额" in text and "月度结算单" in text
+    assert "65.55" in text and "-4.00" in text
+
+
+def test_the_cli_prints_the_statements_as_csv(books: Books, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from services.cli import app
+
+    monkeypatch.setenv("RXTRAIL_DATABASE_URL", books.db)
+    books.desk().close_month("2026-02")
+    before = books.events()
+    result = CliRunner().invoke(app, ["statement", "--month", "2026-02", "--party", books.institution])
+    assert result.exit_code == 0, result.output
+    assert f"{books.institution},{CHANGCHUN},2026-02,5,Payable,应拨付金额,65.55," in result.stdout
+    pdf = tmp_path / "inst.pdf"
+    result = CliRunner().invoke(app, ["statement", "--month", "2026-02", "--party", books.institution,
+                                      "--format", "pdf", "--out", str(pdf)])
+    assert result.exit_code == 0, result.output
+    assert "65.55" in pdf_text(pdf.read_bytes(), tmp_path)
+    assert books.events() == before  # closed already: the CLI only printed it

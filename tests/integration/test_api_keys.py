@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 
 import psycopg
 import pytest
+from support import unique_id
 
 from services.api.keys import (
     Party,
@@ -16,7 +17,6 @@ from services.api.keys import (
     regulator_queries,
     revoke_key,
 )
-from support import unique_id
 
 NOW = datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
 

@@ -1,0 +1,206 @@
+"""Benchmark the party interfaces (run by hand: ``.venv/bin/python bench/api.py [--rate 200 --seconds 20]``).
+
+Starts its own embedded PostgreSQL and Tansu, then:
+
+1. HTTP: the API in its own process (uvicorn, one worker); an open-loop load generator starts prescription
+   journeys so that requests arrive at ``--rate`` per second: visit → issue → approve → route → accept →
+   dispense (6 requests each, sequential within a journey). Reports p50/p99 latency per operation and overall,
+   achieved throughput, and errors.
+2. Kafka intake: ``--commands`` visit commands on one hospital topic (12 partitions), consumed by the intake worker
+   with batches of ``--batch`` (apply_batch per run); reports commands/s from first fetch to last outcome.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+SECRET = "bench-pseudonym-secret-0123456789"
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+async def http_load(base: str, keys: dict[str, str], cast: Any, rate: float, seconds: float) -> dict[str, Any]:
+    import httpx
+    from e2e.flows import dispense_body, prescription_body, visit_body
+
+    latencies: dict[str, list[float]] = defaultdict(list)
+    errors: dict[str, int] = defaultdict(int)
+    h = {"Authorization": f"Bearer {keys['hospital']}"}
+    ph = {"Authorization": f"Bearer {keys['pharmacist']}"}
+    py = {"Authorization": f"Bearer {keys['pharmacy']}"}
+    limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
+
+    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
+        async def call(name: str, method: str, path: str, headers: dict[str, str], body: Any = None) -> Any:
+            t0 = time.perf_counter()
+            try:
+                r = await client.request(method, path, json=body, headers=headers)
+            except httpx.HTTPError:
+                errors[name] += 1
+                return None
+            latencies[name].append(time.perf_counter() - t0)
+            if r.status_code >= 300:
+                errors[name] += 1
+                return None
+            return r.json()
+
+        async def journey() -> None:
+            v = await call("visit", "POST", "/hospital/visits", h, visit_body(cast))
+            if not v:
+                return
+            p = await call("issue", "POST", "/hospital/prescriptions", h, prescription_body(v["aggregate_id"]))
+            if not p:
+                return
+            rx = p["aggregate_id"]
+            if not await call("approve", "POST", f"/pharmacist/prescriptions/{rx}/approval", ph, {}):
+                return
+            if not await call("route", "POST", f"/hospital/prescriptions/{rx}/routing", h,
+                              {"pharmacy_id": cast.pharmacy, "basis": "patient_choice"}):
+                return
+            if not await call("accept", "POST", f"/pharmacy/prescriptions/{rx}/acceptance", py, {}):
+                return
+            await call("dispense", "POST", f"/pharmacy/prescriptions/{rx}/dispenses", py, dispense_body(4))
+
+        journeys_per_s = rate / 6
+        tasks = []
+        started = time.perf_counter()
+        n = 0
+        while (now := time.perf_counter() - started) < seconds:
+            due = int(now * journeys_per_s) + 1
+            while n < due:
+                tasks.append(asyncio.create_task(journey()))
+                n += 1
+            await asyncio.sleep(0.002)
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - started
+    everything = [x for v in latencies.values() for x in v]
+    return {
+        "journeys": n, "requests": len(everything), "seconds": round(elapsed, 2),
+        "throughput_rps": round(len(everything) / elapsed, 1), "errors": dict(errors),
+        "p50_ms": round(pct(everything, 0.5) * 1000, 1), "p99_ms": round(pct(everything, 0.99) * 1000, 1),
+        "by_operation": {k: {"n": len(v), "p50_ms": round(pct(v, 0.5) * 1000, 1),
+                             "p99_ms": round(pct(v, 0.99) * 1000, 1)} for k, v in latencies.items()},
+    }
+
+
+async def intake_load(database_url: str, bootstrap: str, application: Any, cast: Any, commands: int,
+                      batch: int) -> dict[str, Any]:
+    from aiokafka import AIOKafkaProducer
+    from e2e.flows import visit_body
+
+    from events import topics
+    from services.inbound import create_intake
+    from services.infra.kafka_admin import ensure_topics_async
+    from services.infra.settings import Settings
+
+    topic = topics.inbound_topic(cast.hospital)
+    await ensure_topics_async(bootstrap, [topic, topics.REJECTIONS, topics.DLQ], 12)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, max_batch_size=256 * 1024)
+    await producer.start()
+    t0 = time.perf_counter()
+    for i in range(commands):
+        ref = f"bench-{i}"
+        body = {"kind": "record_follow_up_visit", "command_id": ref, "hospital_id": cast.hospital,
+                **visit_body(cast, visit_ref=ref)}
+        await producer.send(topic, json.dumps(body).encode(), key=ref.encode())
+    await producer.flush()
+    await producer.stop()
+    produce_s = time.perf_counter() - t0
+
+    worker = create_intake(Settings(database_url=database_url, kafka_bootstrap=bootstrap), application=application,
+                           group_id="bench-intake", max_records=batch, session_timeout_ms=6000,
+                           heartbeat_interval_ms=1000, pattern=rf"rx\.inbound\.{cast.hospital}")
+    await worker.start()
+    stats = worker.intake.stats
+    first: float | None = None
+    deadline = time.perf_counter() + 600
+    while stats.applied + stats.rejected + stats.dead_lettered < commands and time.perf_counter() < deadline:
+        if first is None and stats.batches:
+            first = time.perf_counter()
+        await asyncio.sleep(0.01)
+    done = time.perf_counter()
+    await worker.stop()
+    span = done - (first or done)
+    return {"commands": commands, "max_records": batch, "produce_s": round(produce_s, 2),
+            "applied": stats.applied, "rejected": stats.rejected, "batches": stats.batches,
+            "seconds_after_first_batch": round(span, 2),
+            "commands_per_s": round((stats.applied + stats.rejected) / span, 1) if span else None}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=200.0, help="HTTP requests per second (open loop)")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--commands", type=int, default=5000, help="Kafka intake commands")
+    parser.add_argument("--batch", type=int, default=500, help="intake max_records per batch")
+    args = parser.parse_args()
+
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    from e2e.flows import api_keys, register_cast
+
+    from services.application import build_application
+    from services.infra.embedded import EmbeddedPostgres, Tansu
+    from services.infra.ports import free_port, wait_for_port
+
+    work = Path(tempfile.mkdtemp(prefix="rxtrail-bench-", dir="/var/tmp"))
+    pg = EmbeddedPostgres(work / "pg", free_port())
+    database_url = pg.start()
+    broker = Tansu(work / "tansu", free_port())
+    bootstrap = broker.start()
+    api: subprocess.Popen[bytes] | None = None
+    app = None
+    try:
+        app = build_application(database_url, pseudonym_secret=SECRET.encode())
+        cast = register_cast(app)
+        keys = api_keys(database_url, f"hospital:{cast.hospital}", f"pharmacist:{cast.pharmacist}",
+                        f"pharmacy:{cast.pharmacy}")
+        tokens = {k.split(":")[0]: v for k, v in keys.items()}
+        port = free_port()
+        env = {**os.environ, "RXTRAIL_DATABASE_URL": database_url, "RXTRAIL_KAFKA_BOOTSTRAP": bootstrap,
+               "RXTRAIL_PSEUDONYM_SECRET": SECRET, "RXTRAIL_DATA_DIR": str(work)}
+        api = subprocess.Popen([sys.executable, "-m", "uvicorn", "services.api:create_app", "--factory",
+                                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+                                "--no-access-log"], env=env, cwd=ROOT)
+        if not wait_for_port("127.0.0.1", port, 30):
+            raise SystemExit("API did not start")
+        base = f"http://127.0.0.1:{port}"
+        asyncio.run(http_load(base, tokens, cast, 20, 2))  # warm-up (pools, caches)
+        http = asyncio.run(http_load(base, tokens, cast, args.rate, args.seconds))
+        intake = asyncio.run(intake_load(database_url, bootstrap, app, cast, args.commands, args.batch))
+        report = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+                  "http_issue_to_dispense": {"target_rps": args.rate, **http}, "kafka_intake": intake,
+                  "at": datetime.now(UTC).isoformat(timespec="seconds")}
+        print(json.dumps(report, indent=2))
+    finally:
+        if api is not None:
+            api.terminate()
+            api.wait(10)
+        if app is not None:
+            app.close()
+        broker.stop()
+        pg.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,230 @@
+"""HTTP plumbing: the per-process runtime, credentials, and the one place that picks status codes.
+
+Status codes (STYLE rule 4: only this layer chooses them):
+401 no or bad key · 403 the key's role may not do this · 404 unknown id, or an id the party may not see ·
+409 a rule violation (``rule``), an illegal transition (``state``) or another business refusal ·
+422 invalid input, naming the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from psycopg_pool import ConnectionPool
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.api.access import Forbidden, Gate, SenderMismatch
+from services.api.keys import Party, PartyKind, authenticate, record_regulator_query
+from services.api.views import Views
+from services.application import RxTrail
+from services.application import commands as c
+from services.application.outcomes import Outcome
+from services.domain.errors import DomainError, IllegalTransition, NotFound, RuleViolation
+
+ERROR_STATUS: dict[str, int] = {
+    "RuleViolation": 409,
+    "IllegalTransition": 409,
+    "AlreadyExists": 409,
+    "StaleVersion": 409,
+    "ConcurrencyConflict": 409,
+    "PartyNotEligible": 409,
+    "ValidityElapsed": 409,
+    "PatientForgotten": 409,
+    "InvalidCommand": 422,
+    "Forbidden": 403,
+    "SenderMismatch": 403,
+}
+_STATE = re.compile(r"in state (\w+)$")
+AUTH_CACHE_SECONDS = 5.0
+
+
+def status_for(error: str | None) -> int:
+    if error is None:
+        return 409
+    if error.endswith("NotFound"):
+        return 404
+    return ERROR_STATUS.get(error, 409)
+
+
+@dataclass
+class Runtime:
+    """Everything a request needs, built once per process by ``create_app``."""
+
+    application: RxTrail
+    pool: ConnectionPool[Any]
+    gate: Gate
+    views: Views
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    _auth_cache: dict[str, tuple[float, Party | None]] = field(default_factory=dict)
+    _auth_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def authenticate(self, token: str) -> Party | None:
+        """Keys are checked in PostgreSQL; a result is reused for a few seconds (revocation takes that long)."""
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        now = time.monotonic()
+        with self._auth_lock:
+            hit = self._auth_cache.get(digest)
+        if hit is not None and now - hit[0] < AUTH_CACHE_SECONDS:
+            return hit[1]
+        with self.pool.connection() as conn:
+            party = authenticate(conn, token)
+        with self._auth_lock:
+            if len(self._auth_cache) > 10_000:
+                self._auth_cache.clear()
+            self._auth_cache[digest] = (now, party)
+        return party
+
+    def execute(self, party: Party, command: c.Command) -> Outcome:
+        """Check the party may send the command, apply it, and raise ``Refused`` unless it was accepted."""
+        self.gate.check(party, command)
+        outcome = self.application.handle(command)
+        if not outcome.ok:
+            raise Refused(outcome)
+        return outcome
+
+
+class Unauthorized(Exception):
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class Refused(Exception):
+    """A command came back rejected; carries the outcome (first outcome on a retried idempotency key)."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+        super().__init__(outcome.reason or outcome.error or "refused")
+
+
+def runtime(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer rx_...` (rxtrail keys create)")
+
+
+def current_party(
+    rt: Annotated[Runtime, Depends(runtime)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Party:
+    if credentials is None:
+        raise Unauthorized("missing Authorization: Bearer rx_... header")
+    party = rt.authenticate(credentials.credentials)
+    if party is None:
+        raise Unauthorized("unknown, malformed or revoked API key")
+    return party
+
+
+def party_of(kind: PartyKind) -> Callable[[Party], Party]:
+    def require(party: Annotated[Party, Depends(current_party)]) -> Party:
+        if party.kind is not kind:
+            raise Forbidden(party, f"use the {kind.value} interface")
+        return party
+
+    require.__name__ = f"require_{kind.value}"
+    return require
+
+
+def record_regulator_request(
+    request: Request,
+    rt: Annotated[Runtime, Depends(runtime)],
+    party: Annotated[Party, Depends(party_of(PartyKind.REGULATOR))],
+) -> Party:
+    """Every regulator query is itself recorded (who, what, when) before it is answered."""
+    with rt.pool.connection() as conn:
+        record_regulator_query(conn, party, rt.clock(), request.method, request.url.path, request.url.query)
+    return party
+
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", pattern=r"^[A-Za-z0-9_.:\-]{1,100}$",
+           description="retrying with the same key returns the first outcome and records nothing new"),
+]
+
+
+def command_id(party: Party, key: str | None) -> str | None:
+    """Keys are per party, so one party can never read another's outcome by guessing its key."""
+    return None if key is None else f"{party.kind.value}:{party.id}:{key}"
+
+
+# --- errors -------------------------------------------------------------------------------------------
+
+
+def _error(status: int, error: str, reason: str, **extra: Any) -> JSONResponse:
+    body: dict[str, Any] = {"error": error, "reason": reason}
+    body.update({k: v for k, v in extra.items() if v is not None})
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def outcome_response(outcome: Outcome) -> JSONResponse:
+    reason = outcome.reason or outcome.error or "refused"
+    extra: dict[str, Any] = {k: v for k, v in outcome.ids.items() if k not in {"error", "reason", "rule", "state"}}
+    if outcome.error == "IllegalTransition" and (m := _STATE.search(reason)):
+        extra["state"] = m.group(1)
+    return _error(status_for(outcome.error), outcome.error or "Refused", reason, rule=outcome.rule_id,
+                  command=outcome.command_type, **extra)
+
+
+def _field_errors(errors: Any) -> tuple[str, list[dict[str, Any]]]:
+    fields = [{"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")} for e in errors]
+    return "; ".join(f"{f['field']}: {f['message']}" for f in fields) or "invalid input", fields
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(Unauthorized)
+    async def unauthorized(_: Request, exc: Unauthorized) -> JSONResponse:
+        return _error(401, "Unauthorized", exc.reason)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # an unreadable body (not UTF-8, not JSON): invalid input like any other
+            return _error(422, "ValidationError", f"body: {exc.detail}")
+        return _error(exc.status_code, "HTTPError", str(exc.detail))
+
+    @app.exception_handler(Refused)
+    async def refused(_: Request, exc: Refused) -> JSONResponse:
+        return outcome_response(exc.outcome)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        reason, fields = _field_errors(exc.errors())
+        return _error(422, "ValidationError", reason, fields=fields)
+
+    @app.exception_handler(ValidationError)
+    async def invalid_command(_: Request, exc: ValidationError) -> JSONResponse:
+        reason, fields = _field_errors(exc.errors(include_input=False))
+        return _error(422, "ValidationError", reason, fields=fields)
+
+    @app.exception_handler(ArithmeticError)
+    async def out_of_range(_: Request, exc: ArithmeticError) -> JSONResponse:
+        # decimal.InvalidOperation from events.base.to_money on amounts beyond 28 significant digits
+        return _error(422, "ValidationError", "a number is out of range (money has at most 26 digits before the "
+                                              "decimal point)")
+
+    @app.exception_handler(DomainError)
+    async def domain_error(_: Request, exc: DomainError) -> JSONResponse:
+        name = type(exc).__name__
+        ids = dict(getattr(exc, "ids", {}) or {})
+        if isinstance(exc, NotFound):
+            return _error(404, name, str(exc), key=exc.key)
+        if isinstance(exc, Forbidden | SenderMismatch):
+            return _error(403, name, exc.reason, **ids)
+        rule = exc.rule_id if isinstance(exc, RuleViolation) else None
+        state = exc.from_state if isinstance(exc, IllegalTransition) else None
+        return _error(status_for(name), name, getattr(exc, "reason", None) or str(exc), rule=rule, state=state, **ids)

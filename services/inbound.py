@@ -1,0 +1,360 @@
+"""Kafka intake: hospitals and pharmacies send the same commands as the HTTP API, as JSON, in batches.
+
+Topics (DESIGN.md, Topics): ``rx.inbound.<hospital_id>`` — the sender is that hospital; ``rx.inbound.pharmacy``
+— the sender is the pharmacy the command names (``dispenser_id``, or a ``pharmacy_id`` message header for the
+commands that name none). The same gate as HTTP decides what a sender may do and see.
+
+Per batch: decode every message; refuse what the gate refuses; apply the rest with ``RxTrail.apply_batch``
+(outcomes are stored in the events' transaction); publish refusals to ``rx.rejections`` and undecodable input
+to ``rx.dlq``; only then commit the offsets. A crash anywhere before the commit redelivers the batch, and
+that is harmless: every command gets an idempotency key (the sender's ``command_id``, else the message's
+topic/partition/offset), so a redelivered command returns its first outcome and records nothing new.
+
+``python -m services.inbound`` runs one intake worker until SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiokafka import ConsumerRecord
+from faststream import FastStream
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from faststream.middlewares import AckPolicy
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from events import topics
+from services.api.access import Gate
+from services.api.http import command_id as scoped_command_id
+from services.api.keys import Party, PartyKind
+from services.api.models import find_nul
+from services.application import commands as c
+from services.application.outcomes import Outcome
+from services.domain.errors import DomainError, NotFound
+from services.infra.settings import Settings
+
+log = logging.getLogger("rxtrail.inbound")
+
+INTAKE_GROUP = "rxtrail-intake"
+INBOUND_PATTERN = r"rx\.inbound\..+"
+PHARMACY_HEADER = "pharmacy_id"
+
+
+class Rejection(BaseModel):
+    """What ``rx.rejections`` carries (key: the sender's command_id, else the message key)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    command_id: str | None = Field(description="the sender's reference, as sent")
+    command_kind: str | None
+    sender: str | None
+    error: str = Field(description="RuleViolation, IllegalTransition, PrescriptionNotFound, ValidationError, ...")
+    rule: str | None = Field(default=None, description="R1..R14 when a rule refused the command")
+    reason: str
+    ids: dict[str, str] = Field(default_factory=dict)
+    source: str = Field(description="topic/partition/offset of the refused message")
+
+
+@dataclass
+class Item:
+    record: ConsumerRecord[Any, Any]
+    sender: Party | None = None
+    reference: str | None = None
+    command: c.Command | None = None
+    dead: str | None = None
+    refusal: Rejection | None = None
+
+    @property
+    def source(self) -> str:
+        return f"{self.record.topic}/{self.record.partition}/{self.record.offset}"
+
+
+@dataclass
+class IntakeStats:
+    batches: int = 0
+    applied: int = 0
+    rejected: int = 0
+    dead_lettered: int = 0
+    failures: int = 0
+
+
+def _key_text(record: ConsumerRecord[Any, Any]) -> str | None:
+    key = record.key
+    if isinstance(key, bytes):
+        return key.decode(errors="replace")
+    return None if key is None else str(key)
+
+
+def _header(record: ConsumerRecord[Any, Any], name: str) -> str | None:
+    for k, v in record.headers or ():
+        if k == name and v is not None:
+            return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+    return None
+
+
+class Intake:
+    """Turns a batch of records into outcomes; knows nothing of faststream (tests drive it directly too)."""
+
+    def __init__(self, application: Any, gate: Gate) -> None:
+        self.application = application
+        self.gate = gate
+        self.stats = IntakeStats()
+
+    # --- deciding (blocking: runs in a worker thread) ---------------------------------------------
+    def decode(self, record: ConsumerRecord[Any, Any]) -> Item:
+        item = Item(record)
+        try:
+            raw = json.loads(record.value) if record.value is not None else None
+        except (UnicodeDecodeError, ValueError) as exc:
+            item.dead = f"value is not JSON: {exc}"
+            return item
+        if not isinstance(raw, dict):
+            item.dead = "value is not a JSON object"
+            return item
+        reference = raw.get("command_id") if isinstance(raw.get("command_id"), str) else None
+        item.reference = reference or _key_text(record)
+        kind = raw.get("kind") if isinstance(raw.get("kind"), str) else None
+        if (where := find_nul(raw)) is not None:
+            item.refusal = self._refusal(item, kind, "ValidationError",
+                                         f"{'.'.join(map(str, where))}: text must not contain NUL characters")
+            return item
+        try:
+            command = c.parse_command(raw)
+        except ArithmeticError:  # decimal.InvalidOperation: an amount beyond Decimal's precision
+            item.refusal = self._refusal(item, kind, "ValidationError", "a number is out of range")
+            return item
+        except ValidationError as exc:
+            reason = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                               for e in exc.errors(include_input=False))
+            item.refusal = self._refusal(item, kind, "ValidationError", reason)
+            return item
+        item.sender = self.sender(record, command)
+        if item.sender is None:
+            item.refusal = self._refusal(item, kind, "UnknownSender",
+                                         "rx.inbound.pharmacy needs dispenser_id or a pharmacy_id header")
+            return item
+        local = reference or f"kafka:{item.source}"
+        item.command = command.model_copy(update={"command_id": scoped_command_id(item.sender, local)})
+        return item
+
+    @staticmethod
+    def sender(record: ConsumerRecord[Any, Any], command: c.Command) -> Party | None:
+        suffix = record.topic.removeprefix("rx.inbound.")
+        if record.topic == topics.INBOUND_PHARMACY:
+            pharmacy_id = getattr(command, "dispenser_id", None) or _header(record, PHARMACY_HEADER)
+            return Party(PartyKind.PHARMACY, pharmacy_id) if pharmacy_id else None
+        return Party(PartyKind.HOSPITAL, suffix) if suffix else None
+
+    def _refusal(self, item: Item, kind: str | None, error: str, reason: str, rule: str | None = None,
+                 ids: dict[str, str] | None = None) -> Rejection:
+        return Rejection(command_id=item.reference, command_kind=kind, sender=str(item.sender) if item.sender else None,
+                         error=error, rule=rule, reason=reason, ids=ids or {}, source=item.source)
+
+    def decide(self, records: Sequence[ConsumerRecord[Any, Any]]) -> list[Item]:
+        """Check and apply in message order. Commands go to ``apply_batch`` in runs; a run is cut short when a
+        check cannot find something an earlier command of the same batch may be creating (a visit and the
+        prescription issued from it, a routing and the pharmacy's acceptance), so checks see what came before."""
+        items = [self.decode(r) for r in records]
+        run: list[Item] = []
+        for item in items:
+            if item.command is None or item.sender is None:
+                continue
+            try:
+                try:
+                    self.gate.check(item.sender, item.command)
+                except NotFound:
+                    if not run:
+                        raise
+                    self._apply(run)
+                    run = []
+                    self.gate.check(item.sender, item.command)
+            except DomainError as exc:
+                item.refusal = self._refusal(item, getattr(item.command, "kind", None), type(exc).__name__,
+                                             getattr(exc, "reason", None) or str(exc),
+                                             ids=dict(getattr(exc, "ids", {}) or {}))
+                item.command = None
+                continue
+            run.append(item)
+        self._apply(run)
+        return items
+
+    def _apply(self, run: Sequence[Item]) -> None:
+        if not run:
+            return
+        outcomes: list[Outcome] = self.application.apply_batch([i.command for i in run])
+        for item, outcome in zip(run, outcomes, strict=True):
+            if not outcome.ok:
+                item.refusal = self._refusal(item, getattr(item.command, "kind", None), outcome.error or "Refused",
+                                             outcome.reason or "refused", rule=outcome.rule_id, ids=outcome.ids)
+
+    # --- answering --------------------------------------------------------------------------------
+    async def process(self, records: Sequence[ConsumerRecord[Any, Any]], broker: KafkaBroker) -> None:
+        """Decide, apply and answer one batch; raises if anything could not be stored or published."""
+        items = await asyncio.to_thread(self.decide, records)
+        sends = []
+        for item in items:
+            if item.dead is not None:
+                headers = {k: (v.decode(errors="replace") if isinstance(v, bytes) else str(v))
+                           for k, v in item.record.headers or ()}
+                headers.update({"dlq_error": item.dead, "dlq_source": item.source, "dlq_consumer": INTAKE_GROUP})
+                sends.append(broker.publish(item.record.value or b"", topic=topics.DLQ, key=item.record.key,
+                                            headers=headers))
+            elif item.refusal is not None:
+                key = (item.refusal.command_id or "").encode() or item.record.key
+                sends.append(broker.publish(item.refusal.model_dump_json().encode(), topic=topics.REJECTIONS,
+                                            key=key, headers={"content-type": "application/json"}))
+        for item in items:
+            if item.refusal is not None:
+                log.info("refused %s from %s: %s %s", item.refusal.command_kind, item.refusal.sender,
+                         item.refusal.error, item.refusal.rule or "")
+        await asyncio.gather(*sends)
+        self.stats.batches += 1
+        self.stats.dead_lettered += sum(i.dead is not None for i in items)
+        self.stats.rejected += sum(i.refusal is not None for i in items)
+        self.stats.applied += sum(i.command is not None and i.refusal is None for i in items)
+
+
+# --- composition root ----------------------------------------------------------------------------------
+
+
+@dataclass
+class IntakeWorker:
+    broker: KafkaBroker
+    app: FastStream
+    intake: Intake
+    application: Any
+    owned: bool
+
+    async def start(self) -> None:
+        await self.broker.start()
+
+    async def stop(self) -> None:
+        await self.broker.stop()
+        if self.owned:
+            self.application.close()
+
+
+def _declare_publishers(broker: KafkaBroker) -> None:
+    """Documented in the AsyncAPI document (the relay and gateway publish these; the intake the last two)."""
+    broker.publisher(topics.EVENTS, title="rx.events", description=(
+        "every recorded event, key = aggregate id; headers: event_id, aggregate_id, aggregate_version, "
+        "notification_id, event_type, schema_version, business_type (written by the relay)"),
+        schema=dict[str, Any])
+    broker.publisher("rx.pharmacy.{pharmacy_id}", title="rx.pharmacy.{pharmacy_id}", description=(
+        "prescriptions routed to one pharmacy, patient pseudonymised, key = prescription id (gateway)"),
+        schema=dict[str, Any])
+    broker.publisher(topics.REJECTIONS, title="rx.rejections", description=(
+        "refused inbound commands, key = the sender's command_id (else the message key)"), schema=Rejection)
+    broker.publisher(topics.DLQ, title="rx.dlq", description=(
+        "undecodable input, original key and value; headers dlq_error, dlq_source, dlq_consumer"), schema=bytes)
+
+
+def build_broker(bootstrap: str) -> KafkaBroker:
+    return KafkaBroker(bootstrap, client_id="rxtrail-intake", logger=log)
+
+
+def create_intake(
+    settings: Settings | None = None,
+    *,
+    application: Any = None,
+    group_id: str = INTAKE_GROUP,
+    pattern: str = INBOUND_PATTERN,
+    max_records: int = 500,
+    session_timeout_ms: int = 10_000,
+    heartbeat_interval_ms: int = 3_000,
+    retry_delay_s: float = 1.0,
+) -> IntakeWorker:
+    """The intake worker: a faststream KafkaBroker with one batch subscriber on every ``rx.inbound.*`` topic."""
+    settings = settings or Settings()
+    owned = application is None
+    if owned:
+        from services.api.wiring import build_application
+
+        application = build_application(settings)
+    intake = Intake(application, Gate(application.store))
+    broker = build_broker(settings.resolved_kafka_bootstrap())
+
+    @broker.subscriber(
+        pattern=pattern, group_id=group_id, batch=True, max_records=max_records, batch_timeout_ms=100,
+        auto_offset_reset="earliest", ack_policy=AckPolicy.MANUAL, session_timeout_ms=session_timeout_ms,
+        heartbeat_interval_ms=heartbeat_interval_ms, decoder=_raw_values, title="rx.inbound.*",
+        description="commands as JSON from hospitals (rx.inbound.<hospital_id>) and pharmacies "
+                    "(rx.inbound.pharmacy); key = the sender's reference",
+    )
+    async def on_commands(body: list[dict[str, Any]], msg: KafkaMessage) -> None:
+        records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
+        try:
+            await intake.process(records, broker)
+        except Exception:
+            intake.stats.failures += 1
+            log.exception("intake batch of %d failed; rewinding to retry", len(records))
+            await msg.nack()
+            await asyncio.sleep(retry_delay_s)
+            return
+        await msg.ack()
+
+    _declare_publishers(broker)
+    return IntakeWorker(broker=broker, app=FastStream(broker, logger=log), intake=intake, application=application,
+                        owned=owned)
+
+
+async def _raw_values(msg: Any) -> list[Any]:
+    """Leave decoding to ``Intake.decode`` so one malformed message cannot fail its whole batch."""
+    raw = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
+    return [{} for _ in raw]
+
+
+# --- AsyncAPI ------------------------------------------------------------------------------------------
+
+
+def asyncapi_document() -> dict[str, Any]:
+    """The AsyncAPI 3.0 document of rxtrail's topics (no connection is opened)."""
+    from faststream.specification import AsyncAPI
+
+    broker = build_broker("localhost:9092")
+
+    @broker.subscriber(pattern=INBOUND_PATTERN, group_id=INTAKE_GROUP, batch=True, title="rx.inbound.*",
+                       description="commands as JSON from hospitals (rx.inbound.<hospital_id>) and pharmacies "
+                                   "(rx.inbound.pharmacy); key = the sender's reference")
+    async def inbound(body: list[c.AnyCommand]) -> None: ...  # the schema of what senders may send
+
+    _declare_publishers(broker)
+    spec = AsyncAPI(broker, title="rxtrail topics", version="0.1.0",
+                    description="Kafka topics of rxtrail (DESIGN.md, Topics)")
+    document: dict[str, Any] = json.loads(spec.to_specification().to_json())
+    return document
+
+
+def export_asyncapi(path: str | Path) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(asyncapi_document(), indent=2, ensure_ascii=False) + "\n")
+    return out
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("aiokafka",):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    worker = create_intake(Settings())
+
+    async def run() -> None:
+        try:
+            await worker.app.run()
+        finally:
+            if worker.owned:
+                worker.application.close()
+
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

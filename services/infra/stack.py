@@ -38,8 +38,37 @@ def service_commands(settings: Settings) -> dict[str, list[str]]:
         "api": [py, "-m", "uvicorn", "services.api:create_app", "--factory",
                 "--host", settings.api_host, "--port", str(settings.api_port), "--log-level", "warning"],
         "relay": [py, "-m", "services.relay"],
+        "settlement": [py, "-m", "services.settlement"],
+        "router": [py, "-m", "services.router"],
+        "gateway": [py, "-m", "services.gateway"],
+        "projections": [py, "-m", "projections", "all"],
+        "intake": [py, "-m", "services.inbound"],
         "checkpoint": [py, "-m", "services.cli", "checkpoint", "--every", str(settings.checkpoint_interval_s)],
     }
+
+
+def prepare_database(database_url: str, pseudonym_secret: bytes) -> None:
+    """Create the shared tables once, before the services start: concurrent CREATE TABLE IF NOT EXISTS from
+    several processes can still collide in PostgreSQL's catalog."""
+    import asyncio
+
+    import psycopg
+
+    from services import checkpoint
+    from services.api import keys
+    from services.application import build_application
+    from services.relay import positions
+
+    build_application(database_url, pseudonym_secret=pseudonym_secret).close()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        keys.ensure_schema(conn)
+        checkpoint.ensure_tables(conn)
+
+    async def relay_tables() -> None:
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as aconn:
+            await positions.ensure_tables(aconn)
+
+    asyncio.run(relay_tables())
 
 
 @dataclass
@@ -110,6 +139,7 @@ class Stack:
             self.bootstrap = str(s.kafka_bootstrap)
             wait_for_kafka(self.bootstrap, s.start_timeout_s)
         ensure_topics(self.bootstrap, CORE_TOPICS, s.partitions)
+        prepare_database(self.database_url, s.resolved_pseudonym_secret())
 
     def child_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -117,6 +147,8 @@ class Stack:
             "RXTRAIL_DATABASE_URL": self.database_url,
             "RXTRAIL_KAFKA_BOOTSTRAP": self.bootstrap,
             "RXTRAIL_DATA_DIR": str(self.data_dir),
+            # prepare_database() made eventsourcing's tables; services starting together must not race to
+            "CREATE_TABLE": "false",
         })
         return env
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
 from pathlib import Path
 
 import typer
@@ -127,7 +128,7 @@ def verify(
     if bundle is not None:
         from services.checkpoint import verify_bundle
 
-        trusted = public_key.read_bytes() if public_key else None
+        trusted = _load_public_key(public_key) if public_key else None
         report = verify_bundle(bundle, trusted_public_key=trusted)
         if report.ok:
             console.print(f"bundle {bundle}: INTACT" + ("" if trusted else " (self-consistent; no trusted key given)"))
@@ -254,6 +255,68 @@ def statement(
         target = out or Path(f"statement-{month}" + (f"-{party}" if party else "") + ".pdf")
         target.write_bytes(to_pdf(closed))
         err.print(f"wrote {target}")
+
+
+@app.command()
+def replay(
+    projection: str = typer.Argument(..., help="hospital_settlement | pharmacy_settlement | traceability | all"),
+    as_of: datetime | None = typer.Option(None, "--as-of", help="build the view as it stood then (ISO time, "
+                                                                 "UTC unless an offset is given) into its own schema"),
+    from_store: bool = typer.Option(False, "--from-store", help="read the event store, not rx.events "
+                                                               "(when the broker lost data)"),
+) -> None:
+    """Drop and rebuild a projection from rx.events (or the event store); --as-of for investigations."""
+    import os
+    import signal
+    from datetime import UTC
+
+    from projections.replay import replay as do_replay
+    from services.infra.stack import read_state
+
+    _logging(False)
+    settings = _resolved()
+    when = as_of.replace(tzinfo=UTC) if as_of is not None and as_of.tzinfo is None else as_of
+    try:
+        results = do_replay(projection, str(settings.database_url), settings.kafka_bootstrap, as_of=when,
+                            from_store=from_store, console=console)
+    except (KeyError, ValueError) as exc:
+        err.print(f"[bold red]replay failed:[/] {exc}")
+        raise typer.Exit(2) from exc
+    for r in results:
+        console.print(f"{r.projection}: {r.applied} events applied into schema {r.schema} from {r.source} "
+                      f"({r.read} read, {r.duplicates} duplicates, {r.undecodable} undecodable) "
+                      f"in {r.seconds:.1f}s", highlight=False)
+    state = read_state(Settings())
+    pid = (state or {}).get("services", {}).get("projections")
+    if when is None and pid:
+        os.kill(int(pid), signal.SIGTERM)  # the supervisor restarts it; it resumes at the rebuilt offsets
+        console.print("restarted the running projections service so it continues from the rebuilt views")
+
+
+@app.command()
+def asyncapi(out: Path = typer.Option(Path("asyncapi.json"), "--out")) -> None:
+    """Write the AsyncAPI document of every rxtrail Kafka topic."""
+    from services.inbound import export_asyncapi
+
+    console.print(f"wrote {export_asyncapi(out)}")
+
+
+def _load_public_key(path: Path) -> object:
+    """A trusted Ed25519 public key: PEM (as `rxtrail up` writes it), 32 raw bytes, or their base64."""
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+
+    data = path.read_bytes()
+    if data.lstrip().startswith(b"-----BEGIN"):
+        return serialization.load_pem_public_key(data)
+    if len(data) == 32:
+        return data
+    try:
+        return base64.b64decode(data.strip(), validate=True)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{path} is not a PEM, raw or base64 Ed25519 public key",
+                                 param_hint="--public-key") from exc
 
 
 def _resolved() -> Settings:

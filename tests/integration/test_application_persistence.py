@@ -10,8 +10,8 @@ from uuid import uuid4
 
 import psycopg
 import pytest
-from eventsourcing.persistence import StoredEvent
 from application_builders import SECRET, Cast, new_app, ok
+from eventsourcing.persistence import StoredEvent
 
 from events import GENESIS_HASH
 from events.encounter import FollowUpVisitRecorded

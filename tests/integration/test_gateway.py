@@ -15,7 +15,6 @@ from decimal import Decimal
 from uuid import UUID
 
 import psycopg
-from support import unique_id
 from router_support import (
     AMLODIPINE,
     METFORMIN,
@@ -37,6 +36,7 @@ from router_support import (
     wait_for,
     wait_routed,
 )
+from support import unique_id
 
 from events.prescription import DispensedLine, PrescriptionIssued, RoutingBasis
 from services.application import build_application

@@ -9,7 +9,6 @@ from datetime import timedelta
 
 import psycopg
 import pytest
-from rich.console import Console
 from projection_support import (
     PROJECTION_NAMES,
     Published,
@@ -18,6 +17,7 @@ from projection_support import (
     run_to_idle,
     store,
 )
+from rich.console import Console
 
 from projections.hospital_settlement import statements
 from projections.replay import as_of_schema, end_offsets, replay, replay_async

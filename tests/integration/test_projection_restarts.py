@@ -13,7 +13,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from support import unique_id
 from projection_support import (
     PROJECTION_NAMES,
     Published,
@@ -23,6 +22,7 @@ from projection_support import (
     run_all_to_idle,
     version_total,
 )
+from support import unique_id
 
 from projections.base import ProjectionConsumer
 from projections.run import build

@@ -9,7 +9,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from support import unique_topic
 from projection_support import (
     PROJECTION_NAMES,
     Published,
@@ -21,6 +20,7 @@ from projection_support import (
     run_to_idle,
     version_total,
 )
+from support import unique_topic
 
 from events.prescription import DispenserKind
 from projections.hospital_settlement import HospitalSettlement, institution_statements, statements

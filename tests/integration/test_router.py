@@ -14,7 +14,6 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from support import unique_id
 from router_support import (
     AMLODIPINE,
     METFORMIN,
@@ -36,6 +35,7 @@ from router_support import (
     wait_relayed,
     wait_routed,
 )
+from support import unique_id
 
 from events.prescription import PrescriptionApproved, RoutingBasis
 from services.application import commands as c

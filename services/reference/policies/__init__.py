@@ -48,7 +48,7 @@ def _non_negative(amount: Decimal) -> Decimal:
 def _to_ratio(value: object) -> Decimal:
     if isinstance(value, bool | float):
         # pydantic turns only ValueError into a ValidationError naming the field
-        raise ValueError("a ratio must be a string, int or Decimal, not a float")  # noqa: TRY004
+        raise ValueError("a ratio must be a string, int or Decimal, not a float")
     try:
         ratio = value if isinstance(value, Decimal) else Decimal(str(value))
     except InvalidOperation as exc:

@@ -43,7 +43,10 @@ def to_money(value: object) -> Decimal:
     amount = _parse_decimal(value)
     if amount is None or not amount.is_finite():
         raise ValueError(f"not a money amount (string, int or Decimal; never float): {value!r}")
-    quantized = amount.quantize(CENT)
+    try:
+        quantized = amount.quantize(CENT)
+    except InvalidOperation as exc:
+        raise ValueError(f"money amount out of range: {value!r}") from exc
     if quantized != amount:
         raise ValueError(f"money has more than 2 decimal places: {value!r}")
     return quantized

@@ -256,8 +256,10 @@ def _declare_publishers(broker: KafkaBroker) -> None:
         "undecodable input, original key and value; headers dlq_error, dlq_source, dlq_consumer"), schema=bytes)
 
 
-def build_broker(bootstrap: str) -> KafkaBroker:
-    return KafkaBroker(bootstrap, client_id="rxtrail-intake", logger=log)
+def build_broker(bootstrap: str, metadata_max_age_ms: int = 30_000) -> KafkaBroker:
+    # The pattern subscription sees a new rx.inbound.<hospital> topic only at a metadata refresh: every 30 s,
+    # not Kafka's default 5 minutes, so a newly onboarded hospital is heard promptly.
+    return KafkaBroker(bootstrap, client_id="rxtrail-intake", logger=log, metadata_max_age_ms=metadata_max_age_ms)
 
 
 def create_intake(

@@ -71,15 +71,18 @@ async def send(bootstrap: str, messages: Sequence[tuple[str, bytes | None, bytes
 
 
 async def read_all(bootstrap: str, topic: str) -> list[Any]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    # Subscribing (no group) makes the client ask the broker for this topic's metadata; a bare client's
+    # metadata may not list a topic the intake auto-created a moment ago (Apache Kafka answers an empty
+    # metadata request with no topics).
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
     await consumer.start()
     try:
-        parts = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or set())]
-        if not parts:
-            await consumer.topics()
-            parts = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or set())]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
+        deadline = asyncio.get_running_loop().time() + 20
+        while not consumer.assignment():
+            assert asyncio.get_running_loop().time() < deadline, f"topic {topic} never appeared"
+            await asyncio.sleep(0.1)
+        parts = list(consumer.assignment())
         end = await consumer.end_offsets(parts)
         out: list[Any] = []
         while [tp for tp in parts if await consumer.position(tp) < end[tp]]:

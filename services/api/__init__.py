@@ -43,12 +43,14 @@ def create_app(settings: Settings | None = None, *, application: Any = None, poo
                   description="Internet+ prescription circulation: hospitals, pharmacists, pharmacies, "
                               "insurance agencies and regulators, each with its own API key and view.")
 
+    from services.api.console import router as console_router
     from services.api.http import install_error_handlers
     from services.api.routes import ROUTERS
 
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    app.include_router(console_router)  # GET /console: the regulator console page
 
     @app.get("/health", tags=["ops"])
     def health() -> dict[str, Any]:

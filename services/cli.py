@@ -301,6 +301,24 @@ def asyncapi(out: Path = typer.Option(Path("asyncapi.json"), "--out")) -> None:
     console.print(f"wrote {export_asyncapi(out)}")
 
 
+@app.command()
+def demo(
+    prescriptions: int = typer.Option(20, "--prescriptions", "-n", min=1, max=1000,
+                                      help="how many prescriptions to drive through the day"),
+    api: str | None = typer.Option(None, "--api", help="API base URL (default http://RXTRAIL_API_HOST:PORT)"),
+    timeout: float = typer.Option(60.0, "--timeout", help="seconds to wait for each worker step"),
+) -> None:
+    """Drive a scripted day of traffic through a running stack (`rxtrail up`) and print what happened."""
+    from services.demo import DemoError, print_report, run_demo
+
+    try:
+        report = run_demo(prescriptions, api, progress=lambda m: err.print(f"[dim]… {m}[/]"), timeout_s=timeout)
+    except DemoError as exc:
+        err.print(f"[bold red]demo failed:[/] {exc}")
+        raise typer.Exit(2) from exc
+    print_report(report, console)
+
+
 def _load_public_key(path: Path) -> object:
     """A trusted Ed25519 public key: PEM (as `rxtrail up` writes it), 32 raw bytes, or their base64."""
     import base64

@@ -21,14 +21,15 @@ class UnknownEventType(KeyError):
 
 def _registry() -> dict[str, type[Envelope]]:
     types: dict[str, type[Envelope]] = {}
-    for cls in (
+    classes: tuple[type[Envelope], ...] = (
         *ENCOUNTER_EVENTS,
         *PRESCRIPTION_EVENTS,
         *TRACE_CODE_EVENTS,
         *REGISTRY_EVENTS,
         *STATEMENT_EVENTS,
         Snapshot,
-    ):
+    )
+    for cls in classes:
         if cls.__name__ in types:
             raise RuntimeError(f"duplicate event type name {cls.__name__}")
         types[cls.__name__] = cls

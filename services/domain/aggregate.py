@@ -17,7 +17,8 @@ from uuid import UUID, uuid4, uuid5
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
-from events.base import GENESIS_HASH, DomainEvent, Snapshot, event_hash
+from events.base import GENESIS_HASH, DomainEvent, event_hash
+from events.base import Snapshot as SnapshotEvent
 from services.domain.clock import Clock
 from services.domain.errors import IntegrityError
 
@@ -41,7 +42,7 @@ class Aggregate(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
 
-    Snapshot: ClassVar[type[Snapshot]] = Snapshot
+    Snapshot: ClassVar[type[SnapshotEvent]] = SnapshotEvent
     creation_event: ClassVar[type[DomainEvent]]
 
     id: UUID
@@ -63,7 +64,7 @@ class Aggregate(BaseModel):
         return self.model_dump(mode="json", exclude={"id", "version", "head_hash"})
 
     @classmethod
-    def from_snapshot(cls, snapshot: Snapshot) -> Self:
+    def from_snapshot(cls, snapshot: SnapshotEvent) -> Self:
         if snapshot.aggregate_type != cls.__name__:
             raise IntegrityError(f"snapshot of {snapshot.aggregate_type} given to {cls.__name__}")
         return cls.model_validate(
@@ -145,12 +146,12 @@ class Aggregate(BaseModel):
 
 def make_projector(
     cls: type[A],
-) -> Callable[[A | None, Iterable[DomainEvent | Snapshot]], A | None]:
+) -> Callable[[A | None, Iterable[DomainEvent | SnapshotEvent]], A | None]:
     """An eventsourcing ``projector_func``: ``(aggregate | None, events) -> aggregate | None``."""
 
-    def project(aggregate: A | None, events: Iterable[DomainEvent | Snapshot]) -> A | None:
+    def project(aggregate: A | None, events: Iterable[DomainEvent | SnapshotEvent]) -> A | None:
         for event in events:
-            if isinstance(event, Snapshot):
+            if isinstance(event, SnapshotEvent):
                 aggregate = cls.from_snapshot(event)
             elif aggregate is None:
                 aggregate = cls._start(event)
@@ -162,7 +163,7 @@ def make_projector(
     return project
 
 
-def project_all(cls: type[A], events: Iterable[DomainEvent | Snapshot]) -> A:
+def project_all(cls: type[A], events: Iterable[DomainEvent | SnapshotEvent]) -> A:
     """Convenience for tests and tools: build an aggregate from its complete stream."""
     aggregate = make_projector(cls)(None, events)
     if aggregate is None:

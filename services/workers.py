@@ -103,10 +103,12 @@ class CommandWorker:
         return outcome
 
     def create_tables(self, conn: psycopg.Connection[Any], schema: str) -> None:
-        raise NotImplementedError
+        """Subclass hook (the Projection protocol): the worker's own state tables."""
+        raise NotImplementedError(f"{type(self).__name__} must define create_tables")
 
     def apply(self, conn: psycopg.Connection[Any], schema: str, batch: Sequence[Delivered]) -> None:
-        raise NotImplementedError
+        """Subclass hook: update state, then issue keyed commands, before the loop commits the batch."""
+        raise NotImplementedError(f"{type(self).__name__} must define apply")
 
 
 def in_log_order(batch: Sequence[Delivered]) -> list[Delivered]:

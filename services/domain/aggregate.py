@@ -138,10 +138,12 @@ class Aggregate(BaseModel):
 
     @classmethod
     def _created(cls, event: Any) -> Self:
-        raise NotImplementedError
+        """Subclass hook: the aggregate its creation event describes."""
+        raise NotImplementedError(f"{cls.__name__} must define _created")
 
     def _apply(self, event: Any) -> None:
-        raise NotImplementedError
+        """Subclass hook: the state change one later event makes."""
+        raise NotImplementedError(f"{type(self).__name__} must define _apply")
 
 
 def make_projector(

@@ -107,9 +107,9 @@ async def intake_load(database_url: str, bootstrap: str, application: Any, cast:
     from e2e.flows import visit_body
 
     from events import topics
-    from services.inbound import create_intake
     from services.infra.kafka_admin import ensure_topics_async
     from services.infra.settings import Settings
+    from services.workers.intake import create_intake
 
     topic = topics.inbound_topic(cast.hospital)
     await ensure_topics_async(bootstrap, [topic, topics.REJECTIONS, topics.DLQ], 12)

@@ -129,7 +129,7 @@ def eventsourcing_rate(url: str, name: str, events: list[Any]) -> float:
     from eventsourcing.utils import Environment, get_topic
     from psycopg.rows import tuple_row
 
-    from services.application.persistence import PydanticJSONTranscoder, PydanticMapper
+    from services.adapters.persistence import PydanticJSONTranscoder, PydanticMapper
     from services.infra.settings import eventsourcing_env
 
     env = eventsourcing_env(url)

@@ -1,5 +1,5 @@
 """Composition root for the projection consumers: ``python -m projections <name|all>`` runs them until
-SIGTERM/SIGINT. ``rxtrail up`` starts it; ``projections.replay`` rebuilds the same projections.
+SIGTERM/SIGINT. ``rxtrail up`` starts it; ``services.replay`` rebuilds the same projections.
 """
 
 from __future__ import annotations

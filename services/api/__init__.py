@@ -66,7 +66,7 @@ def create_app(settings: Settings | None = None, *, application: Any = None, poo
 
     @app.get("/asyncapi", tags=["ops"], summary="AsyncAPI document of rxtrail's Kafka topics")
     def asyncapi() -> JSONResponse:
-        from services.inbound import asyncapi_document
+        from services.workers.intake import asyncapi_document
 
         return JSONResponse(asyncapi_document())
 

@@ -14,9 +14,9 @@ from typing import cast
 from uuid import UUID
 
 from events.prescription import DispenserKind
-from services.api.keys import Party, PartyKind
+from services.adapters.api_keys import Party, PartyKind
+from services.adapters.store import RxTrailStore
 from services.application import commands as c
-from services.application.store import RxTrailStore
 from services.application.unit_of_work import UnitOfWork
 from services.domain.encounter import Encounter
 from services.domain.errors import DomainError, EncounterNotFound, PrescriptionNotFound

@@ -25,8 +25,8 @@ from psycopg_pool import ConnectionPool
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.adapters.api_keys import Party, PartyKind, authenticate, record_regulator_query
 from services.api.access import Forbidden, Gate, SenderMismatch
-from services.api.keys import Party, PartyKind, authenticate, record_regulator_query
 from services.api.views import Views
 from services.application import RxTrail
 from services.application import commands as c

@@ -14,6 +14,7 @@ import psycopg
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.concurrency import run_in_threadpool
 
+from services.adapters.api_keys import Party, PartyKind, regulator_queries
 from services.api import models as m
 from services.api.http import (
     IdempotencyKey,
@@ -23,7 +24,6 @@ from services.api.http import (
     record_regulator_request,
     runtime,
 )
-from services.api.keys import Party, PartyKind, regulator_queries
 from services.application import commands as c
 from services.domain.encounter import Encounter
 from services.domain.prescription import Prescription

@@ -17,8 +17,8 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from services.application.reading import load_stream, verify_aggregate
-from services.application.store import EVENTS_TABLE, RxTrailStore
+from services.adapters.event_log import load_stream, verify_aggregate
+from services.adapters.store import EVENTS_TABLE, RxTrailStore
 from services.application.unit_of_work import UnitOfWork
 from services.domain.encounter import Encounter
 from services.domain.errors import DomainError

@@ -6,7 +6,7 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from services.api import keys
+from services.adapters import api_keys as keys
 from services.infra.settings import Settings
 
 

@@ -6,9 +6,7 @@ Composition root: ``build_application(database_url, pseudonym_secret=...)`` → 
 
 from __future__ import annotations
 
-from services.application.outcomes import EventRef, Outcome
-from services.application.service import RxTrail
-from services.application.store import (
+from services.adapters.store import (
     DEFAULT_SNAPSHOT_INTERVAL,
     EVENTS_TABLE,
     OUTCOMES_TABLE,
@@ -16,9 +14,11 @@ from services.application.store import (
     RxTrailStore,
     open_store,
 )
+from services.application.outcomes import EventRef, Outcome
+from services.application.privacy import PatientVault, PostgresPatientKeyStore
+from services.application.service import RxTrail
 from services.domain.clock import Clock
 from services.domain.policy import DEFAULT_RULES, RuleConfig
-from services.privacy import PatientVault, PostgresPatientKeyStore
 
 
 def build_application(

@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, 
 from events.base import DrugCode, InsuranceType, Money, Ownership, RealNameMethod
 from events.prescription import DispensedLine, PrescriptionItem, RoutingBasis
 
+
 def _no_nul(text: str) -> str:
     if "\x00" in text:
         raise ValueError("text must not contain NUL characters")

@@ -23,12 +23,13 @@ from uuid import UUID
 from eventsourcing.persistence import IntegrityError
 from pydantic import ValidationError
 
+from services.adapters.persistence import OutcomeRow
+from services.adapters.store import RxTrailStore
 from services.application import commands as c
 from services.application.errors import ConcurrencyConflict
 from services.application.ids import encounter_id_for, prescription_id_for
 from services.application.outcomes import Outcome
-from services.application.persistence import OutcomeRow
-from services.application.store import RxTrailStore
+from services.application.privacy import PatientVault
 from services.application.unit_of_work import UnitOfWork, event_refs
 from services.domain.clock import Clock, SystemClock
 from services.domain.encounter import Encounter
@@ -37,7 +38,6 @@ from services.domain.policy import DEFAULT_RULES, RuleConfig
 from services.domain.prescription import Prescription
 from services.domain.registries import PatientStatus, Pharmacist, Pharmacy, Physician
 from services.domain.trace_code import TraceCode
-from services.privacy import PatientVault
 
 C = TypeVar("C", bound=c.Command)
 Handler = Callable[[Any, Any, UnitOfWork], UUID]

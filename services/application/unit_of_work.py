@@ -9,9 +9,9 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError
 
 from events.base import DomainEvent
+from services.adapters.store import RxTrailStore
 from services.application.errors import AlreadyExists, PatientStatusNotFound, StaleVersion
 from services.application.outcomes import EventRef
-from services.application.store import RxTrailStore
 from services.domain.aggregate import Aggregate
 from services.domain.encounter import Encounter, project_encounter
 from services.domain.errors import (

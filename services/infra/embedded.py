@@ -64,7 +64,7 @@ class EmbeddedPostgres:
         kwargs: dict[str, object] = {}
         if self._as_user:
             kwargs["user"] = self._as_user
-        return subprocess.run(  # noqa: PLW1510
+        return subprocess.run(
             cmd, capture_output=True, text=True, timeout=timeout or self.timeout_s, cwd="/", **kwargs  # type: ignore[arg-type]
         )
 

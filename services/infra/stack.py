@@ -39,10 +39,10 @@ def service_commands(settings: Settings) -> dict[str, list[str]]:
                 "--host", settings.api_host, "--port", str(settings.api_port), "--log-level", "warning"],
         "relay": [py, "-m", "services.relay"],
         "settlement": [py, "-m", "services.settlement"],
-        "router": [py, "-m", "services.router"],
-        "gateway": [py, "-m", "services.gateway"],
+        "router": [py, "-m", "services.workers.router"],
+        "gateway": [py, "-m", "services.workers.gateway"],
         "projections": [py, "-m", "projections", "all"],
-        "intake": [py, "-m", "services.inbound"],
+        "intake": [py, "-m", "services.workers.intake"],
         "checkpoint": [py, "-m", "services.cli", "checkpoint", "--every", str(settings.checkpoint_interval_s)],
     }
 
@@ -54,9 +54,9 @@ def prepare_database(database_url: str, pseudonym_secret: bytes) -> None:
 
     import psycopg
 
-    from services import checkpoint
-    from services.api import keys
+    from services.adapters import api_keys as keys
     from services.application import build_application
+    from services.integrity import checkpoint
     from services.relay import positions
 
     build_application(database_url, pseudonym_secret=pseudonym_secret).close()

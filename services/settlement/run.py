@@ -15,9 +15,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from projections.base import ProjectionConsumer
 from services.application import RxTrail, build_application
+from services.application.claims import SettlementConfig
 from services.reference.policies import InstitutionLevel
-from services.settlement.claims import SettlementConfig
-from services.settlement.worker import SettlementWorker
+from services.workers.settlement import SettlementWorker
 
 log = logging.getLogger("rxtrail.settlement")
 

@@ -17,7 +17,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 from support import unique_id
 
-from services.api.keys import create_key, ensure_schema, parse_party
+from services.adapters.api_keys import create_key, ensure_schema, parse_party
 from services.application import RxTrail, build_application
 from services.application import commands as c
 from services.infra.ports import free_port, wait_for_port

@@ -31,9 +31,9 @@ from support import unique_id, unique_topic
 from events import topics
 from services.api import create_app
 from services.application import RxTrail
-from services.inbound import create_intake
 from services.infra.kafka_admin import ensure_topics_async
 from services.infra.settings import Settings
+from services.workers.intake import create_intake
 
 STEPS = ["FollowUpVisitRecorded", "PrescriptionIssued", "PrescriptionApproved", "PrescriptionRouted",
          "PrescriptionAccepted", "PrescriptionDispensed", "PrescriptionDispensed", "DeliveryArranged",

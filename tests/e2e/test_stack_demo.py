@@ -103,7 +103,7 @@ def test_demo_drives_every_service_of_the_stack(stack: dict[str, str]) -> None:
 
     database_url = _database_url(stack)
     api = f"http://127.0.0.1:{stack['RXTRAIL_API_PORT']}"
-    from services.api.keys import create_key, ensure_schema, parse_party
+    from services.adapters.api_keys import create_key, ensure_schema, parse_party
 
     with psycopg.connect(database_url, autocommit=True) as conn:
         ensure_schema(conn)

@@ -18,8 +18,8 @@ from events.prescription import DispensedLine, PrescriptionItem, RoutingBasis
 from services.application import RxTrail, RxTrailStore
 from services.application import commands as c
 from services.application.outcomes import Outcome
+from services.application.privacy import PatientVault
 from services.domain.clock import FixedClock
-from services.privacy import PatientVault
 
 T0 = datetime(2025, 3, 10, 2, 0, tzinfo=UTC)  # 10:00 China time
 CHANGCHUN = "220100"

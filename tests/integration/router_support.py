@@ -22,13 +22,13 @@ from support import unique_id, unique_topic
 
 from events.base import CatalogCategory, DomainEvent, InsuranceType, Ownership, RealNameMethod
 from events.prescription import PrescriptionItem, PrescriptionRouted
+from services.adapters.event_log import load_stream
 from services.application import RxTrail, build_application
 from services.application import commands as c
 from services.application.outcomes import Outcome
-from services.application.reading import load_stream
-from services.gateway import FeedMessage, Gateway, GatewayConfig, run_gateway
 from services.relay import run_relay
-from services.router import Router, RouterConfig, run_router
+from services.workers.gateway import FeedMessage, Gateway, GatewayConfig, run_gateway
+from services.workers.router import Router, RouterConfig, run_router
 
 SECRET = b"x" * 32
 REGION = "370100"

@@ -6,7 +6,7 @@ import psycopg
 import pytest
 from support import unique_id
 
-from services.api.keys import (
+from services.adapters.api_keys import (
     Party,
     PartyKind,
     authenticate,

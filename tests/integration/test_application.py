@@ -25,14 +25,14 @@ from events.prescription import (
     RoutingBasis,
     RuleFlagged,
 )
+from services.adapters.event_log import load_stream, verify_aggregate
 from services.application import RxTrail, RxTrailStore, open_store
 from services.application import commands as c
 from services.application.ids import trace_code_id_for
-from services.application.reading import load_stream, verify_aggregate
+from services.application.privacy import PatientVault, PostgresPatientKeyStore
 from services.domain.clock import FixedClock
 from services.domain.prescription import Prescription, RxStatus, project_prescription
 from services.domain.trace_code import TraceCode, project_trace_code
-from services.privacy import PatientVault, PostgresPatientKeyStore
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,12 @@ from application_builders import METFORMIN, SECRET, Cast, item, line, new_app, o
 
 from events.prescription import PrescriptionDispensed, RuleFlagged
 from events.trace_code import TraceCodeSold
+from services.adapters.event_log import load_stream, verify_aggregate
 from services.application import RxTrail, RxTrailStore, open_store
 from services.application import commands as c
 from services.application.ids import trace_code_id_for
 from services.application.outcomes import Outcome
-from services.application.reading import load_stream, verify_aggregate
-from services.privacy import PatientVault, PostgresPatientKeyStore
+from services.application.privacy import PatientVault, PostgresPatientKeyStore
 
 T = TypeVar("T")
 

@@ -11,14 +11,14 @@ from application_builders import METFORMIN, SECRET, T0, Cast, item, line, new_ap
 from support import unique_id
 
 from events.prescription import RoutingBasis, RuleFlagged
+from services.adapters.event_log import load_stream
 from services.application import OUTCOMES_TABLE, RxTrail, RxTrailStore, open_store
 from services.application import commands as c
 from services.application.ids import encounter_id_for
-from services.application.reading import load_stream
+from services.application.privacy import PatientVault, PostgresPatientKeyStore
 from services.application.unit_of_work import UnitOfWork
 from services.domain.clock import FixedClock
 from services.domain.prescription import RxStatus, project_prescription
-from services.privacy import PatientVault, PostgresPatientKeyStore
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,11 @@ from eventsourcing.persistence import StoredEvent
 from events import GENESIS_HASH
 from events.encounter import FollowUpVisitRecorded
 from events.prescription import PrescriptionRejected
+from services.adapters.event_log import load_stream, verify_aggregate, verify_all
 from services.application import EVENTS_TABLE, RxTrail, RxTrailStore, open_store
 from services.application import commands as c
-from services.application.reading import load_stream, verify_aggregate, verify_all
+from services.application.privacy import PatientForgotten, PatientVault, PostgresPatientKeyStore
 from services.domain.prescription import project_prescription
-from services.privacy import PatientForgotten, PatientVault, PostgresPatientKeyStore
 
 
 @pytest.fixture(scope="module")

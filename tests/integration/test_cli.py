@@ -18,10 +18,10 @@ from application_builders import AMLODIPINE, METFORMIN, Cast, item, line, new_ap
 
 from events import EVENT_TYPES
 from events.prescription import RoutingBasis
+from services.adapters.store import open_store
 from services.application import commands as c
-from services.application.store import open_store
-from services.checkpoint import PUBLIC_KEY_FILE
-from services.privacy import PatientVault, PostgresPatientKeyStore
+from services.application.privacy import PatientVault, PostgresPatientKeyStore
+from services.integrity.checkpoint import PUBLIC_KEY_FILE
 
 SECRET = b"cli-test-pseudonym-secret-32-bytes!!"
 

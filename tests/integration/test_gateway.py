@@ -42,7 +42,7 @@ from events.prescription import DispensedLine, PrescriptionIssued, RoutingBasis
 from services.application import build_application
 from services.application import commands as c
 from services.domain.clock import FixedClock
-from services.gateway import FeedMessage, run_gateway
+from services.workers.gateway import FeedMessage, run_gateway
 
 DRUGS = (METFORMIN, AMLODIPINE, VITAMIN)
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from e2e.flows import Cast, open_application, prescription_body, register_cast, visit_body
 from support import unique_id
 
@@ -20,9 +20,9 @@ from services.application import RxTrail
 from services.application import commands as c
 from services.application.outcomes import Outcome
 from services.domain.prescription import project_prescription
-from services.inbound import IntakeWorker, create_intake
 from services.infra.kafka_admin import ensure_topics_async
 from services.infra.settings import Settings
+from services.workers.intake import IntakeWorker, create_intake
 
 PARTITIONS = 3
 

@@ -20,9 +20,9 @@ from projection_support import (
 from rich.console import Console
 
 from projections.hospital_settlement import statements
-from projections.replay import as_of_schema, end_offsets, replay, replay_async
 from projections.run import build
 from projections.traceability import prescription, trail
+from services.replay import as_of_schema, end_offsets, replay, replay_async
 
 
 @pytest.fixture(scope="module")

@@ -24,8 +24,8 @@ from eventsourcing.persistence import IntegrityError, StoredEvent
 from support import unique_topic
 
 from services.infra.settings import eventsourcing_env
+from services.integrity.verify import GENESIS, stored_event_hash
 from services.relay import RelayConfig, RelayStats, event_id, republish, run_relay
-from services.verify import GENESIS, stored_event_hash
 
 TEST_TOPIC = "tests.relay:TrailNoted"
 

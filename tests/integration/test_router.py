@@ -39,7 +39,7 @@ from support import unique_id
 
 from events.prescription import PrescriptionApproved, RoutingBasis
 from services.application import commands as c
-from services.router import PharmacyInfo, Router, RoutingRequest, choose, run_router
+from services.workers.router import PharmacyInfo, Router, RoutingRequest, choose, run_router
 
 DRUGS = (METFORMIN, AMLODIPINE)
 

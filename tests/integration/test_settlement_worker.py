@@ -35,15 +35,15 @@ from support import unique_id, unique_topic
 from events.base import CatalogCategory, InsuranceType, Ownership, RealNameMethod
 from events.encounter import ConsultationSettled
 from events.prescription import DispensedLine, PrescriptionItem, PrescriptionSettled, RoutingBasis
+from services.adapters.event_log import load_stream
 from services.application import RxTrail, build_application
 from services.application import commands as c
 from services.application.outcomes import Outcome
-from services.application.reading import load_stream
 from services.domain.clock import FixedClock
 from services.infra.kafka_admin import ensure_topics_async
 from services.relay import RelayConfig, RelayStats, run_relay
 from services.settlement.run import build_consumer
-from services.settlement.worker import WorkerStats
+from services.workers.settlement import WorkerStats
 
 JINAN = "370100"
 T0 = datetime(2026, 3, 10, 2, 0, tzinfo=UTC)

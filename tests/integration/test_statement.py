@@ -38,19 +38,19 @@ from events.prescription import DispensedLine, PrescriptionItem, RoutingBasis
 from events.statement import PartyKind
 from projections.hospital_settlement import institution_statements
 from projections.pharmacy_settlement import statements as pharmacy_statements
-from projections.replay import replay
+from services.adapters.statement_render import find_font, to_csv, to_pdf
 from services.application import RxTrail, build_application
 from services.application import commands as c
 from services.application.outcomes import Outcome
-from services.domain.clock import FixedClock
-from services.domain.errors import InvalidCommand
-from services.settlement.render import find_font, to_csv, to_pdf
-from services.settlement.statements import (
+from services.application.statements import (
     ClosedStatement,
     EventStoreDirectory,
     ProjectionFigures,
     StatementDesk,
 )
+from services.domain.clock import FixedClock
+from services.domain.errors import InvalidCommand
+from services.replay import replay
 
 CHANGCHUN = "220100"
 SECRET = b"rxtrail-statement-test-secret-0123456789"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from services.checkpoint import (
+from services.integrity.checkpoint import (
     PAYLOAD_FORMAT,
     Checkpoint,
     build_bundle,
@@ -20,7 +20,7 @@ from services.checkpoint import (
     root_from_path,
     verify_bundle,
 )
-from services.verify import GENESIS, stored_event_hash
+from services.integrity.verify import GENESIS, stored_event_hash
 
 LOG = "rxtrail_events"
 

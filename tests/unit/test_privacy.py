@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.privacy import (
+from services.application.privacy import (
     InMemoryPatientKeyStore,
     PatientForgotten,
     PatientVault,

@@ -13,8 +13,8 @@ from events.base import BusinessType
 from events.prescription import PrescriptionApproved
 from projections.base import Undecodable
 from projections.hospital_settlement.ledger import settlement_month
-from projections.replay import as_of_schema, decode_stored
 from projections.run import NAMES, build, resolve
+from services.replay import as_of_schema, decode_stored
 
 
 def test_settlement_month_is_the_china_standard_time_month() -> None:

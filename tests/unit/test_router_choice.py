@@ -18,7 +18,8 @@ from events.registries import PharmacyDesignated
 from services.application.commands import Command, RoutePrescription
 from services.application.outcomes import Outcome
 from services.domain import Pharmacy, Prescription, verify_stream
-from services.router import (
+from services.workers.base import command_key
+from services.workers.router import (
     Candidate,
     PharmacyInfo,
     Router,
@@ -28,7 +29,6 @@ from services.router import (
     eligible_by_rule,
     rule_rank,
 )
-from services.workers import command_key
 
 REGION = "370100"
 OTHER = "220100"

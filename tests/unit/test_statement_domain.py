@@ -12,6 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from events.statement import PartyKind, StatementIssued
+from services.adapters.statement_render import CSV_COLUMNS, to_csv
+from services.application.statements import ClosedStatement, PartyMonth
 from services.domain.clock import FixedClock
 from services.domain.errors import InvalidCommand
 from services.domain.statement import (
@@ -24,8 +26,6 @@ from services.domain.statement import (
     project_statement,
     statement_id,
 )
-from services.settlement.render import CSV_COLUMNS, to_csv
-from services.settlement.statements import ClosedStatement, PartyMonth
 
 D = Decimal
 CLOCK = FixedClock(datetime(2026, 3, 1, 2, 0, tzinfo=UTC))

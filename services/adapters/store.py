@@ -13,7 +13,7 @@ from eventsourcing.persistence import Mapper, Transcoder
 from eventsourcing.utils import get_topic
 
 from events.base import Snapshot
-from services.application.persistence import OutcomeRecorder, PydanticJSONTranscoder, PydanticMapper
+from services.adapters.persistence import OutcomeRecorder, PydanticJSONTranscoder, PydanticMapper
 from services.domain.prescription import Prescription, project_prescription
 from services.infra.settings import eventsourcing_env
 

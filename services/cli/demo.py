@@ -147,7 +147,7 @@ def check_stack(api: str, database_url: str) -> None:
 def _keys(database_url: str, parties: list[str], run: str) -> dict[str, str]:
     import psycopg
 
-    from services.api.keys import create_key, ensure_schema, parse_party
+    from services.adapters.api_keys import create_key, ensure_schema, parse_party
 
     with psycopg.connect(database_url, autocommit=True) as conn:
         ensure_schema(conn)

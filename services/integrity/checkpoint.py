@@ -5,7 +5,7 @@ A checkpoint signs (Ed25519) a small JSON payload:
 - per event table ("log"): the last notification id covered and a running digest over every event in log order,
   ``d_n = sha256(d_{n-1} || id(8 bytes) || aggregate id || 0x1f || version || 0x1f || event hash)``, d_0 = 32 zero
   bytes. An event's hash is its stored ``hash`` field (the chain's own claim, whose content is checked by
-  ``services.verify``) or, for an event without one, sha256 of its stored bytes;
+  ``services.integrity.verify``) or, for an event without one, sha256 of its stored bytes;
 - a Merkle root over every aggregate's head (log, aggregate id, last version, last hash) as of that point, sorted
   by (log, aggregate id): leaf = sha256(0x00 || canonical JSON [log, id, version, hash]), node = sha256(0x01 ||
   left || right), an odd node moves up unchanged. A bundle carries one leaf's path to the root, so one
@@ -407,7 +407,7 @@ def _strict_b64(text: object) -> bytes:
 
 def verify_bundle(path: str | Path, trusted_public_key: bytes | Ed25519PublicKey | None = None) -> BundleReport:
     """Check a trail bundle with nothing but the file (and, ideally, a public key you already trust)."""
-    from services.verify import GENESIS, event_type_of, stored_event_hash
+    from services.integrity.verify import GENESIS, event_type_of, stored_event_hash
 
     report = BundleReport()
     try:

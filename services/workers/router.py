@@ -1,5 +1,5 @@
 """Router: sends each approved prescription to a designated retail pharmacy (trail step 4, 处方流转;
-002 §三(六), 000 §五(三)3, 001 art. 25). ``python -m services.router`` runs it until SIGTERM.
+002 §三(六), 000 §五(三)3, 001 art. 25). ``python -m services.workers.router`` runs it until SIGTERM.
 
 When it routes. On ``PrescriptionApproved``, and again on ``PrescriptionReturned`` (the pharmacy declined).
 A prescription for which no pharmacy is eligible is left approved — nothing is recorded, a WARNING is logged
@@ -30,7 +30,7 @@ whatever prompted the retry, makes a replay converge on the same keys however it
 met before or after the designations of its region asks under the same key). Any other refusal (the
 prescription was cancelled or has expired meanwhile) ends the attempt, logged.
 
-Idempotency and ordering (see ``services.workers``): the router's state — pharmacies with region, agreement
+Idempotency and ordering (see ``services.workers.base``): the router's state — pharmacies with region, agreement
 state and drug list; prescriptions with region, drugs, the patient's choice, who returned them and whether they
 await routing — lives in its own schema (``router``) and is written in the same transaction as its consumed
 offsets. Commands are issued inside that transaction, before it commits. A crash in between redelivers the
@@ -68,7 +68,7 @@ from events.prescription import (
 from events.registries import PharmacyAgreementSuspended, PharmacyDesignated
 from projections.base import Delivered, RunnerStats
 from services.application.commands import RoutePrescription
-from services.workers import CommandHandler, CommandWorker, in_log_order, run_worker
+from services.workers.base import CommandHandler, CommandWorker, in_log_order, run_worker
 
 log = logging.getLogger(__name__)
 
@@ -428,10 +428,10 @@ async def run_router(config: RouterConfig, stop: asyncio.Event, app: CommandHand
 
 def main(argv: list[str] | None = None) -> int:
     from services.infra.settings import Settings
-    from services.workers import configure_logging, run_until_signalled
+    from services.workers.base import configure_logging, run_until_signalled
 
     settings = Settings()
-    parser = argparse.ArgumentParser(prog="python -m services.router", description="Route approved prescriptions.")
+    parser = argparse.ArgumentParser(prog="python -m services.workers.router", description="Route approved prescriptions.")
     parser.add_argument("--topic", default=topics.EVENTS)
     parser.add_argument("--group-id", default="rxtrail.router")
     parser.add_argument("--schema", default=NAME)

@@ -15,7 +15,7 @@ from uuid import UUID
 from eventsourcing.persistence import MapperDeserialisationError, StoredEvent
 
 from events.base import DomainEvent
-from services.application.store import RxTrailStore
+from services.adapters.store import RxTrailStore
 from services.domain.hashchain import BrokenLink, verify_stream
 
 

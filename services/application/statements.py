@@ -33,7 +33,7 @@ from psycopg import sql
 
 from events.base import ZERO, BusinessType
 from events.statement import PartyKind
-from services.application.store import EVENTS_TABLE, RxTrailStore
+from services.adapters.store import EVENTS_TABLE, RxTrailStore
 from services.domain.aggregate import Aggregate
 from services.domain.clock import Clock
 from services.domain.errors import InvalidCommand

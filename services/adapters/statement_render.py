@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
+from services.application.statements import ClosedStatement
 from services.domain.statement import DEPOSIT_PARTY_KINDS
-from services.settlement.statements import ClosedStatement
 
 FONT_CANDIDATES = (
     "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",

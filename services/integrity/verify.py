@@ -151,7 +151,7 @@ def verify_rows(aggregate_id: str, rows: Sequence[Row], source: str = "store") -
 
 
 def discover_logs(conn: psycopg.Connection[Any], schema: str = "public") -> list[str]:
-    from services.checkpoint import discover_logs as discover
+    from services.integrity.checkpoint import discover_logs as discover
 
     return discover(conn, schema)
 
@@ -201,7 +201,7 @@ def verify_store(database_url: str, *, data_dir: str | Path | None = None, logs:
 
 def _verify_checkpoints(conn: psycopg.Connection[Any], logs: Sequence[str], schema: str,
                         data_dir: str | Path | None, report: VerifyReport) -> None:
-    from services import checkpoint as cp
+    from services.integrity import checkpoint as cp
 
     exists = conn.execute("SELECT to_regclass('checkpoints') IS NOT NULL").fetchone()
     if not exists or not exists[0]:

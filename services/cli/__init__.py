@@ -126,7 +126,7 @@ def verify(
 ) -> None:
     """Recompute every hash chain and signed checkpoint; exit 0 intact, 1 tampered."""
     if bundle is not None:
-        from services.checkpoint import verify_bundle
+        from services.integrity.checkpoint import verify_bundle
 
         trusted = _load_public_key(public_key) if public_key else None
         report = verify_bundle(bundle, trusted_public_key=trusted)
@@ -136,7 +136,7 @@ def verify(
             for problem in report.problems:
                 err.print(f"[red]bundle {bundle}: {problem}[/]", highlight=False)
         raise typer.Exit(report.exit_code)
-    from services.verify import verify as run_verify
+    from services.integrity.verify import verify as run_verify
 
     settings = _resolved()
     report = run_verify(settings.database_url, settings.kafka_bootstrap if kafka else None,
@@ -150,7 +150,7 @@ def verify(
 @app.command("export-trail")
 def export_trail(rx_id: str, out: Path = typer.Option(..., "--out")) -> None:
     """Write one prescription's events, hash chain, covering signed checkpoint and public key to a file."""
-    from services.checkpoint import export_trail as do_export
+    from services.integrity.checkpoint import export_trail as do_export
 
     settings = _resolved()
     path = do_export(str(settings.database_url), settings.data_dir, rx_id, out)
@@ -162,7 +162,7 @@ def checkpoint(every: float = typer.Option(0.0, "--every", help="seconds between
     """Sign the head of the whole event log (Ed25519) and store the checkpoint."""
     import time as _time
 
-    from services.checkpoint import create_checkpoint
+    from services.integrity.checkpoint import create_checkpoint
 
     settings = _resolved()
     while True:
@@ -182,7 +182,7 @@ def forget_patient(
     """Crypto-shred a patient: delete their key, so sealed personal fields can never be read again.
 
     Trails, hash chains and totals still verify: events carry only the pseudonym and the ciphertext."""
-    from services.privacy import PatientVault, PostgresPatientKeyStore
+    from services.application.privacy import PatientVault, PostgresPatientKeyStore
 
     settings = _resolved()
     vault = PatientVault(settings.resolved_pseudonym_secret(), PostgresPatientKeyStore(str(settings.database_url)))
@@ -207,11 +207,11 @@ def statement(
 ) -> None:
     """Close a month: a StatementIssued per hospital institution and pharmacy (closing twice records nothing);
     or, with --release-deposit, release a party's year's deposit by its assessment score."""
-    from services.application.store import open_store
+    from services.adapters.statement_render import to_csv, to_pdf
+    from services.adapters.store import open_store
+    from services.application.statements import EventStoreDirectory, ProjectionFigures, StatementDesk
     from services.domain.clock import SystemClock
     from services.domain.errors import DomainError
-    from services.settlement.render import to_csv, to_pdf
-    from services.settlement.statements import EventStoreDirectory, ProjectionFigures, StatementDesk
 
     if fmt not in {"csv", "pdf"}:
         raise typer.BadParameter("csv or pdf", param_hint="--format")
@@ -270,8 +270,8 @@ def replay(
     import signal
     from datetime import UTC
 
-    from projections.replay import replay as do_replay
     from services.infra.stack import read_state
+    from services.replay import replay as do_replay
 
     _logging(False)
     settings = _resolved()
@@ -296,7 +296,7 @@ def replay(
 @app.command()
 def asyncapi(out: Path = typer.Option(Path("asyncapi.json"), "--out")) -> None:
     """Write the AsyncAPI document of every rxtrail Kafka topic."""
-    from services.inbound import export_asyncapi
+    from services.workers.intake import export_asyncapi
 
     console.print(f"wrote {export_asyncapi(out)}")
 
@@ -309,7 +309,7 @@ def demo(
     timeout: float = typer.Option(60.0, "--timeout", help="seconds to wait for each worker step"),
 ) -> None:
     """Drive a scripted day of traffic through a running stack (`rxtrail up`) and print what happened."""
-    from services.demo import DemoError, print_report, run_demo
+    from services.cli.demo import DemoError, print_report, run_demo
 
     try:
         report = run_demo(prescriptions, api, progress=lambda m: err.print(f"[dim]… {m}[/]"), timeout_s=timeout)
@@ -359,7 +359,7 @@ def keys_create(
 
     import psycopg
 
-    from services.api import keys
+    from services.adapters import api_keys as keys
 
     try:
         who = keys.parse_party(party)
@@ -383,7 +383,7 @@ def keys_revoke(key_id: str) -> None:
 
     import psycopg
 
-    from services.api import keys
+    from services.adapters import api_keys as keys
 
     with psycopg.connect(Settings().resolved_database_url(), autocommit=True, connect_timeout=5) as conn:
         keys.ensure_schema(conn)

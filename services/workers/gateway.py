@@ -1,5 +1,5 @@
 """Pharmacy feeds: each routed prescription, and what later happens to it, on ``rx.pharmacy.<pharmacy_id>``.
-``python -m services.gateway`` runs it until SIGTERM.
+``python -m services.workers.gateway`` runs it until SIGTERM.
 
 A pharmacy sees only prescriptions routed to it (DOMAIN.md, "Who may see what"). Its topic gets, keyed by
 prescription id, one JSON ``FeedMessage`` per event:
@@ -56,7 +56,7 @@ from events.prescription import (
     RoutingBasis,
 )
 from projections.base import Delivered, RunnerStats
-from services.workers import in_log_order, run_worker
+from services.workers.base import in_log_order, run_worker
 
 log = logging.getLogger(__name__)
 
@@ -371,10 +371,10 @@ async def run_gateway(config: GatewayConfig, stop: asyncio.Event, *, idle_timeou
 
 def main(argv: list[str] | None = None) -> int:
     from services.infra.settings import Settings
-    from services.workers import configure_logging, run_until_signalled
+    from services.workers.base import configure_logging, run_until_signalled
 
     settings = Settings()
-    parser = argparse.ArgumentParser(prog="python -m services.gateway", description="Feed routed prescriptions to "
+    parser = argparse.ArgumentParser(prog="python -m services.workers.gateway", description="Feed routed prescriptions to "
                                      "their pharmacies on rx.pharmacy.<pharmacy_id>.")
     parser.add_argument("--topic", default=topics.EVENTS)
     parser.add_argument("--group-id", default="rxtrail.gateway")

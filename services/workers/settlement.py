@@ -49,6 +49,14 @@ from events.prescription import (
 from events.registries import PatientReinstated, PatientSuspendedForFraud
 from projections.base import Delivered
 from services.application import RxTrail
+from services.application.claims import (
+    SettlementConfig,
+    WithConsultation,
+    consultation_claim,
+    prescription_claim,
+    settle_consultation,
+    settle_prescription,
+)
 from services.application.commands import Command
 from services.application.outcomes import Outcome
 from services.domain.aggregate import project_all
@@ -59,15 +67,7 @@ from services.domain.prescription import Prescription, RxStatus
 from services.domain.settlement import RegionCatalog, Split, YearToDate, split
 from services.reference import Reference, ReferenceNotFound, load_reference
 from services.reference.policies import PolicyNotFound, load_policy
-from services.settlement.claims import (
-    SettlementConfig,
-    WithConsultation,
-    consultation_claim,
-    prescription_claim,
-    settle_consultation,
-    settle_prescription,
-)
-from services.workers import command_key, in_log_order
+from services.workers.base import command_key, in_log_order
 
 log = logging.getLogger("rxtrail.settlement")
 

@@ -10,7 +10,7 @@ to ``rx.dlq``; only then commit the offsets. A crash anywhere before the commit 
 that is harmless: every command gets an idempotency key (the sender's ``command_id``, else the message's
 topic/partition/offset), so a redelivered command returns its first outcome and records nothing new.
 
-``python -m services.inbound`` runs one intake worker until SIGINT/SIGTERM.
+``python -m services.workers.intake`` runs one intake worker until SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from faststream.middlewares import AckPolicy
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from events import topics
+from services.adapters.api_keys import Party, PartyKind
 from services.api.access import Gate
 from services.api.http import command_id as scoped_command_id
-from services.api.keys import Party, PartyKind
 from services.api.models import find_nul
 from services.application import commands as c
 from services.application.outcomes import Outcome

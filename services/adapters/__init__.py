@@ -1,0 +1,1 @@
+"""Adapters: the event store, the event-log reader, API keys, statement rendering."""

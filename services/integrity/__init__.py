@@ -1,0 +1,1 @@
+"""Tamper evidence: hash-chain verification, signed checkpoints, offline bundles."""

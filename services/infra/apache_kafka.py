@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Self
 
 from services.infra.errors import InfraError
+from services.infra.ports import PortTaken, free_ports, port_is_free
 
 DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
 POM = DEPLOY_DIR / "pom.xml"
@@ -126,28 +127,6 @@ def new_cluster_id() -> str:
             return cid
 
 
-def port_is_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        # the JVM binds with SO_REUSEADDR, so a port held only by TIME_WAIT counts as free
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_ports(host: str, count: int) -> list[int]:
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for s in socks:
-            s.bind((host, 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def metadata_broker_ids(host: str, port: int, timeout_s: float = 2.0) -> list[int]:
     """Metadata v4 for no topics over a plain socket; returns the ids of the brokers the cluster reports."""
     client_id = b"rxtrail-launcher"
@@ -236,16 +215,14 @@ class ApacheKafka:
         check_java_version(self._java)
         for p in ports or []:
             if not port_is_free(host, p):
-                raise InfraError(
-                    f"Apache Kafka: port {host}:{p} is already taken; free it or choose another port"
-                )
+                raise PortTaken(host, p, "Apache Kafka")
         jar_dir = ensure_jars(cache_dir)
         self.host = host
         if base_dir is None:
             base_dir = self._owned_base = Path(tempfile.mkdtemp(prefix="rxtrail-kafka-"))
         base_dir = Path(base_dir)
         client_ports = list(ports) if ports is not None else []
-        auto = free_ports(host, brokers - len(client_ports) + brokers)
+        auto = free_ports(brokers - len(client_ports) + brokers, host)
         client_ports += auto[: brokers - len(client_ports)]
         controller_ports = auto[len(auto) - brokers :]
         self.nodes = [
@@ -333,10 +310,7 @@ class ApacheKafka:
     def _spawn(self, node: _Node) -> None:
         for port in (node.port, node.controller_port):
             if not port_is_free(self.host, port):
-                raise InfraError(
-                    f"Apache Kafka: port {self.host}:{port} (node {node.node_id}) is already taken; "
-                    "free it or choose another port"
-                )
+                raise PortTaken(self.host, port, f"Apache Kafka (node {node.node_id})")
         with open(node.console_log, "ab") as out:
             node.proc = subprocess.Popen(
                 [self._java, *self._jvm_args_for(node), "kafka.Kafka", str(node.config)],

@@ -19,7 +19,7 @@ import psutil
 
 from services.infra.errors import InfraError
 from services.infra.kafka_admin import wait_for_kafka
-from services.infra.ports import log_tail, require_free_port
+from services.infra.ports import PortTaken, log_tail, mentions_taken_port, require_free_port
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
@@ -127,6 +127,8 @@ class EmbeddedPostgres:
             raise InfraError(f"postgres: did not start within {self.timeout_s:.0f}s; log tail:\n"
                              f"{log_tail(self.log_file)}") from exc
         if r.returncode != 0:
+            if mentions_taken_port(log_tail(self.log_file, 10)):
+                raise PortTaken(self.host, self.port, "postgres")
             raise InfraError(f"postgres: failed to start on {self.host}:{self.port}; log tail:\n"
                              f"{log_tail(self.log_file)}\n{r.stderr[-1000:]}")
         self._ensure_database()
@@ -220,8 +222,12 @@ class Tansu:
         self.pid_file.write_text(str(self.proc.pid))
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise InfraError(f"kafka (tansu): broker exited with code {self.proc.returncode}; log tail:\n"
+            if (code := self.proc.poll()) is not None:
+                self.proc = None
+                self.pid_file.unlink(missing_ok=True)
+                if mentions_taken_port(log_tail(self.log_file, 10)):
+                    raise PortTaken(self.host, self.port, "kafka (tansu)")
+                raise InfraError(f"kafka (tansu): broker exited with code {code}; log tail:\n"
                                  f"{log_tail(self.log_file)}")
             try:
                 wait_for_kafka(self.bootstrap, min(3.0, max(0.1, deadline - time.monotonic())))

@@ -10,16 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from support import unique_id
+from tests.support import unique_id
 
 _FOLDER_MARKERS = {"unit", "integration", "e2e", "faults"}
 
@@ -60,10 +57,13 @@ def pg_server_url(infra_dir: Path) -> Iterator[str]:
             yield pg.get_connection_url()
         return
     from services.infra.embedded import EmbeddedPostgres
-    from services.infra.ports import free_port
+    from services.infra.ports import start_on_free_port
 
-    server = EmbeddedPostgres(infra_dir, free_port())
-    url = server.start()
+    def start(port: int) -> tuple[EmbeddedPostgres, str]:
+        server = EmbeddedPostgres(infra_dir / f"pg-{port}", port)
+        return server, server.start()
+
+    server, url = start_on_free_port(start)
     try:
         yield url
     finally:
@@ -115,20 +115,36 @@ def kafka_bootstrap(kafka_kind: str, infra_dir: Path) -> Iterator[str]:
             yield kafka.get_bootstrap_server()
         return
     if kafka_kind == "apache":
-        from services.infra.apache_kafka import ApacheKafka
+        import itertools
 
-        cluster = ApacheKafka()
-        cluster.start(brokers=1, base_dir=infra_dir / "apache-kafka")
+        from services.infra.apache_kafka import ApacheKafka
+        from services.infra.ports import retry_on_taken_port
+
+        attempt = itertools.count(1)
+
+        def start() -> ApacheKafka:
+            cluster = ApacheKafka()
+            try:
+                cluster.start(brokers=1, base_dir=infra_dir / f"apache-kafka-{next(attempt)}")
+            except Exception:
+                cluster.stop()
+                raise
+            return cluster
+
+        cluster = retry_on_taken_port(start)
         try:
             yield cluster.bootstrap
         finally:
             cluster.stop()
         return
     from services.infra.embedded import Tansu
-    from services.infra.ports import free_port
+    from services.infra.ports import start_on_free_port
 
-    broker = Tansu(infra_dir / "tansu", free_port())
-    bootstrap = broker.start()
+    def start(port: int) -> tuple[Tansu, str]:
+        broker = Tansu(infra_dir / f"tansu-{port}", port)
+        return broker, broker.start()
+
+    broker, bootstrap = start_on_free_port(start)
     try:
         yield bootstrap
     finally:

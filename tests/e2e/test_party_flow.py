@@ -15,7 +15,16 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
-from e2e.flows import (
+from fastapi.testclient import TestClient
+
+from events import topics
+from services.api import create_app
+from services.application import RxTrail
+from services.infra.kafka_admin import ensure_topics_async
+from services.infra.settings import Settings
+from services.workers.intake import create_intake
+from tests.support import unique_id, unique_topic
+from tests.support.flows import (
     Actors,
     Cast,
     api_keys,
@@ -25,15 +34,6 @@ from e2e.flows import (
     register_cast,
     visit_body,
 )
-from fastapi.testclient import TestClient
-from support import unique_id, unique_topic
-
-from events import topics
-from services.api import create_app
-from services.application import RxTrail
-from services.infra.kafka_admin import ensure_topics_async
-from services.infra.settings import Settings
-from services.workers.intake import create_intake
 
 STEPS = ["FollowUpVisitRecorded", "PrescriptionIssued", "PrescriptionApproved", "PrescriptionRouted",
          "PrescriptionAccepted", "PrescriptionDispensed", "PrescriptionDispensed", "DeliveryArranged",

@@ -5,7 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
-from e2e.flows import (
+from fastapi.testclient import TestClient
+
+from services.api import create_app
+from services.application import RxTrail
+from services.infra.settings import Settings
+from tests.support.flows import (
     OTHER_REGION,
     Actors,
     Cast,
@@ -18,11 +23,6 @@ from e2e.flows import (
     trace_codes,
     visit_body,
 )
-from fastapi.testclient import TestClient
-
-from services.api import create_app
-from services.application import RxTrail
-from services.infra.settings import Settings
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +198,7 @@ def test_regulator_trail_and_query_record(actors: Actors) -> None:
 
 
 def test_agency_refuses_and_claws_back_in_its_region_only(actors: Actors, application: RxTrail) -> None:
-    from e2e.flows import settle_command
+    from tests.support.flows import settle_command
 
     rx = actors.accepted()
     actors.post(actors.pharmacy, f"/pharmacy/prescriptions/{rx}/dispenses", dispense_body(4))

@@ -8,7 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from e2e.flows import (
+from fastapi.testclient import TestClient
+
+from services.api import create_app
+from services.application import RxTrail
+from services.application import commands as c
+from services.infra.settings import Settings
+from tests.support import unique_id
+from tests.support.flows import (
     OTHER_REGION,
     Actors,
     Cast,
@@ -20,13 +27,6 @@ from e2e.flows import (
     settle_command,
     visit_body,
 )
-from fastapi.testclient import TestClient
-from support import unique_id
-
-from services.api import create_app
-from services.application import RxTrail
-from services.application import commands as c
-from services.infra.settings import Settings
 
 CALLERS = ("anonymous", "bad_key", "hospital", "pharmacist", "pharmacy", "agency", "regulator", "other_tenant")
 

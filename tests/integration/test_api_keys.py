@@ -4,7 +4,6 @@ from datetime import UTC, datetime
 
 import psycopg
 import pytest
-from support import unique_id
 
 from services.adapters.api_keys import (
     Party,
@@ -17,6 +16,7 @@ from services.adapters.api_keys import (
     regulator_queries,
     revoke_key,
 )
+from tests.support import unique_id
 
 NOW = datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
 

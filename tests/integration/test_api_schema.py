@@ -14,7 +14,6 @@ import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
 
-from e2e.flows import Actors, api_keys, live_server, open_application, register_cast
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
@@ -28,6 +27,7 @@ from schemathesis.checks import (
 from services.api import create_app
 from services.application import RxTrail
 from services.infra.settings import Settings
+from tests.support.flows import Actors, api_keys, live_server, open_application, register_cast
 
 EXAMPLES = 12
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]

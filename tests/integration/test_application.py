@@ -7,16 +7,6 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from application_builders import (
-    AMLODIPINE,
-    METFORMIN,
-    SECRET,
-    Cast,
-    item,
-    line,
-    new_app,
-    ok,
-)
 
 from events.prescription import (
     DeliveryArranged,
@@ -33,6 +23,16 @@ from services.application.privacy import PatientVault, PostgresPatientKeyStore
 from services.domain.clock import FixedClock
 from services.domain.prescription import Prescription, RxStatus, project_prescription
 from services.domain.trace_code import TraceCode, project_trace_code
+from tests.support.builders import (
+    AMLODIPINE,
+    METFORMIN,
+    SECRET,
+    Cast,
+    item,
+    line,
+    new_app,
+    ok,
+)
 
 
 @pytest.fixture(scope="module")

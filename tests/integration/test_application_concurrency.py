@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import pytest
-from application_builders import METFORMIN, SECRET, Cast, item, line, new_app, ok, trace_codes
 
 from events.prescription import PrescriptionDispensed, RuleFlagged
 from events.trace_code import TraceCodeSold
@@ -19,6 +18,7 @@ from services.application import commands as c
 from services.application.ids import trace_code_id_for
 from services.application.outcomes import Outcome
 from services.application.privacy import PatientVault, PostgresPatientKeyStore
+from tests.support.builders import METFORMIN, SECRET, Cast, item, line, new_app, ok, trace_codes
 
 T = TypeVar("T")
 

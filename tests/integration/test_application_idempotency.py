@@ -7,8 +7,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from application_builders import METFORMIN, SECRET, T0, Cast, item, line, new_app, ok, trace_codes
-from support import unique_id
 
 from events.prescription import RoutingBasis, RuleFlagged
 from services.adapters.event_log import load_stream
@@ -19,6 +17,8 @@ from services.application.privacy import PatientVault, PostgresPatientKeyStore
 from services.application.unit_of_work import UnitOfWork
 from services.domain.clock import FixedClock
 from services.domain.prescription import RxStatus, project_prescription
+from tests.support import unique_id
+from tests.support.builders import METFORMIN, SECRET, T0, Cast, item, line, new_app, ok, trace_codes
 
 
 @pytest.fixture(scope="module")

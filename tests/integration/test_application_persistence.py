@@ -10,7 +10,6 @@ from uuid import uuid4
 
 import psycopg
 import pytest
-from application_builders import SECRET, Cast, new_app, ok
 from eventsourcing.persistence import StoredEvent
 
 from events import GENESIS_HASH
@@ -21,6 +20,7 @@ from services.application import EVENTS_TABLE, RxTrail, RxTrailStore, open_store
 from services.application import commands as c
 from services.application.privacy import PatientForgotten, PatientVault, PostgresPatientKeyStore
 from services.domain.prescription import project_prescription
+from tests.support.builders import SECRET, Cast, new_app, ok
 
 
 @pytest.fixture(scope="module")

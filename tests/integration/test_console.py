@@ -11,13 +11,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from e2e.flows import Actors, api_keys, dispense_body, live_server, open_application, register_cast, trace_codes
 from fastapi.testclient import TestClient
 
 from services.api import create_app
 from services.api.console import PAGE, endpoints
 from services.application import RxTrail
 from services.infra.settings import Settings
+from tests.support.flows import Actors, api_keys, dispense_body, live_server, open_application, register_cast, trace_codes
 
 CHROMIUM = Path("/usr/bin/chromium")
 SEARCH_FIELDS = ("patient_ref", "physician_id", "pharmacy_id", "hospital_id", "trace_code")

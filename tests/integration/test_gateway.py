@@ -15,7 +15,14 @@ from decimal import Decimal
 from uuid import UUID
 
 import psycopg
-from router_support import (
+
+from events.prescription import DispensedLine, PrescriptionIssued, RoutingBasis
+from services.application import build_application
+from services.application import commands as c
+from services.domain.clock import FixedClock
+from services.workers.gateway import FeedMessage, run_gateway
+from tests.support import unique_id
+from tests.support.pipeline import (
     AMLODIPINE,
     METFORMIN,
     SECRET,
@@ -36,13 +43,6 @@ from router_support import (
     wait_for,
     wait_routed,
 )
-from support import unique_id
-
-from events.prescription import DispensedLine, PrescriptionIssued, RoutingBasis
-from services.application import build_application
-from services.application import commands as c
-from services.domain.clock import FixedClock
-from services.workers.gateway import FeedMessage, run_gateway
 
 DRUGS = (METFORMIN, AMLODIPINE, VITAMIN)
 

@@ -12,8 +12,6 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from e2e.flows import Cast, open_application, prescription_body, register_cast, visit_body
-from support import unique_id
 
 from events import topics
 from services.application import RxTrail
@@ -23,6 +21,8 @@ from services.domain.prescription import project_prescription
 from services.infra.kafka_admin import ensure_topics_async
 from services.infra.settings import Settings
 from services.workers.intake import IntakeWorker, create_intake
+from tests.support import unique_id
+from tests.support.flows import Cast, open_application, prescription_body, register_cast, visit_body
 
 PARTITIONS = 3
 

@@ -11,12 +11,12 @@ from typing import Any
 import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from psycopg import sql
-from support import unique_id, unique_topic
 
 from events import GENESIS_HASH, event_hash, to_json
 from events.registries import PhysicianRegistered
 from projections.base import Delivered, ProjectionConsumer
 from services.infra.kafka_admin import ensure_topics_async
+from tests.support import unique_id, unique_topic
 
 
 class PhysiciansPerHospital:

@@ -9,7 +9,13 @@ from datetime import timedelta
 
 import psycopg
 import pytest
-from projection_support import (
+from rich.console import Console
+
+from projections.hospital_settlement import statements
+from projections.run import build
+from projections.traceability import prescription, trail
+from services.replay import as_of_schema, end_offsets, replay, replay_async
+from tests.support.trails import (
     PROJECTION_NAMES,
     Published,
     dump_all,
@@ -17,12 +23,6 @@ from projection_support import (
     run_to_idle,
     store,
 )
-from rich.console import Console
-
-from projections.hospital_settlement import statements
-from projections.run import build
-from projections.traceability import prescription, trail
-from services.replay import as_of_schema, end_offsets, replay, replay_async
 
 
 @pytest.fixture(scope="module")

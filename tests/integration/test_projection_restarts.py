@@ -13,7 +13,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from projection_support import (
+
+from projections.base import ProjectionConsumer
+from projections.run import build
+from tests.support import unique_id
+from tests.support.trails import (
     PROJECTION_NAMES,
     Published,
     differences,
@@ -22,10 +26,6 @@ from projection_support import (
     run_all_to_idle,
     version_total,
 )
-from support import unique_id
-
-from projections.base import ProjectionConsumer
-from projections.run import build
 
 ROOT = Path(__file__).resolve().parents[2]
 

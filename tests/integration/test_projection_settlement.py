@@ -9,7 +9,15 @@ from typing import Any
 
 import psycopg
 import pytest
-from projection_support import (
+
+from events.prescription import DispenserKind
+from projections.hospital_settlement import HospitalSettlement, institution_statements, statements
+from projections.hospital_settlement.ledger import settlement_month
+from projections.pharmacy_settlement import PharmacySettlement
+from projections.pharmacy_settlement import statements as pharmacy_statements
+from services.infra.kafka_admin import ensure_topics_async
+from tests.support import unique_topic
+from tests.support.trails import (
     PROJECTION_NAMES,
     Published,
     Trail,
@@ -20,14 +28,6 @@ from projection_support import (
     run_to_idle,
     version_total,
 )
-from support import unique_topic
-
-from events.prescription import DispenserKind
-from projections.hospital_settlement import HospitalSettlement, institution_statements, statements
-from projections.hospital_settlement.ledger import settlement_month
-from projections.pharmacy_settlement import PharmacySettlement
-from projections.pharmacy_settlement import statements as pharmacy_statements
-from services.infra.kafka_admin import ensure_topics_async
 
 ZERO = Decimal("0.00")
 

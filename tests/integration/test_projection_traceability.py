@@ -6,7 +6,6 @@ from collections.abc import Callable
 
 import psycopg
 import pytest
-from projection_support import Published, publish_and_build_reference
 
 from events.prescription import PrescriptionDispensed
 from projections.traceability import (
@@ -19,6 +18,7 @@ from projections.traceability import (
     visits_by_patient,
 )
 from services.relay.core import event_id
+from tests.support.trails import Published, publish_and_build_reference
 
 SCHEMA = "traceability"
 

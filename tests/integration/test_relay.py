@@ -21,11 +21,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from eventsourcing.application import Application
 from eventsourcing.persistence import IntegrityError, StoredEvent
-from support import unique_topic
 
 from services.infra.settings import eventsourcing_env
 from services.integrity.verify import GENESIS, stored_event_hash
 from services.relay import RelayConfig, RelayStats, event_id, republish, run_relay
+from tests.support import unique_topic
 
 TEST_TOPIC = "tests.relay:TrailNoted"
 

@@ -14,7 +14,13 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from router_support import (
+
+from events.prescription import PrescriptionApproved, RoutingBasis
+from services.application import commands as c
+from services.domain.routing import PharmacyInfo, RoutingRequest, choose
+from services.workers.router import Router, run_router
+from tests.support import unique_id
+from tests.support.pipeline import (
     AMLODIPINE,
     METFORMIN,
     OTHER_REGION,
@@ -35,11 +41,6 @@ from router_support import (
     wait_relayed,
     wait_routed,
 )
-from support import unique_id
-
-from events.prescription import PrescriptionApproved, RoutingBasis
-from services.application import commands as c
-from services.workers.router import PharmacyInfo, Router, RoutingRequest, choose, run_router
 
 DRUGS = (METFORMIN, AMLODIPINE)
 
@@ -158,7 +159,7 @@ async def test_no_eligible_pharmacy_leaves_it_approved_until_one_is_designated(
         await _pharmacies_known(p, lacking)
         rx = await p.call(cast.approved, item(METFORMIN), item(VITAMIN))
         assert p.router is not None
-        await wait_for(lambda: p.router.stats.unroutable >= 1, p, what="the router to give up")  # type: ignore[union-attr]
+        await wait_for(lambda: p.router.routing.unroutable >= 1, p, what="the router to give up")  # type: ignore[union-attr]
         assert routes(p.app, rx) == [] and type(stream(p.app, rx)[-1]) is PrescriptionApproved
         carrying = await p.call(cast.designate, unique_id("PH"), drugs=(METFORMIN, VITAMIN))
         (route,) = await wait_routed(p, rx)
@@ -202,15 +203,15 @@ async def test_redelivered_events_record_no_second_route(make_database: Callable
         # 1. every event again: a fresh consumer group and a fresh schema (offsets and state reset)
         again = await run_router(p.router_config(schema="router_again"), asyncio.Event(), p.app, idle_timeout_s=3)
         assert event_count(p.database_url) == before
-        assert again.commands.replayed == again.commands.issued
+        assert again.stats.replayed == again.stats.issued
         # 2. the approvals and the return redelivered without the routes they led to: the router must ask again,
         #    and every command it sends is answered from the idempotency store
         blind = unique_topic("rx.events.noroutes")
         await copy_topic(p.bootstrap, p.topic, blind, keep=lambda r: header(r, "event_type") != "PrescriptionRouted")
         asked = await run_router(p.router_config(topic=blind, schema="router_blind"), asyncio.Event(), p.app,
                                  idle_timeout_s=3)
-        assert asked.commands.issued >= len(rxs)
-        assert asked.commands.replayed == asked.commands.issued and asked.commands.ok == asked.commands.issued
+        assert asked.stats.issued >= len(rxs)
+        assert asked.stats.replayed == asked.stats.issued and asked.stats.ok == asked.stats.issued
         assert event_count(p.database_url) == before
         assert {rx: len(routes(p.app, rx)) for rx in rxs} == routes_before == {rxs[0]: 2, rxs[1]: 1, rxs[2]: 1}
     finally:
@@ -222,7 +223,7 @@ class _CrashBeforeCommit(Router):
 
     def apply(self, conn: psycopg.Connection[Any], schema: str, batch: Any) -> None:
         super().apply(conn, schema, batch)
-        if self.commands.issued:
+        if self.stats.issued:
             raise RuntimeError("crash between the commands and the commit")
 
 
@@ -248,12 +249,12 @@ async def test_a_crash_between_commands_and_commit_routes_once(make_database: Ca
             assert "crash" in str(exc)
         else:
             raise AssertionError("the crashing router did not crash")
-        assert crashing.commands.ok >= 1 and crashing.commands.replayed == 0
+        assert crashing.stats.ok >= 1 and crashing.stats.replayed == 0
         with psycopg.connect(p.database_url) as conn:  # the batch whose commands went out was not committed
             assert conn.execute("SELECT count(*) FROM router.prescriptions WHERE status = 'routed'").fetchone() == (0,)
         restarted = await run_router(config, asyncio.Event(), p.app, idle_timeout_s=3)
-        assert restarted.commands.replayed == crashing.commands.ok
-        assert restarted.stats.routed == len(rxs)
+        assert restarted.stats.replayed == crashing.stats.ok
+        assert restarted.routing.routed == len(rxs)
         for rx in rxs:
             assert [(r.dispenser_id, r.basis) for r in routes(p.app, rx)] == [(pharmacy_id, RoutingBasis.ROUTING_RULE)]
     finally:

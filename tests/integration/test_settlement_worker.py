@@ -30,7 +30,6 @@ from uuid import UUID
 
 import psycopg
 import pytest
-from support import unique_id, unique_topic
 
 from events.base import CatalogCategory, InsuranceType, Ownership, RealNameMethod
 from events.encounter import ConsultationSettled
@@ -44,6 +43,7 @@ from services.infra.kafka_admin import ensure_topics_async
 from services.relay import RelayConfig, RelayStats, run_relay
 from services.settlement.run import build_consumer
 from services.workers.settlement import WorkerStats
+from tests.support import unique_id, unique_topic
 
 JINAN = "370100"
 T0 = datetime(2026, 3, 10, 2, 0, tzinfo=UTC)

@@ -6,9 +6,9 @@ from decimal import Decimal
 
 import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from support import unique_id, unique_topic
 
 from services.infra.kafka_admin import ensure_topics_async
+from tests.support import unique_id, unique_topic
 
 
 async def _consumer(bootstrap: str, topic: str, group: str) -> AIOKafkaConsumer:

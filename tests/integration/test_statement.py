@@ -31,7 +31,6 @@ from uuid import UUID
 
 import psycopg
 import pytest
-from support import unique_id
 
 from events.base import CatalogCategory, InsuranceType, Ownership, RealNameMethod
 from events.prescription import DispensedLine, PrescriptionItem, RoutingBasis
@@ -51,6 +50,7 @@ from services.application.statements import (
 from services.domain.clock import FixedClock
 from services.domain.errors import InvalidCommand
 from services.replay import replay
+from tests.support import unique_id
 
 CHANGCHUN = "220100"
 SECRET = b"rxtrail-statement-test-secret-0123456789"

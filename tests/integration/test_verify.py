@@ -11,12 +11,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from support import unique_topic
-from test_relay import TrailStore, config, has_all, read_topic, wait_published
 
 from services.integrity.checkpoint import create_checkpoint, export_trail, load_or_create_key, verify_bundle
 from services.integrity.verify import stored_event_hash, verify
 from services.relay import RelayStats, run_relay
+from tests.integration.test_relay import TrailStore, config, has_all, read_topic, wait_published
+from tests.support import unique_topic
 
 
 @pytest.fixture

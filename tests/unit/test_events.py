@@ -10,7 +10,6 @@ from pathlib import Path
 from uuid import uuid4
 
 import pytest
-from domain_builders import PATIENT, PHARMACY, T0, World, item, line
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -31,6 +30,7 @@ from events.base import GENESIS_HASH, BusinessType, RealNameMethod, to_money
 from events.prescription import PrescriptionRejected, RoutingBasis
 from events.statement import DepositReleased, PartyKind, StatementIssued
 from services.domain import PatientStatus, verify_stream
+from tests.support.domain import PATIENT, PHARMACY, T0, World, item, line
 
 
 def sample_events() -> dict[str, Envelope]:

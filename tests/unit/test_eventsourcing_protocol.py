@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from typing import Any, ClassVar, cast
 
 import pytest
-from domain_builders import METFORMIN, PHARMACY, World, item, line
 from eventsourcing.application import Application
 from eventsourcing.domain import CollectEventsProtocol, DomainEventProtocol
 from eventsourcing.persistence import IntegrityError as StoreConflict
@@ -24,6 +23,7 @@ from services.domain import (
     project_trace_code,
     verify_stream,
 )
+from tests.support.domain import METFORMIN, PHARMACY, World, item, line
 
 
 class JsonMapper(Mapper[Any]):

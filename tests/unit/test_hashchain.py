@@ -7,12 +7,12 @@ import itertools
 import json
 
 import pytest
-from domain_builders import World
 
 from events import DomainEvent, canonical_bytes, from_json, to_json, type_name
 from events.base import GENESIS_HASH
 from events.prescription import RoutingBasis
 from services.domain import IntegrityError, Prescription, project_all, verify_stream
+from tests.support.domain import World
 
 
 def stream() -> list[DomainEvent]:

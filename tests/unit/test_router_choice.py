@@ -9,7 +9,6 @@ from collections import Counter
 from uuid import UUID, uuid4
 
 import pytest
-from domain_builders import World, item
 
 from events import event_hash, from_json, to_json
 from events.base import GENESIS_HASH
@@ -18,17 +17,18 @@ from events.registries import PharmacyDesignated
 from services.application.commands import Command, RoutePrescription
 from services.application.outcomes import Outcome
 from services.domain import Pharmacy, Prescription, verify_stream
-from services.workers.base import command_key
-from services.workers.router import (
+from services.domain.routing import (
     Candidate,
     PharmacyInfo,
-    Router,
     RoutingRequest,
     candidates,
     choose,
     eligible_by_rule,
     rule_rank,
 )
+from services.workers.base import command_key
+from services.workers.router import Router
+from tests.support.domain import World, item
 
 REGION = "370100"
 OTHER = "220100"
@@ -178,7 +178,7 @@ def test_a_worker_refuses_to_issue_a_command_without_a_key() -> None:
         router.issue(command)
     keyed = command.model_copy(update={"command_id": router.key("e-1")})
     assert router.issue(keyed).ok and router.issue(keyed).replayed
-    assert (router.commands.issued, router.commands.replayed) == (2, 1)
+    assert (router.stats.issued, router.stats.replayed) == (2, 1)
 
 
 # --- the fields it reads: schema v2 and the v1 upcasters -----------------------------------------------------

@@ -5,7 +5,19 @@ from __future__ import annotations
 from datetime import date, timedelta
 
 import pytest
-from domain_builders import (
+
+from events.base import BusinessType, CatalogCategory, RealNameMethod
+from events.prescription import RoutingBasis, RuleFlagged
+from services.domain import (
+    Encounter,
+    PatientStatus,
+    Physician,
+    Prescription,
+    RuleConfig,
+    RuleViolation,
+    TraceCode,
+)
+from tests.support.domain import (
     AMLODIPINE,
     CHANGCHUN,
     HOSPITAL,
@@ -19,18 +31,6 @@ from domain_builders import (
     item,
     line,
     trace_codes,
-)
-
-from events.base import BusinessType, CatalogCategory, RealNameMethod
-from events.prescription import RoutingBasis, RuleFlagged
-from services.domain import (
-    Encounter,
-    PatientStatus,
-    Physician,
-    Prescription,
-    RuleConfig,
-    RuleViolation,
-    TraceCode,
 )
 
 

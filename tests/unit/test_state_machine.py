@@ -6,7 +6,6 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
-from domain_builders import METFORMIN, PHARMACY, World, item, line
 
 from events.base import RealNameMethod
 from events.prescription import PrescriptionCancelled, PrescriptionExpired, RoutingBasis
@@ -21,6 +20,7 @@ from services.domain import (
     TraceCode,
     ValidityElapsed,
 )
+from tests.support.domain import METFORMIN, PHARMACY, World, item, line
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from uuid import UUID
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from support import unique_id, unique_topic
 
 from events.base import CatalogCategory, DomainEvent, InsuranceType, Ownership, RealNameMethod
 from events.prescription import PrescriptionItem, PrescriptionRouted
@@ -29,6 +28,7 @@ from services.application.outcomes import Outcome
 from services.relay import run_relay
 from services.workers.gateway import FeedMessage, Gateway, GatewayConfig, run_gateway
 from services.workers.router import Router, RouterConfig, run_router
+from tests.support import unique_id, unique_topic
 
 SECRET = b"x" * 32
 REGION = "370100"

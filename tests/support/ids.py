@@ -1,4 +1,4 @@
-"""Test helpers: unique ids so tests never collide on the shared session database and broker."""
+"""Unique ids so tests never collide on the shared session database and broker."""
 
 from __future__ import annotations
 

@@ -15,12 +15,12 @@ from typing import Any
 import psycopg
 import uvicorn
 from fastapi.testclient import TestClient
-from support import unique_id
 
 from services.adapters.api_keys import create_key, ensure_schema, parse_party
 from services.application import RxTrail, build_application
 from services.application import commands as c
 from services.infra.ports import free_port, wait_for_port
+from tests.support import unique_id
 
 REGION = "220100"  # Changchun: pharmacies are paid directly (Jinan pays the delivery enterprise)
 OTHER_REGION = "370100"

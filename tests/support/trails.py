@@ -298,9 +298,8 @@ async def run_to_idle(projection: Any, database_url: str, bootstrap: str, topic:
     """Run one projection consumer until nothing new arrived for ``idle_s``; returns its stats."""
     import asyncio
 
-    from support import unique_id
-
     from projections.base import ProjectionConsumer
+    from tests.support import unique_id
 
     consumer = ProjectionConsumer(projection, database_url, bootstrap, schema=schema or projection.name, topic=topic,
                                   dlq_topic=topic + ".dlq", group_id=group or unique_id("g"), max_records=max_records)
@@ -354,9 +353,8 @@ class Published:
 
 async def publish_and_build_reference(make_database: Any, bootstrap: str, n: int = 24, seed: int = 7
                                       ) -> Published:
-    from support import unique_topic
-
     from services.infra.kafka_admin import ensure_topics_async
+    from tests.support import unique_topic
 
     trails = make_trails(n, seed=seed)
     events = all_events(trails)

@@ -11,8 +11,6 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from uuid import UUID
 
-from support import unique_id
-
 from events.base import CatalogCategory, InsuranceType, Ownership, RealNameMethod
 from events.prescription import DispensedLine, PrescriptionItem, RoutingBasis
 from services.application import RxTrail, RxTrailStore
@@ -20,6 +18,7 @@ from services.application import commands as c
 from services.application.outcomes import Outcome
 from services.application.privacy import PatientVault
 from services.domain.clock import FixedClock
+from tests.support import unique_id
 
 T0 = datetime(2025, 3, 10, 2, 0, tzinfo=UTC)  # 10:00 China time
 CHANGCHUN = "220100"

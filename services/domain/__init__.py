@@ -1,4 +1,4 @@
-"""The pure domain: aggregates, rules R1–R14, policy, clock, hash chain. No Kafka, HTTP or SQL."""
+"""The pure domain: aggregates, the rule catalogue (``rules``), policy, clock, hash chain. No Kafka, HTTP or SQL."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from services.domain.errors import (
     ValidityElapsed,
 )
 from services.domain.hashchain import BrokenLink, verify_stream
-from services.domain.policy import DEFAULT_RULES, Policy, RuleConfig
+from services.domain.policy import DEFAULT_RULES, RuleConfig
 from services.domain.prescription import Prescription, RxStatus, project_prescription
 from services.domain.registries import (
     PatientStatus,
@@ -34,21 +34,12 @@ from services.domain.registries import (
     project_pharmacy,
     project_physician,
 )
+from services.domain.rules import RULES, Rule, RuleKind, catalogue
 from services.domain.trace_code import TraceCode, project_trace_code
-
-PROJECTORS = {
-    Encounter: project_encounter,
-    Prescription: project_prescription,
-    TraceCode: project_trace_code,
-    Physician: project_physician,
-    Pharmacist: project_pharmacist,
-    Pharmacy: project_pharmacy,
-    PatientStatus: project_patient_status,
-}
 
 __all__ = [
     "DEFAULT_RULES",
-    "PROJECTORS",
+    "RULES",
     "Aggregate",
     "BrokenLink",
     "Clock",
@@ -68,16 +59,18 @@ __all__ = [
     "PharmacyNotFound",
     "Physician",
     "PhysicianNotFound",
-    "Policy",
     "Prescription",
     "PrescriptionNotFound",
+    "Rule",
     "RuleConfig",
+    "RuleKind",
     "RuleViolation",
     "RxStatus",
     "SystemClock",
     "TraceCode",
     "TraceCodeNotFound",
     "ValidityElapsed",
+    "catalogue",
     "make_projector",
     "natural_id",
     "project_all",

@@ -1,4 +1,4 @@
-"""Encounter: the online follow-up visit (R1, R2, R9, R14) and its consultation-fee settlement (R9, R11, R12)."""
+"""Encounter: the online follow-up visit and its consultation-fee settlement (rules: services.domain.rules)."""
 
 from __future__ import annotations
 
@@ -11,36 +11,21 @@ from events.base import ZERO, BusinessType, InsuranceType, Ownership, RealNameMe
 from events.encounter import ConsultationSettled, FollowUpVisitRecorded
 from services.domain.aggregate import Aggregate, make_projector, new_id
 from services.domain.clock import Clock
-from services.domain.errors import IllegalTransition, InvalidCommand, RuleViolation
-from services.domain.policy import DEFAULT_RULES, RuleConfig, add_months
+from services.domain.errors import IllegalTransition, InvalidCommand
+from services.domain.policy import DEFAULT_RULES, RuleConfig
 from services.domain.registries import PatientStatus, Physician
-
-
-def same_disease(code_a: str, code_b: str) -> bool:
-    """同种疾病：ICD-10 类目（小数点前三位）相同，如 E11.9 与 E11.65。"""
-    return code_a.strip().upper().split(".")[0] == code_b.strip().upper().split(".")[0]
+from services.domain.rules import (
+    check_r1_follow_up,
+    check_r2_physician,
+    check_r9_same_person,
+    check_r11_not_suspended,
+    check_r12_policy_region,
+)
 
 
 def business_type_for(pooling_region: str, insured_region: str) -> BusinessType:
     """R14: a visit outside the patient's insured region is off-site (异地), otherwise internet."""
     return BusinessType.INTERNET if pooling_region == insured_region else BusinessType.OFF_SITE
-
-
-def check_physician(physician: Physician | None, physician_id: str, hospital_id: str, signature: str) -> None:
-    """R2: e-signature present; physician registered at this hospital and not suspended."""
-    if not signature.strip():
-        raise RuleViolation("R2", "physician e-signature missing", physician_id=physician_id)
-    if physician is None or physician.physician_id != physician_id:
-        raise RuleViolation("R2", "physician not registered", physician_id=physician_id)
-    if physician.hospital_id != hospital_id:
-        raise RuleViolation(
-            "R2",
-            "physician not registered at this hospital",
-            physician_id=physician_id,
-            hospital_id=hospital_id,
-        )
-    if physician.suspended:
-        raise RuleViolation("R2", "physician suspended", physician_id=physician_id)
 
 
 def check_split(total: Decimal, **parts: Decimal) -> None:
@@ -96,26 +81,15 @@ class Encounter(Aggregate):
         rules: RuleConfig = DEFAULT_RULES,
         encounter_id: UUID | None = None,
     ) -> Self:
-        """Record a follow-up visit; R1 (same disease, offline diagnosis within the window), R2."""
-        today = rules.local_date(clock.now())
-        if not same_disease(diagnosis_code, original_diagnosis_code):
-            raise RuleViolation(
-                "R1",
-                "online visit is not a follow-up of the same disease diagnosed offline",
-                diagnosis_code=diagnosis_code,
-                original_diagnosis_code=original_diagnosis_code,
-            )
-        if original_diagnosis_date > today:
-            raise RuleViolation("R1", "offline diagnosis date is in the future", date=original_diagnosis_date)
-        earliest = add_months(today, -rules.follow_up_window_months)
-        if original_diagnosis_date < earliest:
-            raise RuleViolation(
-                "R1",
-                f"offline diagnosis older than {rules.follow_up_window_months} months",
-                original_diagnosis_date=original_diagnosis_date,
-                earliest=earliest,
-            )
-        check_physician(physician, physician_id, hospital_id, physician_signature)
+        """Record a follow-up visit: R1 (a follow-up of an offline diagnosis), R2 (physician), R14 (business)."""
+        check_r1_follow_up(
+            diagnosis_code=diagnosis_code,
+            original_diagnosis_code=original_diagnosis_code,
+            original_diagnosis_date=original_diagnosis_date,
+            today=rules.local_date(clock.now()),
+            rules=rules,
+        )
+        check_r2_physician(physician, physician_id, hospital_id, physician_signature)
         return cls._create(
             FollowUpVisitRecorded,
             clock,
@@ -155,14 +129,14 @@ class Encounter(Aggregate):
         settlement_ref: str,
         rules: RuleConfig = DEFAULT_RULES,
     ) -> None:
-        """Settle the consultation fee with the physical institution; R9, R11, R12."""
+        """Settle the consultation fee with the physical institution: R9, R12, R11."""
         if self.settled:
             raise IllegalTransition("settled", "settle_consultation", encounter_id=self.id)
         fund_, personal_, self_pay_ = to_money(fund), to_money(personal_account), to_money(self_pay)
         check_split(self.consultation_fee, fund=fund_, personal_account=personal_, self_pay=self_pay_)
-        check_person(self.patient_ref, patient_ref, encounter_id=self.id)
-        check_policy_region(self.business_type, self.insured_region, self.pooling_region, policy_region)
-        check_not_suspended(patient, self.patient_ref, fund_, personal_, clock, rules)
+        check_r9_same_person(self.patient_ref, patient_ref, encounter_id=self.id)
+        check_r12_policy_region(self.business_type, self.insured_region, self.pooling_region, policy_region)
+        check_r11_not_suspended(patient, self.patient_ref, fund_, personal_, clock, rules)
         self._trigger(
             ConsultationSettled,
             clock,
@@ -198,47 +172,6 @@ class Encounter(Aggregate):
     def _apply(self, event: object) -> None:
         if isinstance(event, ConsultationSettled):
             self.settled = True
-
-
-def check_person(expected_ref: str, settling_ref: str, **ids: object) -> None:
-    """R9: the person served is the person settling."""
-    if settling_ref != expected_ref:
-        raise RuleViolation("R9", "the person settling is not the person served", **ids)
-
-
-def check_policy_region(
-    business_type: BusinessType, insured_region: str, treatment_region: str, policy_region: str
-) -> None:
-    """R12: off-site patients settle by their insured region's policy; local ones by the local policy."""
-    expected = insured_region if business_type is BusinessType.OFF_SITE else treatment_region
-    if policy_region != expected:
-        raise RuleViolation(
-            "R12",
-            f"{business_type.value} settlement must use region {expected}'s policy",
-            policy_region=policy_region,
-            expected=expected,
-        )
-
-
-def check_not_suspended(
-    patient: PatientStatus | None,
-    patient_ref: str,
-    fund: Decimal,
-    personal_account: Decimal,
-    clock: Clock,
-    rules: RuleConfig,
-) -> None:
-    """R11: a patient suspended for fraud gets no insurance payment online."""
-    if patient is None:
-        return
-    if patient.patient_ref != patient_ref:
-        raise InvalidCommand("patient status given is for another patient", patient_ref=patient.patient_ref)
-    if patient.is_suspended(clock.now(), rules) and (fund != ZERO or personal_account != ZERO):
-        raise RuleViolation(
-            "R11",
-            "patient suspended for fraud: no fund or personal-account payment",
-            patient_ref=patient_ref,
-        )
 
 
 project_encounter = make_projector(Encounter)

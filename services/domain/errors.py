@@ -10,7 +10,8 @@ class DomainError(Exception):
 
 
 class RuleViolation(DomainError):
-    """A command broke rule ``rule_id`` (R1–R14); ``ids`` name the aggregates and codes involved."""
+    """A command broke rule ``rule_id`` (an id of the catalogue in ``services.domain.rules``); ``ids`` name the
+    aggregates and codes involved. A flag is a violation recorded instead of raised."""
 
     def __init__(self, rule_id: str, reason: str, **ids: Any) -> None:
         self.rule_id = rule_id
@@ -49,13 +50,18 @@ class PartyNotEligible(DomainError):
         super().__init__(f"{kind} {party_id}: {reason}")
 
 
-class ValidityElapsed(DomainError):
-    """The prescription's validity (default 3 days) has passed."""
+class ValidityElapsed(RuleViolation):
+    """The prescription's validity has passed (the validity rule of the catalogue)."""
 
-    def __init__(self, prescription_id: Any, valid_until: Any) -> None:
+    def __init__(self, rule_id: str, prescription_id: Any, valid_until: Any) -> None:
+        super().__init__(
+            rule_id,
+            f"prescription {prescription_id} expired at {valid_until}",
+            prescription_id=prescription_id,
+            valid_until=valid_until,
+        )
         self.prescription_id = str(prescription_id)
         self.valid_until = str(valid_until)
-        super().__init__(f"prescription {prescription_id} expired at {valid_until}")
 
 
 class IntegrityError(DomainError):

@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class RuleConfig(BaseModel):
-    """规则参数：复诊窗口（R1）、长处方天数（R4）、处方有效期。"""
+    """规则参数：复诊窗口（R1）、长处方天数（R4）、处方有效期（R19）。Each field belongs to a rule of the catalogue
+    (``services.domain.rules``), which shows its current value."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -20,7 +21,7 @@ class RuleConfig(BaseModel):
     emergency_max_days: int = Field(
         default=84, ge=1, description="R4: during a declared public-health emergency"
     )
-    validity_days: int = Field(default=3, ge=1, description="prescription validity after issue")
+    validity_days: int = Field(default=3, ge=1, description="R19: prescription validity after issue")
     local_utc_offset_hours: int = Field(default=8, ge=-12, le=14, description="calendar dates are China time")
 
     @model_validator(mode="after")
@@ -42,5 +43,4 @@ def add_months(day: date, months: int) -> date:
     return date(year, month, min(day.day, last))
 
 
-Policy = RuleConfig
 DEFAULT_RULES = RuleConfig()

@@ -41,24 +41,37 @@ from events.prescription import (
 )
 from services.domain.aggregate import Aggregate, make_projector, new_id
 from services.domain.clock import Clock
-from services.domain.encounter import (
-    Encounter,
-    check_not_suspended,
-    check_person,
-    check_physician,
-    check_policy_region,
-    check_split,
-)
+from services.domain.encounter import Encounter, check_split
 from services.domain.errors import (
     IllegalTransition,
     InvalidCommand,
     PartyNotEligible,
     RuleViolation,
     TraceCodeNotFound,
-    ValidityElapsed,
 )
 from services.domain.policy import DEFAULT_RULES, RuleConfig
 from services.domain.registries import PatientStatus, Pharmacist, Pharmacy, Physician
+from services.domain.rules import (
+    check_r2_physician,
+    check_r3_approved,
+    check_r4_days_of_supply,
+    check_r6_fee_disclosed,
+    check_r6_fee_self_pay,
+    check_r7_within_caps,
+    check_r8_scanned_once,
+    check_r9_same_person,
+    check_r10_consent,
+    check_r10_self_pay_lines,
+    check_r11_not_suspended,
+    check_r12_catalog_region,
+    check_r12_policy_region,
+    check_r13_not_dispensed_in_full,
+    check_r13_on_prescription,
+    check_r13_within_prescribed,
+    check_r19_valid,
+    flag_r5_beyond_first_visit,
+    flag_r7_above_cap,
+)
 from services.domain.trace_code import TraceCode
 
 
@@ -165,24 +178,18 @@ class Prescription(Aggregate):
         duplicated = [code for code, n in Counter(codes).items() if n > 1]
         if duplicated:
             raise InvalidCommand("each drug appears once per prescription", drug_code=duplicated[0])
-        check_physician(physician, encounter.physician_id, encounter.hospital_id, physician_signature)
-        limit = rules.emergency_max_days if emergency_declared else rules.long_rx_max_days
+        check_r2_physician(physician, encounter.physician_id, encounter.hospital_id, physician_signature)
         for item in items:
-            if item.days_supply > limit:
-                raise RuleViolation(
-                    "R4",
-                    f"{item.days_supply} days' supply exceeds {limit} days"
-                    + (" (declared emergency)" if emergency_declared else ""),
-                    drug_code=item.drug_code,
-                    encounter_id=encounter.id,
-                )
-            if item.self_pay_only and not item.patient_consent:
-                raise RuleViolation(
-                    "R10",
-                    "out-of-catalog or out-of-indication drug needs recorded patient consent (self-pay)",
-                    drug_code=item.drug_code,
-                    encounter_id=encounter.id,
-                )
+            check_r4_days_of_supply(
+                (item,), emergency_declared=emergency_declared, rules=rules, encounter_id=encounter.id
+            )
+            check_r10_consent(
+                item.self_pay_only,
+                item.patient_consent,
+                "out-of-catalog or out-of-indication drug needs recorded patient consent (self-pay)",
+                drug_code=item.drug_code,
+                encounter_id=encounter.id,
+            )
         justification = justification.strip() if justification and justification.strip() else None
         now = clock.now()
         prescription = cls._create(
@@ -209,14 +216,8 @@ class Prescription(Aggregate):
             justification=justification,
             preferred_pharmacy_id=preferred_pharmacy_id,
         )
-        beyond_first_visit = sorted(set(codes) - set(first_visit_drug_codes))
-        if beyond_first_visit and justification is None:
-            prescription._flag(
-                clock,
-                "R5",
-                "follow-up prescription adds drugs not on the first-visit prescription without justification",
-                drug_codes=",".join(beyond_first_visit),
-            )
+        if finding := flag_r5_beyond_first_visit(codes, first_visit_drug_codes, justification):
+            prescription.record_flag(clock=clock, violation=finding)
         return prescription
 
     # --- review ---------------------------------------------------------------------------------
@@ -310,40 +311,23 @@ class Prescription(Aggregate):
         On R8 nothing is recorded; the application then calls ``record_flag(violation=...)``.
         """
         self._require_approved("dispense")
+        prescribed = {item.drug_code: item.quantity for item in self.items}
+        already = self.dispensed_quantities()
+        check_r13_not_dispensed_in_full(already, prescribed, prescription_id=self.id)
         self._require("dispense", S.ACCEPTED, S.PARTIALLY_DISPENSED)
         self._require_dispenser(dispenser_id)
         self._require_valid(clock)
         if not lines:
             raise InvalidCommand("nothing to dispense", prescription_id=self.id)
-        prescribed = {item.drug_code: item.quantity for item in self.items}
-        already = self.dispensed_quantities()
         now_qty: Counter[str] = Counter()
         for line in lines:
-            if line.drug_code not in prescribed:
-                raise RuleViolation(
-                    "R13", "drug not on the prescription", prescription_id=self.id, drug_code=line.drug_code
-                )
+            check_r13_on_prescription(line.drug_code, prescribed, prescription_id=self.id)
             if len(line.trace_codes) > line.quantity:
                 raise InvalidCommand("more trace codes than packs dispensed", drug_code=line.drug_code)
             now_qty[line.drug_code] += line.quantity
-        for code, qty in now_qty.items():
-            if already.get(code, 0) + qty > prescribed[code]:
-                raise RuleViolation(
-                    "R13",
-                    f"dispensing {qty} would exceed the prescribed {prescribed[code]} "
-                    f"({already.get(code, 0)} already dispensed)",
-                    prescription_id=self.id,
-                    drug_code=code,
-                )
+        check_r13_within_prescribed(now_qty, already, prescribed, prescription_id=self.id)
         scanned = [(code, line.drug_code) for line in lines for code in line.trace_codes]
-        repeated = [code for code, n in Counter(code for code, _ in scanned).items() if n > 1]
-        if repeated:
-            raise RuleViolation(
-                "R8",
-                "trace code scanned twice in one dispense",
-                trace_code=repeated[0],
-                attempted_for=self.id,
-            )
+        check_r8_scanned_once((code for code, _ in scanned), attempted_for=self.id)
         for code, drug_code in scanned:
             if code not in trace_codes:
                 raise InvalidCommand("trace code aggregate (or None) not supplied", trace_code=code)
@@ -365,16 +349,8 @@ class Prescription(Aggregate):
             lines=tuple(lines),
             complete=complete,
         )
-        for line in lines:
-            if line.unit_price > line.price_cap:
-                self._flag(
-                    clock,
-                    "R7",
-                    "unit price above the price cap; settled on the cap",
-                    drug_code=line.drug_code,
-                    unit_price=str(line.unit_price),
-                    price_cap=str(line.price_cap),
-                )
+        for finding in flag_r7_above_cap(lines):
+            self.record_flag(clock=clock, violation=finding)
         return [
             TraceCode.sell(
                 trace_codes[code],
@@ -430,10 +406,7 @@ class Prescription(Aggregate):
         fee = to_money(delivery_fee)
         if fee < ZERO:
             raise InvalidCommand("delivery fee must not be negative", delivery_fee=fee)
-        if not fee_disclosed:
-            raise RuleViolation(
-                "R6", "delivery fee must be stated to the patient in advance", prescription_id=self.id
-            )
+        check_r6_fee_disclosed(fee_disclosed, prescription_id=self.id)
         self._trigger(
             DeliveryArranged,
             clock,
@@ -494,40 +467,24 @@ class Prescription(Aggregate):
         drugs_total = self.dispensed_total()
         total = drugs_total + fee
         check_split(total, fund=fund_, personal_account=personal_, self_pay=self_pay_)
-        check_person(self.patient_ref, patient_ref, prescription_id=self.id)
+        check_r9_same_person(self.patient_ref, patient_ref, prescription_id=self.id)
         insured = fund_ + personal_
-        if insured > drugs_total:
-            raise RuleViolation(
-                "R6",
-                "delivery fee paid by the fund or personal account",
-                prescription_id=self.id,
-                delivery_fee=fee,
-            )
+        check_r6_fee_self_pay(insured=insured, drugs_total=drugs_total, delivery_fee=fee, prescription_id=self.id)
         self_pay_only = self._lines_total(_actual, Lines.SELF_PAY_ONLY)
-        if insured > drugs_total - self_pay_only:
-            raise RuleViolation(
-                "R10",
-                "out-of-catalog or out-of-indication drugs must be self-pay",
-                prescription_id=self.id,
-                self_pay_only=self_pay_only,
-            )
-        capped = self._lines_total(_capped, Lines.INSURABLE)
-        if fund_ > capped:
-            raise RuleViolation("R7", f"fund pays above the price caps ({capped})", prescription_id=self.id)
-        if self.dispenser_ownership is not Ownership.NON_PUBLIC and insured > capped:
-            raise RuleViolation(
-                "R7",
-                f"public institution: price above the cap ({capped}) must be self-pay",
-                prescription_id=self.id,
-            )
-        check_policy_region(self.business_type, self.insured_region, self.pooling_region, policy_region)
-        if catalog_region != self.pooling_region:
-            raise RuleViolation(
-                "R12",
-                f"catalog must be the treatment region's ({self.pooling_region})",
-                catalog_region=catalog_region,
-            )
-        check_not_suspended(patient, self.patient_ref, fund_, personal_, clock, rules)
+        check_r10_self_pay_lines(
+            insured=insured, insurable_total=drugs_total - self_pay_only, prescription_id=self.id,
+            self_pay_only=self_pay_only,
+        )
+        check_r7_within_caps(
+            fund=fund_,
+            insured=insured,
+            capped=self._lines_total(_capped, Lines.INSURABLE),
+            non_public=self.dispenser_ownership is Ownership.NON_PUBLIC,
+            prescription_id=self.id,
+        )
+        check_r12_policy_region(self.business_type, self.insured_region, self.pooling_region, policy_region)
+        check_r12_catalog_region(catalog_region, self.pooling_region)
+        check_r11_not_suspended(patient, self.patient_ref, fund_, personal_, clock, rules)
         if self.dispenser_kind is DispenserKind.PHARMACY and self.dispenser_id is not None:
             settled_with, kind = self.dispenser_id, DispenserKind.PHARMACY
         else:
@@ -603,8 +560,15 @@ class Prescription(Aggregate):
         )
 
     def record_flag(self, *, clock: Clock, violation: RuleViolation) -> None:
-        """Record a refused attempt for auditors (e.g. R8: a trace code already sold elsewhere)."""
-        self._flag(clock, violation.rule_id, violation.reason, **violation.ids)
+        """Record a rule finding for auditors: a ``flag_*`` check's result, or a refused attempt (R8)."""
+        self._trigger(
+            RuleFlagged,
+            clock,
+            business_type=self.business_type,
+            rule_id=violation.rule_id,
+            reason=violation.reason,
+            details=dict(violation.ids),
+        )
 
     # --- queries --------------------------------------------------------------------------------
     @property
@@ -649,23 +613,12 @@ class Prescription(Aggregate):
             )
         return value
 
-    def _flag(self, clock: Clock, rule_id: str, reason: str, **details: object) -> None:
-        self._trigger(
-            RuleFlagged,
-            clock,
-            business_type=self.business_type,
-            rule_id=rule_id,
-            reason=reason,
-            details={k: str(v) for k, v in details.items()},
-        )
-
     def _require(self, command: str, *allowed: RxStatus) -> None:
         if self.status not in allowed:
             raise IllegalTransition(self.status.value, command, prescription_id=self.id)
 
     def _require_approved(self, command: str) -> None:
-        if self.status in NOT_APPROVED:
-            raise RuleViolation("R3", f"cannot {command} before pharmacist approval", prescription_id=self.id)
+        check_r3_approved(self.status not in NOT_APPROVED, command, prescription_id=self.id)
 
     def _require_reviewer(self, pharmacist: Pharmacist) -> None:
         if not (pharmacist.third_party or pharmacist.employer_id == self.hospital_id):
@@ -676,8 +629,7 @@ class Prescription(Aggregate):
             )
 
     def _require_valid(self, clock: Clock) -> None:
-        if clock.now() > self.valid_until:
-            raise ValidityElapsed(self.id, self.valid_until.isoformat())
+        check_r19_valid(clock.now(), self.valid_until, self.id)
 
     def _require_dispenser(self, dispenser_id: str) -> None:
         if dispenser_id != self.dispenser_id:

@@ -39,7 +39,16 @@ from typing import TYPE_CHECKING, Annotated, Protocol
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from events.base import CENT, ZERO, CatalogCategory, DrugCode, InsuranceType, Money, Ownership
-from services.domain.errors import RuleViolation
+from services.domain.rules import (
+    R6,
+    R7,
+    R10,
+    R11,
+    R12,
+    check_r10_consent,
+    check_r12_catalog_region,
+    check_r12_insured_region_policy,
+)
 
 if TYPE_CHECKING:
     from services.reference.policies import InstitutionLevel, InsuranceTerms, RegionPolicy
@@ -251,20 +260,8 @@ def split(
     claim: Claim, policy: RegionPolicy, treatment_catalog: TreatmentCatalog, year_to_date: YearToDate
 ) -> Split:
     """Split a claim into fund / personal account / self-pay; raises ``RuleViolation`` (R10, R12)."""
-    if policy.region_code != claim.insured_region:
-        raise RuleViolation(
-            "R12",
-            "settle by the insured region's policy",
-            policy_region=policy.region_code,
-            insured_region=claim.insured_region,
-        )
-    if treatment_catalog.region_code != claim.treatment_region:
-        raise RuleViolation(
-            "R12",
-            "use the treatment region's catalog",
-            catalog_region=treatment_catalog.region_code,
-            treatment_region=claim.treatment_region,
-        )
+    check_r12_insured_region_policy(policy.region_code, claim.insured_region)
+    check_r12_catalog_region(treatment_catalog.region_code, claim.treatment_region)
     terms = policy.terms(claim.insurance_type)
     insured = not claim.suspended_for_fraud
     has_account = claim.insurance_type is InsuranceType.EMPLOYEE and terms.personal_account is not None
@@ -317,13 +314,13 @@ def _split_line(
         reasons.append(LineReason.CATEGORY_FROM_CATALOG)
     covered = category in COVERED and line.in_indication
     if not covered:
-        if not line.patient_consent:
-            raise RuleViolation(
-                "R10",
-                "out-of-catalog or out-of-indication drug needs the patient's recorded consent to self-pay",
-                drug_code=line.drug_code,
-                category=category.value,
-            )
+        check_r10_consent(
+            True,
+            line.patient_consent,
+            "out-of-catalog or out-of-indication drug needs the patient's recorded consent to self-pay",
+            drug_code=line.drug_code,
+            category=category.value,
+        )
         reasons.append(LineReason.OFF_INDICATION if category in COVERED else LineReason.NOT_COVERED)
 
     total = line.unit_price * line.quantity
@@ -405,17 +402,17 @@ def _rules_applied(claim: Claim, lines: tuple[SplitLine, ...]) -> tuple[str, ...
     """Rule ids that changed the outcome from 'fund pays its ratio of everything at the actual price'."""
     applied: list[str] = []
     if claim.delivery_fee:
-        applied.append("R6")
+        applied.append(R6)
     if any(line.excess_over_cap for line in lines):
-        applied.append("R7")
+        applied.append(R7)
     if any(
         LineReason.NOT_COVERED in line.reasons or LineReason.OFF_INDICATION in line.reasons for line in lines
     ):
-        applied.append("R10")
+        applied.append(R10)
     if claim.suspended_for_fraud:
-        applied.append("R11")
+        applied.append(R11)
     if claim.off_site:
-        applied.append("R12")
+        applied.append(R12)
     return tuple(applied)
 
 

@@ -14,7 +14,8 @@ from events.base import BusinessType
 from events.trace_code import TraceCodeReturned, TraceCodeSold
 from services.domain.aggregate import Aggregate, make_projector, natural_id
 from services.domain.clock import Clock
-from services.domain.errors import IllegalTransition, InvalidCommand, RuleViolation
+from services.domain.errors import IllegalTransition, InvalidCommand
+from services.domain.rules import check_r8_sold_once, check_r14_offline_sale
 
 TRACE_CODE_PATTERN = re.compile(r"^\d{20}$")
 
@@ -47,34 +48,10 @@ class TraceCode(Aggregate):
         """R8 (sold once, same drug) and R14 (an offline sale is never tied to an online prescription)."""
         if not TRACE_CODE_PATTERN.match(code):
             raise InvalidCommand("trace code must be 20 digits", trace_code=code)
-        if business_type is BusinessType.OFFLINE and prescription_id is not None:
-            raise RuleViolation(
-                "R14",
-                "offline sale recorded against an online prescription",
-                trace_code=code,
-                prescription_id=prescription_id,
-            )
-        if existing is None:
-            return
-        if existing.code != code:
+        check_r14_offline_sale(business_type, prescription_id, trace_code=code)
+        if existing is not None and existing.code != code:
             raise InvalidCommand("trace code aggregate does not match the code", trace_code=code)
-        if existing.sold:
-            raise RuleViolation(
-                "R8",
-                "trace code already sold: suspected fraud",
-                trace_code=code,
-                sold_by=existing.seller_id,
-                sold_for=existing.prescription_id,
-                attempted_for=prescription_id,
-            )
-        if existing.drug_code != drug_code:
-            raise RuleViolation(
-                "R8",
-                "trace code belongs to another drug",
-                trace_code=code,
-                drug_code=existing.drug_code,
-                scanned_as=drug_code,
-            )
+        check_r8_sold_once(existing, code=code, drug_code=drug_code, prescription_id=prescription_id)
 
     @classmethod
     def sell(

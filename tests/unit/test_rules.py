@@ -1,4 +1,5 @@
-"""Rules R1–R14 (DOMAIN.md): for each, a passing case, a refused or flagged case, and the boundary."""
+"""The enforced rules of the catalogue (services.domain.rules; DOMAIN.md): for each, a passing case, a refused
+or flagged case, and the boundary."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from events.base import BusinessType, CatalogCategory, RealNameMethod
 from events.prescription import RoutingBasis, RuleFlagged
 from services.domain import (
     Encounter,
+    IllegalTransition,
     PatientStatus,
     Physician,
     Prescription,
     RuleConfig,
     RuleViolation,
     TraceCode,
+    ValidityElapsed,
 )
 from tests.support.domain import (
     AMLODIPINE,
@@ -615,6 +618,26 @@ def test_r13_rejects_drug_not_on_prescription(w: World) -> None:
         w.dispense(rx, line(AMLODIPINE, quantity=1))
 
 
+@pytest.mark.parametrize("stage", ["dispensed", "collected", "settled"])
+def test_r13_rejects_dispensing_again_after_a_full_dispense(w: World, stage: str) -> None:
+    rx = getattr(w, stage)()
+    state, before = rx.status, len(rx.pending_events)
+    with refused("R13") as exc:
+        w.dispense(rx, line(quantity=1))
+    assert exc.value.reason == "prescription already dispensed in full"
+    assert exc.value.ids == {"prescription_id": str(rx.id)}
+    assert len(rx.pending_events) == before and rx.status == state
+
+
+def test_r13_full_dispense_is_by_quantities_so_a_closed_remainder_stays_a_state_error(w: World) -> None:
+    rx = w.accepted(item(quantity=4))
+    w.dispense(rx, line(quantity=3))
+    rx.cancel(clock=w.clock, reason="patient request", cancelled_by=HOSPITAL)
+    assert rx.status == "dispensed"
+    with pytest.raises(IllegalTransition):
+        w.dispense(rx, line(quantity=1))
+
+
 # --- R14 internet / offline / off-site always distinguishable -----------------------------------------
 
 
@@ -650,3 +673,33 @@ def test_r14_trace_code_sold_online_carries_prescription_business_type(w: World)
     [sold] = tc.pending_events
     assert sold.business_type is BusinessType.INTERNET  # type: ignore[attr-defined]
     assert CHANGCHUN == rx.pooling_region
+
+
+# --- R19 validity --------------------------------------------------------------------------------------
+
+
+def test_r19_allows_routing_and_dispensing_until_the_last_instant_of_validity(w: World) -> None:
+    rx = w.approved()
+    w.clock.set(rx.valid_until)
+    rx.route(clock=w.clock, pharmacy=w.pharmacy, basis=RoutingBasis.PATIENT_CHOICE)
+    rx.accept(clock=w.clock, dispenser_id=PHARMACY)
+    w.dispense(rx, line(quantity=1))
+
+
+@pytest.mark.parametrize("command", ["route", "dispense"])
+def test_r19_rejects_after_the_validity_with_the_rule_id(w: World, command: str) -> None:
+    rx = w.approved() if command == "route" else w.accepted()
+    w.clock.set(rx.valid_until + timedelta(microseconds=1))
+    with refused("R19") as exc:
+        if command == "route":
+            rx.route(clock=w.clock, pharmacy=w.pharmacy, basis=RoutingBasis.PATIENT_CHOICE)
+        else:
+            w.dispense(rx, line(quantity=1))
+    assert isinstance(exc.value, ValidityElapsed) and exc.value.rule_id == "R19"
+    assert exc.value.reason == f"prescription {rx.id} expired at {rx.valid_until.isoformat()}"
+    assert exc.value.ids == {"prescription_id": str(rx.id), "valid_until": rx.valid_until.isoformat()}
+
+
+def test_r19_validity_is_configurable(w: World) -> None:
+    rx = w.issued(rules=RuleConfig(validity_days=5))
+    assert rx.valid_until == w.clock.now() + timedelta(days=5)

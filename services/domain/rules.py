@@ -1,0 +1,457 @@
+"""The rule catalogue: every rule the platform enforces or flags, and one named check per rule.
+
+规则目录。Each rule is one entry in ``_CATALOGUE`` (id, title, source in the policy texts of DOMAIN.md, reject or
+flag, its parameters in :class:`~services.domain.policy.RuleConfig`, whether the code enforces it yet) and one or
+more ``check_rN_*`` functions below (``flag_rN_*`` for a rule that records instead of refusing). The aggregates call
+these checks; nothing else in the domain builds a :class:`RuleViolation` or names a rule id. ``rxtrail rules``
+prints the catalogue and the API serves it at ``GET /rules``.
+
+Adding a rule touches three files: its entry and check here, the aggregate command that calls the check, and a
+test in ``tests/unit/test_rules.py`` (see ARCHITECTURE.md, "Adding a rule").
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from datetime import date, datetime
+from decimal import Decimal
+from enum import StrEnum
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Final
+
+from pydantic import BaseModel, ConfigDict
+
+from events.base import ZERO, BusinessType
+from services.domain.errors import InvalidCommand, RuleViolation, ValidityElapsed
+from services.domain.policy import DEFAULT_RULES, RuleConfig, add_months
+
+if TYPE_CHECKING:
+    from events.prescription import DispensedLine, PrescriptionItem
+    from services.domain.clock import Clock
+    from services.domain.registries import PatientStatus, Physician
+    from services.domain.trace_code import TraceCode
+
+
+# --- ids ---------------------------------------------------------------------------------------------
+R1: Final = "R1"
+R2: Final = "R2"
+R3: Final = "R3"
+R4: Final = "R4"
+R5: Final = "R5"
+R6: Final = "R6"
+R7: Final = "R7"
+R8: Final = "R8"
+R9: Final = "R9"
+R10: Final = "R10"
+R11: Final = "R11"
+R12: Final = "R12"
+R13: Final = "R13"
+R14: Final = "R14"
+R15: Final = "R15"
+R16: Final = "R16"
+R17: Final = "R17"
+R18: Final = "R18"
+R19: Final = "R19"
+
+
+class RuleKind(StrEnum):
+    REJECT = "reject"  # the command is refused; nothing is recorded but the rejection
+    FLAG = "flag"  # the command goes through; a RuleFlagged event reports it to auditors
+    REJECT_AND_FLAG = "reject+flag"  # refused, and the refused attempt is flagged (or flagged where it is not refused)
+
+
+SEED_FILES: Final[Mapping[str, str]] = MappingProxyType({
+    "000": "000_900a0efc36f4404e.txt",  # Jilin province notice 吉医保发〔2020〕80号
+    "001": "001_bd2ec2501ea62354.txt",  # Chuxiong prefecture measures 楚医保规〔2022〕3号
+    "002": "002_71fcdb40d2ec7612.txt",  # NHSA guidance 医保发〔2020〕45号
+    "003": "003_ba2713e3c06f819a.txt",  # Jinan internet-hospital insurance agreement 济医保字〔2020〕17号
+    "004": "004_dcd39b4139b253d4.txt",  # Jinan city measures 济医保发〔2020〕15号
+})
+_SEED_REF = re.compile(r"\b(00[0-4])\b")
+
+
+class Parameter(BaseModel):
+    """A configurable number of a rule: a field of ``RuleConfig`` and its value in the configuration shown."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    value: int
+    description: str
+
+
+class Rule(BaseModel):
+    """One catalogue entry. ``source`` cites the policy texts as DOMAIN.md does ("003 art. 13"); ``seed_files``
+    are the files under shared/seeds/ it cites; ``note`` says what of the rule is not (yet) enforced."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    title: str
+    source: str
+    seed_files: tuple[str, ...]
+    kind: RuleKind
+    parameters: tuple[Parameter, ...] = ()
+    enforced: bool
+    note: str = ""
+
+
+def _rule(
+    rule_id: str,
+    title: str,
+    source: str,
+    kind: RuleKind,
+    *,
+    parameters: Sequence[str] = (),
+    enforced: bool = True,
+    note: str = "",
+) -> tuple[str, str, str, RuleKind, tuple[str, ...], bool, str]:
+    return rule_id, title, source, kind, tuple(parameters), enforced, note
+
+
+REJECT, FLAG, BOTH = RuleKind.REJECT, RuleKind.FLAG, RuleKind.REJECT_AND_FLAG
+
+# --- the catalogue (DOMAIN.md, "Rules the platform enforces or flags") ----------------------------------
+_CATALOGUE = (
+    _rule(R1, "Online visit is a follow-up of the same disease diagnosed offline within the window",
+          "001 art. 26; 002 §二(二)5", REJECT,
+          parameters=("follow_up_window_months", "local_utc_offset_hours")),
+    _rule(R2, "Prescription carries the physician's e-signature; physician registered and not suspended",
+          "000 §五(三)2; 001 art. 19, 23", REJECT),
+    _rule(R3, "No routing, dispensing or settlement before pharmacist approval",
+          "001 art. 23; 003 art. 14", REJECT),
+    _rule(R4, "Long prescriptions: at most 8 weeks' supply, 3 months during a declared public-health emergency",
+          "003 art. 13", REJECT, parameters=("long_rx_max_days", "emergency_max_days"),
+          note="checked per item of one prescription; the chronic-disease list, emergencies declared in a "
+               "registry (today the prescription says so) and the supply summed per patient and generic drug "
+               "across running prescriptions are not yet enforced"),
+    _rule(R5, "Follow-up prescription's drugs do not exceed the first-visit prescription's unless justified",
+          "003 art. 13", FLAG),
+    _rule(R6, "Delivery fee stated to the patient in advance, never paid by the fund or personal account",
+          "002 §三(四); 000 §四(三); 001 art. 13; 003 art. 16; 004 §七", REJECT),
+    _rule(R7, "Drug price not above the cap; the fund pays at most on the cap (flagged when dispensed above it)",
+          "003 art. 16; 001 art. 8, 11", BOTH,
+          note="the cap is taken from the dispense command, not yet from the agency's reference data (R17)"),
+    _rule(R8, "Each drug traceability code is sold once; a second scan is suspected fraud",
+          "001 art. 29, 31", BOTH),
+    _rule(R9, "The person served is the person settling; real-name verification recorded",
+          "003 art. 7; 004 §七", REJECT),
+    _rule(R10, "Out-of-catalog or out-of-indication drugs are self-pay with recorded patient consent",
+          "003 art. 15", REJECT),
+    _rule(R11, "A patient suspended for fraud gets no insurance payment online",
+          "002 §五(十三)", REJECT, parameters=("local_utc_offset_hours",)),
+    _rule(R12, "Off-site patients settle by the insured region's policy and the treatment region's catalog",
+          "003 art. 19", REJECT,
+          note="the long-term off-site registration (长期异地就医备案) valid on the day is not yet checked"),
+    _rule(R13, "Dispensed quantity never exceeds the prescribed; a prescription is dispensed in full at most once",
+          "trail integrity (002 §二(二)4; 001 art. 29)", REJECT),
+    _rule(R14, "Online, offline and off-site business are always distinguishable",
+          "000 §三(一)3; 002 §二(二)6", REJECT),
+    _rule(R15, "Only a follow-up that issued a prescription has its consultation fee paid, at most the "
+               "region's outpatient consultation price",
+          "002 §三(四)(五); 000 §四(三); 001 art. 8, 9, 13", REJECT, enforced=False),
+    _rule(R16, "The original diagnosis was made offline, not at the internet hospital, and R1 holds on the day "
+               "each prescription is issued",
+          "001 art. 26; 002 §二(二)5", REJECT, enforced=False),
+    _rule(R17, "Facts that decide money or eligibility are read from the authority's registries, never taken "
+               "from the paid party's request",
+          "002 §二(一), §三; 003 art. 16, 19", REJECT, enforced=False),
+    _rule(R18, "A third-party pharmacist reviews only for hospitals it has a cooperation agreement with",
+          "001 art. 23; 003 art. 14", REJECT, enforced=False),
+    _rule(R19, "A prescription is valid for a limited time after issue; expired prescriptions are not "
+               "routed or dispensed",
+          "national prescription rules (处方管理办法 art. 18, outside the seeds)", REJECT,
+          parameters=("validity_days",),
+          note="every prescription is valid validity_days after issue; a physician's extension and expiry on "
+               "its own with the pharmacy told are not yet implemented"),
+)
+
+
+def catalogue(config: RuleConfig = DEFAULT_RULES) -> list[Rule]:
+    """Every rule in id order, its parameters valued from ``config``."""
+    fields = type(config).model_fields
+    return [
+        Rule(
+            id=rule_id,
+            title=title,
+            source=source,
+            seed_files=tuple(SEED_FILES[n] for n in dict.fromkeys(_SEED_REF.findall(source))),
+            kind=kind,
+            parameters=tuple(
+                Parameter(name=name, value=getattr(config, name), description=fields[name].description or "")
+                for name in parameters
+            ),
+            enforced=enforced,
+            note=note,
+        )
+        for rule_id, title, source, kind, parameters, enforced, note in _CATALOGUE
+    ]
+
+
+RULES: Final[Mapping[str, Rule]] = MappingProxyType({rule.id: rule for rule in catalogue()})
+
+
+# --- the checks ---------------------------------------------------------------------------------------
+# Named check_<rule>_<what> (raise RuleViolation) or flag_<rule>_<what> (return the findings to record).
+
+
+def same_disease(code_a: str, code_b: str) -> bool:
+    """同种疾病：ICD-10 类目（小数点前三位）相同，如 E11.9 与 E11.65。"""
+    return code_a.strip().upper().split(".")[0] == code_b.strip().upper().split(".")[0]
+
+
+def check_r1_follow_up(
+    *, diagnosis_code: str, original_diagnosis_code: str, original_diagnosis_date: date, today: date,
+    rules: RuleConfig,
+) -> None:
+    """R1: same disease, diagnosed offline, not in the future and within the window (calendar months)."""
+    if not same_disease(diagnosis_code, original_diagnosis_code):
+        raise RuleViolation(
+            R1,
+            "online visit is not a follow-up of the same disease diagnosed offline",
+            diagnosis_code=diagnosis_code,
+            original_diagnosis_code=original_diagnosis_code,
+        )
+    if original_diagnosis_date > today:
+        raise RuleViolation(R1, "offline diagnosis date is in the future", date=original_diagnosis_date)
+    earliest = add_months(today, -rules.follow_up_window_months)
+    if original_diagnosis_date < earliest:
+        raise RuleViolation(
+            R1,
+            f"offline diagnosis older than {rules.follow_up_window_months} months",
+            original_diagnosis_date=original_diagnosis_date,
+            earliest=earliest,
+        )
+
+
+def check_r2_physician(physician: Physician | None, physician_id: str, hospital_id: str, signature: str) -> None:
+    """R2: e-signature present; physician registered at this hospital and not suspended."""
+    if not signature.strip():
+        raise RuleViolation(R2, "physician e-signature missing", physician_id=physician_id)
+    if physician is None or physician.physician_id != physician_id:
+        raise RuleViolation(R2, "physician not registered", physician_id=physician_id)
+    if physician.hospital_id != hospital_id:
+        raise RuleViolation(
+            R2, "physician not registered at this hospital", physician_id=physician_id, hospital_id=hospital_id
+        )
+    if physician.suspended:
+        raise RuleViolation(R2, "physician suspended", physician_id=physician_id)
+
+
+def check_r3_approved(approved: bool, command: str, **ids: Any) -> None:
+    """R3: nothing moves before a pharmacist approved the prescription."""
+    if not approved:
+        raise RuleViolation(R3, f"cannot {command} before pharmacist approval", **ids)
+
+
+def check_r4_days_of_supply(
+    items: Iterable[PrescriptionItem], *, emergency_declared: bool, rules: RuleConfig, **ids: Any
+) -> None:
+    """R4: no item supplies more days than allowed (more during a declared emergency)."""
+    limit = rules.emergency_max_days if emergency_declared else rules.long_rx_max_days
+    for item in items:
+        if item.days_supply > limit:
+            raise RuleViolation(
+                R4,
+                f"{item.days_supply} days' supply exceeds {limit} days"
+                + (" (declared emergency)" if emergency_declared else ""),
+                drug_code=item.drug_code,
+                **ids,
+            )
+
+
+def flag_r5_beyond_first_visit(
+    drug_codes: Collection[str], first_visit_drug_codes: Collection[str], justification: str | None
+) -> RuleViolation | None:
+    """R5: drugs added beyond the first-visit prescription without a recorded justification."""
+    beyond = sorted(set(drug_codes) - set(first_visit_drug_codes))
+    if not beyond or justification is not None:
+        return None
+    return RuleViolation(
+        R5,
+        "follow-up prescription adds drugs not on the first-visit prescription without justification",
+        drug_codes=",".join(beyond),
+    )
+
+
+def check_r6_fee_disclosed(fee_disclosed: bool, **ids: Any) -> None:
+    """R6: the delivery fee is stated to the patient before delivery is arranged."""
+    if not fee_disclosed:
+        raise RuleViolation(R6, "delivery fee must be stated to the patient in advance", **ids)
+
+
+def check_r6_fee_self_pay(*, insured: Decimal, drugs_total: Decimal, delivery_fee: Decimal, **ids: Any) -> None:
+    """R6: fund and personal account together pay no more than the drugs: the delivery fee is self-pay."""
+    if insured > drugs_total:
+        raise RuleViolation(R6, "delivery fee paid by the fund or personal account", **ids, delivery_fee=delivery_fee)
+
+
+def flag_r7_above_cap(lines: Iterable[DispensedLine]) -> list[RuleViolation]:
+    """R7: a line dispensed above its price cap (settled on the cap)."""
+    return [
+        RuleViolation(
+            R7,
+            "unit price above the price cap; settled on the cap",
+            drug_code=line.drug_code,
+            unit_price=line.unit_price,
+            price_cap=line.price_cap,
+        )
+        for line in lines
+        if line.unit_price > line.price_cap
+    ]
+
+
+def check_r7_within_caps(
+    *, fund: Decimal, insured: Decimal, capped: Decimal, non_public: bool, **ids: Any
+) -> None:
+    """R7: the fund pays at most on the caps; at a public institution the excess is self-pay."""
+    if fund > capped:
+        raise RuleViolation(R7, f"fund pays above the price caps ({capped})", **ids)
+    if not non_public and insured > capped:
+        raise RuleViolation(R7, f"public institution: price above the cap ({capped}) must be self-pay", **ids)
+
+
+def check_r8_scanned_once(codes: Iterable[str], **ids: Any) -> None:
+    """R8: a code appears once in one dispense."""
+    repeated = [code for code, n in Counter(codes).items() if n > 1]
+    if repeated:
+        raise RuleViolation(R8, "trace code scanned twice in one dispense", trace_code=repeated[0], **ids)
+
+
+def check_r8_sold_once(
+    existing: TraceCode | None, *, code: str, drug_code: str, prescription_id: object | None
+) -> None:
+    """R8: a code not sold yet (or returned to stock), and sold as the drug it belongs to."""
+    if existing is None:
+        return
+    if existing.sold:
+        raise RuleViolation(
+            R8,
+            "trace code already sold: suspected fraud",
+            trace_code=code,
+            sold_by=existing.seller_id,
+            sold_for=existing.prescription_id,
+            attempted_for=prescription_id,
+        )
+    if existing.drug_code != drug_code:
+        raise RuleViolation(
+            R8,
+            "trace code belongs to another drug",
+            trace_code=code,
+            drug_code=existing.drug_code,
+            scanned_as=drug_code,
+        )
+
+
+def check_r9_same_person(expected_ref: str, settling_ref: str, **ids: Any) -> None:
+    """R9: the person served is the person settling."""
+    if settling_ref != expected_ref:
+        raise RuleViolation(R9, "the person settling is not the person served", **ids)
+
+
+def check_r10_consent(needs_consent: bool, patient_consent: bool, reason: str, **ids: Any) -> None:
+    """R10: a drug outside the catalog or its indication is self-pay, with the patient's consent recorded."""
+    if needs_consent and not patient_consent:
+        raise RuleViolation(R10, reason, **ids)
+
+
+def check_r10_self_pay_lines(*, insured: Decimal, insurable_total: Decimal, **ids: Any) -> None:
+    """R10: fund and personal account pay nothing of the self-pay-only lines."""
+    if insured > insurable_total:
+        raise RuleViolation(R10, "out-of-catalog or out-of-indication drugs must be self-pay", **ids)
+
+
+def check_r11_not_suspended(
+    patient: PatientStatus | None,
+    patient_ref: str,
+    fund: Decimal,
+    personal_account: Decimal,
+    clock: Clock,
+    rules: RuleConfig,
+) -> None:
+    """R11: a patient suspended for fraud gets no insurance payment online."""
+    if patient is None:
+        return
+    if patient.patient_ref != patient_ref:
+        raise InvalidCommand("patient status given is for another patient", patient_ref=patient.patient_ref)
+    if patient.is_suspended(clock.now(), rules) and (fund != ZERO or personal_account != ZERO):
+        raise RuleViolation(
+            R11, "patient suspended for fraud: no fund or personal-account payment", patient_ref=patient_ref
+        )
+
+
+def check_r12_policy_region(
+    business_type: BusinessType, insured_region: str, treatment_region: str, policy_region: str
+) -> None:
+    """R12: off-site patients settle by their insured region's policy; local ones by the local policy."""
+    expected = insured_region if business_type is BusinessType.OFF_SITE else treatment_region
+    if policy_region != expected:
+        raise RuleViolation(
+            R12,
+            f"{business_type.value} settlement must use region {expected}'s policy",
+            policy_region=policy_region,
+            expected=expected,
+        )
+
+
+def check_r12_insured_region_policy(policy_region: str, insured_region: str) -> None:
+    """R12 (settlement calculator): the policy applied is the insured region's."""
+    if policy_region != insured_region:
+        raise RuleViolation(
+            R12, "settle by the insured region's policy", policy_region=policy_region, insured_region=insured_region
+        )
+
+
+def check_r12_catalog_region(catalog_region: str, treatment_region: str, **ids: Any) -> None:
+    """R12: the drug catalog is the treatment region's."""
+    if catalog_region != treatment_region:
+        raise RuleViolation(
+            R12,
+            f"catalog must be the treatment region's ({treatment_region})",
+            catalog_region=catalog_region,
+            treatment_region=treatment_region,
+            **ids,
+        )
+
+
+def check_r13_on_prescription(drug_code: str, prescribed: Mapping[str, int], **ids: Any) -> None:
+    """R13: only drugs on the prescription are dispensed."""
+    if drug_code not in prescribed:
+        raise RuleViolation(R13, "drug not on the prescription", **ids, drug_code=drug_code)
+
+
+def check_r13_within_prescribed(
+    dispensing: Mapping[str, int], already: Mapping[str, int], prescribed: Mapping[str, int], **ids: Any
+) -> None:
+    """R13: what was dispensed before plus this dispense stays within the prescribed quantity, per drug."""
+    for code, qty in dispensing.items():
+        if already.get(code, 0) + qty > prescribed[code]:
+            raise RuleViolation(
+                R13,
+                f"dispensing {qty} would exceed the prescribed {prescribed[code]} "
+                f"({already.get(code, 0)} already dispensed)",
+                **ids,
+                drug_code=code,
+            )
+
+
+def check_r13_not_dispensed_in_full(already: Mapping[str, int], prescribed: Mapping[str, int], **ids: Any) -> None:
+    """R13: a prescription dispensed in full is not dispensed again."""
+    if all(already.get(code, 0) >= qty for code, qty in prescribed.items()):
+        raise RuleViolation(R13, "prescription already dispensed in full", **ids)
+
+
+def check_r14_offline_sale(business_type: BusinessType, prescription_id: object | None, **ids: Any) -> None:
+    """R14: an offline sale is never tied to an online prescription."""
+    if business_type is BusinessType.OFFLINE and prescription_id is not None:
+        raise RuleViolation(
+            R14, "offline sale recorded against an online prescription", **ids, prescription_id=prescription_id
+        )
+
+
+def check_r19_valid(now: datetime, valid_until: datetime, prescription_id: object) -> None:
+    """R19: the prescription is still within its validity."""
+    if now > valid_until:
+        raise ValidityElapsed(R19, prescription_id, valid_until.isoformat())

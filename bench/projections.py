@@ -30,7 +30,7 @@ from psycopg import sql
 
 from events import to_json
 from projections.base import Delivered, ProjectionConsumer, ensure_schema
-from projections.run import NAMES, build
+from projections.registry import NAMES, build
 
 TOPIC = "rx.events"
 

@@ -12,14 +12,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
 
 import psycopg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from psycopg import sql
+
+from events import from_json, topics
+from events.base import current_schema_version
+from events.codec import EVENT_TYPES
+from events.contracts import dead_letter_headers, record_source
+from events.envelope import EVENT_TYPE, NOTIFICATION_ID, SCHEMA_VERSION, Headers, event_id_of, header
 
 log = logging.getLogger(__name__)
 
@@ -55,23 +62,14 @@ class Undecodable(ValueError):
     pass
 
 
-def _header(headers: Iterable[tuple[str, bytes]] | None, name: str) -> str | None:
-    for key, value in headers or ():
-        if key == name:
-            return value.decode()
-    return None
-
-
-def decode(value: bytes | None, headers: Iterable[tuple[str, bytes]] | None, *, topic: str = "",
-           partition: int = -1, offset: int = -1) -> Delivered:
+def decode(value: bytes | None, headers: Headers, *, topic: str = "", partition: int = -1, offset: int = -1
+           ) -> Delivered:
     """Turn a relay message into a Delivered event, upcasting old schema versions; Undecodable otherwise."""
-    from events import from_json
-
     if value is None:
         raise Undecodable("empty message value")
     headers = list(headers or ())
-    event_type = _header(headers, "event_type")
-    fast = _decode_current(value, event_type, _header(headers, "schema_version"))
+    event_type = header(headers, EVENT_TYPE)
+    fast = _decode_current(value, event_type, header(headers, SCHEMA_VERSION))
     if fast is not None:
         return _delivered(fast, event_type or "", headers, topic, partition, offset)
     try:
@@ -93,9 +91,6 @@ def decode(value: bytes | None, headers: Iterable[tuple[str, bytes]] | None, *, 
 def _decode_current(value: bytes, event_type: str | None, schema_version: str | None) -> Any | None:
     """The common case in one step: a current-schema event parsed and validated straight from its bytes (pydantic's
     JSON parser), without a Python dict in between. Anything unusual takes the general path (upcasting, errors)."""
-    from events.base import current_schema_version
-    from events.codec import EVENT_TYPES
-
     cls = EVENT_TYPES.get(event_type or "")
     if cls is None or not schema_version or schema_version != str(current_schema_version(cls)):
         return None
@@ -105,16 +100,16 @@ def _decode_current(value: bytes, event_type: str | None, schema_version: str | 
         return None
 
 
-def _delivered(event: Any, event_type: str, headers: list[tuple[str, bytes]], topic: str, partition: int,
+def _delivered(event: Any, event_type: str, headers: list[tuple[str, Any]], topic: str, partition: int,
                offset: int) -> Delivered:
-    notification = _header(headers, "notification_id")
+    notification = header(headers, NOTIFICATION_ID)
     aggregate_id = UUID(str(event.originator_id))
     return Delivered(
         event=event,
         event_type=event_type,
         aggregate_id=aggregate_id,
         version=int(event.originator_version),
-        event_id=_header(headers, "event_id") or f"{aggregate_id}:{event.originator_version}",
+        event_id=event_id_of(headers, aggregate_id, event.originator_version),
         timestamp=event.timestamp,
         topic=topic,
         partition=partition,
@@ -208,8 +203,8 @@ class ProjectionConsumer:
     database_url: str
     bootstrap: str
     schema: str = ""
-    topic: str = "rx.events"
-    dlq_topic: str = "rx.dlq"
+    topic: str = topics.EVENTS
+    dlq_topic: str = topics.DLQ
     group_id: str = ""
     max_records: int = 2000
     session_timeout_ms: int = 6000
@@ -221,8 +216,6 @@ class ProjectionConsumer:
 
     async def run(self, stop: asyncio.Event, idle_timeout_s: float | None = None) -> RunnerStats:
         """Run until `stop` is set (or, with idle_timeout_s, until nothing arrived for that long)."""
-        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-
         conn = await asyncio.to_thread(psycopg.connect, self.database_url, autocommit=True)
         try:
             with conn.transaction():
@@ -299,10 +292,9 @@ class ProjectionConsumer:
             except Undecodable as exc:
                 log.warning("%s: %s[%d]@%d undecodable, sent to %s: %s", self.projection.name, m.topic,
                             m.partition, m.offset, self.dlq_topic, exc)
-                await producer.send_and_wait(self.dlq_topic, value=m.value, key=m.key, headers=[
-                    *list(m.headers or ()), ("dlq_error", str(exc).encode()),
-                    ("dlq_source", f"{m.topic}/{m.partition}/{m.offset}".encode()),
-                    ("dlq_consumer", self.group_id.encode())])
+                dead = dead_letter_headers(m.headers, error=str(exc), consumer=self.group_id,
+                                           source=record_source(m.topic, m.partition, m.offset))
+                await producer.send_and_wait(self.dlq_topic, value=m.value, key=m.key, headers=dead)
                 self.stats.dead_lettered += 1
 
         def write() -> int:

@@ -14,11 +14,11 @@ from decimal import Decimal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from projections.base import Projection, ProjectionConsumer
+from events import topics
+from projections.base import ProjectionConsumer
+from projections.registry import GROUP_PREFIX, NAMES, build, resolve
 
 log = logging.getLogger("rxtrail.projections")
-
-NAMES = ("hospital_settlement", "pharmacy_settlement", "traceability")
 
 
 class ProjectionSettings(BaseSettings):
@@ -32,41 +32,18 @@ class ProjectionSettings(BaseSettings):
         default=False, description="Jinan style: pharmacy-side fees are owed to the delivery enterprise (004 §六)")
 
 
-def resolve(name: str) -> list[str]:
-    """``all`` → every projection; otherwise the one name, checked."""
-    if name == "all":
-        return list(NAMES)
-    if name not in NAMES:
-        raise ValueError(f"unknown projection {name!r}; choose one of {', '.join(NAMES)} or all")
-    return [name]
-
-
-def build(name: str, settings: ProjectionSettings | None = None) -> Projection:
-    from projections.hospital_settlement import HospitalSettlement
-    from projections.pharmacy_settlement import PharmacySettlement
-    from projections.traceability import Traceability
-
-    settings = settings or ProjectionSettings()
-    if name == "hospital_settlement":
-        return HospitalSettlement(deposit_rate=settings.deposit_rate)
-    if name == "pharmacy_settlement":
-        return PharmacySettlement(settle_with_delivery_enterprise=settings.settle_with_delivery_enterprise)
-    if name == "traceability":
-        return Traceability()
-    raise ValueError(f"unknown projection {name!r}; choose one of {', '.join(NAMES)}")
-
-
 async def run_projections(names: Sequence[str], database_url: str, bootstrap: str, stop: asyncio.Event, *,
-                          topic: str = "rx.events", dlq_topic: str = "rx.dlq", partitions: int = 12,
-                          group_prefix: str = "rxtrail.projection", max_records: int = 2000,
+                          topic: str = topics.EVENTS, dlq_topic: str = topics.DLQ, partitions: int = 12,
+                          group_prefix: str = GROUP_PREFIX, max_records: int = 2000,
                           settings: ProjectionSettings | None = None) -> None:
     """Run one consumer per projection (group ``<group_prefix>.<name>``, schema ``<name>``) until ``stop`` is set
     or one of them fails."""
     from services.infra.kafka_admin import ensure_topics_async
 
     await ensure_topics_async(bootstrap, [topic, dlq_topic], partitions=partitions)
-    consumers = [ProjectionConsumer(build(n, settings), database_url, bootstrap, topic=topic, dlq_topic=dlq_topic,
-                                    group_id=f"{group_prefix}.{n}", max_records=max_records) for n in names]
+    consumers = [ProjectionConsumer(build(n, settings or ProjectionSettings()), database_url, bootstrap, topic=topic,
+                                    dlq_topic=dlq_topic, group_id=f"{group_prefix}.{n}", max_records=max_records)
+                 for n in names]
     tasks = [asyncio.create_task(c.run(stop), name=f"projection:{c.projection.name}") for c in consumers]
     log.info("projections running: %s (topic %s)", ", ".join(names), topic)
     try:
@@ -89,9 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("name", nargs="?", default="all", help=f"{' | '.join(NAMES)} | all (default)")
     parser.add_argument("--database-url", default=None, help="default: RXTRAIL_DATABASE_URL or the embedded one")
     parser.add_argument("--bootstrap", default=None, help="default: RXTRAIL_KAFKA_BOOTSTRAP or the embedded one")
-    parser.add_argument("--topic", default="rx.events")
-    parser.add_argument("--dlq-topic", default="rx.dlq")
-    parser.add_argument("--group-prefix", default="rxtrail.projection", help="consumer group = <prefix>.<name>")
+    parser.add_argument("--topic", default=topics.EVENTS)
+    parser.add_argument("--dlq-topic", default=topics.DLQ)
+    parser.add_argument("--group-prefix", default=GROUP_PREFIX, help="consumer group = <prefix>.<name>")
     parser.add_argument("--max-records", type=int, default=2000, help="records per batch (one transaction)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -13,7 +13,7 @@ from events.base import BusinessType
 from events.prescription import PrescriptionApproved
 from projections.base import Undecodable
 from projections.hospital_settlement.ledger import settlement_month
-from projections.run import NAMES, build, resolve
+from projections.registry import NAMES, build, resolve
 from services.replay import as_of_schema, decode_stored
 
 

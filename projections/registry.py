@@ -1,0 +1,92 @@
+"""The one list of projections. The runner (``rxtrail run projections``), replay, the CLI and the benches read it;
+adding a projection is one line in ``PROJECTIONS`` (see ARCHITECTURE.md, "A new projection").
+
+Each entry names the projection, how to build it from the projection options, the PostgreSQL schema it owns
+and the consumer group it reads ``rx.events`` as.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Protocol
+
+from projections.base import Projection
+from projections.hospital_settlement import DEFAULT_DEPOSIT_RATE, HospitalSettlement
+from projections.pharmacy_settlement import PharmacySettlement
+from projections.traceability import Traceability
+
+GROUP_PREFIX = "rxtrail.projection"
+
+
+class ProjectionOptions(Protocol):
+    """What projections may be configured with (the projections section of the settings satisfies it)."""
+
+    @property
+    def deposit_rate(self) -> Decimal: ...
+
+    @property
+    def settle_with_delivery_enterprise(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """The options when none are given."""
+
+    deposit_rate: Decimal = DEFAULT_DEPOSIT_RATE
+    settle_with_delivery_enterprise: bool = False
+
+
+@dataclass(frozen=True)
+class Registered:
+    name: str
+    factory: Callable[[ProjectionOptions], Projection]
+
+    @property
+    def schema(self) -> str:
+        """The PostgreSQL schema the projection owns."""
+        return self.name
+
+    def group_id(self, prefix: str = GROUP_PREFIX) -> str:
+        """The consumer group it reads ``rx.events`` as."""
+        return f"{prefix}.{self.name}"
+
+    def build(self, options: ProjectionOptions | None = None) -> Projection:
+        return self.factory(options if options is not None else Defaults())
+
+
+PROJECTIONS: tuple[Registered, ...] = (
+    Registered("hospital_settlement", lambda o: HospitalSettlement(deposit_rate=o.deposit_rate)),
+    Registered("pharmacy_settlement",
+               lambda o: PharmacySettlement(settle_with_delivery_enterprise=o.settle_with_delivery_enterprise)),
+    Registered("traceability", lambda o: Traceability()),
+)
+
+NAMES: tuple[str, ...] = tuple(p.name for p in PROJECTIONS)
+_BY_NAME = {p.name: p for p in PROJECTIONS}
+
+
+def get(name: str) -> Registered:
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise ValueError(f"unknown projection {name!r}; choose one of {', '.join(NAMES)}") from None
+
+
+def resolve(name: str) -> list[str]:
+    """``all`` → every projection; otherwise the one name, checked."""
+    if name == "all":
+        return list(NAMES)
+    if name not in _BY_NAME:
+        raise ValueError(f"unknown projection {name!r}; choose one of {', '.join(NAMES)} or all")
+    return [name]
+
+
+def build(name: str, options: ProjectionOptions | None = None) -> Projection:
+    """A fresh projection object (``options``: defaults when None)."""
+    return get(name).build(options)
+
+
+__all__ = ["GROUP_PREFIX", "NAMES", "PROJECTIONS", "Defaults", "ProjectionOptions", "Registered", "build", "get",
+           "resolve"]

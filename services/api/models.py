@@ -130,7 +130,7 @@ class CommandResultPublic(_Public):
 
 
 class ErrorPublic(BaseModel):
-    """Every refusal: ``error`` (class), ``reason``; a rule violation adds ``rule`` (R1..R14), an illegal
+    """Every refusal: ``error`` (class), ``reason``; a rule violation adds ``rule`` (an id of ``GET /rules``), an illegal
     transition ``state``; the ids involved appear as extra fields."""
 
     model_config = ConfigDict(extra="allow")

@@ -29,7 +29,7 @@ class Outcome(BaseModel):
     aggregate_id: UUID | None = Field(default=None, description="the aggregate the command addressed or created")
     events: tuple[EventRef, ...] = ()
     error: str | None = Field(default=None, description="error class, e.g. RuleViolation, IllegalTransition")
-    rule_id: str | None = Field(default=None, description="R1..R14 when a rule refused the command")
+    rule_id: str | None = Field(default=None, description="the rule id (services.domain.rules) when a rule refused the command")
     reason: str | None = None
     ids: dict[str, str] = Field(default_factory=dict)
     replayed: bool = Field(default=False, description="true when returned from the idempotency store")

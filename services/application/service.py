@@ -37,6 +37,7 @@ from services.domain.errors import DomainError, PartyNotEligible, RuleViolation
 from services.domain.policy import DEFAULT_RULES, RuleConfig
 from services.domain.prescription import Prescription
 from services.domain.registries import PatientStatus, Pharmacist, Pharmacy, Physician
+from services.domain.rules import R8
 from services.domain.trace_code import TraceCode
 
 C = TypeVar("C", bound=c.Command)
@@ -164,7 +165,7 @@ class RxTrail:
 
     def _after_rejection(self, command: c.Command, err: Exception, uow: UnitOfWork) -> None:
         """R8 is "reject + flag": the refused sale is recorded on the prescription that attempted it."""
-        if not (isinstance(err, RuleViolation) and err.rule_id == "R8"):
+        if not (isinstance(err, RuleViolation) and err.rule_id == R8):
             return
         if not isinstance(command, c.DispensePrescription):
             return

@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from services.domain.rules import R4
 from services.infra.settings import Settings
 
 REGION = "220100"
@@ -235,7 +236,7 @@ def run_demo(prescriptions: int = 20, api: str | None = None, settings: Settings
             body = r.json()
         except ValueError:
             body = {}
-        if r.status_code != 409 or body.get("rule") != "R4":
+        if r.status_code != 409 or body.get("rule") != R4:
             raise DemoError(f"a {REFUSED_DAYS}-day prescription should be refused with R4; got {r.status_code} "
                             f"{r.text}")
         report.refused.append({"step": "prescription issued", "ref": bad.ref, "rule": str(body.get("rule")),

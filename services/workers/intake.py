@@ -56,7 +56,7 @@ class Rejection(BaseModel):
     command_kind: str | None
     sender: str | None
     error: str = Field(description="RuleViolation, IllegalTransition, PrescriptionNotFound, ValidationError, ...")
-    rule: str | None = Field(default=None, description="R1..R14 when a rule refused the command")
+    rule: str | None = Field(default=None, description="the rule id (services.domain.rules) when a rule refused the command")
     reason: str
     ids: dict[str, str] = Field(default_factory=dict)
     source: str = Field(description="topic/partition/offset of the refused message")

@@ -64,6 +64,7 @@ from services.domain.encounter import Encounter, project_encounter
 from services.domain.errors import DomainError
 from services.domain.policy import DEFAULT_RULES, RuleConfig
 from services.domain.prescription import Prescription, RxStatus
+from services.domain.rules import R11
 from services.domain.settlement import RegionCatalog, Split, YearToDate, split
 from services.reference import Reference, ReferenceNotFound, load_reference
 from services.reference.policies import PolicyNotFound, load_policy
@@ -288,7 +289,7 @@ class SettlementWorker:
         for (plan, outcome, command), result in zip(ready, outcomes, strict=True):
             if result.ok:
                 self._booked(conn, schema, plan, outcome, year, result)
-            elif result.rule_id == "R11" and not plan.command_id.endswith(SUSPENDED_RETRY):
+            elif result.rule_id == R11 and not plan.command_id.endswith(SUSPENDED_RETRY):
                 figures = ytd.get(plan.patient_ref, _Ytd())
                 plan = _Plan(plan.command_id + SUSPENDED_RETRY, plan.aggregate_id, plan.patient_ref,
                              plan.insurance_type, plan.build)

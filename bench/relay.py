@@ -23,10 +23,10 @@ from aiokafka import AIOKafkaProducer
 from eventsourcing.application import Application
 from eventsourcing.persistence import StoredEvent
 
+from events.envelope import record_headers
 from services.infra.kafka_admin import ensure_topics_async
 from services.infra.settings import eventsourcing_env
 from services.relay import RelayConfig, RelayStats, run_relay
-from services.relay.core import headers_for
 
 BATCH = 500
 PARTITIONS = 12
@@ -59,7 +59,7 @@ async def raw_producer(bootstrap: str, topic: str, rows: list[tuple[int, str, in
         started = time.perf_counter()
         for i in range(0, len(rows), BATCH):
             futures = [await producer.send(topic, value=s, key=a.encode(),
-                                           headers=headers_for(n, a, v, t, s, "relaybench_events"))
+                                           headers=record_headers(n, a, v, t, s, "relaybench_events"))
                        for n, a, v, t, s in rows[i:i + BATCH]]
             await asyncio.gather(*futures)
         return time.perf_counter() - started

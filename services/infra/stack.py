@@ -20,6 +20,7 @@ from typing import Any
 
 import psutil
 
+from events import topics
 from services.infra.embedded import EmbeddedPostgres, Tansu
 from services.infra.errors import InfraError
 from services.infra.kafka_admin import ensure_topics, wait_for_kafka
@@ -28,7 +29,7 @@ from services.infra.settings import Settings
 
 log = logging.getLogger(__name__)
 
-CORE_TOPICS = ("rx.events", "rx.rejections", "rx.dlq", "rx.inbound.pharmacy")
+CORE_TOPICS = topics.CORE_TOPICS
 
 
 def service_commands(settings: Settings) -> dict[str, list[str]]:

@@ -24,6 +24,7 @@ import httpx
 import psycopg
 import pytest
 
+from events import topics
 from services.infra.ports import free_port
 
 CLI = [sys.executable, "-m", "services.cli"]
@@ -163,8 +164,8 @@ def test_demo_drives_every_service_of_the_stack(stack: dict[str, str]) -> None:
 
     # the gateway published the demo's prescriptions to the patient-chosen pharmacy's feed topic
     chosen = pharmacies.split(",")[0]
-    messages = _feed_messages(f"127.0.0.1:{stack['RXTRAIL_KAFKA_PORT']}", f"rx.pharmacy.{chosen}", want=1)
-    assert messages, f"nothing on rx.pharmacy.{chosen}"
+    messages = _feed_messages(f"127.0.0.1:{stack['RXTRAIL_KAFKA_PORT']}", topics.pharmacy_topic(chosen), want=1)
+    assert messages, f"nothing on {topics.pharmacy_topic(chosen)}"
     assert {m.key.decode() for m in messages} <= set(settled)
 
     verify = subprocess.run([*CLI, "verify"], env=stack, capture_output=True, text=True, timeout=60)

@@ -15,7 +15,7 @@ from uuid import UUID
 import psycopg
 import pytest
 
-from events import EVENT_TYPES
+from events import EVENT_TYPES, topics
 from events.prescription import RoutingBasis
 from services.adapters.store import open_store
 from services.application import commands as c
@@ -106,7 +106,7 @@ def test_replay_from_store_and_asyncapi(env: dict[str, str], trail: tuple[UUID, 
     a = rxtrail(env, "asyncapi", "--out", str(out))
     assert a.returncode == 0, a.stderr
     channels = json.dumps(json.loads(out.read_text())["channels"])
-    for topic in ("rx.events", "rx.rejections", "rx.dlq", "rx.inbound.pharmacy"):
+    for topic in topics.CORE_TOPICS:
         assert topic in channels
 
 

@@ -12,7 +12,7 @@ import pytest
 from rich.console import Console
 
 from projections.hospital_settlement import statements
-from projections.run import build
+from projections.registry import build
 from projections.traceability import prescription, trail
 from services.replay import as_of_schema, end_offsets, replay, replay_async
 from tests.support.trails import (

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from projections.base import ProjectionConsumer
-from projections.run import build
+from projections.registry import build
 from tests.support import unique_id
 from tests.support.trails import (
     PROJECTION_NAMES,

@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from events import topics
 from events.prescription import DispenserKind
 from projections.hospital_settlement import HospitalSettlement, institution_statements, statements
 from projections.hospital_settlement.ledger import settlement_month
@@ -147,7 +148,7 @@ async def test_settlement_projections_add_up_to_the_settled_events(published: Pu
 
 async def test_every_event_twice_leaves_every_table_as_a_clean_pass(
         published: Published, make_database: Callable[[], str], kafka_bootstrap: str) -> None:
-    topic = unique_topic("rx.events.twice")
+    topic = unique_topic(f"{topics.EVENTS}.twice")
     await ensure_topics_async(kafka_bootstrap, [topic, topic + ".dlq"], partitions=3)
     half = len(published.events) // 2
     await publish(kafka_bootstrap, topic, published.events[:half])

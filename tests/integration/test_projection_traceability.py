@@ -7,6 +7,7 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
+from events.envelope import event_id
 from events.prescription import PrescriptionDispensed
 from projections.traceability import (
     by_patient,
@@ -17,7 +18,6 @@ from projections.traceability import (
     trail,
     visits_by_patient,
 )
-from services.relay.core import event_id
 from tests.support.trails import Published, publish_and_build_reference
 
 SCHEMA = "traceability"

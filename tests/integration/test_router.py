@@ -15,6 +15,7 @@ from uuid import UUID
 
 import psycopg
 
+from events import topics
 from events.prescription import PrescriptionApproved, RoutingBasis
 from services.application import commands as c
 from services.domain.routing import PharmacyInfo, RoutingRequest, choose
@@ -206,7 +207,7 @@ async def test_redelivered_events_record_no_second_route(make_database: Callable
         assert again.stats.replayed == again.stats.issued
         # 2. the approvals and the return redelivered without the routes they led to: the router must ask again,
         #    and every command it sends is answered from the idempotency store
-        blind = unique_topic("rx.events.noroutes")
+        blind = unique_topic(f"{topics.EVENTS}.noroutes")
         await copy_topic(p.bootstrap, p.topic, blind, keep=lambda r: header(r, "event_type") != "PrescriptionRouted")
         asked = await run_router(p.router_config(topic=blind, schema="router_blind"), asyncio.Event(), p.app,
                                  idle_timeout_s=3)

@@ -118,6 +118,10 @@ def _delivered(event: Any, event_type: str, headers: list[tuple[str, Any]], topi
     )
 
 
+def _connect(database_url: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(database_url, autocommit=True)
+
+
 def ensure_schema(conn: psycopg.Connection[Any], projection: Projection, schema: str) -> None:
     s = sql.Identifier(schema)
     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(s))
@@ -216,7 +220,7 @@ class ProjectionConsumer:
 
     async def run(self, stop: asyncio.Event, idle_timeout_s: float | None = None) -> RunnerStats:
         """Run until `stop` is set (or, with idle_timeout_s, until nothing arrived for that long)."""
-        conn = await asyncio.to_thread(psycopg.connect, self.database_url, autocommit=True)
+        conn = await asyncio.to_thread(_connect, self.database_url)
         try:
             with conn.transaction():
                 ensure_schema(conn, self.projection, self.schema)

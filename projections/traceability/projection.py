@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
-from functools import cache
 from typing import Any
 from uuid import UUID
 
@@ -127,13 +126,18 @@ _VISIT_COLUMNS = tuple(f.name for f in fields(VisitRow))
 _VISIT_TYPES = ("uuid", *(["text"] * 9), "date", "text", "text", "numeric", "timestamptz", "timestamptz", "int")
 
 
-@cache
+_EXCLUSIONS: dict[type[Any], frozenset[str]] = {}
+
+
 def _detail_exclusions(cls: type[Any]) -> frozenset[str]:
-    return _ENVELOPE | {name for name in cls.model_fields if name.endswith("_sealed")}
+    found = _EXCLUSIONS.get(cls)
+    if found is None:
+        found = _EXCLUSIONS[cls] = _ENVELOPE | {name for name in cls.model_fields if name.endswith("_sealed")}
+    return found
 
 
 def _details(event: Any) -> str:
-    return event.model_dump_json(exclude=set(_detail_exclusions(type(event))))
+    return str(event.model_dump_json(exclude=set(_detail_exclusions(type(event)))))
 
 
 def _agency(region: str | None) -> str:

@@ -62,7 +62,8 @@ def prescription(conn: psycopg.Connection[Any], schema: str, rx_id: UUID | str
         return cur.fetchone()
 
 
-def _summaries(conn: psycopg.Connection[Any], query: sql.Composable, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+def _summaries(conn: psycopg.Connection[Any], query: sql.Composed, params: tuple[Any, ...] | dict[str, Any]
+               ) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(query, params)
         return cur.fetchall()

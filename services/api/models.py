@@ -1,8 +1,8 @@
 """Request (``XCreate``) and response (``XPublic``) models, one pair per operation.
 
 Request bodies are the commands minus what the credential already says (the hospital, pharmacist or
-pharmacy id) and minus the idempotency key (the ``Idempotency-Key`` header); they are derived from the
-command models so the two cannot drift apart.
+pharmacy id) and minus the idempotency key (the ``Idempotency-Key`` header). They are written out as classes;
+``BODIES`` pairs each with its command and a unit test keeps the two from drifting apart.
 """
 
 from __future__ import annotations
@@ -12,88 +12,188 @@ from decimal import Decimal
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from events.base import InsuranceType, Money
+from events.base import InsuranceType, Money, Ownership, RealNameMethod
 from events.prescription import DispensedLine, PrescriptionItem, RoutingBasis
 from services.application import commands as c
+from services.application.access import find_nul
 from services.application.outcomes import Outcome
 
-_ALWAYS_IMPLIED = frozenset({"kind", "command_id", "expected_version"})
 NO_NUL = r"^[^\x00]*$"
 
 
-def find_nul(value: Any, path: tuple[str | int, ...] = ()) -> tuple[str | int, ...] | None:
-    """Where a NUL character hides in decoded JSON (PostgreSQL text and jsonb cannot store it), or None."""
-    if isinstance(value, str):
-        return path if "\x00" in value else None
-    if isinstance(value, dict):
-        items: Any = value.items()
-    elif isinstance(value, list | tuple):
-        items = enumerate(value)
-    else:
-        return None
-    for key, item in items:
-        if isinstance(key, str) and "\x00" in key:
-            return (*path, key)
-        if (found := find_nul(item, (*path, key))) is not None:
-            return found
-    return None
+class _Body(BaseModel):
+    """A request body: a command's fields (same types and constraints) minus what the server fills in (the
+    acting party's id from the key, the idempotency key from the header, ids from the path)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        if find_nul(value) is not None:
+            raise ValueError("text must not contain NUL characters")
+        return value
 
 
-def _no_nul(value: Any) -> Any:
-    if find_nul(value) is not None:
-        raise ValueError("text must not contain NUL characters")
-    return value
+class PrescriptionBody(_Body):
+    """A body of a command on one prescription (its id comes from the path)."""
+
+    expected_version: int | None = Field(
+        default=None, ge=1, description="refuse with 409 unless the prescription is still at this version")
 
 
-def body_model(name: str, command: type[c.Command], *, implied: tuple[str, ...] = (), doc: str) -> type[BaseModel]:
-    """A request model with the command's fields (and constraints) minus those the server fills in."""
-    skip = _ALWAYS_IMPLIED | set(implied)
-    fields: dict[str, Any] = {
-        n: (f.annotation, f) for n, f in command.model_fields.items() if n not in skip
-    }
-    if "expected_version" in command.model_fields:
-        fields["expected_version"] = (int | None, Field(
-            default=None, ge=1, description="refuse with 409 unless the prescription is still at this version"))
-    model: type[BaseModel] = create_model(  # type: ignore[call-overload]
-        name, __config__=ConfigDict(extra="forbid", frozen=True), __doc__=doc,
-        __validators__={"no_nul": field_validator("*", mode="before")(_no_nul)}, **fields
-    )
-    return model
+# --- hospital --------------------------------------------------------------------------------------------
 
 
-VisitCreate = body_model("VisitCreate", c.RecordFollowUpVisit, implied=("hospital_id",),
-                         doc="An online follow-up visit (R1: same disease diagnosed offline within the window).")
-PrescriptionCreate = body_model("PrescriptionCreate", c.IssuePrescription, implied=("hospital_id",),
-                                doc="A prescription issued from a recorded visit (R2, R4, R5, R10).")
-CancellationCreate = body_model("CancellationCreate", c.CancelPrescription, implied=("prescription_id",),
-                                doc="Cancel a prescription (after a partial dispense only the remainder).")
-RoutingCreate = body_model("RoutingCreate", c.RoutePrescription, implied=("prescription_id",),
-                           doc="Route an approved prescription to a designated pharmacy of the pooling region "
-                               "(the patient's choice), or pharmacy_id null: the hospital dispenses itself.")
-ApprovalCreate = body_model("ApprovalCreate", c.ApprovePrescription, implied=("prescription_id", "pharmacist_id"),
-                            doc="The reviewing pharmacist approves.")
-RejectionCreate = body_model("RejectionCreate", c.RejectPrescription, implied=("prescription_id", "pharmacist_id"),
-                             doc="The reviewing pharmacist rejects, with reasons.")
-AcceptanceCreate = body_model("AcceptanceCreate", c.AcceptPrescription, implied=("prescription_id", "dispenser_id"),
-                              doc="The pharmacy accepts a prescription routed to it.")
-ReturnCreate = body_model("ReturnCreate", c.ReturnPrescription, implied=("prescription_id", "dispenser_id"),
-                          doc="The pharmacy declines; the prescription can be routed again.")
-DispenseCreate = body_model("DispenseCreate", c.DispensePrescription, implied=("prescription_id", "dispenser_id"),
-                            doc="What was handed over, with each pack's trace code (partial dispensing allowed).")
-WithdrawalCreate = body_model("WithdrawalCreate", c.WithdrawDispense, implied=("prescription_id", "dispense_no"),
-                              doc="Undo one dispense before delivery or collection.")
-DeliveryCreate = body_model("DeliveryCreate", c.ArrangeDelivery, implied=("prescription_id",),
-                            doc="Arrange delivery; the fee, stated to the patient in advance, is self-pay (R6).")
-DeliveredCreate = body_model("DeliveredCreate", c.MarkDelivered, implied=("prescription_id",),
-                             doc="The delivery enterprise handed the drugs over.")
-CollectionCreate = body_model("CollectionCreate", c.MarkCollected, implied=("prescription_id",),
-                              doc="The patient collected in person (real-name verification recorded, R9).")
-AuditRefusalCreate = body_model("AuditRefusalCreate", c.RefuseFeesInAudit, implied=("prescription_id",),
-                                doc="Fees refused in audit, deducted from the month's statement.")
-ClawbackCreate = body_model("ClawbackCreate", c.ClawBackFees, implied=("prescription_id",),
-                            doc="Fees already paid for a violation are clawed back.")
+class VisitCreate(_Body):
+    """An online follow-up visit (R1: same disease diagnosed offline within the window)."""
+
+    visit_ref: c.Text = Field(description="the hospital's own visit number; the encounter id derives from it")
+    physical_institution_id: c.Text
+    institution_ownership: Ownership
+    pooling_region: c.Region
+    insured_region: c.Region
+    insurance_type: InsuranceType
+    patient: c.PatientIdentity
+    physician_id: c.Text
+    physician_signature: c.Text
+    diagnosis_code: c.Text
+    diagnosis_name: c.Text
+    original_diagnosis_code: c.Text
+    original_diagnosis_date: date
+    original_institution_id: c.Text
+    verification_method: RealNameMethod
+    consultation_fee: Money
+
+
+class PrescriptionCreate(_Body):
+    """A prescription issued from a recorded visit (R2, R4, R5, R10)."""
+
+    prescription_ref: c.Text = Field(description="the hospital's prescription number; the id derives from it")
+    encounter_id: UUID
+    physician_signature: c.Text
+    items: tuple[PrescriptionItem, ...] = Field(min_length=1)
+    first_visit_drug_codes: tuple[str, ...] = Field(
+        default=(), description="drugs of the first-visit (offline) prescription, for R5")
+    justification: str | None = None
+    emergency_declared: bool = False
+    preferred_pharmacy_id: str | None = Field(
+        default=None, min_length=1, max_length=200,
+        description="the patient's chosen designated pharmacy; unset = the router's rule picks one")
+
+
+class CancellationCreate(PrescriptionBody):
+    """Cancel a prescription (after a partial dispense only the remainder)."""
+
+    reason: c.Text
+    cancelled_by: c.Text
+
+
+class RoutingCreate(PrescriptionBody):
+    """Route an approved prescription to a designated pharmacy of the pooling region (the patient's choice), or pharmacy_id null: the hospital dispenses itself."""  # noqa: E501
+
+    pharmacy_id: str | None = Field(default=None, description="None: the hospital dispenses itself")
+    basis: RoutingBasis
+
+
+# --- pharmacist ------------------------------------------------------------------------------------------
+
+
+class ApprovalCreate(PrescriptionBody):
+    """The reviewing pharmacist approves."""
+
+
+class RejectionCreate(PrescriptionBody):
+    """The reviewing pharmacist rejects, with reasons."""
+
+    reasons: tuple[c.Text, ...] = Field(min_length=1)
+
+
+# --- pharmacy --------------------------------------------------------------------------------------------
+
+
+class AcceptanceCreate(PrescriptionBody):
+    """The pharmacy accepts a prescription routed to it."""
+
+
+class ReturnCreate(PrescriptionBody):
+    """The pharmacy declines; the prescription can be routed again."""
+
+    reason: c.Text
+
+
+class DispenseCreate(PrescriptionBody):
+    """What was handed over, with each pack's trace code (partial dispensing allowed)."""
+
+    lines: tuple[DispensedLine, ...] = Field(min_length=1)
+
+
+class WithdrawalCreate(PrescriptionBody):
+    """Undo one dispense before delivery or collection."""
+
+    reason: c.Text
+
+
+class DeliveryCreate(PrescriptionBody):
+    """Arrange delivery; the fee, stated to the patient in advance, is self-pay (R6)."""
+
+    delivery_enterprise_id: c.Text
+    delivery_fee: Money
+    fee_disclosed: bool = Field(description="R6: the fee was stated to the patient in advance")
+
+
+class DeliveredCreate(PrescriptionBody):
+    """The delivery enterprise handed the drugs over."""
+
+    delivery_enterprise_id: c.Text
+
+
+class CollectionCreate(PrescriptionBody):
+    """The patient collected in person (real-name verification recorded, R9)."""
+
+    verification_method: RealNameMethod
+
+
+# --- agency ----------------------------------------------------------------------------------------------
+
+
+class AuditRefusalCreate(PrescriptionBody):
+    """Fees refused in audit, deducted from the month's statement."""
+
+    amount: Money
+    reason: c.Text
+    audit_ref: c.Text
+
+
+class ClawbackCreate(PrescriptionBody):
+    """Fees already paid for a violation are clawed back."""
+
+    amount: Money
+    reason: c.Text
+    audit_ref: c.Text
+
+
+BODIES: dict[type[_Body], tuple[type[c.Command], tuple[str, ...]]] = {
+    VisitCreate: (c.RecordFollowUpVisit, ("hospital_id",)),
+    PrescriptionCreate: (c.IssuePrescription, ("hospital_id",)),
+    CancellationCreate: (c.CancelPrescription, ("prescription_id",)),
+    RoutingCreate: (c.RoutePrescription, ("prescription_id",)),
+    ApprovalCreate: (c.ApprovePrescription, ("prescription_id", "pharmacist_id")),
+    RejectionCreate: (c.RejectPrescription, ("prescription_id", "pharmacist_id")),
+    AcceptanceCreate: (c.AcceptPrescription, ("prescription_id", "dispenser_id")),
+    ReturnCreate: (c.ReturnPrescription, ("prescription_id", "dispenser_id")),
+    DispenseCreate: (c.DispensePrescription, ("prescription_id", "dispenser_id")),
+    WithdrawalCreate: (c.WithdrawDispense, ("prescription_id", "dispense_no")),
+    DeliveryCreate: (c.ArrangeDelivery, ("prescription_id",)),
+    DeliveredCreate: (c.MarkDelivered, ("prescription_id",)),
+    CollectionCreate: (c.MarkCollected, ("prescription_id",)),
+    AuditRefusalCreate: (c.RefuseFeesInAudit, ("prescription_id",)),
+    ClawbackCreate: (c.ClawBackFees, ("prescription_id",)),
+}
+"""Each body and the command it becomes, with the fields the server fills in (a unit test checks that every body
+has exactly the command's other fields, with the same types and constraints)."""
 
 
 # --- responses ---------------------------------------------------------------------------------------
@@ -291,24 +391,22 @@ class ReviewQueuePublic(PageInfo):
     items: list[ReviewItemPublic]
 
 
-__all__ = [
-    "AcceptanceCreate",
-    "ApprovalCreate",
-    "AuditRefusalCreate",
-    "CancellationCreate",
-    "ClawbackCreate",
-    "CollectionCreate",
-    "CommandResultPublic",
-    "DeliveredCreate",
-    "DeliveryCreate",
-    "DispenseCreate",
-    "ErrorPublic",
-    "PrescriptionCreate",
-    "RejectionCreate",
-    "ReturnCreate",
-    "RoutingBasis",
-    "RoutingCreate",
-    "VisitCreate",
-    "WithdrawalCreate",
-    "date",
-]
+
+class RuleParameterPublic(_Public):
+    name: str
+    value: int
+    description: str
+
+
+class RulePublic(_Public):
+    """One rule of the catalogue (``rxtrail rules`` prints the same table)."""
+
+    id: str = Field(description="R1, R2, ...: the id refusals (`rule`) and flags carry")
+    title: str
+    source: str = Field(description="where the policy texts state it, e.g. `003 art. 13`")
+    seed_files: list[str] = Field(description="the policy text files it is read from")
+    kind: Literal["reject", "flag", "reject+flag"] = Field(
+        description="reject: the command is refused (409); flag: recorded as a RuleFlagged event")
+    parameters: list[RuleParameterPublic] = Field(description="configurable values, as this deployment uses them")
+    enforced: bool
+    note: str = Field(description="what is not covered, if anything")

@@ -119,7 +119,7 @@ def test_every_endpoint_is_in_the_matrix() -> None:
     app = create_app(Settings(database_url="postgresql://unused/none"))
     spec = app.openapi()
     served = {(method.upper(), path) for path, ops in spec["paths"].items() for method in ops
-              if not path.startswith(("/health", "/asyncapi"))}
+              if not path.startswith(("/health", "/asyncapi", "/rules"))}  # public: see test_rules_are_public
     covered = {(e.method, e.path.replace("{rx}", "{prescription_id}").replace("{visit}", "{visit_id}")
                 .replace("/dispenses/1/", "/dispenses/{dispense_no}/")) for e in ENDPOINTS}
     assert served == covered
@@ -216,3 +216,16 @@ def test_cross_tenant_reads_show_nothing_of_the_other(world: tuple[Actors, dict[
     assert rx not in {i["prescription_id"] for i in feed}
     queue = actors.get(tokens["other:pharmacist"], "/pharmacist/review-queue", limit=500).json()["items"]
     assert queue == []
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+def test_rules_are_public(world: tuple[Actors, dict[str, str]], caller: str) -> None:
+    """The rule catalogue holds no party's data: every caller, with or without a key (a bad one too), reads it."""
+    actors, tokens = world
+    headers = {} if caller == "anonymous" else {
+        "Authorization": f"Bearer {tokens['other:hospital' if caller == 'other_tenant' else caller]}"}
+    response = actors.client.get("/rules", headers=headers)
+    assert response.status_code == 200, response.text
+    rules = {r["id"]: r for r in response.json()}
+    assert {"R1", "R4", "R8"} <= set(rules) and rules["R8"]["kind"] in {"reject", "reject+flag"}
+    assert any(p["name"] for r in rules.values() for p in r["parameters"])

@@ -1,6 +1,5 @@
-"""HTTP plumbing: the per-process runtime, credentials, and the one place that picks status codes.
+"""The one place that picks HTTP status codes (STYLE rule 4: only this layer chooses them).
 
-Status codes (STYLE rule 4: only this layer chooses them):
 401 no or bad key · 403 the key's role may not do this · 404 unknown id, or an id the party may not see ·
 409 a rule violation (``rule``), an illegal transition (``state``) or another business refusal ·
 422 invalid input, naming the field.
@@ -8,28 +7,16 @@ Status codes (STYLE rule 4: only this layer chooses them):
 
 from __future__ import annotations
 
-import hashlib
 import re
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from psycopg_pool import ConnectionPool
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.adapters.api_keys import Party, PartyKind, authenticate, record_regulator_query
-from services.api.access import Forbidden, Gate, SenderMismatch
-from services.api.views import Views
-from services.application import RxTrail
-from services.application import commands as c
+from services.application.access import Forbidden, SenderMismatch
 from services.application.outcomes import Outcome
 from services.domain.errors import DomainError, IllegalTransition, NotFound, RuleViolation
 
@@ -47,7 +34,6 @@ ERROR_STATUS: dict[str, int] = {
     "SenderMismatch": 403,
 }
 _STATE = re.compile(r"in state (\w+)$")
-AUTH_CACHE_SECONDS = 5.0
 
 
 def status_for(error: str | None) -> int:
@@ -56,43 +42,6 @@ def status_for(error: str | None) -> int:
     if error.endswith("NotFound"):
         return 404
     return ERROR_STATUS.get(error, 409)
-
-
-@dataclass
-class Runtime:
-    """Everything a request needs, built once per process by ``create_app``."""
-
-    application: RxTrail
-    pool: ConnectionPool[Any]
-    gate: Gate
-    views: Views
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
-    _auth_cache: dict[str, tuple[float, Party | None]] = field(default_factory=dict)
-    _auth_lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def authenticate(self, token: str) -> Party | None:
-        """Keys are checked in PostgreSQL; a result is reused for a few seconds (revocation takes that long)."""
-        digest = hashlib.sha256(token.encode()).hexdigest()
-        now = time.monotonic()
-        with self._auth_lock:
-            hit = self._auth_cache.get(digest)
-        if hit is not None and now - hit[0] < AUTH_CACHE_SECONDS:
-            return hit[1]
-        with self.pool.connection() as conn:
-            party = authenticate(conn, token)
-        with self._auth_lock:
-            if len(self._auth_cache) > 10_000:
-                self._auth_cache.clear()
-            self._auth_cache[digest] = (now, party)
-        return party
-
-    def execute(self, party: Party, command: c.Command) -> Outcome:
-        """Check the party may send the command, apply it, and raise ``Refused`` unless it was accepted."""
-        self.gate.check(party, command)
-        outcome = self.application.handle(command)
-        if not outcome.ok:
-            raise Refused(outcome)
-        return outcome
 
 
 class Unauthorized(Exception):
@@ -107,62 +56,6 @@ class Refused(Exception):
     def __init__(self, outcome: Outcome) -> None:
         self.outcome = outcome
         super().__init__(outcome.reason or outcome.error or "refused")
-
-
-def runtime(request: Request) -> Runtime:
-    rt: Runtime = request.app.state.runtime
-    return rt
-
-
-_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer rx_...` (rxtrail keys create)")
-
-
-def current_party(
-    rt: Annotated[Runtime, Depends(runtime)],
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Party:
-    if credentials is None:
-        raise Unauthorized("missing Authorization: Bearer rx_... header")
-    party = rt.authenticate(credentials.credentials)
-    if party is None:
-        raise Unauthorized("unknown, malformed or revoked API key")
-    return party
-
-
-def party_of(kind: PartyKind) -> Callable[[Party], Party]:
-    def require(party: Annotated[Party, Depends(current_party)]) -> Party:
-        if party.kind is not kind:
-            raise Forbidden(party, f"use the {kind.value} interface")
-        return party
-
-    require.__name__ = f"require_{kind.value}"
-    return require
-
-
-def record_regulator_request(
-    request: Request,
-    rt: Annotated[Runtime, Depends(runtime)],
-    party: Annotated[Party, Depends(party_of(PartyKind.REGULATOR))],
-) -> Party:
-    """Every regulator query is itself recorded (who, what, when) before it is answered."""
-    with rt.pool.connection() as conn:
-        record_regulator_query(conn, party, rt.clock(), request.method, request.url.path, request.url.query)
-    return party
-
-
-IdempotencyKey = Annotated[
-    str | None,
-    Header(alias="Idempotency-Key", pattern=r"^[A-Za-z0-9_.:\-]{1,100}$",
-           description="retrying with the same key returns the first outcome and records nothing new"),
-]
-
-
-def command_id(party: Party, key: str | None) -> str | None:
-    """Keys are per party, so one party can never read another's outcome by guessing its key."""
-    return None if key is None else f"{party.kind.value}:{party.id}:{key}"
-
-
-# --- errors -------------------------------------------------------------------------------------------
 
 
 def _error(status: int, error: str, reason: str, **extra: Any) -> JSONResponse:

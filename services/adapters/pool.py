@@ -1,4 +1,4 @@
-"""Building the write side and the read pool from Settings (shared by the API and the Kafka intake)."""
+"""The read pool: PostgreSQL connections (autocommit) for API keys, the regulator query record and the read side."""
 
 from __future__ import annotations
 
@@ -7,13 +7,6 @@ from typing import Any
 from psycopg_pool import ConnectionPool
 
 from services.adapters import api_keys as keys
-from services.infra.settings import Settings
-
-
-def build_application(settings: Settings, **kwargs: Any) -> Any:
-    from services.application import build_application as build
-
-    return build(settings.resolved_database_url(), pseudonym_secret=settings.resolved_pseudonym_secret(), **kwargs)
 
 
 def open_pool(database_url: str, *, min_size: int = 1, max_size: int = 10) -> ConnectionPool[Any]:

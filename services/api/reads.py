@@ -13,18 +13,25 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from services.adapters.event_log import load_stream, verify_aggregate
+from projections.hospital_settlement.projection import HospitalSettlement
+from projections.hospital_settlement.projection import statements as hospital_statements
+from projections.pharmacy_settlement.projection import PharmacySettlement
+from projections.pharmacy_settlement.projection import statements as pharmacy_statements
+from services.adapters.event_log import load_stream
 from services.adapters.store import EVENTS_TABLE, RxTrailStore
+from services.api import models as m
 from services.application.unit_of_work import UnitOfWork
 from services.domain.encounter import Encounter
 from services.domain.errors import DomainError
 from services.domain.prescription import Prescription, RxStatus
 from services.domain.registries import Pharmacist
 from services.domain.trace_code import TraceCode
+from services.integrity import verify_aggregate
 
 RX = "events.prescription:"
 ENC = "events.encounter:"
@@ -46,7 +53,7 @@ def public_data(doc: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in doc.items() if k not in HIDDEN_FIELDS}
 
 
-class Views:
+class Reads:
     def __init__(self, store: RxTrailStore, pool: ConnectionPool[Any], schema: str = "public") -> None:
         self.store = store
         self.pool = pool
@@ -140,7 +147,7 @@ class Views:
         return items, (rows[-1][0] if len(rows) == limit else None)
 
     # --- pharmacy feed ----------------------------------------------------------------------------
-    def pharmacy_feed(self, pharmacy_id: str, after: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+    def pharmacy_feed(self, pharmacy_id: str, after: int, limit: int) -> tuple[list[m.FeedItemPublic], int]:
         """Events of prescriptions while they are routed to this pharmacy, from ``after`` on, in log order.
 
         An event belongs to the feed when the latest routing decision at or before it (a PrescriptionRouted
@@ -167,16 +174,11 @@ class Views:
                                             "WHERE notification_id > %s ORDER BY notification_id LIMIT %s) s")
                                     .format(t=self.events), (after, FEED_SCAN)).fetchone()
                 return [], int(upto[0]) if upto and upto[0] is not None else after
-        items = []
-        for nid, aid, version, topic, doc, _upto in rows[:limit]:
-            item: dict[str, Any] = {
-                "cursor": nid, "prescription_id": aid, "version": version, "event_type": topic.split(":")[-1],
-                "at": doc["timestamp"], "data": public_data(doc), "prescription": None,
-            }
-            if topic == ROUTED:
-                item["prescription"] = self._dispensing_view(aid)
-            items.append(item)
-        cursor = items[-1]["cursor"] if len(rows) > limit else int(rows[0][5])
+        items = [m.FeedItemPublic(cursor=nid, prescription_id=aid, version=version, event_type=topic.split(":")[-1],
+                                  at=doc["timestamp"], data=public_data(doc),
+                                  prescription=self._dispensing_view(aid) if topic == ROUTED else None)
+                 for nid, aid, version, topic, doc, _upto in rows[:limit]]
+        cursor = items[-1].cursor if len(rows) > limit else int(rows[0][5])
         return items, cursor
 
     def _dispensing_view(self, prescription_id: UUID) -> dict[str, Any]:
@@ -191,7 +193,7 @@ class Views:
         return {k: row[0].get(k) for k in keep}
 
     # --- regulators -------------------------------------------------------------------------------
-    def trail(self, rx: Prescription) -> list[dict[str, Any]]:
+    def trail(self, rx: Prescription) -> list[m.TrailEventPublic]:
         """The visit, the prescription and its trace codes' events, in time order."""
         streams: list[tuple[str, UUID]] = [("Encounter", rx.encounter_id), ("Prescription", rx.id)]
         codes = sorted({code for lines in rx.dispenses.values() for line in lines for code in line.trace_codes}
@@ -207,7 +209,7 @@ class Views:
                             "version": event.originator_version, "event_type": type(event).__name__,
                             "at": event.timestamp, "data": public_data(doc)})
         out.sort(key=lambda e: (e["at"], e["aggregate_type"] != "Encounter", e["version"]))
-        return out
+        return [m.TrailEventPublic(**e) for e in out]
 
     def _sold_codes(self, prescription_id: UUID) -> list[str]:
         query = sql.SQL("SELECT convert_from(state, 'UTF8')::jsonb ->> 'code' FROM {t} WHERE topic = %s "
@@ -215,14 +217,13 @@ class Views:
         with self.pool.connection() as conn:
             return [r[0] for r in conn.execute(query, (TRACE_SOLD, str(prescription_id))).fetchall()]
 
-    def verification(self, rx: Prescription) -> dict[str, Any]:
+    def verification(self, rx: Prescription) -> m.VerificationPublic:
         ids = [rx.encounter_id, rx.id]
         broken = [link for i in ids if (link := verify_aggregate(self.store, i)) is not None]
-        return {"verified": not broken, "aggregates": len(ids),
-                "broken": [{"aggregate_id": str(b.aggregate_id), "version": b.version, "reason": b.reason}
-                           for b in broken]}
+        return m.VerificationPublic(verified=not broken, aggregates=len(ids), broken=[
+            {"aggregate_id": str(b.aggregate_id), "version": b.version, "reason": b.reason} for b in broken])
 
-    def flags(self, rule: str | None, after: int, limit: int) -> tuple[list[dict[str, Any]], int | None]:
+    def flags(self, rule: str | None, after: int, limit: int) -> tuple[list[m.FlagPublic], int | None]:
         cond = sql.SQL("AND convert_from(state, 'UTF8')::jsonb ->> 'rule_id' = %s") if rule else sql.SQL("")
         query = sql.SQL("SELECT notification_id, originator_id, originator_version, "
                         "convert_from(state, 'UTF8')::jsonb FROM {t} WHERE topic = %s AND notification_id > %s {c} "
@@ -230,8 +231,8 @@ class Views:
         args = (FLAGGED, after, *((rule,) if rule else ()), limit)
         with self.pool.connection() as conn:
             rows = conn.execute(query, args).fetchall()
-        items = [{"cursor": n, "prescription_id": a, "version": v, "rule": d["rule_id"], "reason": d["reason"],
-                  "at": d["timestamp"], "details": d.get("details", {})} for n, a, v, d in rows]
+        items = [m.FlagPublic(cursor=n, prescription_id=a, version=v, rule=d["rule_id"], reason=d["reason"],
+                              at=d["timestamp"], details=d.get("details", {})) for n, a, v, d in rows]
         return items, (rows[-1][0] if len(rows) == limit else None)
 
     # --- agency -----------------------------------------------------------------------------------
@@ -249,3 +250,26 @@ class Views:
                 cur.execute(query, (field, topic, region))
                 bucket.update(r["party"] for r in cur.fetchall() if r["party"])
         return hospitals, pharmacies
+
+    def region_statements(self, region: str, month: str | None) -> list[m.StatementPublic]:
+        """The monthly statements (settlement projections) of the hospitals and pharmacies of a pooling region."""
+        hospitals, pharmacies = self.region_parties(region)
+        out: list[m.StatementPublic] = []
+        for fetch, schema, key, kind_key, wanted in (
+            (hospital_statements, HospitalSettlement.name, "hospital_id", None, hospitals),
+            (pharmacy_statements, PharmacySettlement.name, "party_id", "party_kind", pharmacies),
+        ):
+            if not wanted:
+                continue
+            try:
+                with self.pool.connection() as conn:
+                    rows = fetch(conn, schema, month=month)
+            except psycopg.errors.UndefinedTable:  # that projection has not been created yet: nothing settled
+                continue
+            for row in rows:
+                if row[key] not in wanted or (kind_key and row[kind_key] != "pharmacy"):
+                    continue
+                figures = {k: v for k, v in row.items() if k not in {key, kind_key, "month"}}
+                out.append(m.StatementPublic(party_kind="hospital" if kind_key is None else "pharmacy",
+                                             party_id=row[key], month=row["month"], figures=figures))
+        return out

@@ -1,0 +1,127 @@
+"""What a request depends on: the per-process runtime, the caller's credential and role, the idempotency key."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import Depends, Header, Path, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from psycopg_pool import ConnectionPool
+
+from services.adapters.api_keys import Party, PartyKind, authenticate, record_regulator_query
+from services.api.errors import Refused, Unauthorized
+from services.api.reads import Reads
+from services.application import RxTrail
+from services.application import commands as c
+from services.application.access import Forbidden, Gate, scoped_command_id
+from services.application.outcomes import Outcome
+
+AUTH_CACHE_SECONDS = 5.0
+
+
+@dataclass
+class Runtime:
+    """Everything a request needs, built once per process when the app starts."""
+
+    application: RxTrail
+    pool: ConnectionPool[Any]
+    gate: Gate
+    reads: Reads
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    _auth_cache: dict[str, tuple[float, Party | None]] = field(default_factory=dict)
+    _auth_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def authenticate(self, token: str) -> Party | None:
+        """Keys are checked in PostgreSQL; a result is reused for a few seconds (revocation takes that long)."""
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        now = time.monotonic()
+        with self._auth_lock:
+            hit = self._auth_cache.get(digest)
+        if hit is not None and now - hit[0] < AUTH_CACHE_SECONDS:
+            return hit[1]
+        with self.pool.connection() as conn:
+            party = authenticate(conn, token)
+        with self._auth_lock:
+            if len(self._auth_cache) > 10_000:
+                self._auth_cache.clear()
+            self._auth_cache[digest] = (now, party)
+        return party
+
+    def execute(self, party: Party, command: c.Command) -> Outcome:
+        """Check the party may send the command, apply it, and raise ``Refused`` unless it was accepted."""
+        self.gate.check(party, command)
+        outcome = self.application.handle(command)
+        if not outcome.ok:
+            raise Refused(outcome)
+        return outcome
+
+
+def runtime(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer rx_...` (rxtrail keys create)")
+
+
+def current_party(
+    rt: Annotated[Runtime, Depends(runtime)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Party:
+    if credentials is None:
+        raise Unauthorized("missing Authorization: Bearer rx_... header")
+    party = rt.authenticate(credentials.credentials)
+    if party is None:
+        raise Unauthorized("unknown, malformed or revoked API key")
+    return party
+
+
+def party_of(kind: PartyKind) -> Callable[[Party], Party]:
+    def require(party: Annotated[Party, Depends(current_party)]) -> Party:
+        if party.kind is not kind:
+            raise Forbidden(party, f"use the {kind.value} interface")
+        return party
+
+    require.__name__ = f"require_{kind.value}"
+    return require
+
+
+def record_regulator_request(
+    request: Request,
+    rt: Annotated[Runtime, Depends(runtime)],
+    party: Annotated[Party, Depends(party_of(PartyKind.REGULATOR))],
+) -> Party:
+    """Every regulator query is itself recorded (who, what, when) before it is answered."""
+    with rt.pool.connection() as conn:
+        record_regulator_query(conn, party, rt.clock(), request.method, request.url.path, request.url.query)
+    return party
+
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", pattern=r"^[A-Za-z0-9_.:\-]{1,100}$",
+           description="retrying with the same key returns the first outcome and records nothing new"),
+]
+
+
+def command_id(party: Party, key: str | None) -> str | None:
+    """Keys are per party, so one party can never read another's outcome by guessing its key."""
+    return scoped_command_id(party, key)
+
+
+Rt = Annotated[Runtime, Depends(runtime)]
+Hospital = Annotated[Party, Depends(party_of(PartyKind.HOSPITAL))]
+Pharmacist = Annotated[Party, Depends(party_of(PartyKind.PHARMACIST))]
+Pharmacy = Annotated[Party, Depends(party_of(PartyKind.PHARMACY))]
+Agency = Annotated[Party, Depends(party_of(PartyKind.AGENCY))]
+Regulator = Annotated[Party, Depends(record_regulator_request)]
+RxId = Annotated[UUID, Path(description="prescription id")]
+After = Annotated[int, Query(ge=0, le=2**62, description="cursor: return what comes after this position")]
+Limit = Annotated[int, Query(ge=1, le=500)]

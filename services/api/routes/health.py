@@ -1,0 +1,29 @@
+"""Operations: liveness with a database check, and the AsyncAPI document of the Kafka topics. No key needed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+router = APIRouter(tags=["ops"])
+
+
+@router.get("/health")
+def health(request: Request) -> dict[str, Any]:
+    db_ok = False
+    try:
+        with psycopg.connect(request.app.state.database_url, connect_timeout=2) as conn:
+            db_ok = conn.execute("SELECT 1").fetchone() == (1,)
+    except psycopg.Error:
+        db_ok = False
+    return {"status": "ok" if db_ok else "degraded", "database": db_ok}
+
+
+@router.get("/asyncapi", summary="AsyncAPI document of rxtrail's Kafka topics")
+def asyncapi() -> JSONResponse:
+    from services.workers.intake import asyncapi_document
+
+    return JSONResponse(asyncapi_document())

@@ -1,0 +1,60 @@
+"""Regulators (read-only, every query recorded): search, a prescription's trail and its verification, rule flags."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from services.adapters.api_keys import regulator_queries
+from services.api import models as m
+from services.api.deps import After, Limit, Regulator, Rt, RxId
+from services.api.routes.common import ERRORS, prescription_public
+
+router = APIRouter(prefix="/regulator", tags=["regulator"], responses=ERRORS)
+
+
+@router.get("/prescriptions", response_model=m.PrescriptionPage,
+            summary="Search prescriptions by patient pseudonym, physician, pharmacy, hospital or trace code")
+def search(
+    party: Regulator, rt: Rt,
+    patient_ref: Annotated[str | None, Query(min_length=1, max_length=128, pattern=m.NO_NUL)] = None,
+    physician_id: Annotated[str | None, Query(min_length=1, max_length=200, pattern=m.NO_NUL)] = None,
+    pharmacy_id: Annotated[str | None, Query(min_length=1, max_length=200, pattern=m.NO_NUL)] = None,
+    hospital_id: Annotated[str | None, Query(min_length=1, max_length=200, pattern=m.NO_NUL)] = None,
+    trace_code: Annotated[str | None, Query(pattern=r"^\d{20}$")] = None,
+    after: After = 0, limit: Limit = 50,
+) -> m.PrescriptionPage:
+    found, cursor = rt.reads.search(patient_ref=patient_ref, physician_id=physician_id, pharmacy_id=pharmacy_id,
+                                    trace_code=trace_code, hospital_id=hospital_id, after=after, limit=limit)
+    return m.PrescriptionPage(items=[prescription_public(rx) for rx in found], next_cursor=cursor)
+
+
+@router.get("/prescriptions/{prescription_id}/trail", response_model=m.TrailPublic,
+            summary="Visit → prescription → dispensing → delivery → settlement, every event, verified")
+def trail(prescription_id: RxId, party: Regulator, rt: Rt) -> m.TrailPublic:
+    rx = rt.gate.prescription(party, prescription_id)
+    return m.TrailPublic(prescription_id=rx.id, status=rx.status.value, events=rt.reads.trail(rx),
+                         verification=rt.reads.verification(rx))
+
+
+@router.get("/prescriptions/{prescription_id}/verification", response_model=m.VerificationPublic,
+            summary="Hash-chain verification of the visit's and the prescription's streams")
+def verification(prescription_id: RxId, party: Regulator, rt: Rt) -> m.VerificationPublic:
+    return rt.reads.verification(rt.gate.prescription(party, prescription_id))
+
+
+@router.get("/flags", response_model=m.FlagPage, summary="Rule flags (R5, R7, R8...) in recording order")
+def flags(party: Regulator, rt: Rt, rule: Annotated[str | None, Query(pattern=r"^R\d{1,2}$")] = None,
+          after: After = 0, limit: Limit = 100) -> m.FlagPage:
+    items, cursor = rt.reads.flags(rule, after, limit)
+    return m.FlagPage(items=items, next_cursor=cursor)
+
+
+@router.get("/queries", response_model=list[m.RegulatorQueryPublic],
+            summary="The record of regulator queries (who, what, when), newest first")
+def queries(party: Regulator, rt: Rt, regulator_id: Annotated[str | None, Query(max_length=64, pattern=m.NO_NUL)] = None,
+            limit: Limit = 100) -> list[m.RegulatorQueryPublic]:
+    with rt.pool.connection() as conn:
+        rows = regulator_queries(conn, limit=limit, regulator_id=regulator_id)
+    return [m.RegulatorQueryPublic(**r) for r in rows]

@@ -1,112 +1,166 @@
-"""Reading the record: one aggregate's full stream (verification, export) and hash-chain checks.
+"""The one reader of the event log: eventsourcing's event tables (``rxtrail_events``; any ``*_events`` table with a
+``notification_id`` is a log) read as stored rows, for verification, checkpoints, bundles, replay and the relay.
 
-``verify_all`` walks the notification log in global order (``select_notifications(start, limit,
-inclusive_of_start=False)``, so gaps left by rolled-back saves are harmless), groups events by aggregate and
-checks each chain from its first event; it reports every broken aggregate, not only the first.
+Rows come back as they are stored (``LoggedEvent``: the JSON bytes untouched), because integrity checks hash
+exactly those bytes. ``load_stream`` is the one decoded read: an aggregate's events through the application's
+mapper, upcast to current schemas. Notification ids may have gaps (rolled-back saves): reads always ask for
+ids *greater than* a position, never for a count of rows.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
 from uuid import UUID
 
-from eventsourcing.persistence import MapperDeserialisationError, StoredEvent
+import psycopg
+from eventsourcing.persistence import MapperDeserialisationError
+from psycopg.sql import SQL, Composed, Identifier
 
 from events.base import DomainEvent
 from services.adapters.store import RxTrailStore
-from services.domain.hashchain import BrokenLink, verify_stream
+
+_LOGS = (
+    "SELECT table_name FROM information_schema.columns WHERE table_schema = %s"
+    " AND column_name = 'notification_id' AND table_name LIKE %s ORDER BY table_name"
+)
+_LOG_NAME_PATTERN = "%\\_events"
+_COLUMNS = "notification_id, originator_id::text, originator_version, topic, state"
+_AFTER = SQL("SELECT " + _COLUMNS + " FROM {} WHERE notification_id > %s ORDER BY notification_id LIMIT %s")
+_RANGE = SQL("SELECT " + _COLUMNS + " FROM {} WHERE notification_id > %s AND notification_id <= %s"
+             " ORDER BY notification_id")
+_BY_STREAM = SQL("SELECT " + _COLUMNS + " FROM {} ORDER BY originator_id, originator_version")
+_ONE_STREAM = SQL("SELECT " + _COLUMNS + " FROM {} WHERE originator_id::text = %s ORDER BY originator_version")
+_COUNT = SQL("SELECT count(*) FROM {}")
+_ITERSIZE = 5000
+
+
+class LoggedEvent(NamedTuple):
+    """One stored event as the log holds it."""
+
+    notification_id: int
+    aggregate_id: str
+    version: int
+    topic: str
+    """eventsourcing's topic, ``events.prescription:PrescriptionIssued``."""
+    state: bytes
+    """The stored JSON, byte for byte."""
+
+
+def _row(row: Sequence[Any]) -> LoggedEvent:
+    n, a, v, t, s = row
+    return LoggedEvent(int(n), str(a), int(v), str(t), bytes(s))
+
+
+def _table(query: SQL, schema: str, log: str) -> Composed:
+    return query.format(Identifier(schema, log))
+
+
+# --- which logs ---------------------------------------------------------------------------------------------------
+
+
+def discover_logs(conn: psycopg.Connection[Any], schema: str = "public") -> list[str]:
+    """Every event table in ``schema``: a ``*_events`` table with a ``notification_id`` column."""
+    return [r[0] for r in conn.execute(_LOGS, (schema, _LOG_NAME_PATTERN)).fetchall()]
+
+
+async def discover_logs_async(conn: psycopg.AsyncConnection[Any], schema: str = "public") -> list[str]:
+    cur = await conn.execute(_LOGS, (schema, _LOG_NAME_PATTERN))
+    return [r[0] for r in await cur.fetchall()]
+
+
+def count_events(conn: psycopg.Connection[Any], log: str, schema: str = "public") -> int:
+    row = conn.execute(_table(_COUNT, schema, log)).fetchone()
+    return int(row[0]) if row else 0
+
+
+# --- in log order -------------------------------------------------------------------------------------------------
+
+
+def read_after(conn: psycopg.Connection[Any], log: str, after: int, limit: int, schema: str = "public"
+               ) -> list[LoggedEvent]:
+    """Up to ``limit`` events after notification id ``after``, in log order."""
+    return [_row(r) for r in conn.execute(_table(_AFTER, schema, log), (after, limit), prepare=True).fetchall()]
+
+
+async def read_after_async(conn: psycopg.AsyncConnection[Any], log: str, after: int, limit: int,
+                           schema: str = "public") -> list[LoggedEvent]:
+    """``read_after`` on an async connection (the relay's loop); the statement is prepared once per connection."""
+    cur = await conn.execute(_table(_AFTER, schema, log), (after, limit), prepare=True)
+    return [_row(r) for r in await cur.fetchall()]
+
+
+def pages(conn: psycopg.Connection[Any], log: str, page_size: int, *, after: int = 0, schema: str = "public"
+          ) -> Iterator[list[LoggedEvent]]:
+    """The log after ``after`` in pages of up to ``page_size`` events (each page one query)."""
+    while True:
+        page = read_after(conn, log, after, page_size, schema)
+        if not page:
+            return
+        yield page
+        after = page[-1].notification_id
+
+
+def iter_log(conn: psycopg.Connection[Any], log: str, after: int = 0, upto: int | None = None,
+             schema: str = "public") -> Iterator[LoggedEvent]:
+    """Events with ``after < notification id <= upto``, in log order, streamed through a server-side cursor
+    (the caller's transaction must stay open while it iterates)."""
+    with conn.cursor(name=f"iter_{log}") as cur:
+        cur.itersize = _ITERSIZE
+        cur.execute(_table(_RANGE, schema, log), (after, upto if upto is not None else 2**62))
+        for row in cur:
+            yield _row(row)
+
+
+# --- by stream ----------------------------------------------------------------------------------------------------
+
+
+def iter_streams(conn: psycopg.Connection[Any], log: str, schema: str = "public"
+                 ) -> Iterator[tuple[str, list[LoggedEvent]]]:
+    """Every aggregate's stream in version order, one aggregate at a time, streamed."""
+    current: str | None = None
+    rows: list[LoggedEvent] = []
+    with conn.cursor(name=f"streams_{log}") as cur:
+        cur.itersize = _ITERSIZE
+        cur.execute(_table(_BY_STREAM, schema, log))
+        for raw in cur:
+            row = _row(raw)
+            if row.aggregate_id != current:
+                if current is not None:
+                    yield current, rows
+                current, rows = row.aggregate_id, []
+            rows.append(row)
+    if current is not None:
+        yield current, rows
+
+
+def read_stream(conn: psycopg.Connection[Any], log: str, aggregate_id: UUID | str, schema: str = "public"
+                ) -> list[LoggedEvent]:
+    """One aggregate's stored events in version order (empty when the log holds none)."""
+    return [_row(r) for r in conn.execute(_table(_ONE_STREAM, schema, log), (str(aggregate_id),)).fetchall()]
+
+
+def find_stream(conn: psycopg.Connection[Any], aggregate_id: UUID | str, logs: Sequence[str] | None = None,
+                schema: str = "public") -> tuple[str, list[LoggedEvent]] | None:
+    """The first log holding the aggregate, and its events there; None when no log does."""
+    for log in list(logs) if logs is not None else discover_logs(conn, schema):
+        rows = read_stream(conn, log, aggregate_id, schema)
+        if rows:
+            return log, rows
+    return None
+
+
+# --- through the application's store ------------------------------------------------------------------------------
+
+
+def stored_stream(store: RxTrailStore, aggregate_id: UUID) -> list[tuple[int, str, bytes]]:
+    """One aggregate's stored events as (version, topic, JSON bytes), read through the store's own recorder."""
+    return [(e.originator_version, e.topic, e.state) for e in store.recorder.select_events(aggregate_id)]
 
 
 def load_stream(store: RxTrailStore, aggregate_id: UUID) -> list[DomainEvent]:
     """Every stored event of one aggregate, in version order, upcast to current schemas."""
     return [_as_event(e) for e in store.events.get(aggregate_id)]
-
-
-def verify_aggregate(store: RxTrailStore, aggregate_id: UUID) -> BrokenLink | None:
-    """The first broken link of one aggregate's chain, or None. An unreadable event counts as broken."""
-    link: BrokenLink | None = None
-    try:
-        events = load_stream(store, aggregate_id)
-    except MapperDeserialisationError as exc:
-        return BrokenLink(aggregate_id, 0, f"unreadable stored event: {exc}")
-    if events:
-        link = verify_stream(events)
-    return link
-
-
-@dataclass
-class VerificationReport:
-    events: int = 0
-    aggregates: int = 0
-    last_notification_id: int | None = None
-    broken: list[BrokenLink] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.broken
-
-
-def verify_all(store: RxTrailStore, *, page_size: int = 5000, after: int | None = None) -> VerificationReport:
-    """Check every aggregate's chain across the whole notification log (or from ``after``)."""
-    recorder: Any = store.recorder
-    report = VerificationReport(last_notification_id=after)
-    heads: dict[UUID, tuple[int, str]] = {}
-    broken: set[UUID] = set()
-    position = after
-    while True:
-        page = recorder.select_notifications(position, page_size, inclusive_of_start=False)
-        if not page:
-            break
-        by_aggregate: dict[UUID, list[DomainEvent]] = defaultdict(list)
-        for notification in page:
-            aggregate_id = _uuid(notification.originator_id)
-            report.events += 1
-            if aggregate_id in broken:
-                continue
-            try:
-                event = _as_event(store.mapper.to_domain_event(_stored(notification)))
-            except MapperDeserialisationError as exc:
-                broken.add(aggregate_id)
-                report.broken.append(
-                    BrokenLink(aggregate_id, notification.originator_version, f"unreadable stored event: {exc}")
-                )
-                by_aggregate.pop(aggregate_id, None)
-                continue
-            by_aggregate[aggregate_id].append(event)
-        for aggregate_id, events in by_aggregate.items():
-            if aggregate_id in broken:
-                continue
-            start = {aggregate_id: heads[aggregate_id]} if aggregate_id in heads else None
-            if start is None and after is None and events[0].originator_version != 1:
-                link: BrokenLink | None = BrokenLink(
-                    aggregate_id, events[0].originator_version, "stream does not start at version 1"
-                )
-            else:
-                link = verify_stream(events, start_hashes=start)
-            if link is not None:
-                broken.add(aggregate_id)
-                report.broken.append(link)
-                continue
-            heads[aggregate_id] = (events[-1].originator_version, events[-1].hash)
-        position = page[-1].id
-        report.last_notification_id = position
-    report.aggregates = len(heads) + len(broken)
-    return report
-
-
-def _stored(notification: Any) -> StoredEvent:
-    return StoredEvent(
-        originator_id=notification.originator_id,
-        originator_version=notification.originator_version,
-        topic=notification.topic,
-        state=notification.state,
-    )
-
-
-def _uuid(value: UUID | str) -> UUID:
-    return value if isinstance(value, UUID) else UUID(str(value))
 
 
 def _as_event(event: Any) -> DomainEvent:

@@ -126,15 +126,15 @@ def verify(
 ) -> None:
     """Recompute every hash chain and signed checkpoint; exit 0 intact, 1 tampered."""
     if bundle is not None:
-        from services.integrity.checkpoint import verify_bundle
+        from services.integrity.bundle import verify_bundle
 
         trusted = _load_public_key(public_key) if public_key else None
         report = verify_bundle(bundle, trusted_public_key=trusted)
         if report.ok:
             console.print(f"bundle {bundle}: INTACT" + ("" if trusted else " (self-consistent; no trusted key given)"))
         else:
-            for problem in report.problems:
-                err.print(f"[red]bundle {bundle}: {problem}[/]", highlight=False)
+            for finding in report.findings:
+                err.print(f"[red]bundle {bundle}: {finding.location}: {finding.reason}[/]", highlight=False)
         raise typer.Exit(report.exit_code)
     from services.integrity.verify import verify as run_verify
 
@@ -150,7 +150,7 @@ def verify(
 @app.command("export-trail")
 def export_trail(rx_id: str, out: Path = typer.Option(..., "--out")) -> None:
     """Write one prescription's events, hash chain, covering signed checkpoint and public key to a file."""
-    from services.integrity.checkpoint import export_trail as do_export
+    from services.integrity.bundle import export_trail as do_export
 
     settings = _resolved()
     path = do_export(str(settings.database_url), settings.data_dir, rx_id, out)

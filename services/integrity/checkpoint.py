@@ -1,11 +1,11 @@
-"""Signed checkpoints over the whole event log, and self-proving trail bundles for one aggregate.
+"""Signed checkpoints over the whole event log, and checking them against it.
 
 A checkpoint signs (Ed25519) a small JSON payload:
 
 - per event table ("log"): the last notification id covered and a running digest over every event in log order,
   ``d_n = sha256(d_{n-1} || id(8 bytes) || aggregate id || 0x1f || version || 0x1f || event hash)``, d_0 = 32 zero
   bytes. An event's hash is its stored ``hash`` field (the chain's own claim, whose content is checked by
-  ``services.integrity.verify``) or, for an event without one, sha256 of its stored bytes;
+  ``services.integrity.chain``) or, for an event without one, sha256 of its stored bytes;
 - a Merkle root over every aggregate's head (log, aggregate id, last version, last hash) as of that point, sorted
   by (log, aggregate id): leaf = sha256(0x00 || canonical JSON [log, id, version, hash]), node = sha256(0x01 ||
   left || right), an odd node moves up unchanged. A bundle carries one leaf's path to the root, so one
@@ -19,12 +19,11 @@ Keys: ``<data_dir>/checkpoint_ed25519.pem`` (private, 0600, generated once) and 
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,10 +32,11 @@ import psycopg
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from psycopg.sql import SQL, Identifier
+
+from services.adapters.event_log import discover_logs, iter_log
+from services.integrity.chain import Finding, Report
 
 PAYLOAD_FORMAT = "rxtrail.checkpoint/1"
-BUNDLE_FORMAT = "rxtrail.trail/1"
 ZERO_DIGEST = bytes(32)
 PRIVATE_KEY_FILE = "checkpoint_ed25519.pem"
 PUBLIC_KEY_FILE = "checkpoint_ed25519.pub.pem"
@@ -201,27 +201,6 @@ def ensure_tables(conn: psycopg.Connection[Any]) -> None:
             conn.execute(statement)  # type: ignore[arg-type]
 
 
-def discover_logs(conn: psycopg.Connection[Any], schema: str = "public") -> list[str]:
-    rows = conn.execute(
-        "SELECT table_name FROM information_schema.columns WHERE table_schema = %s"
-        " AND column_name = 'notification_id' AND table_name LIKE %s ORDER BY table_name",
-        (schema, "%\\_events"),
-    ).fetchall()
-    return [r[0] for r in rows]
-
-
-def iter_log(conn: psycopg.Connection[Any], log: str, after: int, upto: int | None = None, schema: str = "public"
-             ) -> Iterator[tuple[int, str, int, str, bytes]]:
-    """(notification id, aggregate id, version, topic, state) in log order, streamed."""
-    query = SQL("SELECT notification_id, originator_id::text, originator_version, topic, state FROM {}"
-                " WHERE notification_id > %s AND notification_id <= %s ORDER BY notification_id")
-    with conn.cursor(name=f"iter_{log}") as cur:
-        cur.itersize = 5000
-        cur.execute(query.format(Identifier(schema, log)), (after, upto if upto is not None else 2**62))
-        for n, a, v, t, s in cur:
-            yield int(n), str(a), int(v), str(t), bytes(s)
-
-
 def latest_checkpoint(conn: psycopg.Connection[Any]) -> Checkpoint | None:
     row = conn.execute("SELECT id, payload, signature FROM checkpoints ORDER BY id DESC LIMIT 1").fetchone()
     return None if row is None else Checkpoint(int(row[0]), bytes(row[1]), bytes(row[2]))
@@ -232,7 +211,7 @@ def all_checkpoints(conn: psycopg.Connection[Any]) -> list[Checkpoint]:
     return [Checkpoint(int(i), bytes(p), bytes(s)) for i, p, s in rows]
 
 
-def _heads_leaves(conn: psycopg.Connection[Any]) -> tuple[list[tuple[str, str, int, str]], list[bytes]]:
+def heads_and_leaves(conn: psycopg.Connection[Any]) -> tuple[list[tuple[str, str, int, str]], list[bytes]]:
     rows = [(str(lg), str(a), int(v), str(h)) for lg, a, v, h in conn.execute(
         "SELECT log, aggregate_id, version, head FROM checkpoint_heads ORDER BY log, aggregate_id").fetchall()]
     return rows, [leaf_hash(*r) for r in rows]
@@ -255,8 +234,8 @@ def create_checkpoint(database_url: str, data_dir: str | Path, *, logs: Sequence
                 last = int(state["last_notification_id"])
                 digest = bytes.fromhex(state["digest"])
                 heads: dict[str, tuple[int, str, int]] = {}
-                for n, aggregate_id, version, _topic, blob in iter_log(conn, log, last, schema=schema):
-                    head = stored_head(blob)
+                for n, aggregate_id, version, _topic, state in iter_log(conn, log, last, schema=schema):
+                    head = stored_head(state)
                     digest = digest_step(digest, n, aggregate_id, version, head)
                     heads[aggregate_id] = (version, head, n)
                     last = n
@@ -272,7 +251,7 @@ def create_checkpoint(database_url: str, data_dir: str | Path, *, logs: Sequence
                 body_logs[log] = {"last_notification_id": last, "digest": digest.hex()}
             for log, state in prev_body["logs"].items():
                 body_logs.setdefault(log, state)
-            _rows, leaves = _heads_leaves(conn)
+            _rows, leaves = heads_and_leaves(conn)
             root = merkle_root(leaves)
             seq = (previous.id + 1) if previous else 1
             body = {
@@ -295,188 +274,71 @@ def create_checkpoint(database_url: str, data_dir: str | Path, *, logs: Sequence
     return Checkpoint(seq, payload, signature)
 
 
-# --- trail bundles ----------------------------------------------------------------------------------------------
 
 
-def _bundle_signing_bytes(bundle: dict[str, Any]) -> bytes:
-    return canonical_json({k: v for k, v in bundle.items() if k != "export_signature"})
+# --- checking checkpoints against the log -----------------------------------------------------------------------
 
 
-def _read_trail(database_url: str, aggregate_id: str, logs: Sequence[str] | None, schema: str) -> Any:
-    """The aggregate's rows, the latest checkpoint and its heads, read in one snapshot; None if not covered."""
-    with psycopg.connect(database_url) as conn:
-        ensure_tables(conn)
-        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        with conn.transaction():
-            checkpoint = latest_checkpoint(conn)
-            names = list(logs) if logs is not None else discover_logs(conn, schema)
-            for log in names:
-                rows = conn.execute(
-                    SQL("SELECT notification_id, originator_version, topic, state FROM {}"
-                        " WHERE originator_id::text = %s ORDER BY originator_version").format(
-                        Identifier(schema, log)),
-                    (aggregate_id,),
-                ).fetchall()
-                if rows:
+def verify_checkpoints(conn: psycopg.Connection[Any], logs: Sequence[str], report: Report, *,
+                       data_dir: str | Path | None = None, schema: str = "public") -> None:
+    """Check every stored checkpoint (signature with the data dir's key, chaining) and replay each log once,
+    comparing the running digest at every checkpoint's boundary; the latest checkpoint's Merkle root is
+    recomputed from the heads as of its position. Findings go into ``report``."""
+    exists = conn.execute("SELECT to_regclass('checkpoints') IS NOT NULL").fetchone()
+    if not exists or not exists[0]:
+        return
+    checkpoints = all_checkpoints(conn)
+    report.checkpoints = len(checkpoints)
+    if not checkpoints:
+        return
+    public_key = load_public_key(data_dir) if data_dir is not None else None
+    previous: bytes | None = None
+    for c in checkpoints:
+        if public_key is not None and not c.verify_signature(public_key):
+            report.findings.append(_finding(c.id, "signature does not verify with the key in the data dir"))
+        expected_prev = hashlib.sha256(previous).hexdigest() if previous is not None else None
+        if c.body.get("previous") != expected_prev:
+            report.findings.append(_finding(c.id, "does not chain to the checkpoint before it"))
+        previous = c.payload
+    latest = checkpoints[-1].body
+    heads: dict[tuple[str, str], tuple[int, str]] = {}
+    for log in logs:
+        bounds = sorted({int(c.body["logs"][log]["last_notification_id"]): c for c in checkpoints
+                         if log in c.body["logs"]}.items())
+        if not bounds:
+            continue
+        digest, upto, i = ZERO_DIGEST, bounds[-1][0], 0
+        broken = False
+        for n, aggregate_id, version, _topic, state in iter_log(conn, log, 0, upto, schema):
+            while i < len(bounds) and n > bounds[i][0]:
+                if not _digest_matches(digest, bounds[i], log, report):
+                    broken = True
                     break
-            else:
-                raise CheckpointError(f"no events for aggregate {aggregate_id}")
-            if checkpoint is None:
-                return None
-            covered = int(checkpoint.body["logs"].get(log, {}).get("last_notification_id", 0))
-            if max(int(r[0]) for r in rows) > covered:
-                return None
-            head_rows, leaves = _heads_leaves(conn)
-    return checkpoint, log, rows, head_rows, leaves
+                i += 1
+            if broken:
+                break
+            head = stored_head(state)
+            digest = digest_step(digest, n, aggregate_id, version, head)
+            heads[(log, aggregate_id)] = (version, head)
+        while not broken and i < len(bounds):
+            if not _digest_matches(digest, bounds[i], log, report):
+                broken = True
+            i += 1
+    leaves = [leaf_hash(lg, a, v, h) for (lg, a), (v, h) in sorted(heads.items())]
+    if merkle_root(leaves).hex() != latest["merkle_root"]:
+        report.findings.append(_finding(int(latest["id"]),
+                                        "the aggregates' heads differ from the latest checkpoint's Merkle root"))
 
 
-def build_bundle(key: Ed25519PrivateKey, checkpoint: Checkpoint, log: str, aggregate_id: str,
-                 rows: Sequence[Sequence[Any]], head_rows: Sequence[tuple[str, str, int, str]],
-                 leaves: Sequence[bytes]) -> dict[str, Any]:
-    """The bundle for one aggregate (rows: notification id, version, topic, state) under ``checkpoint``."""
-    index = next(i for i, r in enumerate(head_rows) if r[0] == log and r[1] == aggregate_id)
-    events = []
-    for n, v, topic, state in rows:
-        events.append({"notification_id": int(n), "version": int(v), "topic": topic,
-                       "state": bytes(state).decode("utf-8")})
-    chain = []
-    for e in events:
-        doc = json.loads(e["state"])
-        chain.append({"version": e["version"], "prev_hash": doc.get("prev_hash"), "hash": doc.get("hash")})
-    _log, _aid, head_version, head = head_rows[index]
-    bundle: dict[str, Any] = {
-        "format": BUNDLE_FORMAT,
-        "aggregate_id": aggregate_id,
-        "log": log,
-        "events": events,
-        "chain": chain,
-        "checkpoint": {"payload": checkpoint.payload.decode(), "signature":
-                       base64.b64encode(checkpoint.signature).decode()},
-        "proof": {"leaf": {"log": log, "aggregate_id": aggregate_id, "version": head_version, "head": head},
-                  "index": index, "path": merkle_path(leaves, index)},
-        "public_key": base64.b64encode(raw_public_key(key.public_key())).decode(),
-    }
-    bundle["export_signature"] = base64.b64encode(key.sign(_bundle_signing_bytes(bundle))).decode()
-    return bundle
+def _finding(checkpoint_id: int, reason: str) -> Finding:
+    return Finding("checkpoint", "", 0, reason, checkpoint=checkpoint_id)
 
 
-def export_trail(database_url: str, data_dir: str | Path, rx_id: str, out: str | Path, *,
-                 logs: Sequence[str] | None = None, schema: str = "public") -> Path:
-    """Write one aggregate's events, its chain, the covering checkpoint (signed), the Merkle inclusion proof and
-    the public key as one JSON file that ``verify_bundle`` checks offline. Makes a new checkpoint first when the
-    latest one does not cover the aggregate's last event."""
-    key = load_or_create_key(data_dir)
-    aggregate_id = str(rx_id)
-    snapshot = _read_trail(database_url, aggregate_id, logs, schema)
-    if snapshot is None:
-        create_checkpoint(database_url, data_dir, logs=logs, schema=schema)
-        snapshot = _read_trail(database_url, aggregate_id, logs, schema)
-        if snapshot is None:
-            raise CheckpointError(f"no checkpoint covers aggregate {aggregate_id}")
-    checkpoint, log, rows, head_rows, leaves = snapshot
-    bundle = build_bundle(key, checkpoint, log, aggregate_id, rows, head_rows, leaves)
-    path = Path(out)
-    path.write_bytes(canonical_json(bundle))
-    return path
-
-
-@dataclass
-class BundleReport:
-    aggregate_id: str | None = None
-    versions: int = 0
-    checkpoint_id: int | None = None
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.ok else 1
-
-
-def _strict_b64(text: object) -> bytes:
-    """Decode base64 that is exactly the canonical encoding of its bytes: no stray padding bits, no
-    second spelling of the same signature, so any change to a bundle's text is a change the check sees."""
-    raw = base64.b64decode(str(text), validate=True)
-    if base64.b64encode(raw).decode() != text:
-        raise ValueError("base64 field is not in canonical form")
-    return raw
-
-
-def verify_bundle(path: str | Path, trusted_public_key: bytes | Ed25519PublicKey | None = None) -> BundleReport:
-    """Check a trail bundle with nothing but the file (and, ideally, a public key you already trust)."""
-    from services.integrity.verify import GENESIS, event_type_of, stored_event_hash
-
-    report = BundleReport()
-    try:
-        bundle = json.loads(Path(path).read_bytes())
-        if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
-            report.problems.append(f"not a {BUNDLE_FORMAT} bundle")
-            return report
-        report.aggregate_id = str(bundle["aggregate_id"])
-        public_raw = _strict_b64(bundle["public_key"])
-        public_key = Ed25519PublicKey.from_public_bytes(public_raw)
-        if trusted_public_key is not None:
-            trusted = (trusted_public_key if isinstance(trusted_public_key, bytes)
-                       else raw_public_key(trusted_public_key))
-            if trusted != public_raw:
-                report.problems.append("the bundle is signed with a key that is not the trusted one")
-        try:
-            public_key.verify(_strict_b64(bundle["export_signature"]),
-                              _bundle_signing_bytes(bundle))
-        except InvalidSignature:
-            report.problems.append("export signature does not match the bundle's content")
-        payload = str(bundle["checkpoint"]["payload"]).encode()
-        try:
-            public_key.verify(_strict_b64(bundle["checkpoint"]["signature"]), payload)
-        except InvalidSignature:
-            report.problems.append("checkpoint signature is invalid")
-        body = json.loads(payload)
-        report.checkpoint_id = int(body["id"])
-        if body.get("format") != PAYLOAD_FORMAT:
-            report.problems.append("checkpoint payload has an unknown format")
-
-        aggregate_id, log = report.aggregate_id, str(bundle["log"])
-        events = bundle["events"]
-        chain = bundle["chain"]
-        if not events:
-            report.problems.append("the bundle holds no events")
-            return report
-        prev, head, last_version, last_notification = GENESIS, "", 0, 0
-        for i, e in enumerate(events):
-            version = int(e["version"])
-            doc = json.loads(e["state"])
-            where = f"{aggregate_id} v{version}"
-            if version != last_version + 1:
-                report.problems.append(f"{where}: follows v{last_version}")
-            if str(doc.get("originator_id")) != aggregate_id or int(doc.get("originator_version", -1)) != version:
-                report.problems.append(f"{where}: the event names another aggregate or version")
-            recomputed = stored_event_hash(event_type_of(str(e["topic"])), doc)
-            if recomputed != doc.get("hash"):
-                report.problems.append(f"{where}: hash does not match the event's content")
-            if doc.get("prev_hash") != prev:
-                report.problems.append(f"{where}: prev_hash does not link to v{last_version}")
-            if i >= len(chain) or chain[i] != {"version": version, "prev_hash": doc.get("prev_hash"),
-                                               "hash": doc.get("hash")}:
-                report.problems.append(f"{where}: chain entry disagrees with the event")
-            if int(e["notification_id"]) <= last_notification:
-                report.problems.append(f"{where}: notification ids out of order")
-            prev, head, last_version = str(doc.get("hash")), str(doc.get("hash")), version
-            last_notification = int(e["notification_id"])
-        if len(chain) != len(events):
-            report.problems.append("chain and events differ in length")
-        report.versions = last_version
-
-        leaf = bundle["proof"]["leaf"]
-        if leaf != {"log": log, "aggregate_id": aggregate_id, "version": last_version, "head": head}:
-            report.problems.append("the proven head is not the last event of this trail")
-        root = root_from_path(leaf_hash(log, aggregate_id, last_version, head), bundle["proof"]["path"])
-        if root.hex() != body.get("merkle_root"):
-            report.problems.append("the inclusion proof does not lead to the checkpoint's Merkle root")
-        if int(body["logs"].get(log, {}).get("last_notification_id", 0)) < last_notification:
-            report.problems.append("the checkpoint does not cover the trail's last event")
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-        report.problems.append(f"malformed bundle: {type(exc).__name__}: {exc}")
-    return report
+def _digest_matches(digest: bytes, bound: tuple[int, Checkpoint], log: str, report: Report) -> bool:
+    position, c = bound
+    if digest.hex() == c.body["logs"][log]["digest"]:
+        return True
+    report.findings.append(_finding(
+        c.id, f"the log {log} up to notification id {position} differs from what checkpoint #{c.id} signed "
+              "(events before that point were changed, removed or added)"))
+    return False

@@ -15,7 +15,7 @@ from events.prescription import (
     RoutingBasis,
     RuleFlagged,
 )
-from services.adapters.event_log import load_stream, verify_aggregate
+from services.adapters.event_log import load_stream
 from services.application import RxTrail, RxTrailStore, open_store
 from services.application import commands as c
 from services.application.ids import trace_code_id_for
@@ -23,6 +23,7 @@ from services.application.privacy import PatientVault, PostgresPatientKeyStore
 from services.domain.clock import FixedClock
 from services.domain.prescription import Prescription, RxStatus, project_prescription
 from services.domain.trace_code import TraceCode, project_trace_code
+from services.integrity import verify_aggregate
 from tests.support.builders import (
     AMLODIPINE,
     METFORMIN,

@@ -12,12 +12,13 @@ import pytest
 
 from events.prescription import PrescriptionDispensed, RuleFlagged
 from events.trace_code import TraceCodeSold
-from services.adapters.event_log import load_stream, verify_aggregate
+from services.adapters.event_log import load_stream
 from services.application import RxTrail, RxTrailStore, open_store
 from services.application import commands as c
 from services.application.ids import trace_code_id_for
 from services.application.outcomes import Outcome
 from services.application.privacy import PatientVault, PostgresPatientKeyStore
+from services.integrity import verify_aggregate
 from tests.support.builders import METFORMIN, SECRET, Cast, item, line, new_app, ok, trace_codes
 
 T = TypeVar("T")

@@ -15,11 +15,12 @@ from eventsourcing.persistence import StoredEvent
 from events import GENESIS_HASH
 from events.encounter import FollowUpVisitRecorded
 from events.prescription import PrescriptionRejected
-from services.adapters.event_log import load_stream, verify_aggregate, verify_all
+from services.adapters.event_log import load_stream
 from services.application import EVENTS_TABLE, RxTrail, RxTrailStore, open_store
 from services.application import commands as c
 from services.application.privacy import PatientForgotten, PatientVault, PostgresPatientKeyStore
 from services.domain.prescription import project_prescription
+from services.integrity import verify_aggregate, verify_store
 from tests.support.builders import SECRET, Cast, new_app, ok
 
 
@@ -91,13 +92,13 @@ def test_an_old_schema_version_is_upcast_on_load_and_its_hash_still_verifies(app
     assert verify_aggregate(app.store, aggregate_id) is None
 
 
-def test_verify_all_walks_the_log_and_finds_tampering(own_db: tuple[str, RxTrail]) -> None:
+def test_verify_store_walks_the_log_and_finds_tampering(own_db: tuple[str, RxTrail]) -> None:
     url, app = own_db
     cast = Cast(app).register()
     rx, other = cast.collected(), cast.collected()
     ok(cast.settle(rx))
-    clean = verify_all(app.store, page_size=7)
-    assert clean.ok and clean.events > 20 and clean.aggregates >= 10
+    clean = verify_store(url)
+    assert clean.ok and clean.events > 20 and clean.streams >= 10
 
     with psycopg.connect(url) as conn:
         state = bytes(conn.execute(f"SELECT state FROM {EVENTS_TABLE} WHERE originator_id = %s AND "
@@ -108,10 +109,10 @@ def test_verify_all_walks_the_log_and_finds_tampering(own_db: tuple[str, RxTrail
         conn.execute(f"UPDATE {EVENTS_TABLE} SET state = %s WHERE originator_id = %s AND originator_version = 7",
                      (json.dumps(forged).encode(), rx))
         conn.execute(f"DELETE FROM {EVENTS_TABLE} WHERE originator_id = %s AND originator_version = 3", (other,))
-    report = verify_all(app.store, page_size=7)
-    assert {(b.aggregate_id, b.version) for b in report.broken} == {(rx, 7), (other, 4)}
-    reasons = {b.aggregate_id: b.reason for b in report.broken}
-    assert "hash does not match" in reasons[rx] and "follows 2" in reasons[other]
+    report = verify_store(url)
+    assert {(f.aggregate_id, f.version) for f in report.findings} == {(str(rx), 7), (str(other), 4)}
+    reasons = {f.aggregate_id: f.reason for f in report.findings}
+    assert "hash does not match" in reasons[str(rx)] and "follows 2" in reasons[str(other)]
     assert verify_aggregate(app.store, rx) is not None
 
 
@@ -132,14 +133,14 @@ def test_forgetting_a_patient_shreds_personal_fields_but_every_trail_still_verif
     assert visit.patient_ref == cast.patient_ref
     assert app.vault.unseal(visit.patient_ref, visit.patient_sealed) == {
         "name": "张三", "id_number": cast.national_id, "phone": "13800138000"}
-    before = verify_all(app.store)
+    before = verify_store(url)
 
     assert app.vault.forget_patient(cast.patient_ref) == 1
     with pytest.raises(PatientForgotten, match="forgotten"):
         app.vault.unseal(visit.patient_ref, visit.patient_sealed)
 
-    after = verify_all(app.store)
-    assert after.ok and (after.events, after.aggregates) == (before.events, before.aggregates)
+    after = verify_store(url)
+    assert after.ok and (after.events, after.streams) == (before.events, before.streams)
     assert verify_aggregate(app.store, rx) is None and verify_aggregate(app.store, encounter_id) is None
     reloaded = app.store.repository.get(rx, projector_func=project_prescription)
     assert (reloaded.total, reloaded.fund, reloaded.personal_account, reloaded.self_pay) == (

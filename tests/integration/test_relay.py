@@ -22,8 +22,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from eventsourcing.application import Application
 from eventsourcing.persistence import IntegrityError, StoredEvent
 
+from events import GENESIS_HASH
 from services.infra.settings import eventsourcing_env
-from services.integrity.verify import GENESIS, stored_event_hash
+from services.integrity.chain import stored_event_hash
 from services.relay import RelayConfig, RelayStats, event_id, republish, run_relay
 from tests.support import unique_topic
 
@@ -52,7 +53,7 @@ class TrailStore:
                            state=json.dumps(doc, ensure_ascii=False).encode())
 
     def append(self, aggregate_id: uuid.UUID, count: int = 1) -> list[int]:
-        version, prev = self.heads.get(aggregate_id, (0, GENESIS))
+        version, prev = self.heads.get(aggregate_id, (0, GENESIS_HASH))
         events = []
         for i in range(count):
             e = self.event(aggregate_id, version + i + 1, prev, f"note {version + i + 1} 处方")

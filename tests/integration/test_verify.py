@@ -12,8 +12,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from services.integrity.checkpoint import create_checkpoint, export_trail, load_or_create_key, verify_bundle
-from services.integrity.verify import stored_event_hash, verify
+from services.integrity import create_checkpoint, export_trail, stored_event_hash, verify, verify_bundle
+from services.integrity.checkpoint import load_or_create_key
 from services.relay import RelayStats, run_relay
 from tests.integration.test_relay import TrailStore, config, has_all, read_topic, wait_published
 from tests.support import unique_topic
@@ -91,7 +91,7 @@ def test_rewritten_tail_with_recomputed_hashes_is_caught_by_the_checkpoint(store
     report = verify(store.url, data_dir=tmp_path)
     assert report.exit_code == 1
     assert not [f for f in report.findings if f.source == "store"]
-    assert [f.version for f in report.findings if f.source == "checkpoint" and "differs" in f.reason] == [1]
+    assert [f.checkpoint for f in report.findings if f.source == "checkpoint" and "differs" in f.reason] == [1]
 
 
 def test_exported_trail_verifies_offline_and_one_changed_byte_fails(store: TrailStore, tmp_path: Path) -> None:
@@ -104,8 +104,8 @@ def test_exported_trail_verifies_offline_and_one_changed_byte_fails(store: Trail
     key = load_or_create_key(tmp_path / "keys").public_key()
 
     ok = verify_bundle(out, trusted_public_key=key)
-    assert ok.ok, ok.problems
-    assert (ok.aggregate_id, ok.versions) == (str(rx), 5)
+    assert ok.ok, [str(f) for f in ok.findings]
+    assert (ok.aggregate_id, ok.streams, ok.events) == (str(rx), 1, 5)
     assert oct((tmp_path / "keys" / "checkpoint_ed25519.pem").stat().st_mode & 0o777) == "0o600"
 
     raw = out.read_bytes()
@@ -114,4 +114,4 @@ def test_exported_trail_verifies_offline_and_one_changed_byte_fails(store: Trail
     tampered.write_bytes(raw[:at + 5] + b"9" + raw[at + 6:])
     bad = verify_bundle(tampered, trusted_public_key=key)
     assert not bad.ok
-    assert any("hash does not match" in p for p in bad.problems), bad.problems
+    assert any("hash does not match" in f.reason for f in bad.findings), [str(f) for f in bad.findings]

@@ -9,24 +9,24 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from events import GENESIS_HASH
+from services.integrity.bundle import build_bundle, verify_bundle
+from services.integrity.chain import stored_event_hash
 from services.integrity.checkpoint import (
     PAYLOAD_FORMAT,
     Checkpoint,
-    build_bundle,
     canonical_json,
     leaf_hash,
     merkle_path,
     merkle_root,
     root_from_path,
-    verify_bundle,
 )
-from services.integrity.verify import GENESIS, stored_event_hash
 
 LOG = "rxtrail_events"
 
 
 def chain(aggregate_id: str, count: int, first_notification: int) -> list[tuple[int, int, str, bytes]]:
-    rows, prev = [], GENESIS
+    rows, prev = [], GENESIS_HASH
     for v in range(1, count + 1):
         doc = {"originator_id": aggregate_id, "originator_version": v, "timestamp": "2026-11-24T08:00:00Z",
                "schema_version": 1, "business_type": "internet", "prev_hash": prev, "amount": f"{v}.50",
@@ -69,14 +69,14 @@ def make_bundle(tmp_path: Path) -> tuple[Path, Ed25519PrivateKey]:
 def test_a_sound_bundle_verifies(tmp_path: Path) -> None:
     path, key = make_bundle(tmp_path)
     report = verify_bundle(path, trusted_public_key=key.public_key())
-    assert report.ok, report.problems
-    assert report.versions == 3 and report.checkpoint_id == 1
+    assert report.ok, [str(f) for f in report.findings]
+    assert (report.streams, report.events, report.checkpoint_id) == (1, 3, 1)
 
 
 def test_a_bundle_signed_by_another_key_is_refused(tmp_path: Path) -> None:
     path, _key = make_bundle(tmp_path)
     report = verify_bundle(path, trusted_public_key=Ed25519PrivateKey.generate().public_key())
-    assert not report.ok and "not the trusted one" in report.problems[0]
+    assert not report.ok and "not the trusted one" in report.findings[0].reason
 
 
 def test_every_single_byte_change_fails_or_changes_nothing(tmp_path: Path) -> None:
@@ -110,4 +110,4 @@ def test_a_second_spelling_of_a_signature_is_refused(tmp_path: Path) -> None:
     bundle["export_signature"] = sig[:-3] + alphabet[last ^ 0b0001] + sig[-2:]
     path.write_bytes(canonical_json(bundle))
     report = verify_bundle(path, trusted_public_key=key.public_key())
-    assert not report.ok and any("canonical" in p for p in report.problems)
+    assert not report.ok and any("canonical" in f.reason for f in report.findings)

@@ -1,0 +1,199 @@
+"""Self-proving trail bundles: one aggregate's events, its hash chain, the signed checkpoint that covers it, the
+Merkle inclusion proof of its head and the public key, in one JSON file anyone can check offline.
+
+``export_trail`` writes one (making a covering checkpoint first when the latest does not cover the trail);
+``verify_bundle`` checks one with nothing but the file and, ideally, a public key the reader already trusts. The
+events are checked by the same chain check as the event store (``services.integrity.chain``), with the stored-JSON
+hash rule only, so a bundle verifies without the event catalogue's decoding.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from services.adapters.event_log import LoggedEvent, find_stream
+from services.integrity.chain import Finding, Report, check_stream
+from services.integrity.checkpoint import (
+    PAYLOAD_FORMAT,
+    Checkpoint,
+    CheckpointError,
+    canonical_json,
+    create_checkpoint,
+    ensure_tables,
+    heads_and_leaves,
+    latest_checkpoint,
+    leaf_hash,
+    load_or_create_key,
+    merkle_path,
+    raw_public_key,
+    root_from_path,
+)
+
+BUNDLE_FORMAT = "rxtrail.trail/1"
+
+Snapshot = tuple[Checkpoint, str, list[LoggedEvent], list[tuple[str, str, int, str]], list[bytes]]
+"""What a bundle is built from, read in one snapshot: checkpoint, log, the trail's events, every head, leaves."""
+
+
+def _signing_bytes(bundle: dict[str, Any]) -> bytes:
+    return canonical_json({k: v for k, v in bundle.items() if k != "export_signature"})
+
+
+def _read_trail(database_url: str, aggregate_id: str, logs: Sequence[str] | None, schema: str) -> Snapshot | None:
+    """The aggregate's events, the latest checkpoint and its heads, read in one snapshot; None if not covered."""
+    with psycopg.connect(database_url) as conn:
+        ensure_tables(conn)
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        with conn.transaction():
+            checkpoint = latest_checkpoint(conn)
+            found = find_stream(conn, aggregate_id, logs, schema)
+            if found is None:
+                raise CheckpointError(f"no events for aggregate {aggregate_id}")
+            log, rows = found
+            if checkpoint is None:
+                return None
+            covered = int(checkpoint.body["logs"].get(log, {}).get("last_notification_id", 0))
+            if max(r.notification_id for r in rows) > covered:
+                return None
+            head_rows, leaves = heads_and_leaves(conn)
+    return checkpoint, log, rows, head_rows, leaves
+
+
+def build_bundle(key: Ed25519PrivateKey, checkpoint: Checkpoint, log: str, aggregate_id: str,
+                 rows: Sequence[Sequence[Any]], head_rows: Sequence[tuple[str, str, int, str]],
+                 leaves: Sequence[bytes]) -> dict[str, Any]:
+    """The bundle for one aggregate (rows: notification id, version, topic, state) under ``checkpoint``."""
+    index = next(i for i, r in enumerate(head_rows) if r[0] == log and r[1] == aggregate_id)
+    events = []
+    for n, v, topic, state in rows:
+        events.append({"notification_id": int(n), "version": int(v), "topic": topic,
+                       "state": bytes(state).decode("utf-8")})
+    chain = []
+    for e in events:
+        doc = json.loads(e["state"])
+        chain.append({"version": e["version"], "prev_hash": doc.get("prev_hash"), "hash": doc.get("hash")})
+    _log, _aid, head_version, head = head_rows[index]
+    bundle: dict[str, Any] = {
+        "format": BUNDLE_FORMAT,
+        "aggregate_id": aggregate_id,
+        "log": log,
+        "events": events,
+        "chain": chain,
+        "checkpoint": {"payload": checkpoint.payload.decode(), "signature":
+                       base64.b64encode(checkpoint.signature).decode()},
+        "proof": {"leaf": {"log": log, "aggregate_id": aggregate_id, "version": head_version, "head": head},
+                  "index": index, "path": merkle_path(leaves, index)},
+        "public_key": base64.b64encode(raw_public_key(key.public_key())).decode(),
+    }
+    bundle["export_signature"] = base64.b64encode(key.sign(_signing_bytes(bundle))).decode()
+    return bundle
+
+
+def export_trail(database_url: str, data_dir: str | Path, rx_id: str, out: str | Path, *,
+                 logs: Sequence[str] | None = None, schema: str = "public") -> Path:
+    """Write one aggregate's events, its chain, the covering checkpoint (signed), the Merkle inclusion proof and
+    the public key as one JSON file that ``verify_bundle`` checks offline. Makes a new checkpoint first when the
+    latest one does not cover the aggregate's last event."""
+    key = load_or_create_key(data_dir)
+    aggregate_id = str(rx_id)
+    snapshot = _read_trail(database_url, aggregate_id, logs, schema)
+    if snapshot is None:
+        create_checkpoint(database_url, data_dir, logs=logs, schema=schema)
+        snapshot = _read_trail(database_url, aggregate_id, logs, schema)
+        if snapshot is None:
+            raise CheckpointError(f"no checkpoint covers aggregate {aggregate_id}")
+    checkpoint, log, rows, head_rows, leaves = snapshot
+    bundle = build_bundle(key, checkpoint, log, aggregate_id,
+                          [(r.notification_id, r.version, r.topic, r.state) for r in rows], head_rows, leaves)
+    path = Path(out)
+    path.write_bytes(canonical_json(bundle))
+    return path
+
+
+def _strict_b64(text: object) -> bytes:
+    """Decode base64 that is exactly the canonical encoding of its bytes: no stray padding bits, no
+    second spelling of the same signature, so any change to a bundle's text is a change the check sees."""
+    raw = base64.b64decode(str(text), validate=True)
+    if base64.b64encode(raw).decode() != text:
+        raise ValueError("base64 field is not in canonical form")
+    return raw
+
+
+def verify_bundle(path: str | Path, trusted_public_key: bytes | Ed25519PublicKey | None = None) -> Report:
+    """Check a trail bundle with nothing but the file (and, ideally, a public key you already trust)."""
+    report = Report()
+
+    def problem(reason: str, version: int = 0) -> None:
+        report.findings.append(Finding("bundle", report.aggregate_id or "", version, reason))
+
+    try:
+        bundle = json.loads(Path(path).read_bytes())
+        if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
+            problem(f"not a {BUNDLE_FORMAT} bundle")
+            return report
+        report.aggregate_id = aggregate_id = str(bundle["aggregate_id"])
+        public_raw = _strict_b64(bundle["public_key"])
+        public_key = Ed25519PublicKey.from_public_bytes(public_raw)
+        if trusted_public_key is not None:
+            trusted = (trusted_public_key if isinstance(trusted_public_key, bytes)
+                       else raw_public_key(trusted_public_key))
+            if trusted != public_raw:
+                problem("the bundle is signed with a key that is not the trusted one")
+        try:
+            public_key.verify(_strict_b64(bundle["export_signature"]), _signing_bytes(bundle))
+        except InvalidSignature:
+            problem("export signature does not match the bundle's content")
+        payload = str(bundle["checkpoint"]["payload"]).encode()
+        try:
+            public_key.verify(_strict_b64(bundle["checkpoint"]["signature"]), payload)
+        except InvalidSignature:
+            problem("checkpoint signature is invalid")
+        body = json.loads(payload)
+        report.checkpoint_id = int(body["id"])
+        report.checkpoints = 1
+        if body.get("format") != PAYLOAD_FORMAT:
+            problem("checkpoint payload has an unknown format")
+
+        log = str(bundle["log"])
+        events, chain = bundle["events"], bundle["chain"]
+        if not events:
+            problem("the bundle holds no events")
+            return report
+        rows = [(int(e["version"]), str(e["topic"]), str(e["state"]).encode()) for e in events]
+        report.streams, report.events = 1, len(rows)
+        finding, _ = check_stream(aggregate_id, rows, source="bundle", decode=False, require_hash=True)
+        if finding is not None:
+            report.findings.append(finding)
+        head, last_version, last_notification = "", 0, 0
+        for i, e in enumerate(events):
+            version = int(e["version"])
+            doc = json.loads(e["state"])
+            if i >= len(chain) or chain[i] != {"version": version, "prev_hash": doc.get("prev_hash"),
+                                               "hash": doc.get("hash")}:
+                problem("chain entry disagrees with the event", version)
+            if int(e["notification_id"]) <= last_notification:
+                problem("notification ids out of order", version)
+            head, last_version = str(doc.get("hash")), version
+            last_notification = int(e["notification_id"])
+        if len(chain) != len(events):
+            problem("chain and events differ in length")
+
+        leaf = bundle["proof"]["leaf"]
+        if leaf != {"log": log, "aggregate_id": aggregate_id, "version": last_version, "head": head}:
+            problem("the proven head is not the last event of this trail")
+        root = root_from_path(leaf_hash(log, aggregate_id, last_version, head), bundle["proof"]["path"])
+        if root.hex() != body.get("merkle_root"):
+            problem("the inclusion proof does not lead to the checkpoint's Merkle root")
+        if int(body["logs"].get(log, {}).get("last_notification_id", 0)) < last_notification:
+            problem("the checkpoint does not cover the trail's last event")
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        problem(f"malformed bundle: {type(exc).__name__}: {exc}")
+    return report

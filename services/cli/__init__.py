@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from services.cli.rules import rules
 from services.infra.errors import InfraError
 from services.infra.settings import Settings
 
@@ -346,6 +347,7 @@ def _resolved() -> Settings:
 
 keys_app = typer.Typer(help="API keys per party (stored hashed).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.command("rules")(rules)
 
 
 @keys_app.command("create")

@@ -1,8 +1,8 @@
-"""Pharmacy feeds: each routed prescription, and what later happens to it, on ``rx.pharmacy.<pharmacy_id>``.
-``python -m services.workers.gateway`` runs it until SIGTERM.
+"""Pharmacy feeds: each routed prescription, and what later happens to it, on ``rx.pharmacy.<pharmacy_id>``
+(``events.topics.pharmacy_topic``). ``rxtrail run gateway`` runs it until SIGTERM.
 
 A pharmacy sees only prescriptions routed to it (DOMAIN.md, "Who may see what"). Its topic gets, keyed by
-prescription id, one JSON ``FeedMessage`` per event:
+prescription id, one JSON ``events.contracts.FeedMessage`` per event:
 
 - ``routed`` (``PrescriptionRouted`` to this pharmacy) with what it needs to dispense: prescription id, the
   hospital, business type (R14), diagnosis, items (drug code, name, spec, quantity, days of supply, unit price,
@@ -15,10 +15,11 @@ prescription id, one JSON ``FeedMessage`` per event:
 Prescriptions the hospital dispenses itself have no feed. Feed topics are created on demand with
 ``feed_partitions`` partitions (default 1: one pharmacy's traffic is small, and thousands of pharmacies times
 twelve partitions would load a cluster for nothing); a pharmacy id that cannot be a Kafka topic name is sent
-to ``rx.dlq`` with the reason instead, so one bad registration never stops every feed.
+to ``rx.dlq`` with the reason instead (``Worker.dead_letter``), so one bad registration never stops every feed.
 
 Delivery is at least once; consumers dedupe on the ``event_id`` header (the triggering event's id, also in the
-body). The gateway is a projection on the shared loop (own consumer group and schema ``gateway``): ``apply``
+body). The gateway is a ``Worker`` (``services.workers.base``) on the shared loop (own consumer group and schema
+``gateway``), its messages keyed by the triggering event the way command workers key commands: ``apply``
 folds the batch into its state (each prescription's dispensing details and current pharmacy), publishes the
 messages and waits for the broker's acknowledgements, then records the published event ids in ``published``;
 the loop commits state, that record and the consumed offsets in one transaction. A crash before the commit
@@ -28,23 +29,21 @@ sent again, even if the per-aggregate version record is rebuilt.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
 import re
-import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 import psycopg
+from aiokafka import AIOKafkaProducer
 from psycopg import sql
-from pydantic import BaseModel, ConfigDict, Field
 
 from events import topics
-from events.base import BusinessType, CatalogCategory, DrugCode, Money, PatientRef, UTCDateTime
+from events.contracts import FeedMessage, FeedMessageType, FeedPrescription, feed_headers, feed_key
 from events.prescription import (
     DispenserKind,
     DispenseWithdrawn,
@@ -53,79 +52,18 @@ from events.prescription import (
     PrescriptionIssued,
     PrescriptionReturned,
     PrescriptionRouted,
-    RoutingBasis,
 )
 from projections.base import Delivered, RunnerStats
-from services.workers.base import in_log_order, run_worker
+from services.infra.kafka_admin import ensure_topics_async
+from services.workers.base import Worker, in_log_order, run_worker
 
 log = logging.getLogger(__name__)
 
 NAME = "gateway"
-FEED_SCHEMA_VERSION = 1
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
-MessageType = Literal["routed", "returned", "cancelled", "expired", "dispense_withdrawn"]
 
-
-# --- what a pharmacy receives ------------------------------------------------------------------------------
-
-
-class FeedItem(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    drug_code: DrugCode
-    name: str
-    spec: str
-    quantity: int
-    days_supply: int
-    unit_price: Money
-    category: CatalogCategory
-
-
-class FeedPrescription(BaseModel):
-    """A prescription as its pharmacy sees it: dispensing details and the patient's pseudonym, nothing else."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    prescription_id: UUID
-    hospital_id: str
-    business_type: BusinessType
-    patient_ref: PatientRef
-    diagnosis_code: str
-    diagnosis_name: str
-    items: tuple[FeedItem, ...]
-    issued_at: UTCDateTime
-    valid_until: UTCDateTime
-
-    @classmethod
-    def of(cls, event: PrescriptionIssued) -> FeedPrescription:
-        return cls(
-            prescription_id=event.originator_id, hospital_id=event.hospital_id, business_type=event.business_type,
-            patient_ref=event.patient_ref, diagnosis_code=event.diagnosis_code, diagnosis_name=event.diagnosis_name,
-            items=tuple(FeedItem(drug_code=i.drug_code, name=i.name, spec=i.spec, quantity=i.quantity,
-                                 days_supply=i.days_supply, unit_price=i.unit_price, category=i.category)
-                        for i in event.items),
-            issued_at=event.timestamp, valid_until=event.valid_until,
-        )
-
-
-class FeedMessage(BaseModel):
-    """One message on ``rx.pharmacy.<pharmacy_id>``; ``prescription`` is set on ``routed`` only."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    schema_version: int = FEED_SCHEMA_VERSION
-    message_type: MessageType
-    event_id: str = Field(description="id of the triggering event; the same on every redelivery")
-    pharmacy_id: str
-    prescription_id: UUID
-    business_type: BusinessType
-    occurred_at: UTCDateTime
-    basis: RoutingBasis | None = None
-    prescription: FeedPrescription | None = None
-    reason: str | None = None
-    remainder_only: bool | None = None
-    dispense_no: int | None = None
+# --- what goes where ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -137,17 +75,10 @@ class Outgoing:
         return self.message.model_dump_json().encode()
 
     def key(self) -> bytes:
-        return str(self.message.prescription_id).encode()
+        return feed_key(self.message)
 
     def headers(self) -> list[tuple[str, bytes]]:
-        m = self.message
-        return [("event_id", m.event_id.encode()), ("message_type", m.message_type.encode()),
-                ("prescription_id", str(m.prescription_id).encode()), ("pharmacy_id", m.pharmacy_id.encode()),
-                ("schema_version", str(m.schema_version).encode()), ("business_type", m.business_type.value.encode())]
-
-
-def feed_topic(pharmacy_id: str, prefix: str = "rx.pharmacy.") -> str:
-    return f"{prefix}{pharmacy_id}"
+        return feed_headers(self.message)
 
 
 def valid_topic(name: str) -> bool:
@@ -165,23 +96,17 @@ class _Rx:
     pharmacy_id: str | None = None
 
 
-@dataclass
-class GatewayStats:
-    published: int = 0
-    already_published: int = 0
-    by_type: dict[str, int] = field(default_factory=dict)
-
-
-class Gateway:
+class Gateway(Worker):
     """Folds prescription events into per-pharmacy feed messages; ``publish`` must return only once the broker
-    acknowledged every message (it is called inside the transaction that records them)."""
+    acknowledged every message (it is called inside the transaction that records them). ``stats.recorded``
+    counts messages published, ``stats.replayed`` those found already published."""
 
     name = NAME
 
-    def __init__(self, publish: Publish | None = None, *, feed_prefix: str = "rx.pharmacy.") -> None:
+    def __init__(self, publish: Publish | None = None, *, feed_prefix: str = topics.PHARMACY_PREFIX) -> None:
+        super().__init__()
         self.publish = publish
         self.feed_prefix = feed_prefix
-        self.stats = GatewayStats()
 
     def create_tables(self, conn: psycopg.Connection[Any], schema: str) -> None:
         s = sql.Identifier(schema)
@@ -227,7 +152,8 @@ class Gateway:
             elif isinstance(e, DispenseWithdrawn):
                 out.append(self._message(d, rx, "dispense_withdrawn", reason=e.reason, dispense_no=e.dispense_no))
         fresh = _not_yet_published(conn, s, out)
-        self.stats.already_published += len(out) - len(fresh)
+        for _ in range(len(out) - len(fresh)):
+            self.stats.counted(ok=True, replayed=True)
         if fresh:
             if self.publish is None:
                 raise RuntimeError("gateway: no publisher configured")
@@ -237,18 +163,17 @@ class Gateway:
                     sql.SQL("INSERT INTO {}.published (event_id, topic, message_type) VALUES (%s, %s, %s) "
                             "ON CONFLICT (event_id) DO NOTHING").format(s),
                     [(o.message.event_id, o.topic, o.message.message_type) for o in fresh])
-            self.stats.published += len(fresh)
-            for o in fresh:
-                self.stats.by_type[o.message.message_type] = self.stats.by_type.get(o.message.message_type, 0) + 1
+            for _ in fresh:
+                self.stats.counted(ok=True)
         _save(conn, s, {k: rxs[k] for k in touched if k in rxs})
 
-    def _message(self, d: Delivered, rx: _Rx, message_type: MessageType, **fields: Any) -> Outgoing:
+    def _message(self, d: Delivered, rx: _Rx, message_type: FeedMessageType, **fields: Any) -> Outgoing:
         if rx.pharmacy_id is None:
             raise ValueError(f"prescription {d.aggregate_id} has no pharmacy to feed")
         message = FeedMessage(message_type=message_type, event_id=d.event_id, pharmacy_id=rx.pharmacy_id,
                               prescription_id=d.aggregate_id, business_type=rx.details.business_type,
                               occurred_at=d.timestamp, **fields)
-        return Outgoing(feed_topic(rx.pharmacy_id, self.feed_prefix), message)
+        return Outgoing(topics.pharmacy_topic(rx.pharmacy_id, self.feed_prefix), message)
 
 
 _RELEVANT = (PrescriptionIssued, PrescriptionRouted, PrescriptionReturned, PrescriptionCancelled, PrescriptionExpired,
@@ -286,13 +211,15 @@ def _not_yet_published(conn: psycopg.Connection[Any], s: sql.Identifier, out: li
 class FeedPublisher:
     """Sends feed messages from the projection's worker thread through one producer on the event loop.
 
-    ``__call__`` blocks until every message is acknowledged; topics are created on first use.
+    ``__call__`` blocks until every message is acknowledged; topics are created on first use. A message whose
+    topic cannot exist goes to the dead-letter topic through ``worker.dead_letter``.
     """
 
-    def __init__(self, bootstrap: str, loop: asyncio.AbstractEventLoop, *, dlq_topic: str = topics.DLQ,
-                 feed_partitions: int = 1, send_timeout_s: float = 30.0) -> None:
+    def __init__(self, bootstrap: str, loop: asyncio.AbstractEventLoop, worker: Worker, *,
+                 dlq_topic: str = topics.DLQ, feed_partitions: int = 1, send_timeout_s: float = 30.0) -> None:
         self.bootstrap = bootstrap
         self.loop = loop
+        self.worker = worker
         self.dlq_topic = dlq_topic
         self.feed_partitions = feed_partitions
         self.send_timeout_s = send_timeout_s
@@ -300,8 +227,6 @@ class FeedPublisher:
         self._known: set[str] = set()
 
     async def start(self) -> None:
-        from aiokafka import AIOKafkaProducer
-
         self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
         await self.producer.start()
 
@@ -313,8 +238,6 @@ class FeedPublisher:
         asyncio.run_coroutine_threadsafe(self.send(messages), self.loop).result()
 
     async def send(self, messages: Sequence[Outgoing]) -> None:
-        from services.infra.kafka_admin import ensure_topics_async
-
         new = [o.topic for o in messages if valid_topic(o.topic) and o.topic not in self._known]
         if new:
             await ensure_topics_async(self.bootstrap, new, partitions=self.feed_partitions)
@@ -324,11 +247,12 @@ class FeedPublisher:
             if valid_topic(o.topic):
                 pending.append(await self.producer.send(o.topic, value=o.value(), key=o.key(), headers=o.headers()))
                 continue
-            error = f"pharmacy id {o.message.pharmacy_id!r} cannot be a Kafka topic name ({o.topic!r})"
-            log.error("gateway: %s; %s for prescription %s sent to %s", error, o.message.message_type,
-                      o.message.prescription_id, self.dlq_topic)
-            pending.append(await self.producer.send(self.dlq_topic, value=o.value(), key=o.key(), headers=[
-                *o.headers(), ("dlq_error", error.encode()), ("dlq_consumer", f"rxtrail.{NAME}".encode())]))
+            dead = self.worker.dead_letter(
+                o.value(), o.key(), o.headers(),
+                error=f"pharmacy id {o.message.pharmacy_id!r} cannot be a Kafka topic name ({o.topic!r}); "
+                      f"{o.message.message_type} for prescription {o.message.prescription_id}")
+            pending.append(await self.producer.send(self.dlq_topic, value=dead.value, key=dead.key,
+                                                    headers=dead.headers))
         await asyncio.wait_for(asyncio.gather(*pending), self.send_timeout_s)
 
 
@@ -343,7 +267,7 @@ class GatewayConfig:
     dlq_topic: str = topics.DLQ
     group_id: str = "rxtrail.gateway"
     schema: str = NAME
-    feed_prefix: str = "rx.pharmacy."
+    feed_prefix: str = topics.PHARMACY_PREFIX
     feed_partitions: int = 1
     partitions: int = 12
     max_records: int = 500
@@ -352,9 +276,9 @@ class GatewayConfig:
 async def run_gateway(config: GatewayConfig, stop: asyncio.Event, *, idle_timeout_s: float | None = None,
                       gateway: Gateway | None = None) -> Gateway:
     """Feed pharmacies until ``stop`` is set (or nothing arrived for ``idle_timeout_s``); returns the gateway."""
-    publisher = FeedPublisher(config.bootstrap, asyncio.get_running_loop(), dlq_topic=config.dlq_topic,
-                              feed_partitions=config.feed_partitions)
     gateway = gateway or Gateway(feed_prefix=config.feed_prefix)
+    publisher = FeedPublisher(config.bootstrap, asyncio.get_running_loop(), gateway, dlq_topic=config.dlq_topic,
+                              feed_partitions=config.feed_partitions)
     gateway.publish = publisher
     await publisher.start()
     try:
@@ -365,33 +289,5 @@ async def run_gateway(config: GatewayConfig, stop: asyncio.Event, *, idle_timeou
     finally:
         await publisher.stop()
     log.info("gateway: stopped after %d events (%d duplicates); published %d feed messages",
-             stats.applied, stats.duplicates, gateway.stats.published)
+             stats.applied, stats.duplicates, gateway.stats.recorded)
     return gateway
-
-
-def main(argv: list[str] | None = None) -> int:
-    from services.infra.settings import Settings
-    from services.workers.base import configure_logging, run_until_signalled
-
-    settings = Settings()
-    parser = argparse.ArgumentParser(prog="python -m services.workers.gateway", description="Feed routed prescriptions to "
-                                     "their pharmacies on rx.pharmacy.<pharmacy_id>.")
-    parser.add_argument("--topic", default=topics.EVENTS)
-    parser.add_argument("--group-id", default="rxtrail.gateway")
-    parser.add_argument("--schema", default=NAME)
-    parser.add_argument("--feed-prefix", default="rx.pharmacy.")
-    parser.add_argument("--feed-partitions", type=int, default=1)
-    args = parser.parse_args(argv)
-    configure_logging()
-    config = GatewayConfig(settings.resolved_database_url(), settings.resolved_kafka_bootstrap(), topic=args.topic,
-                           group_id=args.group_id, schema=args.schema, feed_prefix=args.feed_prefix,
-                           feed_partitions=args.feed_partitions, partitions=settings.partitions)
-
-    async def body(stop: asyncio.Event) -> None:
-        await run_gateway(config, stop)
-
-    return run_until_signalled(body)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

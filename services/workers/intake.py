@@ -2,15 +2,18 @@
 
 Topics (DESIGN.md, Topics): ``rx.inbound.<hospital_id>`` — the sender is that hospital; ``rx.inbound.pharmacy``
 — the sender is the pharmacy the command names (``dispenser_id``, or a ``pharmacy_id`` message header for the
-commands that name none). The same gate as HTTP decides what a sender may do and see.
+commands that name none). The same gate as HTTP (``services.application.access``) decides what a sender may
+do and see.
 
-Per batch: decode every message; refuse what the gate refuses; apply the rest with ``RxTrail.apply_batch``
-(outcomes are stored in the events' transaction); publish refusals to ``rx.rejections`` and undecodable input
-to ``rx.dlq``; only then commit the offsets. A crash anywhere before the commit redelivers the batch, and
-that is harmless: every command gets an idempotency key (the sender's ``command_id``, else the message's
-topic/partition/offset), so a redelivered command returns its first outcome and records nothing new.
+``Intake`` is a ``CommandWorker`` (``services.workers.base``). Per batch: decode every message; refuse what the
+gate refuses; apply the rest with ``issue_batch`` (``RxTrail.apply_batch``: outcomes are stored in the events'
+transaction); publish refusals to ``rx.rejections`` (``events.contracts.Rejection``) and undecodable input to
+``rx.dlq`` (``Worker.dead_letter``); only then commit the offsets and count the batch in ``stats``. A crash
+anywhere before the commit redelivers the batch, and that is harmless: every command is keyed by the message
+that carried it (the sender's ``command_id``, else the message's topic/partition/offset, scoped to the
+sender), so a redelivered command returns its first outcome and records nothing new.
 
-``python -m services.workers.intake`` runs one intake worker until SIGINT/SIGTERM.
+``rxtrail run intake`` runs one intake worker until SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
@@ -28,38 +31,23 @@ from faststream import FastStream
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from faststream.middlewares import AckPolicy
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from faststream.specification import AsyncAPI
+from pydantic import ValidationError
 
 from events import topics
+from events.contracts import Rejection, record_source
+from events.envelope import header
 from services.adapters.api_keys import Party, PartyKind
-from services.api.access import Gate
-from services.api.http import command_id as scoped_command_id
-from services.api.models import find_nul
+from services.application import RxTrail
 from services.application import commands as c
-from services.application.outcomes import Outcome
+from services.application.access import Gate, find_nul, scoped_command_id
 from services.domain.errors import DomainError, NotFound
-from services.infra.settings import Settings
+from services.workers.base import CommandWorker, DeadLetter, WorkerStats
 
 log = logging.getLogger("rxtrail.inbound")
 
 INTAKE_GROUP = "rxtrail-intake"
-INBOUND_PATTERN = r"rx\.inbound\..+"
 PHARMACY_HEADER = "pharmacy_id"
-
-
-class Rejection(BaseModel):
-    """What ``rx.rejections`` carries (key: the sender's command_id, else the message key)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    command_id: str | None = Field(description="the sender's reference, as sent")
-    command_kind: str | None
-    sender: str | None
-    error: str = Field(description="RuleViolation, IllegalTransition, PrescriptionNotFound, ValidationError, ...")
-    rule: str | None = Field(default=None, description="the rule id (services.domain.rules) when a rule refused the command")
-    reason: str
-    ids: dict[str, str] = Field(default_factory=dict)
-    source: str = Field(description="topic/partition/offset of the refused message")
 
 
 @dataclass
@@ -73,16 +61,7 @@ class Item:
 
     @property
     def source(self) -> str:
-        return f"{self.record.topic}/{self.record.partition}/{self.record.offset}"
-
-
-@dataclass
-class IntakeStats:
-    batches: int = 0
-    applied: int = 0
-    rejected: int = 0
-    dead_lettered: int = 0
-    failures: int = 0
+        return record_source(self.record.topic, self.record.partition, self.record.offset)
 
 
 def _key_text(record: ConsumerRecord[Any, Any]) -> str | None:
@@ -92,20 +71,19 @@ def _key_text(record: ConsumerRecord[Any, Any]) -> str | None:
     return None if key is None else str(key)
 
 
-def _header(record: ConsumerRecord[Any, Any], name: str) -> str | None:
-    for k, v in record.headers or ():
-        if k == name and v is not None:
-            return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
-    return None
+class Intake(CommandWorker):
+    """Turns a batch of records into outcomes; knows nothing of faststream (tests drive it directly too).
+    ``stats.ok`` counts commands applied (first time or replayed), ``stats.rejected`` every refusal."""
 
+    name = "intake"
 
-class Intake:
-    """Turns a batch of records into outcomes; knows nothing of faststream (tests drive it directly too)."""
-
-    def __init__(self, application: Any, gate: Gate) -> None:
-        self.application = application
+    def __init__(self, application: RxTrail, gate: Gate) -> None:
+        super().__init__(application)
         self.gate = gate
-        self.stats = IntakeStats()
+
+    @property
+    def consumer(self) -> str:
+        return INTAKE_GROUP
 
     # --- deciding (blocking: runs in a worker thread) ---------------------------------------------
     def decode(self, record: ConsumerRecord[Any, Any]) -> Item:
@@ -146,9 +124,9 @@ class Intake:
 
     @staticmethod
     def sender(record: ConsumerRecord[Any, Any], command: c.Command) -> Party | None:
-        suffix = record.topic.removeprefix("rx.inbound.")
+        suffix = record.topic.removeprefix(topics.INBOUND_PREFIX)
         if record.topic == topics.INBOUND_PHARMACY:
-            pharmacy_id = getattr(command, "dispenser_id", None) or _header(record, PHARMACY_HEADER)
+            pharmacy_id = getattr(command, "dispenser_id", None) or header(record.headers, PHARMACY_HEADER)
             return Party(PartyKind.PHARMACY, pharmacy_id) if pharmacy_id else None
         return Party(PartyKind.HOSPITAL, suffix) if suffix else None
 
@@ -157,10 +135,12 @@ class Intake:
         return Rejection(command_id=item.reference, command_kind=kind, sender=str(item.sender) if item.sender else None,
                          error=error, rule=rule, reason=reason, ids=ids or {}, source=item.source)
 
-    def decide(self, records: Sequence[ConsumerRecord[Any, Any]]) -> list[Item]:
+    def decide(self, records: Sequence[ConsumerRecord[Any, Any]], counts: WorkerStats | None = None) -> list[Item]:
         """Check and apply in message order. Commands go to ``apply_batch`` in runs; a run is cut short when a
         check cannot find something an earlier command of the same batch may be creating (a visit and the
-        prescription issued from it, a routing and the pharmacy's acceptance), so checks see what came before."""
+        prescription issued from it, a routing and the pharmacy's acceptance), so checks see what came before.
+        Outcomes are counted in ``counts`` (default: ``stats``)."""
+        counts = self.stats if counts is None else counts
         items = [self.decode(r) for r in records]
         run: list[Item] = []
         for item in items:
@@ -172,7 +152,7 @@ class Intake:
                 except NotFound:
                     if not run:
                         raise
-                    self._apply(run)
+                    self._apply(run, counts)
                     run = []
                     self.gate.check(item.sender, item.command)
             except DomainError as exc:
@@ -182,13 +162,13 @@ class Intake:
                 item.command = None
                 continue
             run.append(item)
-        self._apply(run)
+        self._apply(run, counts)
         return items
 
-    def _apply(self, run: Sequence[Item]) -> None:
+    def _apply(self, run: Sequence[Item], counts: WorkerStats) -> None:
         if not run:
             return
-        outcomes: list[Outcome] = self.application.apply_batch([i.command for i in run])
+        outcomes = self.issue_batch([i.command for i in run if i.command is not None], counts)
         for item, outcome in zip(run, outcomes, strict=True):
             if not outcome.ok:
                 item.refusal = self._refusal(item, getattr(item.command, "kind", None), outcome.error or "Refused",
@@ -196,16 +176,16 @@ class Intake:
 
     # --- answering --------------------------------------------------------------------------------
     async def process(self, records: Sequence[ConsumerRecord[Any, Any]], broker: KafkaBroker) -> None:
-        """Decide, apply and answer one batch; raises if anything could not be stored or published."""
-        items = await asyncio.to_thread(self.decide, records)
+        """Decide, apply and answer one batch; raises if anything could not be stored or published. The batch is
+        counted in ``stats`` once everything is answered."""
+        counts = WorkerStats()
+        items = await asyncio.to_thread(self.decide, records, counts)
         sends = []
         for item in items:
             if item.dead is not None:
-                headers = {k: (v.decode(errors="replace") if isinstance(v, bytes) else str(v))
-                           for k, v in item.record.headers or ()}
-                headers.update({"dlq_error": item.dead, "dlq_source": item.source, "dlq_consumer": INTAKE_GROUP})
-                sends.append(broker.publish(item.record.value or b"", topic=topics.DLQ, key=item.record.key,
-                                            headers=headers))
+                dead: DeadLetter = self.dead_letter(item.record.value, item.record.key, item.record.headers,
+                                                    error=item.dead, source=item.source, counts=counts)
+                sends.append(broker.publish(dead.value, topic=topics.DLQ, key=dead.key, headers=dead.header_map()))
             elif item.refusal is not None:
                 key = (item.refusal.command_id or "").encode() or item.record.key
                 sends.append(broker.publish(item.refusal.model_dump_json().encode(), topic=topics.REJECTIONS,
@@ -215,10 +195,9 @@ class Intake:
                 log.info("refused %s from %s: %s %s", item.refusal.command_kind, item.refusal.sender,
                          item.refusal.error, item.refusal.rule or "")
         await asyncio.gather(*sends)
-        self.stats.batches += 1
-        self.stats.dead_lettered += sum(i.dead is not None for i in items)
-        self.stats.rejected += sum(i.refusal is not None for i in items)
-        self.stats.applied += sum(i.command is not None and i.refusal is None for i in items)
+        counts.rejected += sum(i.refusal is not None and i.command is None for i in items)  # refused before issue
+        counts.batches += 1
+        self.stats.merge(counts)
 
 
 # --- composition root ----------------------------------------------------------------------------------
@@ -226,19 +205,17 @@ class Intake:
 
 @dataclass
 class IntakeWorker:
+    """The intake on its faststream broker; the application it was given stays the caller's to close."""
+
     broker: KafkaBroker
     app: FastStream
     intake: Intake
-    application: Any
-    owned: bool
 
     async def start(self) -> None:
         await self.broker.start()
 
     async def stop(self) -> None:
         await self.broker.stop()
-        if self.owned:
-            self.application.close()
 
 
 def _declare_publishers(broker: KafkaBroker) -> None:
@@ -247,7 +224,8 @@ def _declare_publishers(broker: KafkaBroker) -> None:
         "every recorded event, key = aggregate id; headers: event_id, aggregate_id, aggregate_version, "
         "notification_id, event_type, schema_version, business_type (written by the relay)"),
         schema=dict[str, Any])
-    broker.publisher("rx.pharmacy.{pharmacy_id}", title="rx.pharmacy.{pharmacy_id}", description=(
+    feed = topics.pharmacy_topic("{pharmacy_id}")
+    broker.publisher(feed, title=feed, description=(
         "prescriptions routed to one pharmacy, patient pseudonymised, key = prescription id (gateway)"),
         schema=dict[str, Any])
     broker.publisher(topics.REJECTIONS, title="rx.rejections", description=(
@@ -263,25 +241,19 @@ def build_broker(bootstrap: str, metadata_max_age_ms: int = 30_000) -> KafkaBrok
 
 
 def create_intake(
-    settings: Settings | None = None,
+    application: RxTrail,
+    bootstrap: str,
     *,
-    application: Any = None,
     group_id: str = INTAKE_GROUP,
-    pattern: str = INBOUND_PATTERN,
+    pattern: str = topics.INBOUND_PATTERN,
     max_records: int = 500,
     session_timeout_ms: int = 10_000,
     heartbeat_interval_ms: int = 3_000,
     retry_delay_s: float = 1.0,
 ) -> IntakeWorker:
     """The intake worker: a faststream KafkaBroker with one batch subscriber on every ``rx.inbound.*`` topic."""
-    settings = settings or Settings()
-    owned = application is None
-    if owned:
-        from services.api.wiring import build_application
-
-        application = build_application(settings)
     intake = Intake(application, Gate(application.store))
-    broker = build_broker(settings.resolved_kafka_bootstrap())
+    broker = build_broker(bootstrap)
 
     @broker.subscriber(
         pattern=pattern, group_id=group_id, batch=True, max_records=max_records, batch_timeout_ms=100,
@@ -303,8 +275,7 @@ def create_intake(
         await msg.ack()
 
     _declare_publishers(broker)
-    return IntakeWorker(broker=broker, app=FastStream(broker, logger=log), intake=intake, application=application,
-                        owned=owned)
+    return IntakeWorker(broker=broker, app=FastStream(broker, logger=log), intake=intake)
 
 
 async def _raw_values(msg: Any) -> list[Any]:
@@ -318,11 +289,9 @@ async def _raw_values(msg: Any) -> list[Any]:
 
 def asyncapi_document() -> dict[str, Any]:
     """The AsyncAPI 3.0 document of rxtrail's topics (no connection is opened)."""
-    from faststream.specification import AsyncAPI
-
     broker = build_broker("localhost:9092")
 
-    @broker.subscriber(pattern=INBOUND_PATTERN, group_id=INTAKE_GROUP, batch=True, title="rx.inbound.*",
+    @broker.subscriber(pattern=topics.INBOUND_PATTERN, group_id=INTAKE_GROUP, batch=True, title="rx.inbound.*",
                        description="commands as JSON from hospitals (rx.inbound.<hospital_id>) and pharmacies "
                                    "(rx.inbound.pharmacy); key = the sender's reference")
     async def inbound(body: list[c.AnyCommand]) -> None: ...  # the schema of what senders may send
@@ -339,24 +308,3 @@ def export_asyncapi(path: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(asyncapi_document(), indent=2, ensure_ascii=False) + "\n")
     return out
-
-
-def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("aiokafka",):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    worker = create_intake(Settings())
-
-    async def run() -> None:
-        try:
-            await worker.app.run()
-        finally:
-            if worker.owned:
-                worker.application.close()
-
-    asyncio.run(run())
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

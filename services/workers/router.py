@@ -1,25 +1,12 @@
 """Router: sends each approved prescription to a designated retail pharmacy (trail step 4, 处方流转;
-002 §三(六), 000 §五(三)3, 001 art. 25). ``python -m services.workers.router`` runs it until SIGTERM.
+002 §三(六), 000 §五(三)3, 001 art. 25). ``rxtrail run router`` runs it until SIGTERM.
 
 When it routes. On ``PrescriptionApproved``, and again on ``PrescriptionReturned`` (the pharmacy declined).
 A prescription for which no pharmacy is eligible is left approved — nothing is recorded, a WARNING is logged
 and ``RouterStats.unroutable`` counts it — and is tried again when a pharmacy is designated in its pooling
 region. The hospital can still route it (or dispense itself) through the API at any time.
 
-Where it routes, in this order:
-
-1. The patient's choice (``PrescriptionIssued.preferred_pharmacy_id``), unless the router knows that pharmacy
-   cannot take it: agreement suspended, another pooling region, or it already returned this prescription.
-   Its declared drug list is not checked: the patient chose it (if it lacks a drug it returns the
-   prescription, and the rule below picks another). A chosen pharmacy the router has not seen yet is tried
-   all the same; the write side holds the pharmacy's record and refuses it if it is not eligible.
-2. The routing rule. Eligible: designated in the prescription's pooling region, agreement active, has not
-   returned this prescription, and has declared a drug list (``PharmacyDesignated.drug_codes``) holding
-   every drug of the prescription. A pharmacy that declared no list is never picked by the rule (we do not
-   know what it carries), only by the patient's choice. Among the eligible, the pharmacy with the lowest
-   ``sha256("<prescription id>|<pharmacy id>")`` (hex) wins: the same prescription and pharmacies always give
-   the same pharmacy, prescriptions spread evenly over a region's pharmacies, and designating or suspending
-   one pharmacy moves only the prescriptions that pharmacy wins or held (rendezvous hashing).
+Where it routes: ``services.domain.routing`` (the pure choice: the patient's choice, then the routing rule).
 
 Each choice is sent as ``RoutePrescription`` keyed by the triggering event (the approval or the return):
 the first under ``"router:<event id>"``, later ones under ``"router:<event id>:<n>"``, n counting the commands
@@ -41,11 +28,8 @@ and a prescription can be routed only while it is approved, so no path routes it
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import hashlib
 import logging
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -63,11 +47,11 @@ from events.prescription import (
     PrescriptionRejected,
     PrescriptionReturned,
     PrescriptionRouted,
-    RoutingBasis,
 )
 from events.registries import PharmacyAgreementSuspended, PharmacyDesignated
 from projections.base import Delivered, RunnerStats
 from services.application.commands import RoutePrescription
+from services.domain.routing import PharmacyInfo, RoutingRequest, candidates
 from services.workers.base import CommandHandler, CommandWorker, in_log_order, run_worker
 
 log = logging.getLogger(__name__)
@@ -76,82 +60,6 @@ NAME = "router"
 MAX_CANDIDATES = 3
 PHARMACY_REFUSALS = frozenset({"PharmacyNotFound", "PartyNotEligible"})
 """Outcome errors that concern the pharmacy chosen, not the prescription: the next candidate is tried."""
-
-
-# --- the choice (pure) ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PharmacyInfo:
-    """A designated pharmacy as the router knows it; ``drug_codes`` None = no list declared."""
-
-    pharmacy_id: str
-    pooling_region: str
-    agreement_active: bool = True
-    drug_codes: frozenset[str] | None = None
-
-
-@dataclass(frozen=True)
-class RoutingRequest:
-    """What the choice depends on: the prescription's region and drugs, the patient's choice, past returns."""
-
-    prescription_id: UUID
-    pooling_region: str
-    drug_codes: frozenset[str]
-    preferred_pharmacy_id: str | None = None
-    returned_by: frozenset[str] = frozenset()
-
-
-@dataclass(frozen=True)
-class Candidate:
-    pharmacy_id: str
-    basis: RoutingBasis
-
-
-def rule_rank(prescription_id: UUID, pharmacy_id: str) -> str:
-    """The rule's order: lower wins (hex digest, so plain string order)."""
-    return hashlib.sha256(f"{prescription_id}|{pharmacy_id}".encode()).hexdigest()
-
-
-def may_take(request: RoutingRequest, pharmacy: PharmacyInfo) -> bool:
-    """May this pharmacy receive the prescription at all: same pooling region, agreement active, not returned."""
-    return (
-        pharmacy.pooling_region == request.pooling_region
-        and pharmacy.agreement_active
-        and pharmacy.pharmacy_id not in request.returned_by
-    )
-
-
-def eligible_by_rule(request: RoutingRequest, pharmacy: PharmacyInfo) -> bool:
-    """``may_take`` and it declared a drug list that holds every drug of the prescription."""
-    return (
-        may_take(request, pharmacy)
-        and pharmacy.drug_codes is not None
-        and request.drug_codes <= pharmacy.drug_codes
-    )
-
-
-def candidates(request: RoutingRequest, pharmacies: Iterable[PharmacyInfo]) -> list[Candidate]:
-    """Pharmacies to try, best first: the patient's choice (unless known ineligible), then the rule's order."""
-    known = {p.pharmacy_id: p for p in pharmacies}
-    out: list[Candidate] = []
-    chosen = request.preferred_pharmacy_id
-    if chosen is not None and chosen not in request.returned_by:
-        info = known.get(chosen)
-        if info is None or may_take(request, info):
-            out.append(Candidate(chosen, RoutingBasis.PATIENT_CHOICE))
-    ranked = sorted(
-        (p.pharmacy_id for p in known.values() if p.pharmacy_id != chosen and eligible_by_rule(request, p)),
-        key=lambda pharmacy_id: rule_rank(request.prescription_id, pharmacy_id),
-    )
-    out.extend(Candidate(pharmacy_id, RoutingBasis.ROUTING_RULE) for pharmacy_id in ranked)
-    return out
-
-
-def choose(request: RoutingRequest, pharmacies: Iterable[PharmacyInfo]) -> Candidate | None:
-    """The first candidate, or None when no pharmacy is eligible."""
-    found = candidates(request, pharmacies)
-    return found[0] if found else None
 
 
 # --- state ------------------------------------------------------------------------------------------------
@@ -201,7 +109,7 @@ class Router(CommandWorker):
 
     def __init__(self, app: CommandHandler) -> None:
         super().__init__(app)
-        self.stats = RouterStats()
+        self.routing = RouterStats()
 
     def create_tables(self, conn: psycopg.Connection[Any], schema: str) -> None:
         s = sql.Identifier(schema)
@@ -296,25 +204,25 @@ class Router(CommandWorker):
                                                    command_id=self.key(rx.trigger_event_id, *qualifiers)))
             if outcome.ok:
                 rx.status = ROUTED
-                self.stats.routed += 1
+                self.routing.routed += 1
                 if outcome.replayed:
                     log.info("router: prescription %s was already routed under key %s", rx.prescription_id,
                              outcome.command_id)
                     return
-                self.stats.by_basis[candidate.basis.value] = self.stats.by_basis.get(candidate.basis.value, 0) + 1
+                self.routing.by_basis[candidate.basis.value] = self.routing.by_basis.get(candidate.basis.value, 0) + 1
                 log.info("router: prescription %s → pharmacy %s (%s)", rx.prescription_id, candidate.pharmacy_id,
                          candidate.basis.value)
                 return
             if outcome.error not in PHARMACY_REFUSALS:
                 rx.status = HELD
-                self.stats.held += 1
+                self.routing.held += 1
                 log.warning("router: prescription %s not routed: %s %s", rx.prescription_id, outcome.error,
                             outcome.reason)
                 return
             log.info("router: pharmacy %s refused for prescription %s (%s); trying the next", candidate.pharmacy_id,
                      rx.prescription_id, outcome.reason)
         rx.status = UNROUTABLE
-        self.stats.unroutable += 1
+        self.routing.unroutable += 1
         log.warning("router: NO ELIGIBLE PHARMACY for prescription %s in pooling region %s (drugs %s; %d refused); "
                     "it stays approved and is tried again when a pharmacy is designated there",
                     rx.prescription_id, rx.pooling_region, ",".join(sorted(rx.drug_codes)), len(tries))
@@ -422,51 +330,5 @@ async def run_router(config: RouterConfig, stop: asyncio.Event, app: CommandHand
         group_id=config.group_id, schema=config.schema, partitions=config.partitions,
         max_records=config.max_records, idle_timeout_s=idle_timeout_s)
     log.info("router: stopped after %d events (%d duplicates); routed %d, unroutable %d, held %d",
-             stats.applied, stats.duplicates, router.stats.routed, router.stats.unroutable, router.stats.held)
+             stats.applied, stats.duplicates, router.routing.routed, router.routing.unroutable, router.routing.held)
     return router
-
-
-def main(argv: list[str] | None = None) -> int:
-    from services.infra.settings import Settings
-    from services.workers.base import configure_logging, run_until_signalled
-
-    settings = Settings()
-    parser = argparse.ArgumentParser(prog="python -m services.workers.router", description="Route approved prescriptions.")
-    parser.add_argument("--topic", default=topics.EVENTS)
-    parser.add_argument("--group-id", default="rxtrail.router")
-    parser.add_argument("--schema", default=NAME)
-    args = parser.parse_args(argv)
-    configure_logging()
-    config = RouterConfig(settings.resolved_database_url(), settings.resolved_kafka_bootstrap(), topic=args.topic,
-                          group_id=args.group_id, schema=args.schema, partitions=settings.partitions)
-    app = _open_application(config.database_url, settings.resolved_pseudonym_secret())
-
-    async def body(stop: asyncio.Event) -> None:
-        await run_router(config, stop, app)
-
-    try:
-        return run_until_signalled(body)
-    finally:
-        app.close()
-
-
-def _open_application(database_url: str, pseudonym_secret: bytes, attempts: int = 5) -> Any:
-    """Build the write side, retrying a few times: at stack start-up several processes create its tables at
-    once, and PostgreSQL may refuse the loser of a concurrent CREATE TABLE IF NOT EXISTS."""
-    import time
-
-    from services.application import build_application
-
-    for attempt in range(1, attempts + 1):
-        try:
-            return build_application(database_url, pseudonym_secret=pseudonym_secret)
-        except Exception as exc:  # retried, then raised with its cause
-            if attempt == attempts:
-                raise
-            log.warning("router: opening the event store failed (%s); retrying", exc)
-            time.sleep(attempt)
-    raise AssertionError("unreachable")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

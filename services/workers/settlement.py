@@ -6,9 +6,10 @@ Triggers:
   dispensed it (pharmacy, or the hospital's physical institution);
 - ``FollowUpVisitRecorded`` → settle the consultation fee with the physical institution.
 
-Each command is keyed by the triggering event: ``command_id = "settle:" + event_id`` (the relay's deterministic
-event id), so a redelivered or republished trigger gets the first outcome back and records nothing. The
-aggregates themselves settle at most once (optimistic concurrency), whatever triggers race.
+A ``CommandWorker`` (``services.workers.base``). Each command is keyed by the triggering event:
+``command_id = "settle:" + event_id`` (the relay's deterministic event id), so a redelivered or republished
+trigger gets the first outcome back and records nothing. The aggregates themselves settle at most once
+(optimistic concurrency), whatever triggers race.
 
 State (schema ``settlement_worker``, written in the consumer loop's transaction together with the offsets):
 ``patients`` (R11 status from ``PatientSuspendedForFraud`` / ``PatientReinstated``) and ``ledger`` (one row per
@@ -26,14 +27,13 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
 import psycopg
-from eventsourcing.application import AggregateNotFoundError
 from psycopg import sql
 
 from events.base import ZERO, RealNameMethod
@@ -60,7 +60,7 @@ from services.application.claims import (
 from services.application.commands import Command
 from services.application.outcomes import Outcome
 from services.domain.aggregate import project_all
-from services.domain.encounter import Encounter, project_encounter
+from services.domain.encounter import Encounter
 from services.domain.errors import DomainError
 from services.domain.policy import DEFAULT_RULES, RuleConfig
 from services.domain.prescription import Prescription, RxStatus
@@ -68,27 +68,19 @@ from services.domain.rules import R11
 from services.domain.settlement import RegionCatalog, Split, YearToDate, split
 from services.reference import Reference, ReferenceNotFound, load_reference
 from services.reference.policies import PolicyNotFound, load_policy
-from services.workers.base import command_key, in_log_order
+from services.workers.base import CommandWorker, command_key, in_log_order
 
 log = logging.getLogger("rxtrail.settlement")
 
 SETTLEABLE = frozenset({RxStatus.DELIVERED, RxStatus.COLLECTED})
+KEY_PREFIX = "settle"
 SUSPENDED_RETRY = ":R11"
 """Suffix of the one retry after an R11 refusal (the suspension reached the record before this worker's table)."""
 
 
 def command_id_for(event_id: str) -> str:
-    """``settle:<event id>`` (``services.workers.command_key``)."""
-    return command_key("settle", event_id)
-
-
-@dataclass
-class WorkerStats:
-    issued: int = 0
-    settled: int = 0
-    replayed: int = 0
-    skipped: int = 0
-    rejected: int = 0
+    """``settle:<event id>`` (``services.workers.base.command_key``)."""
+    return command_key(KEY_PREFIX, event_id)
 
 
 @dataclass
@@ -109,19 +101,23 @@ class _Ytd:
     personal_account: Decimal = ZERO
 
 
-@dataclass
-class SettlementWorker:
-    """The worker as a :class:`projections.base.Projection`: the shared loop owns Kafka, offsets and the transaction."""
+class SettlementWorker(CommandWorker):
+    """A command worker on the shared loop (a :class:`projections.base.Projection`: the loop owns Kafka, offsets
+    and the transaction). ``stats.recorded`` counts settlements recorded, ``stats.skipped`` triggers that called
+    for none."""
 
+    name = "settlement_worker"
     app: RxTrail
-    config: SettlementConfig = field(default_factory=SettlementConfig)
-    reference: Reference | None = None
-    rules: RuleConfig = DEFAULT_RULES
-    stats: WorkerStats = field(default_factory=WorkerStats)
-    name: str = "settlement_worker"
 
-    def __post_init__(self) -> None:
-        self._catalog: Reference = self.reference or load_reference()
+    def __init__(self, app: RxTrail, config: SettlementConfig | None = None, *, reference: Reference | None = None,
+                 rules: RuleConfig = DEFAULT_RULES) -> None:
+        super().__init__(app)
+        self.config = config or SettlementConfig()
+        self.rules = rules
+        self._catalog: Reference = reference or load_reference()
+
+    def key(self, event_id: str, *qualifiers: str) -> str:
+        return command_key(KEY_PREFIX, event_id, *qualifiers)
 
     # --- Projection protocol ------------------------------------------------------------------------
     def create_tables(self, conn: psycopg.Connection[Any], schema: str) -> None:
@@ -185,12 +181,11 @@ class SettlementWorker:
         return isinstance(e, PrescriptionDispensed) and e.complete
 
     def _issue(self, conn: psycopg.Connection[Any], schema: str, triggers: Sequence[Delivered]) -> None:
-        ids = [command_id_for(d.event_id) for d in triggers]
-        recorded = self.app.recorded_outcomes([*ids, *(i + SUSPENDED_RETRY for i in ids)])
+        ids = [self.key(d.event_id) for d in triggers]
+        recorded = self.recall([*ids, *(i + SUSPENDED_RETRY for i in ids)])
         plans: list[_Plan] = []
         for d, command_id in zip(triggers, ids, strict=True):
             if command_id in recorded:
-                self.stats.replayed += 1
                 continue
             try:
                 plan = self._plan(d, command_id)
@@ -212,7 +207,7 @@ class SettlementWorker:
         return self._plan_prescription(d, command_id)
 
     def _plan_prescription(self, d: Delivered, command_id: str) -> _Plan | str:
-        events = list(self.app.store.events.get(d.aggregate_id))
+        events = self.app.history(d.aggregate_id)
         if not events:
             return "prescription not in the event store"
         rx = project_all(Prescription, events)
@@ -235,12 +230,12 @@ class SettlementWorker:
         return _Plan(command_id, rx.id, rx.patient_ref, rx.insurance_type, build)
 
     def _plan_consultation(self, visit: FollowUpVisitRecorded, command_id: str) -> _Plan | str:
-        try:
-            encounter = self.app.store.repository.get(visit.originator_id, projector_func=project_encounter)
-        except AggregateNotFoundError:
+        events = self.app.history(visit.originator_id)
+        if not events:
             return "visit not in the event store"
-        if not isinstance(encounter, Encounter):
+        if not isinstance(events[0], FollowUpVisitRecorded):
             return "not an encounter"
+        encounter = project_all(Encounter, events)
         if encounter.settled:
             return "consultation already settled"
         policy = load_policy(visit.insured_region, as_of=self.rules.local_date(self.app.clock.now()))
@@ -259,7 +254,7 @@ class SettlementWorker:
         collected = [e for e in events if isinstance(e, PrescriptionCollected)]
         if collected:
             return collected[-1].verification_method
-        visit = next(iter(self.app.store.events.get(rx.encounter_id, lte=1)), None)
+        visit = next(iter(self.app.history(rx.encounter_id, up_to=1)), None)
         if isinstance(visit, FollowUpVisitRecorded):
             return visit.verification_method
         return RealNameMethod.E_VOUCHER
@@ -283,36 +278,33 @@ class SettlementWorker:
             ready.append((plan, outcome, command))
         if not ready:
             return
-        outcomes = self.app.apply_batch([command for _, _, command in ready])
-        self.stats.issued += len(ready)
+        outcomes = self.issue_batch([command for _, _, command in ready])
         retry: list[tuple[_Plan, Split, Command]] = []
-        for (plan, outcome, command), result in zip(ready, outcomes, strict=True):
+        for (plan, outcome, _), result in zip(ready, outcomes, strict=True):
             if result.ok:
-                self._booked(conn, schema, plan, outcome, year, result)
+                self._booked(conn, schema, plan, outcome, year)
             elif result.rule_id == R11 and not plan.command_id.endswith(SUSPENDED_RETRY):
-                figures = ytd.get(plan.patient_ref, _Ytd())
-                plan = _Plan(plan.command_id + SUSPENDED_RETRY, plan.aggregate_id, plan.patient_ref,
-                             plan.insurance_type, plan.build)
-                outcome, command = plan.build(YearToDate(deductible_met=figures.deductible, fund_paid=figures.fund),
-                                              ZERO, True)
-                retry.append((plan, outcome, command.model_copy(update={"command_id": plan.command_id,
-                                                                        "settlement_ref": plan.command_id})))
+                retry.append(self._without_insurance(plan, ytd.get(plan.patient_ref, _Ytd())))
             else:
                 self._rejected(conn, schema, plan, result)
         for (plan, outcome, command) in retry:
-            result = self.app.handle(command)
-            self.stats.issued += 1
+            result = self.issue(command)
             if result.ok:
-                self._booked(conn, schema, plan, outcome, year, result)
+                self._booked(conn, schema, plan, outcome, year)
             else:
                 self._rejected(conn, schema, plan, result)
 
-    def _booked(self, conn: psycopg.Connection[Any], schema: str, plan: _Plan, outcome: Split, year: int,
-                result: Outcome) -> None:
-        if result.replayed:
-            self.stats.replayed += 1
-        else:
-            self.stats.settled += 1
+    @staticmethod
+    def _without_insurance(plan: _Plan, figures: _Ytd) -> tuple[_Plan, Split, Command]:
+        """The one retry after an R11 refusal: the patient is suspended, under the retry's own key."""
+        again = _Plan(plan.command_id + SUSPENDED_RETRY, plan.aggregate_id, plan.patient_ref, plan.insurance_type,
+                      plan.build)
+        outcome, command = again.build(YearToDate(deductible_met=figures.deductible, fund_paid=figures.fund), ZERO,
+                                       True)
+        return again, outcome, command.model_copy(update={"command_id": again.command_id,
+                                                          "settlement_ref": again.command_id})
+
+    def _booked(self, conn: psycopg.Connection[Any], schema: str, plan: _Plan, outcome: Split, year: int) -> None:
         conn.execute(sql.SQL(
             "INSERT INTO {}.ledger (aggregate_id, patient_ref, year, fund, personal_account, deductible, source)"
             " VALUES (%s, %s, %s, %s, %s, %s, 'issued') ON CONFLICT (aggregate_id) DO UPDATE SET"
@@ -321,7 +313,6 @@ class SettlementWorker:
              outcome.deductible_applied))
 
     def _rejected(self, conn: psycopg.Connection[Any], schema: str, plan: _Plan, result: Outcome) -> None:
-        self.stats.rejected += 1
         reason = f"{result.error} {result.rule_id or ''}: {result.reason}"
         log.warning("settlement %s of %s refused: %s", plan.command_id, plan.aggregate_id, reason)
         self._skip(conn, schema, plan.command_id, plan.aggregate_id, reason, count=False)

@@ -133,6 +133,7 @@ def test_idempotency_key_returns_the_first_outcome(actors: Actors) -> None:
     r1 = actors.post(actors.pharmacy, f"/pharmacy/prescriptions/{rx}/dispenses", dispense_body(1), key="disp-2")
     r2 = actors.post(actors.pharmacy, f"/pharmacy/prescriptions/{rx}/dispenses", dispense_body(1), key="disp-2")
     assert r1.status_code == r2.status_code == 409 and r1.json() == r2.json()
+    assert (r1.json()["error"], r1.json()["rule"]) == ("RuleViolation", "R13")
 
 
 def test_second_sale_of_a_trace_code_is_r8(actors: Actors) -> None:

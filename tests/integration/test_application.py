@@ -124,7 +124,8 @@ def test_partial_dispensing_is_summed_and_r13_refuses_over_dispensing(app: RxTra
     dispenses = [e for e in load_stream(app.store, rx) if isinstance(e, PrescriptionDispensed)]
     assert [(d.dispense_no, d.complete) for d in dispenses] == [(1, False), (2, True)]
     again = cast.dispense(rx, line(METFORMIN, 1, codes=1))
-    assert again.status == "rejected" and again.error == "IllegalTransition"
+    assert (again.status, again.error, again.rule_id) == ("rejected", "RuleViolation", "R13")
+    assert again.reason == "prescription already dispensed in full"
 
 
 def test_cancellation_after_routing(app: RxTrail, cast: Cast) -> None:
@@ -155,7 +156,7 @@ def test_expiry(app: RxTrail, cast: Cast) -> None:
     app.clock.advance(timedelta(days=4))
     late = app.handle(c.RoutePrescription(prescription_id=rx, pharmacy_id=cast.pharmacy,
                                           basis=RoutingBasis.PATIENT_CHOICE))
-    assert (late.status, late.error) == ("rejected", "ValidityElapsed")
+    assert (late.status, late.error, late.rule_id) == ("rejected", "ValidityElapsed", "R19")
     ok(app.handle(c.ExpirePrescription(prescription_id=rx)))
     assert prescription(app, rx).status is RxStatus.EXPIRED
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, cast
 from uuid import UUID
 
@@ -30,6 +29,7 @@ from psycopg.sql import SQL, Identifier
 from pydantic import BaseModel
 
 from events import from_json
+from services.application.ports import OutcomeRow
 
 
 class PydanticJSONTranscoder(Transcoder):
@@ -69,14 +69,6 @@ class PydanticMapper(Mapper[Any]):
                 f"cannot load stored event {stored_event.originator_id} v{stored_event.originator_version} "
                 f"({stored_event.topic}): {exc}"
             ) from exc
-
-
-@dataclass(frozen=True)
-class OutcomeRow:
-    command_id: str
-    command_type: str
-    status: str
-    outcome: str  # JSON text of services.application.outcomes.Outcome
 
 
 class OutcomeRecorder(PostgresApplicationRecorder):

@@ -6,14 +6,17 @@ notification log the relay reads), ``rxtrail_snapshots``, ``rxtrail_command_outc
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import Any, ClassVar, TypeVar
+from uuid import UUID
 
-from eventsourcing.application import Application
+from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import Mapper, Transcoder
 from eventsourcing.utils import get_topic
 
-from events.base import Snapshot
+from events.base import DomainEvent, Snapshot
 from services.adapters.persistence import OutcomeRecorder, PydanticJSONTranscoder, PydanticMapper
+from services.application.ports import Projector
 from services.domain.prescription import Prescription, project_prescription
 from services.infra.settings import eventsourcing_env
 
@@ -23,8 +26,12 @@ SNAPSHOTS_TABLE = f"{APP_NAME}_snapshots"
 OUTCOMES_TABLE = f"{APP_NAME}_command_outcomes"
 DEFAULT_SNAPSHOT_INTERVAL = 50
 
+A = TypeVar("A")
+
 
 class RxTrailStore(Application[Any]):
+    """eventsourcing's Application on PostgreSQL; implements ``services.application.ports.EventStore``."""
+
     name = APP_NAME
     snapshot_class = Snapshot
     snapshotting_intervals: ClassVar[dict[type[Any], int]] = {Prescription: DEFAULT_SNAPSHOT_INTERVAL}
@@ -48,6 +55,28 @@ class RxTrailStore(Application[Any]):
         if not isinstance(recorder, OutcomeRecorder):
             raise TypeError("RxTrailStore must be built by store_env() (APPLICATION_RECORDER_TOPIC)")
         return recorder
+
+    # --- services.application.ports.EventStore ----------------------------------------------------------
+    def load(self, cls: type[A], aggregate_id: UUID, projector: Projector) -> A | None:
+        if cls in self.snapshotting_intervals:
+            try:
+                found: A = self.repository.get(aggregate_id, projector_func=projector)
+            except AggregateNotFoundError:
+                return None
+            return found
+        stored = self.recorder.select_events(aggregate_id)
+        loaded: A | None = projector(None, map(self.mapper.to_domain_event, stored))
+        return loaded
+
+    def load_many(self, aggregate_ids: Sequence[UUID], projector: Projector) -> dict[UUID, Any]:
+        found = self.outcome_recorder.select_events_many(aggregate_ids)
+        return {i: projector(None, map(self.mapper.to_domain_event, found.get(i, []))) for i in aggregate_ids}
+
+    def events_of(self, aggregate_id: UUID, *, lte: int | None = None) -> list[DomainEvent]:
+        return list(self.events.get(aggregate_id, lte=lte))
+
+    def recorded_outcomes(self, command_ids: Sequence[str]) -> dict[str, str]:
+        return self.outcome_recorder.select_outcomes(command_ids)
 
 
 def store_env(database_url: str, *, pool_size: int = 5, max_overflow: int = 10, **extra: str) -> dict[str, str]:

@@ -20,12 +20,12 @@ import hmac
 import json
 import os
 import threading
-from abc import ABC, abstractmethod
 from collections.abc import Mapping
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from psycopg_pool import ConnectionPool
+
+from services.application.ports import PatientKeyStore
 
 SEAL_VERSION = "v1"
 PERSONAL_FIELDS = ("name", "id_number", "phone")
@@ -59,26 +59,7 @@ def pseudonym(secret: bytes, national_id: str) -> str:
     return hmac.new(secret, normalised, hashlib.sha256).hexdigest()
 
 
-class PatientKeyStore(ABC):
-    """Per-patient data keys. ``key_for_sealing`` creates one on first use; ``forget`` shreds them all."""
-
-    @abstractmethod
-    def key_for_sealing(self, patient_ref: str) -> tuple[str, bytes]:
-        """(key_id, 32-byte key) of the patient's current key, created if there is none."""
-
-    @abstractmethod
-    def key(self, patient_ref: str, key_id: str) -> bytes | None:
-        """The key, or None when it was shredded (or never existed)."""
-
-    @abstractmethod
-    def forget(self, patient_ref: str) -> int:
-        """Delete every key of the patient; returns how many were deleted."""
-
-    def close(self) -> None:
-        """Release connections, if any."""
-
-
-class InMemoryPatientKeyStore(PatientKeyStore):
+class InMemoryPatientKeyStore:
     """For unit tests and tools that run without a database; same behaviour as the PostgreSQL store."""
 
     def __init__(self) -> None:
@@ -101,61 +82,8 @@ class InMemoryPatientKeyStore(PatientKeyStore):
         with self._lock:
             return len(self._keys.pop(patient_ref, {}))
 
-
-class PostgresPatientKeyStore(PatientKeyStore):
-    """Keys in ``patient_keys`` (created if missing), through a small connection pool. Nothing is cached:
-    forgetting must take effect for every process at once."""
-
-    CREATE = (
-        "CREATE TABLE IF NOT EXISTS patient_keys ("
-        " patient_ref text PRIMARY KEY,"
-        " key_id text NOT NULL,"
-        " key bytea NOT NULL,"
-        " created_at timestamptz NOT NULL DEFAULT now())"
-    )
-
-    def __init__(self, database_url: str, *, max_connections: int = 4) -> None:
-        self.database_url = database_url
-        self._pool = ConnectionPool(database_url, min_size=1, max_size=max_connections,
-                                    kwargs={"autocommit": True}, open=True, name="patient-keys")
-        with self._pool.connection() as conn:
-            conn.execute(self.CREATE)
-
     def close(self) -> None:
-        self._pool.close()
-
-    def key_for_sealing(self, patient_ref: str) -> tuple[str, bytes]:
-        # One round trip whether the key is new or not. Under a race with another first visit of the same
-        # patient the statement's snapshot can miss the winner's row; the plain SELECT then finds it.
-        get_or_create = (
-            "WITH created AS (INSERT INTO patient_keys (patient_ref, key_id, key) VALUES (%s, %s, %s) "
-            " ON CONFLICT (patient_ref) DO NOTHING RETURNING key_id, key) "
-            "SELECT key_id, key FROM created "
-            "UNION ALL SELECT key_id, key FROM patient_keys WHERE patient_ref = %s LIMIT 1"
-        )
-        with self._pool.connection() as conn:
-            row = conn.execute(
-                get_or_create,
-                (patient_ref, os.urandom(8).hex(), AESGCM.generate_key(bit_length=256), patient_ref),
-            ).fetchone()
-            if row is None:
-                row = conn.execute(
-                    "SELECT key_id, key FROM patient_keys WHERE patient_ref = %s", (patient_ref,)
-                ).fetchone()
-        if row is None:
-            raise PrivacyError(f"no key could be created for patient {patient_ref}")
-        return str(row[0]), bytes(row[1])
-
-    def key(self, patient_ref: str, key_id: str) -> bytes | None:
-        with self._pool.connection() as conn:
-            row = conn.execute(
-                "SELECT key FROM patient_keys WHERE patient_ref = %s AND key_id = %s", (patient_ref, key_id)
-            ).fetchone()
-        return None if row is None else bytes(row[0])
-
-    def forget(self, patient_ref: str) -> int:
-        with self._pool.connection() as conn:
-            return conn.execute("DELETE FROM patient_keys WHERE patient_ref = %s", (patient_ref,)).rowcount
+        pass
 
 
 class PatientVault:

@@ -23,12 +23,11 @@ from uuid import UUID
 from eventsourcing.persistence import IntegrityError
 from pydantic import ValidationError
 
-from services.adapters.persistence import OutcomeRow
-from services.adapters.store import RxTrailStore
 from services.application import commands as c
 from services.application.errors import ConcurrencyConflict
 from services.application.ids import encounter_id_for, prescription_id_for
 from services.application.outcomes import Outcome
+from services.application.ports import EventStore, OutcomeRow
 from services.application.privacy import PatientVault
 from services.application.unit_of_work import UnitOfWork, event_refs
 from services.domain.clock import Clock, SystemClock
@@ -58,7 +57,7 @@ class RxTrail:
 
     def __init__(
         self,
-        store: RxTrailStore,
+        store: EventStore,
         vault: PatientVault,
         *,
         clock: Clock | None = None,
@@ -141,10 +140,14 @@ class RxTrail:
         return self.recorded_outcomes([command_id]).get(command_id)
 
     def recorded_outcomes(self, command_ids: Sequence[str]) -> dict[str, Outcome]:
-        rows = self.store.outcome_recorder.select_outcomes(list(dict.fromkeys(command_ids)))
+        rows = self.store.recorded_outcomes(list(dict.fromkeys(command_ids)))
         return {
             key: Outcome.model_validate_json(text).model_copy(update={"replayed": True}) for key, text in rows.items()
         }
+
+    def history(self, aggregate_id: UUID, *, up_to: int | None = None) -> list[Any]:
+        """The recorded events of one aggregate, oldest first (``up_to``: up to that version); [] if none."""
+        return list(self.store.events_of(aggregate_id, lte=up_to))
 
     # --- machinery --------------------------------------------------------------------------------
     def _run(self, command: c.Command, uow: UnitOfWork) -> UUID:

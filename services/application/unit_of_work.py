@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError
-
 from events.base import DomainEvent
-from services.adapters.store import RxTrailStore
 from services.application.errors import AlreadyExists, PatientStatusNotFound, StaleVersion
 from services.application.outcomes import EventRef
+from services.application.ports import EventStore
 from services.domain.aggregate import Aggregate
 from services.domain.encounter import Encounter, project_encounter
 from services.domain.errors import (
@@ -71,7 +69,7 @@ class UnitOfWork:
     reads and refuses with ``AlreadyExists``.
     """
 
-    def __init__(self, store: RxTrailStore, *, careful: bool = True) -> None:
+    def __init__(self, store: EventStore, *, careful: bool = True) -> None:
         self.store = store
         self.careful = careful
         self._loaded: dict[UUID, Aggregate | None] = {}
@@ -90,23 +88,14 @@ class UnitOfWork:
         return aggregate
 
     def _load(self, cls: type[A], aggregate_id: UUID) -> A | None:
-        if cls in self.store.snapshotting_intervals:
-            try:
-                return cast(A, self.store.repository.get(aggregate_id, projector_func=PROJECTORS[cls]))
-            except AggregateNotFoundError:
-                return None
-        stored = self.store.recorder.select_events(aggregate_id)
-        return cast(A | None, PROJECTORS[cls](None, map(self.store.mapper.to_domain_event, stored)))
+        return self.store.load(cls, aggregate_id, PROJECTORS[cls])
 
     def prefetch(self, cls: type[Aggregate], aggregate_ids: Iterable[UUID]) -> None:
         """Load many aggregates in one round trip (full streams; snapshots are for single loads)."""
         wanted = list(dict.fromkeys(i for i in aggregate_ids if i not in self._loaded))
         if not wanted:
             return
-        found = self.store.outcome_recorder.select_events_many(wanted)
-        for aggregate_id in wanted:
-            stored = found.get(aggregate_id, [])
-            self._loaded[aggregate_id] = PROJECTORS[cls](None, map(self.store.mapper.to_domain_event, stored))
+        self._loaded.update(self.store.load_many(wanted, PROJECTORS[cls]))
 
     def get_many(self, cls: type[A], aggregate_ids: Iterable[UUID]) -> dict[UUID, A | None]:
         ids = list(aggregate_ids)

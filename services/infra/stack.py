@@ -25,6 +25,7 @@ from services.infra.embedded import EmbeddedPostgres, Tansu
 from services.infra.errors import InfraError
 from services.infra.kafka_admin import ensure_topics, wait_for_kafka
 from services.infra.ports import log_tail, require_free_port, wait_for_port
+from services.infra.runtime import on_stop_signals
 from services.infra.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,22 +34,27 @@ CORE_TOPICS = topics.CORE_TOPICS
 
 
 def service_commands(settings: Settings) -> dict[str, list[str]]:
-    """Every long-running service that exists so far, as a command line run with the stack's environment."""
-    py = sys.executable
-    return {
-        "api": [py, "-m", "uvicorn", "services.api:create_app", "--factory",
-                "--host", settings.api_host, "--port", str(settings.api_port), "--log-level", "warning"],
-        "relay": [py, "-m", "services.relay"],
-        "settlement": [py, "-m", "services.settlement"],
-        "router": [py, "-m", "services.workers.router"],
-        "gateway": [py, "-m", "services.workers.gateway"],
-        "projections": [py, "-m", "projections", "all"],
-        "intake": [py, "-m", "services.workers.intake"],
-        "checkpoint": [py, "-m", "services.cli", "checkpoint", "--every", str(settings.checkpoint_interval_s)],
+    """Every long-running service, as the command line that runs it (``rxtrail run <service>``) with the stack's
+    environment; the keys name the children (and their logs)."""
+    from services.bootstrap import has_expiry
+
+    run = [sys.executable, "-m", "services.cli", "run"]
+    commands = {
+        "api": [*run, "api"],
+        "relay": [*run, "relay"],
+        "settlement": [*run, "settlement"],
+        "router": [*run, "router"],
+        "gateway": [*run, "gateway"],
+        "projections": [*run, "projection", "all"],
+        "intake": [*run, "intake"],
+        "checkpoint": [*run, "checkpoint"],
     }
+    if has_expiry():
+        commands["expiry"] = [*run, "expiry"]
+    return commands
 
 
-def prepare_database(database_url: str, pseudonym_secret: bytes) -> None:
+def prepare_database(settings: Settings) -> None:
     """Create the shared tables once, before the services start: concurrent CREATE TABLE IF NOT EXISTS from
     several processes can still collide in PostgreSQL's catalog."""
     import asyncio
@@ -56,11 +62,12 @@ def prepare_database(database_url: str, pseudonym_secret: bytes) -> None:
     import psycopg
 
     from services.adapters import api_keys as keys
-    from services.application import build_application
+    from services.bootstrap import build_application
     from services.integrity import checkpoint
     from services.relay import positions
 
-    build_application(database_url, pseudonym_secret=pseudonym_secret).close()
+    database_url = settings.resolved_database_url()
+    build_application(settings).close()
     with psycopg.connect(database_url, autocommit=True) as conn:
         keys.ensure_schema(conn)
         checkpoint.ensure_tables(conn)
@@ -140,7 +147,7 @@ class Stack:
             self.bootstrap = str(s.kafka_bootstrap)
             wait_for_kafka(self.bootstrap, s.start_timeout_s)
         ensure_topics(self.bootstrap, CORE_TOPICS, s.partitions)
-        prepare_database(self.database_url, s.resolved_pseudonym_secret())
+        prepare_database(s.model_copy(update={"database_url": self.database_url}))
 
     def child_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -245,14 +252,9 @@ def _redact(url: str) -> str:
 
 def run_foreground(settings: Settings, on_ready: Any = print) -> int:
     stack = Stack(settings)
-
-    def _signal(signum: int, _frame: object) -> None:
-        stack.request_stop()
-
     if read_state(settings):
         raise InfraError(f"a stack is already running from {stack.data_dir}; `rxtrail status` or `rxtrail down`")
-    signal.signal(signal.SIGINT, _signal)
-    signal.signal(signal.SIGTERM, _signal)
+    on_stop_signals(stack.request_stop)
     try:
         stack.start_parts()
         stack.start_services()

@@ -1,0 +1,388 @@
+"""The one composition root: from one ``Settings``, every process of rxtrail.
+
+Builders (each takes the settings; tests call the same ones, with settings of their own):
+
+- ``build_application`` — the write side (``RxTrail``: the event store and the patient vault on PostgreSQL);
+  ``build_vault``, ``build_statement_desk`` for the CLI's tools;
+- ``build_api`` — the HTTP API (FastAPI);
+- ``relay_config`` — the relay (event store → ``rx.events``);
+- ``router_config``, ``gateway_config``, ``build_settlement``, ``build_intake``, (``build_expiry``) — the workers;
+- ``build_projection`` / ``run_projections`` — the projection consumers (names from ``projections.registry``);
+- ``run_checkpoints`` — signed checkpoints of the event log, every ``checkpoint_interval_s``.
+
+``SERVICES`` maps each long-running service to a builder of a ``Service`` (``run(stop)`` plus what to close);
+``run_service(name, settings)`` runs one until SIGTERM/SIGINT — it is ``rxtrail run <service>``, and
+``rxtrail up`` starts each child as ``python -m services.cli run <service>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from services.adapters.patient_keys import PostgresPatientKeyStore
+from services.adapters.store import DEFAULT_SNAPSHOT_INTERVAL, RxTrailStore, open_store
+from services.application import RxTrail
+from services.application.claims import SettlementConfig
+from services.application.privacy import PatientVault
+from services.domain.clock import Clock
+from services.domain.policy import DEFAULT_RULES, RuleConfig
+from services.infra.runtime import configure_logging, run_until_signalled
+from services.infra.settings import Settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from projections.base import Projection, ProjectionConsumer
+    from services.application.statements import StatementDesk
+    from services.relay.core import RelayConfig
+    from services.workers.gateway import GatewayConfig
+    from services.workers.intake import IntakeWorker
+    from services.workers.router import RouterConfig
+
+log = logging.getLogger("rxtrail.bootstrap")
+
+
+# --- the write side -------------------------------------------------------------------------------------------
+
+
+def build_application(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    rules: RuleConfig = DEFAULT_RULES,
+    snapshot_interval: int = DEFAULT_SNAPSHOT_INTERVAL,
+    pool_size: int = 5,
+    max_overflow: int = 10,
+    max_attempts: int = 8,
+) -> RxTrail:
+    """One per process: the event store, the patient vault and the command handlers."""
+    store = open_store(settings.resolved_database_url(), snapshot_interval=snapshot_interval, pool_size=pool_size,
+                       max_overflow=max_overflow)
+    return RxTrail(store, build_vault(settings), clock=clock, rules=rules, max_attempts=max_attempts)
+
+
+def build_vault(settings: Settings) -> PatientVault:
+    """Patient pseudonyms and sealed personal fields (keys in the ``patient_keys`` table)."""
+    return PatientVault(settings.resolved_pseudonym_secret(), PostgresPatientKeyStore(settings.resolved_database_url()))
+
+
+def build_statement_desk(settings: Settings, *, clock: Clock | None = None) -> tuple[StatementDesk, RxTrailStore]:
+    """Closing months and releasing deposits (the caller closes the returned store)."""
+    from services.adapters.statement_figures import EventStoreDirectory, ProjectionFigures
+    from services.application.statements import StatementDesk
+    from services.domain.clock import SystemClock
+
+    url = settings.resolved_database_url()
+    store = open_store(url, pool_size=2, max_overflow=2)
+    return StatementDesk(store, ProjectionFigures(url), EventStoreDirectory(url), clock or SystemClock()), store
+
+
+def _open_application(settings: Settings, attempts: int = 5) -> RxTrail:
+    """``build_application`` for a service, retried a few times: at stack start-up several processes open the
+    store at once, and PostgreSQL may refuse the loser of a concurrent CREATE TABLE IF NOT EXISTS."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return build_application(settings)
+        except Exception as exc:  # retried, then raised with its cause
+            if attempt == attempts:
+                raise
+            log.warning("opening the event store failed (%s); retrying", exc)
+            time.sleep(attempt)
+    raise AssertionError("unreachable")
+
+
+# --- the API --------------------------------------------------------------------------------------------------
+
+
+def build_api(settings: Settings, *, application: RxTrail | None = None, pool_size: int = 10) -> FastAPI:
+    """The HTTP API; its write side is ``application`` (left open) or one built when the server starts."""
+    from services.api import create_app
+
+    return create_app(settings, application=application, pool_size=pool_size,
+                      application_factory=lambda: build_application(settings, pool_size=pool_size))
+
+
+async def serve_api(settings: Settings, stop: asyncio.Event, *, application: RxTrail | None = None) -> None:
+    """Serve the API with uvicorn on ``api_host:api_port`` until ``stop`` is set."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:  # signals are ours (services.infra.runtime)
+            yield
+
+    server = Server(uvicorn.Config(build_api(settings, application=application), host=settings.api_host,
+                                   port=settings.api_port, log_level="warning", lifespan="on"))
+    serving = asyncio.create_task(server.serve())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    server.should_exit = True
+    stopping.cancel()
+    await serving
+
+
+# --- the relay ------------------------------------------------------------------------------------------------
+
+
+def relay_config(settings: Settings, **overrides: Any) -> RelayConfig:
+    """The relay's configuration; keyword overrides replace ``RelayConfig`` fields (topic=, name=, ...)."""
+    from dataclasses import replace
+
+    from services.relay.core import RelayConfig
+
+    r = settings.relay
+    config = RelayConfig(database_url=settings.resolved_database_url(), bootstrap=settings.resolved_kafka_bootstrap(),
+                         name=r.name, partitions=settings.partitions, batch_size=r.batch_size,
+                         poll_interval_s=r.poll_interval_s, check_interval_s=r.check_interval_s,
+                         max_backoff_s=r.max_backoff_s, logs=tuple(r.logs), topic=settings.events_topic,
+                         commit_delay_s=r.commit_delay_s)
+    return replace(config, **overrides)
+
+
+# --- workers --------------------------------------------------------------------------------------------------
+
+
+def router_config(settings: Settings, **overrides: Any) -> RouterConfig:
+    from dataclasses import replace
+
+    from services.workers.router import RouterConfig
+
+    r = settings.router
+    config = RouterConfig(settings.resolved_database_url(), settings.resolved_kafka_bootstrap(), group_id=r.group_id,
+                          schema=r.schema_name, partitions=settings.partitions, max_records=r.max_records,
+                          topic=settings.events_topic, dlq_topic=settings.dlq_topic)
+    return replace(config, **overrides)
+
+
+def gateway_config(settings: Settings, **overrides: Any) -> GatewayConfig:
+    from dataclasses import replace
+
+    from services.workers.gateway import GatewayConfig
+
+    g = settings.gateway
+    config = GatewayConfig(settings.resolved_database_url(), settings.resolved_kafka_bootstrap(), group_id=g.group_id,
+                           schema=g.schema_name, feed_prefix=g.feed_prefix, feed_partitions=g.feed_partitions,
+                           partitions=settings.partitions, max_records=g.max_records, topic=settings.events_topic,
+                           dlq_topic=settings.dlq_topic)
+    return replace(config, **overrides)
+
+
+def settlement_config(settings: Settings) -> SettlementConfig:
+    s = settings.settlement
+    return SettlementConfig(personal_account_balance=s.personal_account_balance,
+                            default_institution_level=s.default_institution_level,
+                            institution_levels=dict(s.institution_levels))
+
+
+def build_settlement(settings: Settings, application: RxTrail, *, config: SettlementConfig | None = None,
+                     **overrides: Any) -> ProjectionConsumer:
+    """The settlement worker inside the shared consumer loop (its state and offsets in its own schema);
+    ``overrides``: ``ProjectionConsumer`` fields (group_id=, schema=, max_records=, ...)."""
+    from projections.base import ProjectionConsumer
+    from services.workers.settlement import SettlementWorker
+
+    s = settings.settlement
+    worker = SettlementWorker(application, config or settlement_config(settings))
+    options: dict[str, Any] = {"schema": s.schema_name, "group_id": s.group_id, "max_records": s.max_records,
+                               "topic": settings.events_topic, "dlq_topic": settings.dlq_topic, **overrides}
+    return ProjectionConsumer(worker, settings.resolved_database_url(), settings.resolved_kafka_bootstrap(), **options)
+
+
+def build_intake(settings: Settings, application: RxTrail, **overrides: Any) -> IntakeWorker:
+    """The Kafka intake (``rx.inbound.*`` → commands); ``overrides``: ``create_intake`` options."""
+    from services.workers.intake import create_intake
+
+    options: dict[str, Any] = {"group_id": settings.intake.group_id, "max_records": settings.intake.max_records,
+                               **overrides}
+    return create_intake(application, settings.resolved_kafka_bootstrap(), **options)
+
+
+def has_expiry() -> bool:
+    """Whether the expiry worker exists yet (``services/workers/expiry.py``)."""
+    return importlib.util.find_spec("services.workers.expiry") is not None
+
+
+def build_expiry(settings: Settings, application: RxTrail) -> Callable[[asyncio.Event], Awaitable[object]]:
+    """The expiry worker: ``run(stop)`` sends ``ExpirePrescription`` once a prescription's validity elapsed.
+
+    Slot for ``services/workers/expiry.py``: fill in with that module's entry point."""
+    raise NotImplementedError("the expiry worker is not built yet (services/workers/expiry.py)")
+
+
+# --- projections ----------------------------------------------------------------------------------------------
+
+
+def build_projection(name: str, settings: Settings) -> Projection:
+    """A fresh projection object, configured from ``settings.projections``."""
+    from projections import registry
+
+    return registry.build(name, settings.projections)
+
+
+async def run_projections(names: Sequence[str], settings: Settings, stop: asyncio.Event) -> None:
+    """One consumer per projection (group ``<group_prefix>.<name>``, schema ``<name>``) until ``stop`` is set or
+    one of them fails."""
+    from projections import registry
+    from projections.base import ProjectionConsumer
+    from services.infra.kafka_admin import ensure_topics_async
+
+    p = settings.projections
+    database_url, bootstrap = settings.resolved_database_url(), settings.resolved_kafka_bootstrap()
+    topic, dlq_topic = settings.events_topic, settings.dlq_topic
+    await ensure_topics_async(bootstrap, [topic, dlq_topic], partitions=settings.partitions)
+    consumers = [ProjectionConsumer(build_projection(n, settings), database_url, bootstrap, topic=topic,
+                                    dlq_topic=dlq_topic, schema=registry.get(n).schema,
+                                    group_id=registry.get(n).group_id(p.group_prefix), max_records=p.max_records)
+                 for n in names]
+    tasks = [asyncio.create_task(c.run(stop), name=f"projection:{c.projection.name}") for c in consumers]
+    log.info("projections running: %s (topic %s)", ", ".join(names), topic)
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if (exc := task.exception()) is not None:
+                raise exc
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for c in consumers:
+            log.info("projection %s stopped: applied=%d duplicates=%d dead_lettered=%d batches=%d", c.projection.name,
+                     c.stats.applied, c.stats.duplicates, c.stats.dead_lettered, c.stats.batches)
+
+
+# --- checkpoints ----------------------------------------------------------------------------------------------
+
+
+async def run_checkpoints(settings: Settings, stop: asyncio.Event) -> None:
+    """Sign the head of the event log now and every ``checkpoint_interval_s`` until ``stop`` is set."""
+    from services.integrity.checkpoint import create_checkpoint
+
+    while not stop.is_set():
+        checkpoint = await asyncio.to_thread(create_checkpoint, settings.resolved_database_url(), settings.data_dir)
+        log.info("checkpoint %s", checkpoint)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), settings.checkpoint_interval_s)
+
+
+# --- services -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Service:
+    """A long-running process body: ``run(stop)`` until ``stop`` is set; then ``close()``."""
+
+    name: str
+    run: Callable[[asyncio.Event], Awaitable[object]]
+    closers: list[Callable[[], object]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for close in reversed(self.closers):
+            close()
+
+
+def _api(settings: Settings, _arg: str | None) -> Service:
+    return Service("api", lambda stop: serve_api(settings, stop))
+
+
+def _relay(settings: Settings, _arg: str | None) -> Service:
+    from services.relay.core import run_relay
+
+    return Service("relay", lambda stop: run_relay(relay_config(settings), stop))
+
+
+def _router(settings: Settings, _arg: str | None) -> Service:
+    from services.workers.router import run_router
+
+    app = _open_application(settings)
+    return Service("router", lambda stop: run_router(router_config(settings), stop, app), [app.close])
+
+
+def _gateway(settings: Settings, _arg: str | None) -> Service:
+    from services.workers.gateway import run_gateway
+
+    return Service("gateway", lambda stop: run_gateway(gateway_config(settings), stop))
+
+
+def _settlement(settings: Settings, _arg: str | None) -> Service:
+    from services.infra.kafka_admin import ensure_topics_async
+
+    app = _open_application(settings)
+
+    async def run(stop: asyncio.Event) -> None:
+        await ensure_topics_async(settings.resolved_kafka_bootstrap(), [settings.events_topic, settings.dlq_topic],
+                                  partitions=settings.partitions)
+        consumer = build_settlement(settings, app)
+        log.info("settlement worker running (topic %s, group %s)", consumer.topic, consumer.group_id)
+        await consumer.run(stop)
+        log.info("settlement worker stopped: %s", getattr(consumer.projection, "stats", None))
+
+    return Service("settlement", run, [app.close])
+
+
+def _intake(settings: Settings, _arg: str | None) -> Service:
+    app = _open_application(settings)
+
+    async def run(stop: asyncio.Event) -> None:
+        worker = build_intake(settings, app)
+        await worker.broker.start()
+        try:
+            await stop.wait()
+        finally:
+            await worker.broker.stop()
+
+    return Service("intake", run, [app.close])
+
+
+def _projections(settings: Settings, arg: str | None) -> Service:
+    from projections import registry
+
+    names = registry.resolve(arg or "all")
+    return Service("projections", lambda stop: run_projections(names, settings, stop))
+
+
+def _checkpoint(settings: Settings, _arg: str | None) -> Service:
+    return Service("checkpoint", lambda stop: run_checkpoints(settings, stop))
+
+
+def _expiry(settings: Settings, _arg: str | None) -> Service:
+    app = _open_application(settings)
+    return Service("expiry", build_expiry(settings, app), [app.close])
+
+
+SERVICES: dict[str, Callable[[Settings, str | None], Service]] = {
+    "api": _api,
+    "relay": _relay,
+    "router": _router,
+    "settlement": _settlement,
+    "gateway": _gateway,
+    "intake": _intake,
+    "projection": _projections,
+    "checkpoint": _checkpoint,
+    "expiry": _expiry,
+}
+"""Every long-running service: ``rxtrail run <name> [arg]`` (``projection`` takes a projection name or all)."""
+
+
+def build_service(name: str, settings: Settings, arg: str | None = None) -> Service:
+    try:
+        builder = SERVICES[name]
+    except KeyError:
+        raise ValueError(f"unknown service {name!r}; choose one of {', '.join(SERVICES)}") from None
+    return builder(settings, arg)
+
+
+def run_service(name: str, settings: Settings | None = None, arg: str | None = None) -> int:
+    """Run one service until SIGTERM/SIGINT; the process's exit code."""
+    settings = settings or Settings()
+    configure_logging(settings.log_level)
+    service = build_service(name, settings, arg)
+    try:
+        return run_until_signalled(service.run)
+    finally:
+        service.close()

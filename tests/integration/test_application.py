@@ -24,7 +24,7 @@ from services.domain.clock import FixedClock
 from services.domain.prescription import Prescription, RxStatus, project_prescription
 from services.domain.trace_code import TraceCode, project_trace_code
 from services.integrity import verify_aggregate
-from tests.support.builders import (
+from tests.support.cast import (
     AMLODIPINE,
     METFORMIN,
     SECRET,

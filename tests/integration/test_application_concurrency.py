@@ -19,7 +19,7 @@ from services.application.ids import trace_code_id_for
 from services.application.outcomes import Outcome
 from services.application.privacy import PatientVault, PostgresPatientKeyStore
 from services.integrity import verify_aggregate
-from tests.support.builders import METFORMIN, SECRET, Cast, item, line, new_app, ok, trace_codes
+from tests.support.cast import METFORMIN, SECRET, Cast, item, line, new_app, ok, trace_codes
 
 T = TypeVar("T")
 

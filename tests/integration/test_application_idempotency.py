@@ -18,7 +18,7 @@ from services.application.unit_of_work import UnitOfWork
 from services.domain.clock import FixedClock
 from services.domain.prescription import RxStatus, project_prescription
 from tests.support import unique_id
-from tests.support.builders import METFORMIN, SECRET, T0, Cast, item, line, new_app, ok, trace_codes
+from tests.support.cast import METFORMIN, SECRET, T0, Cast, item, line, new_app, ok, trace_codes
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from services.application import commands as c
 from services.application.privacy import PatientForgotten, PatientVault, PostgresPatientKeyStore
 from services.domain.prescription import project_prescription
 from services.integrity import verify_aggregate, verify_store
-from tests.support.builders import SECRET, Cast, new_app, ok
+from tests.support.cast import SECRET, Cast, new_app, ok
 
 
 @pytest.fixture(scope="module")

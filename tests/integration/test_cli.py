@@ -21,7 +21,7 @@ from services.adapters.store import open_store
 from services.application import commands as c
 from services.application.privacy import PatientVault, PostgresPatientKeyStore
 from services.integrity.checkpoint import PUBLIC_KEY_FILE
-from tests.support.builders import AMLODIPINE, METFORMIN, Cast, item, line, new_app, ok
+from tests.support.cast import AMLODIPINE, METFORMIN, Cast, item, line, new_app, ok
 
 SECRET = b"cli-test-pseudonym-secret-32-bytes!!"
 

@@ -22,19 +22,15 @@ from services.application import commands as c
 from services.domain.clock import FixedClock
 from services.workers.gateway import FeedMessage, run_gateway
 from tests.support import unique_id
+from tests.support.cast import AMLODIPINE, METFORMIN, VITAMIN, Cast, ok
 from tests.support.pipeline import (
-    AMLODIPINE,
-    METFORMIN,
     SECRET,
-    VITAMIN,
-    Cast,
     Pipeline,
     feed_messages,
     header,
     item,
     kinds,
     new_pipeline,
-    ok,
     read_all,
     routes,
     stream,
@@ -58,7 +54,7 @@ async def test_each_feed_holds_only_its_own_prescriptions(make_database: Callabl
                                                           kafka_bootstrap: str) -> None:
     p = await new_pipeline(make_database, kafka_bootstrap).start()
     try:
-        cast = await p.call(Cast(p.app).register)
+        cast = await p.call(p.cast().register)
         pharmacies = await _three_pharmacies(p, cast)
         idle = await p.call(cast.designate, unique_id("PH"))  # no list, never chosen: gets nothing
         choices = [pharmacies[0], pharmacies[1], pharmacies[2], pharmacies[0], None, None, None]
@@ -106,7 +102,7 @@ async def test_later_changes_reach_the_pharmacy_concerned(make_database: Callabl
                                                           kafka_bootstrap: str) -> None:
     p = await new_pipeline(make_database, kafka_bootstrap).start()
     try:
-        cast = await p.call(Cast(p.app).register)
+        cast = await p.call(p.cast().register)
         first = (await _three_pharmacies(p, cast))[0]
         cancelled, returned, withdrawn, expired = [await p.call(cast.approved, item(METFORMIN), preferred=first)
                                                    for _ in range(4)]
@@ -153,7 +149,7 @@ async def test_later_changes_reach_the_pharmacy_concerned(make_database: Callabl
 async def test_redelivery_publishes_nothing_new(make_database: Callable[[], str], kafka_bootstrap: str) -> None:
     p = await new_pipeline(make_database, kafka_bootstrap).start()
     try:
-        cast = await p.call(Cast(p.app).register)
+        cast = await p.call(p.cast().register)
         pharmacy_id = (await _three_pharmacies(p, cast))[0]
         rxs = [await p.call(cast.approved, item(METFORMIN), preferred=pharmacy_id) for _ in range(3)]
         await wait_routed(p, rxs[0])

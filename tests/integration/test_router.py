@@ -21,19 +21,15 @@ from services.application import commands as c
 from services.domain.routing import PharmacyInfo, RoutingRequest, choose
 from services.workers.router import Router, run_router
 from tests.support import unique_id
+from tests.support.cast import AMLODIPINE, METFORMIN, VITAMIN, ok
 from tests.support.pipeline import (
-    AMLODIPINE,
-    METFORMIN,
     OTHER_REGION,
-    VITAMIN,
-    Cast,
     Pipeline,
     copy_topic,
     event_count,
     header,
     item,
     new_pipeline,
-    ok,
     router_knows,
     routes,
     stream,
@@ -59,7 +55,7 @@ async def _pharmacies_known(p: Pipeline, *pharmacy_ids: str, suspended: tuple[st
 async def test_patient_choice_is_honoured(make_database: Callable[[], str], kafka_bootstrap: str) -> None:
     p = await new_pipeline(make_database, kafka_bootstrap).start(gateway=False)
     try:
-        cast = await p.call(Cast(p.app).register)
+        cast = await p.call(p.cast().register)
         near, far = unique_id("PH"), unique_id("PH")
         for pharmacy_id in (near, far):
             await p.call(cast.designate, pharmacy_id, drugs=DRUGS)
@@ -84,7 +80,7 @@ def _predicted(rx: UUID, pharmacies: list[PharmacyInfo]) -> str | None:
 
 async def _route_by_rule(p: Pipeline, tag: str, refs: list[str]) -> dict[str, tuple[UUID, str, RoutingBasis]]:
     """One region's pharmacies (2 eligible, 4 not) and prescriptions by ``refs``; returns ref → route."""
-    cast = Cast(p.app, hospital=f"H-{tag}", physician=f"DR-{tag}", pharmacist=f"RPH-{tag}")
+    cast = p.cast(hospital=f"H-{tag}", physician=f"DR-{tag}", pharmacist=f"RPH-{tag}")
     await p.call(cast.register)
     ids = {name: f"PH-{tag}-{name}" for name in ("E1", "E2", "SUSP", "ELSE", "LACK", "NOLIST")}
     await p.call(cast.designate, ids["E1"], drugs=DRUGS)
@@ -135,7 +131,7 @@ async def test_returned_prescription_is_routed_to_another_pharmacy(make_database
                                                                    kafka_bootstrap: str) -> None:
     p = await new_pipeline(make_database, kafka_bootstrap).start(gateway=False)
     try:
-        cast = await p.call(Cast(p.app).register)
+        cast = await p.call(p.cast().register)
         first, other = unique_id("PH"), unique_id("PH")
         for pharmacy_id in (first, other):
             await p.call(cast.designate, pharmacy_id, drugs=DRUGS)
@@ -155,7 +151,7 @@ async def test_no_eligible_pharmacy_leaves_it_approved_until_one_is_designated(
         make_database: Callable[[], str], kafka_bootstrap: str) -> None:
     p = await new_pipeline(make_database, kafka_bootstrap).start(gateway=False)
     try:
-        cast = await p.call(Cast(p.app).register)
+        cast = await p.call(p.cast().register)
         lacking = await p.call(cast.designate, unique_id("PH"), drugs=(METFORMIN,))
         await _pharmacies_known(p, lacking)
         rx = await p.call(cast.approved, item(METFORMIN), item(VITAMIN))
@@ -175,7 +171,7 @@ async def test_no_eligible_pharmacy_leaves_it_approved_until_one_is_designated(
 
 async def _routed_world(p: Pipeline) -> list[UUID]:
     """Three prescriptions routed (one by choice, then returned and routed again) and one cancelled."""
-    cast = await p.call(Cast(p.app).register)
+    cast = await p.call(p.cast().register)
     a, b = unique_id("PH"), unique_id("PH")
     for pharmacy_id in (a, b):
         await p.call(cast.designate, pharmacy_id, drugs=DRUGS)
@@ -235,7 +231,7 @@ async def test_a_crash_between_commands_and_commit_routes_once(make_database: Ca
     restarted router cannot learn of those routes from the topic."""
     p = await new_pipeline(make_database, kafka_bootstrap).start(router=False, gateway=False)
     try:
-        cast = await p.call(Cast(p.app).register)
+        cast = await p.call(p.cast().register)
         pharmacy_id = await p.call(cast.designate, unique_id("PH"), drugs=DRUGS)
         rxs = [await p.call(cast.approved, item(METFORMIN)) for _ in range(3)]
         await wait_relayed(p)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -33,7 +34,8 @@ METFORMIN = "XA10BAA001A001010101"
 AMLODIPINE = "XC08CAA001A001010101"
 VITAMIN = "XA11HAX001A001010101"
 
-_codes = itertools.count(10_000_000_000_000_000_000)
+# 20-digit trace codes from a random start: unique within a session, apart between sessions sharing a database.
+_codes = itertools.count(random.randrange(10**19, 9 * 10**19))
 
 
 def trace_codes(n: int) -> tuple[str, ...]:
@@ -42,10 +44,10 @@ def trace_codes(n: int) -> tuple[str, ...]:
 
 def item(
     drug_code: str = METFORMIN,
-    *,
     quantity: int = 4,
-    days_supply: int = 28,
     unit_price: str = "12.50",
+    *,
+    days_supply: int = 28,
     category: CatalogCategory = CatalogCategory.A,
     off_indication: bool = False,
     patient_consent: bool = False,
@@ -67,15 +69,16 @@ def line(
     drug_code: str = METFORMIN,
     quantity: int = 4,
     unit_price: str = "12.50",
-    cap: str = "12.50",
-    codes: int = 0,
+    cap: str | None = None,
+    codes: int | tuple[str, ...] = 0,
 ) -> DispensedLine:
+    """A dispensed line; ``cap`` defaults to the unit price; ``codes``: how many new trace codes, or the codes."""
     return DispensedLine(
         drug_code=drug_code,
         quantity=quantity,
         unit_price=Decimal(unit_price),
-        price_cap=Decimal(cap),
-        trace_codes=trace_codes(codes),
+        price_cap=Decimal(cap if cap is not None else unit_price),
+        trace_codes=trace_codes(codes) if isinstance(codes, int) else codes,
     )
 
 

@@ -1,78 +1,41 @@
-"""Helpers for API, intake and end-to-end tests: a registered cast, request bodies, API keys, a live server."""
+"""Helpers for API, intake and end-to-end tests: the registered cast, request bodies (``services.simulate``), API keys,
+a live server and the parties' HTTP actors."""
 
 from __future__ import annotations
 
-import itertools
-import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any
 
 import psycopg
 import uvicorn
 from fastapi.testclient import TestClient
 
+from services import simulate
 from services.adapters.api_keys import create_key, ensure_schema, parse_party
 from services.application import RxTrail, build_application
 from services.application import commands as c
 from services.infra.ports import free_port, wait_for_port
 from tests.support import unique_id
+from tests.support.cast import CHANGCHUN, JINAN, Cast
+from tests.support.domain import trace_codes
 
-REGION = "220100"  # Changchun: pharmacies are paid directly (Jinan pays the delivery enterprise)
-OTHER_REGION = "370100"
-METFORMIN = "XA10BAA001A001030101"  # in the reference catalog (category A, cap 11.25)
-AMLODIPINE = "XC08CAA001A001010101"
+REGION = CHANGCHUN  # pharmacies are paid directly (Jinan pays the delivery enterprise)
+OTHER_REGION = JINAN
+METFORMIN = simulate.CATALOG_METFORMIN  # in the reference catalog (category A, cap 11.25)
 SECRET = b"rxtrail-test-pseudonym-secret-32"
-
-_codes = itertools.count(random.randrange(10**18, 9 * 10**18) * 100)
-
-
-def trace_codes(n: int) -> list[str]:
-    return [f"{next(_codes):020d}"[-20:] for _ in range(n)]
 
 
 def open_application(database_url: str, **kwargs: Any) -> RxTrail:
     return build_application(database_url, pseudonym_secret=SECRET, **kwargs)
 
 
-@dataclass(frozen=True)
-class Cast:
-    """One hospital with its physician and pharmacist, one pharmacy, all in REGION; plus strangers."""
-
-    hospital: str
-    physician: str
-    pharmacist: str
-    pharmacy: str
-    other_hospital: str
-    other_physician: str
-    other_pharmacy: str
-    third_party_pharmacist: str
-    region: str = REGION
-
-
 def register_cast(app: RxTrail) -> Cast:
-    cast = Cast(hospital=unique_id("H"), physician=unique_id("DR"), pharmacist=unique_id("PHM"),
-                pharmacy=unique_id("PY"), other_hospital=unique_id("H"), other_physician=unique_id("DR"),
-                other_pharmacy=unique_id("PY"), third_party_pharmacist=unique_id("PHM3"))
-    commands: list[c.Command] = [
-        c.RegisterPhysician(physician_id=cast.physician, hospital_id=cast.hospital, name="Dr A", qualification_no="Q1"),
-        c.RegisterPhysician(physician_id=cast.other_physician, hospital_id=cast.other_hospital, name="Dr B",
-                            qualification_no="Q2"),
-        c.RegisterPharmacist(pharmacist_id=cast.pharmacist, employer_id=cast.hospital, name="Ph A",
-                             qualification_no="Q3"),
-        c.RegisterPharmacist(pharmacist_id=cast.third_party_pharmacist, employer_id="REVIEW-CO", name="Ph C",
-                             qualification_no="Q5", third_party=True),
-        c.DesignatePharmacy(pharmacy_id=cast.pharmacy, name="Pharmacy A", pooling_region=REGION, agreement_no="AG1"),
-        c.DesignatePharmacy(pharmacy_id=cast.other_pharmacy, name="Pharmacy B", pooling_region=REGION,
-                            agreement_no="AG2"),
-    ]
-    for outcome in app.apply_batch(commands):
-        assert outcome.ok, outcome
-    return cast
+    """The cast of ``tests.support.cast``, registered (with its two pharmacies and the strangers)."""
+    return Cast(app).register()
 
 
 def api_keys(database_url: str, *parties: str) -> dict[str, str]:
@@ -91,41 +54,19 @@ def auth(token: str, key: str | None = None) -> dict[str, str]:
 
 def visit_body(cast: Cast, *, visit_ref: str | None = None, physician: str | None = None,
                original_diagnosis_date: date | None = None) -> dict[str, Any]:
-    return {
-        "visit_ref": visit_ref or unique_id("V"),
-        "physical_institution_id": f"PI-{cast.hospital}",
-        "institution_ownership": "public",
-        "pooling_region": cast.region,
-        "insured_region": cast.region,
-        "insurance_type": "employee",
-        "patient": {"national_id": unique_id("370102199001011234"), "name": "Zhang San"},
-        "physician_id": physician or cast.physician,
-        "physician_signature": "sig-ok",
-        "diagnosis_code": "E11.9",
-        "diagnosis_name": "type 2 diabetes",
-        "original_diagnosis_code": "E11.9",
-        "original_diagnosis_date": (original_diagnosis_date or date.today() - timedelta(days=30)).isoformat(),
-        "original_institution_id": "OFFLINE-1",
-        "verification_method": "e_voucher",
-        "consultation_fee": "20.00",
-    }
+    return simulate.visit_body(cast.hospital, physician or cast.physician, cast.region,
+                               visit_ref=visit_ref or unique_id("V"), national_id=unique_id("370102199001011234"),
+                               original_diagnosis_date=original_diagnosis_date)
 
 
 def prescription_body(encounter_id: str, *, days: int = 28, quantity: int = 4,
                       prescription_ref: str | None = None) -> dict[str, Any]:
-    return {
-        "prescription_ref": prescription_ref or unique_id("RX"),
-        "encounter_id": encounter_id,
-        "physician_signature": "sig-ok",
-        "items": [{"drug_code": METFORMIN, "name": "metformin", "spec": "0.5g*30", "quantity": quantity,
-                   "days_supply": days, "unit_price": "11.00", "category": "A"}],
-        "first_visit_drug_codes": [METFORMIN],
-    }
+    return simulate.prescription_body(encounter_id, days=days, quantity=quantity,
+                                      prescription_ref=prescription_ref or unique_id("RX"))
 
 
-def dispense_body(quantity: int = 4, codes: list[str] | None = None) -> dict[str, Any]:
-    return {"lines": [{"drug_code": METFORMIN, "quantity": quantity, "unit_price": "11.00", "price_cap": "11.25",
-                       "trace_codes": codes if codes is not None else trace_codes(quantity)}]}
+def dispense_body(quantity: int = 4, codes: Sequence[str] | None = None) -> dict[str, Any]:
+    return simulate.dispense_body(quantity, codes if codes is not None else trace_codes(quantity))
 
 
 def settle_command(prescription_id: str, patient_ref: str, total: str = "44.00",

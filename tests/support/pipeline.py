@@ -1,5 +1,5 @@
 """Helpers for the router and gateway tests (no tests here): the real path in one process — the write side,
-the relay on a topic of its own, the router and the gateway as asyncio tasks — plus a cast and feed readers.
+the relay on a topic of its own, the router and the gateway as asyncio tasks — plus feed readers (the cast: ``Pipeline.cast()``).
 
 Every test gets a fresh database (the relay reads a global log) and unique topics, groups and feed prefixes.
 """
@@ -7,11 +7,8 @@ Every test gets a fresh database (the relay reads a global log) and unique topic
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, timedelta
-from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
@@ -19,82 +16,27 @@ import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from events.base import CatalogCategory, DomainEvent, InsuranceType, Ownership, RealNameMethod
+from events import topics
+from events.base import DomainEvent
+from events.contracts import FeedMessage
 from events.prescription import PrescriptionItem, PrescriptionRouted
 from services.adapters.event_log import load_stream
 from services.application import RxTrail, build_application
-from services.application import commands as c
-from services.application.outcomes import Outcome
 from services.relay import run_relay
-from services.workers.gateway import FeedMessage, Gateway, GatewayConfig, run_gateway
+from services.workers.gateway import Gateway, GatewayConfig, run_gateway
 from services.workers.router import Router, RouterConfig, run_router
-from tests.support import unique_id, unique_topic
+from tests.support import domain, unique_id, unique_topic
+from tests.support.cast import CHANGCHUN, JINAN, Cast
 
 SECRET = b"x" * 32
-REGION = "370100"
-OTHER_REGION = "220100"
-METFORMIN = "XA10BAA001A001010101"
-AMLODIPINE = "XC08CAA001A001010101"
-VITAMIN = "XA11HAX001A001010101"
+REGION = JINAN
+OTHER_REGION = CHANGCHUN
 PARTITIONS = 4
 
 
 def item(drug_code: str, quantity: int = 2, unit_price: str = "12.50") -> PrescriptionItem:
-    return PrescriptionItem(drug_code=drug_code, name=f"drug {drug_code[-6:]}", spec="0.5g*30", quantity=quantity,
-                            days_supply=28, unit_price=Decimal(unit_price), category=CatalogCategory.A)
-
-
-def ok(outcome: Outcome) -> Outcome:
-    if not outcome.ok:
-        raise AssertionError(f"expected ok, got {outcome.error} {outcome.rule_id}: {outcome.reason}")
-    return outcome
-
-
-@dataclass
-class Cast:
-    """A hospital with its physician and pharmacist; patients and pharmacies are added per test."""
-
-    app: RxTrail
-    hospital: str = field(default_factory=lambda: unique_id("H"))
-    physician: str = field(default_factory=lambda: unique_id("DR"))
-    pharmacist: str = field(default_factory=lambda: unique_id("RPH"))
-    national_ids: dict[UUID, str] = field(default_factory=dict)
-
-    def register(self) -> Cast:
-        ok(self.app.handle(c.RegisterPhysician(physician_id=self.physician, hospital_id=self.hospital,
-                                               name="Dr Li", qualification_no="Q-1")))
-        ok(self.app.handle(c.RegisterPharmacist(pharmacist_id=self.pharmacist, employer_id=self.hospital,
-                                                name="Wang", qualification_no="Q-2")))
-        return self
-
-    def designate(self, pharmacy_id: str, *, region: str = REGION, drugs: tuple[str, ...] | None = None) -> str:
-        ok(self.app.handle(c.DesignatePharmacy(pharmacy_id=pharmacy_id, name=f"pharmacy {pharmacy_id}",
-                                               pooling_region=region, agreement_no=unique_id("AG"),
-                                               drug_codes=drugs)))
-        return pharmacy_id
-
-    def approved(self, *items: PrescriptionItem, preferred: str | None = None, region: str = REGION,
-                 prescription_ref: str | None = None) -> UUID:
-        """Visit, prescription (with the patient's choice) and approval; returns the prescription id."""
-        national_id = f"3701{secrets.randbelow(10**14):014d}"
-        visit = ok(self.app.handle(c.RecordFollowUpVisit(
-            hospital_id=self.hospital, visit_ref=unique_id("V"), physical_institution_id=f"P-{self.hospital}",
-            institution_ownership=Ownership.PUBLIC, pooling_region=region, insured_region=region,
-            insurance_type=InsuranceType.EMPLOYEE,
-            patient=c.PatientIdentity(national_id=national_id, name="张三", phone="13800138000"),
-            physician_id=self.physician, physician_signature=f"sig:{self.physician}", diagnosis_code="E11.9",
-            diagnosis_name="type 2 diabetes", original_diagnosis_code="E11.9",
-            original_diagnosis_date=date.today() - timedelta(days=30), original_institution_id="OFFLINE-1",
-            verification_method=RealNameMethod.E_VOUCHER, consultation_fee=Decimal("20.00"))))
-        chosen = items or (item(METFORMIN),)
-        rx = ok(self.app.handle(c.IssuePrescription(
-            hospital_id=self.hospital, prescription_ref=prescription_ref or unique_id("RX"),
-            encounter_id=visit.aggregate_id, physician_signature=f"sig:{self.physician}", items=chosen,
-            first_visit_drug_codes=tuple(i.drug_code for i in chosen), preferred_pharmacy_id=preferred)))
-        assert rx.aggregate_id is not None
-        ok(self.app.handle(c.ApprovePrescription(prescription_id=rx.aggregate_id, pharmacist_id=self.pharmacist)))
-        self.national_ids[rx.aggregate_id] = national_id
-        return rx.aggregate_id
+    """The router and gateway tests' prescriptions carry two units of each drug."""
+    return domain.item(drug_code, quantity, unit_price)
 
 
 @dataclass
@@ -121,6 +63,10 @@ class Pipeline:
                                       "feed_prefix": self.feed_prefix, "partitions": PARTITIONS}
         fields.update(kw)
         return GatewayConfig(self.database_url, self.bootstrap, **fields)
+
+    def cast(self, **kw: Any) -> Cast:
+        """The cast for these tests: in REGION, a new patient per prescription, pharmacies designated per test."""
+        return Cast(self.app, **{"region": REGION, "with_pharmacies": False, "patient_per_visit": True, **kw})
 
     def feed(self, pharmacy_id: str) -> str:
         return f"{self.feed_prefix}{pharmacy_id}"
@@ -160,8 +106,8 @@ class Pipeline:
 def new_pipeline(make_database: Callable[[], str], bootstrap: str) -> Pipeline:
     db = make_database()
     app = build_application(db, pseudonym_secret=SECRET)
-    return Pipeline(db, bootstrap, app, topic=unique_topic("rx.events"), dlq_topic=unique_topic("rx.dlq"),
-                    feed_prefix=unique_topic("rx.pharmacy") + ".")
+    return Pipeline(db, bootstrap, app, topic=unique_topic(topics.EVENTS), dlq_topic=unique_topic(topics.DLQ),
+                    feed_prefix=unique_topic(topics.PHARMACY_PREFIX.rstrip(".")) + ".")
 
 
 async def wait_for(predicate: Callable[[], Any], pipeline: Pipeline | None = None, timeout_s: float = 40.0,

@@ -16,9 +16,11 @@ from fastapi.testclient import TestClient
 
 from services import simulate
 from services.adapters.api_keys import create_key, ensure_schema, parse_party
-from services.application import RxTrail, build_application
+from services.application import RxTrail
 from services.application import commands as c
+from services.bootstrap import build_application
 from services.infra.ports import free_port, wait_for_port
+from services.infra.settings import Settings
 from tests.support import unique_id
 from tests.support.cast import CHANGCHUN, JINAN, Cast
 from tests.support.domain import trace_codes
@@ -30,7 +32,7 @@ SECRET = b"rxtrail-test-pseudonym-secret-32"
 
 
 def open_application(database_url: str, **kwargs: Any) -> RxTrail:
-    return build_application(database_url, pseudonym_secret=SECRET, **kwargs)
+    return build_application(Settings(database_url=database_url, pseudonym_secret=SECRET), **kwargs)
 
 
 def register_cast(app: RxTrail) -> Cast:

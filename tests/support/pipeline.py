@@ -21,7 +21,9 @@ from events.base import DomainEvent
 from events.contracts import FeedMessage
 from events.prescription import PrescriptionItem, PrescriptionRouted
 from services.adapters.event_log import load_stream
-from services.application import RxTrail, build_application
+from services.application import RxTrail
+from services.bootstrap import build_application
+from services.infra.settings import Settings
 from services.relay import run_relay
 from services.workers.gateway import Gateway, GatewayConfig, run_gateway
 from services.workers.router import Router, RouterConfig, run_router
@@ -105,7 +107,7 @@ class Pipeline:
 
 def new_pipeline(make_database: Callable[[], str], bootstrap: str) -> Pipeline:
     db = make_database()
-    app = build_application(db, pseudonym_secret=SECRET)
+    app = build_application(Settings(database_url=db, pseudonym_secret=SECRET))
     return Pipeline(db, bootstrap, app, topic=unique_topic(topics.EVENTS), dlq_topic=unique_topic(topics.DLQ),
                     feed_prefix=unique_topic(topics.PHARMACY_PREFIX.rstrip(".")) + ".")
 

@@ -1,4 +1,8 @@
-"""Verify hash chains: every event's hash recomputed, every prev_hash linked to its predecessor."""
+"""Verify hash chains: every event's hash recomputed, every prev_hash linked to its predecessor.
+
+The pure check on decoded events. ``services.integrity.chain.check_stream`` runs it, with the same rule on the
+stored JSON, over the event store, ``rx.events`` and trail bundles.
+"""
 
 from __future__ import annotations
 

@@ -198,7 +198,7 @@ def ensure_tables(conn: psycopg.Connection[Any]) -> None:
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK + 1,))
         for statement in CREATE:
-            conn.execute(statement)  # type: ignore[arg-type]
+            conn.execute(statement)
 
 
 def latest_checkpoint(conn: psycopg.Connection[Any]) -> Checkpoint | None:

@@ -161,12 +161,8 @@ def _header(message: Any, name: str, default: str) -> str:
 def verify(database_url: str | None, bootstrap: str | None = None, *, topic: str = "rx.events",
            data_dir: str | Path | None = None, logs: Sequence[str] | None = None) -> Report:
     """What `rxtrail verify` runs. ``report.exit_code``: 0 intact, 1 tampered."""
-    report = Report()
-    stored: StoredBytes | None = {} if bootstrap else None
-    if database_url:
-        report = verify_store(database_url, data_dir=data_dir, logs=logs, keep=stored)
-    else:
-        stored = None
+    stored: StoredBytes | None = {} if database_url and bootstrap else None
+    report = verify_store(database_url, data_dir=data_dir, logs=logs, keep=stored) if database_url else Report()
     if bootstrap:
         verify_messages(_run(read_events_topic(bootstrap, topic)), stored, report)
     return report

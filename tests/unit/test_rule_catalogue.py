@@ -44,8 +44,9 @@ def _check_functions() -> dict[str, str]:
     return found
 
 
-def test_ids_are_r1_to_r19_in_order_and_constants_name_them() -> None:
-    assert list(RULES) == [f"R{n}" for n in range(1, 20)]
+def test_ids_are_numbered_in_order_from_r1_and_constants_name_them() -> None:
+    assert list(RULES) == [f"R{n}" for n in range(1, len(RULES) + 1)]
+    assert len(RULES) >= 19
     for rule_id in RULES:
         assert getattr(rules, rule_id) == rule_id
 
@@ -57,13 +58,11 @@ def test_every_entry_cites_a_source_and_says_what_it_does() -> None:
         assert set(rule.seed_files) <= set(SEED_FILES.values())
         cited = sorted(set(re.findall(r"\b(00[0-4])\b", rule.source)))
         assert sorted(SEED_FILES[n] for n in cited) == sorted(rule.seed_files), rule.id
-    # the policy texts back every rule except trail integrity (R13) and the national prescription rules (R19)
-    assert [r.id for r in catalogue() if not r.seed_files] == ["R19"]
-    assert RULES["R13"].source.startswith("trail integrity")
+    assert RULES["R13"].source.startswith("trail integrity") and RULES["R13"].seed_files
+    assert RULES["R19"].seed_files == ()  # 处方管理办法, outside the seeds
 
 
-def test_enforced_is_honest_r1_to_r14_and_r19_enforced_r15_to_r18_not_yet() -> None:
-    assert [r.id for r in catalogue() if not r.enforced] == ["R15", "R16", "R17", "R18"]
+def test_kinds() -> None:
     assert RULES["R5"].kind is RuleKind.FLAG
     assert {r.id for r in catalogue() if r.kind is RuleKind.REJECT_AND_FLAG} == {"R7", "R8"}
 
@@ -115,7 +114,9 @@ def test_no_hard_coded_rule_range_in_docs_of_the_code() -> None:
     assert found == []
 
 
-def test_each_enforced_rule_has_a_named_check_and_the_aggregates_call_every_check() -> None:
+def test_enforced_is_honest_each_enforced_rule_has_a_named_check_and_the_aggregates_call_every_check() -> None:
+    """A rule is marked enforced exactly when it has a check_/flag_ function, and every such function is called
+    by the domain; a partly enforced rule says in ``note`` what is missing."""
     checks = _check_functions()
     assert set(checks.values()) == {r.id for r in catalogue() if r.enforced}
     called = {

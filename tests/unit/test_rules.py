@@ -8,7 +8,8 @@ from datetime import date, timedelta
 import pytest
 
 from events.base import BusinessType, CatalogCategory, RealNameMethod
-from events.prescription import RoutingBasis, RuleFlagged
+from events.encounter import FollowUpVisitRecorded
+from events.prescription import PrescriptionDispensed, PrescriptionSettled, RoutingBasis, RuleFlagged
 from services.domain import (
     Encounter,
     IllegalTransition,
@@ -50,6 +51,17 @@ def flags(rx: Prescription) -> list[RuleFlagged]:
     return [e for e in rx.pending_events if isinstance(e, RuleFlagged)]
 
 
+def _settled(rx: Prescription) -> PrescriptionSettled:
+    [settled] = [e for e in rx.pending_events if isinstance(e, PrescriptionSettled)]
+    return settled
+
+
+def _paid(rx: Prescription) -> tuple[str, str, str]:
+    """Fund, personal account and self-pay of the recorded settlement."""
+    s = _settled(rx)
+    return str(s.fund), str(s.personal_account), str(s.self_pay)
+
+
 # --- R1 follow-up of the same disease diagnosed offline within 3 months ------------------------------
 
 
@@ -59,7 +71,9 @@ def test_r1_allows_follow_up_of_same_disease_category(w: World) -> None:
 
 
 def test_r1_allows_offline_diagnosis_exactly_3_months_ago(w: World) -> None:
-    w.encounter(original_date=date(2024, 12, 10))
+    enc = w.encounter(original_date=date(2024, 12, 10))
+    [visit] = enc.pending_events
+    assert isinstance(visit, FollowUpVisitRecorded) and visit.original_diagnosis_date == date(2024, 12, 10)
 
 
 def test_r1_rejects_offline_diagnosis_3_months_and_a_day_ago(w: World) -> None:
@@ -80,14 +94,15 @@ def test_r1_rejects_offline_diagnosis_in_the_future(w: World) -> None:
 
 def test_r1_window_uses_china_calendar_date(w: World) -> None:
     w.clock.set(w.clock.now().replace(hour=17))  # 01:00 next day in China
-    w.encounter(original_date=date(2024, 12, 11))
+    assert w.encounter(original_date=date(2024, 12, 11)).pending_events
     with refused("R1"):
         w.encounter(original_date=date(2024, 12, 10))
 
 
 def test_r1_window_is_configurable(w: World) -> None:
     rules = RuleConfig(follow_up_window_months=6)
-    Encounter.record(**{**_visit_args(w), "original_diagnosis_date": date(2024, 9, 10), "rules": rules})
+    enc = Encounter.record(**{**_visit_args(w), "original_diagnosis_date": date(2024, 9, 10), "rules": rules})
+    assert [type(e).__name__ for e in enc.pending_events] == ["FollowUpVisitRecorded"]
     with refused("R1"):
         Encounter.record(**{**_visit_args(w), "original_diagnosis_date": date(2024, 9, 9), "rules": rules})
 
@@ -158,7 +173,8 @@ def test_r2_rejects_suspended_physician_and_allows_after_reinstatement(w: World)
     with refused("R2"):
         w.encounter()
     w.physician.reinstate(clock=w.clock, reason="cleared")
-    w.issued(encounter=enc)
+    rx = w.issued(encounter=enc)
+    assert rx.status == "issued" and rx.physician_id == "DR-001"
 
 
 def test_r2_rejects_physician_registered_at_another_hospital(w: World) -> None:
@@ -206,7 +222,8 @@ def _run(w: World, rx: Prescription, command: str) -> None:
 
 
 def test_r4_allows_56_days_supply(w: World) -> None:
-    w.issued(item(days_supply=56))
+    rx = w.issued(item(days_supply=56))
+    assert rx.status == "issued" and [i.days_supply for i in rx.items] == [56]
 
 
 def test_r4_rejects_57_days_supply(w: World) -> None:
@@ -225,7 +242,8 @@ def test_r4_rejects_85_days_in_emergency(w: World) -> None:
 
 
 def test_r4_limits_are_configurable(w: World) -> None:
-    w.issued(item(days_supply=30), rules=RuleConfig(long_rx_max_days=30))
+    rx = w.issued(item(days_supply=30), rules=RuleConfig(long_rx_max_days=30))
+    assert rx.status == "issued"
     with refused("R4"):
         w.issued(item(days_supply=31), rules=RuleConfig(long_rx_max_days=30))
 
@@ -318,6 +336,7 @@ def test_r7_no_flag_at_the_cap(w: World) -> None:
 def test_r7_allows_fund_up_to_capped_amount_and_personal_excess_non_public(w: World) -> None:
     rx = _over_cap(w, in_house=False)
     w.settle(rx, fund="40.00", personal="10.00", self_pay="0.00")
+    assert _paid(rx) == ("40.00", "10.00", "0.00")
 
 
 def test_r7_rejects_fund_above_capped_amount(w: World) -> None:
@@ -440,6 +459,7 @@ def test_r8_rejects_code_scanned_as_another_drug(w: World) -> None:
 def test_r9_allows_the_patient_served(w: World) -> None:
     rx = w.collected()
     w.settle(rx, patient_ref=PATIENT)
+    assert rx.status == "settled" and _settled(rx).patient_ref == PATIENT
 
 
 def test_r9_rejects_another_person_settling(w: World) -> None:
@@ -494,6 +514,7 @@ def test_r10_allows_self_pay_drug_with_consent_and_self_pay_settlement(w: World)
         item(VITAMIN, quantity=2, unit_price="15.00", category=CatalogCategory.NONE, patient_consent=True),
     )
     w.settle(rx, fund="40.00", personal="10.00", self_pay="30.00")
+    assert _paid(rx) == ("40.00", "10.00", "30.00")
 
 
 def test_r10_rejects_insurance_paying_for_self_pay_drug(w: World) -> None:
@@ -517,6 +538,7 @@ def _suspended(w: World, until: date | None = None) -> PatientStatus:
 def test_r11_allows_self_pay_only_for_suspended_patient(w: World) -> None:
     rx = w.collected()
     w.settle(rx, fund="0.00", personal="0.00", self_pay="50.00", patient=_suspended(w))
+    assert _paid(rx) == ("0.00", "0.00", "50.00")
 
 
 def test_r11_rejects_fund_or_personal_account_for_suspended_patient(w: World) -> None:
@@ -547,8 +569,10 @@ def test_r11_applies_to_consultation_fees(w: World) -> None:
 def test_r11_suspension_ends_with_reinstatement_or_after_until_date(w: World) -> None:
     patient = _suspended(w)
     patient.reinstate(clock=w.clock, reason="appeal upheld")
-    w.settle(w.collected(), patient=patient)
-    w.settle(w.collected(), patient=_suspended(w, until=TODAY - timedelta(days=1)))
+    after_reinstatement, after_until = w.collected(), w.collected()
+    w.settle(after_reinstatement, patient=patient)
+    w.settle(after_until, patient=_suspended(w, until=TODAY - timedelta(days=1)))
+    assert _paid(after_reinstatement) == _paid(after_until) == ("35.00", "10.00", "5.00")
     with refused("R11"):
         w.settle(w.collected(), patient=_suspended(w, until=TODAY))
 
@@ -569,6 +593,8 @@ def _off_site(w: World) -> Prescription:
 def test_r12_off_site_settles_on_insured_region_policy_and_local_catalog(w: World) -> None:
     rx = _off_site(w)
     w.settle(rx, policy_region=JINAN, catalog_region=CHANGCHUN)
+    settled = _settled(rx)
+    assert (settled.policy_region, settled.catalog_region) == (JINAN, CHANGCHUN)
 
 
 def test_r12_rejects_off_site_settlement_on_treatment_region_policy(w: World) -> None:
@@ -684,6 +710,9 @@ def test_r19_allows_routing_and_dispensing_until_the_last_instant_of_validity(w:
     rx.route(clock=w.clock, pharmacy=w.pharmacy, basis=RoutingBasis.PATIENT_CHOICE)
     rx.accept(clock=w.clock, dispenser_id=PHARMACY)
     w.dispense(rx, line(quantity=1))
+    dispensed = rx.pending_events[-1]
+    assert isinstance(dispensed, PrescriptionDispensed) and dispensed.timestamp == rx.valid_until
+    assert rx.status == "partially_dispensed"
 
 
 @pytest.mark.parametrize("command", ["route", "dispense"])

@@ -134,10 +134,6 @@ class ClaimLine(BaseModel):
     in_indication: bool = True
     patient_consent: bool = False
 
-    @property
-    def in_catalog(self) -> bool:
-        return self.category in COVERED
-
 
 class Claim(BaseModel):
     """Everything settlement needs to know about one dispensed prescription and its patient."""

@@ -21,13 +21,12 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 SECRET = "bench-pseudonym-secret-0123456789"
 
@@ -37,9 +36,49 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-async def http_load(base: str, keys: dict[str, str], cast: Any, rate: float, seconds: float) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Cast:
+    """The parties the load runs as: one hospital with its physician and pharmacist, one pharmacy."""
+
+    hospital: str = "BENCH-H1"
+    physician: str = "BENCH-DR1"
+    pharmacist: str = "BENCH-PHM1"
+    pharmacy: str = "BENCH-PY1"
+    region: str = "220100"  # Changchun: pharmacies are paid directly
+
+
+def register_cast(app: Any) -> Cast:
+    from services.application import commands as c
+
+    cast = Cast()
+    outcomes = app.apply_batch([
+        c.RegisterPhysician(physician_id=cast.physician, hospital_id=cast.hospital, name="Dr A", qualification_no="Q1"),
+        c.RegisterPharmacist(pharmacist_id=cast.pharmacist, employer_id=cast.hospital, name="Ph A",
+                             qualification_no="Q3"),
+        c.DesignatePharmacy(pharmacy_id=cast.pharmacy, name="Pharmacy A", pooling_region=cast.region, agreement_no="AG1"),
+    ])
+    if not all(o.ok for o in outcomes):
+        raise SystemExit(f"could not register the cast: {outcomes}")
+    return cast
+
+
+def api_keys(database_url: str, cast: Cast) -> dict[str, str]:
+    """A bearer token per party kind: ``{"hospital": "rx_...", "pharmacist": ..., "pharmacy": ...}``."""
+    import psycopg
+
+    from services.adapters.api_keys import create_key, ensure_schema, parse_party
+
+    parties = {"hospital": cast.hospital, "pharmacist": cast.pharmacist, "pharmacy": cast.pharmacy}
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        ensure_schema(conn)
+        return {kind: create_key(conn, parse_party(f"{kind}:{pid}"), datetime.now(UTC), label="bench")
+                for kind, pid in parties.items()}
+
+
+async def http_load(base: str, keys: dict[str, str], cast: Cast, rate: float, seconds: float) -> dict[str, Any]:
     import httpx
-    from e2e.flows import dispense_body, prescription_body, visit_body
+
+    from services.simulate import dispense_body, prescription_body, visit_body
 
     latencies: dict[str, list[float]] = defaultdict(list)
     errors: dict[str, int] = defaultdict(int)
@@ -63,7 +102,7 @@ async def http_load(base: str, keys: dict[str, str], cast: Any, rate: float, sec
             return r.json()
 
         async def journey() -> None:
-            v = await call("visit", "POST", "/hospital/visits", h, visit_body(cast))
+            v = await call("visit", "POST", "/hospital/visits", h, visit_body(cast.hospital, cast.physician, cast.region))
             if not v:
                 return
             p = await call("issue", "POST", "/hospital/prescriptions", h, prescription_body(v["aggregate_id"]))
@@ -101,14 +140,13 @@ async def http_load(base: str, keys: dict[str, str], cast: Any, rate: float, sec
     }
 
 
-async def intake_load(database_url: str, bootstrap: str, application: Any, cast: Any, commands: int,
+async def intake_load(database_url: str, bootstrap: str, application: Any, cast: Cast, commands: int,
                       batch: int) -> dict[str, Any]:
     from aiokafka import AIOKafkaProducer
-    from e2e.flows import visit_body
 
     from events import topics
     from services.infra.kafka_admin import ensure_topics_async
-    from services.infra.settings import Settings
+    from services.simulate import visit_body
     from services.workers.intake import create_intake
 
     topic = topics.inbound_topic(cast.hospital)
@@ -119,20 +157,20 @@ async def intake_load(database_url: str, bootstrap: str, application: Any, cast:
     for i in range(commands):
         ref = f"bench-{i}"
         body = {"kind": "record_follow_up_visit", "command_id": ref, "hospital_id": cast.hospital,
-                **visit_body(cast, visit_ref=ref)}
+                **visit_body(cast.hospital, cast.physician, cast.region, visit_ref=ref)}
         await producer.send(topic, json.dumps(body).encode(), key=ref.encode())
     await producer.flush()
     await producer.stop()
     produce_s = time.perf_counter() - t0
 
-    worker = create_intake(Settings(database_url=database_url, kafka_bootstrap=bootstrap), application=application,
+    worker = create_intake(application, bootstrap,
                            group_id="bench-intake", max_records=batch, session_timeout_ms=6000,
                            heartbeat_interval_ms=1000, pattern=rf"rx\.inbound\.{cast.hospital}")
     await worker.start()
     stats = worker.intake.stats
     first: float | None = None
     deadline = time.perf_counter() + 600
-    while stats.applied + stats.rejected + stats.dead_lettered < commands and time.perf_counter() < deadline:
+    while stats.ok + stats.rejected + stats.dead_lettered < commands and time.perf_counter() < deadline:
         if first is None and stats.batches:
             first = time.perf_counter()
         await asyncio.sleep(0.01)
@@ -140,9 +178,9 @@ async def intake_load(database_url: str, bootstrap: str, application: Any, cast:
     await worker.stop()
     span = done - (first or done)
     return {"commands": commands, "max_records": batch, "produce_s": round(produce_s, 2),
-            "applied": stats.applied, "rejected": stats.rejected, "batches": stats.batches,
+            "applied": stats.ok, "rejected": stats.rejected, "batches": stats.batches,
             "seconds_after_first_batch": round(span, 2),
-            "commands_per_s": round((stats.applied + stats.rejected) / span, 1) if span else None}
+            "commands_per_s": round((stats.ok + stats.rejected) / span, 1) if span else None}
 
 
 def main() -> int:
@@ -156,11 +194,10 @@ def main() -> int:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    from e2e.flows import api_keys, register_cast
-
-    from services.application import build_application
+    from services.bootstrap import build_application
     from services.infra.embedded import EmbeddedPostgres, Tansu
     from services.infra.ports import free_port, wait_for_port
+    from services.infra.settings import Settings
 
     work = Path(tempfile.mkdtemp(prefix="rxtrail-bench-", dir="/var/tmp"))
     pg = EmbeddedPostgres(work / "pg", free_port())
@@ -170,11 +207,9 @@ def main() -> int:
     api: subprocess.Popen[bytes] | None = None
     app = None
     try:
-        app = build_application(database_url, pseudonym_secret=SECRET.encode())
+        app = build_application(Settings(database_url=database_url, pseudonym_secret=SECRET))
         cast = register_cast(app)
-        keys = api_keys(database_url, f"hospital:{cast.hospital}", f"pharmacist:{cast.pharmacist}",
-                        f"pharmacy:{cast.pharmacy}")
-        tokens = {k.split(":")[0]: v for k, v in keys.items()}
+        tokens = api_keys(database_url, cast)
         port = free_port()
         env = {**os.environ, "RXTRAIL_DATABASE_URL": database_url, "RXTRAIL_KAFKA_BOOTSTRAP": bootstrap,
                "RXTRAIL_PSEUDONYM_SECRET": SECRET, "RXTRAIL_DATA_DIR": str(work)}

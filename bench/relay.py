@@ -121,7 +121,10 @@ async def bench(database_url: str, bootstrap: str, count: int, size: int, rate: 
     app.close()
 
     lat = sorted(latencies)
-    p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000
+
+    def p(q: float) -> float:
+        return lat[min(len(lat) - 1, int(q * len(lat)))] * 1000
+
     relay_rate, raw_rate = count / relay_s, count / raw_s
     print(f"events: {count} × ~{len(rows[0][4])} B, {PARTITIONS} partitions, batch {BATCH}, "
           f"idempotent producer: {stats.idempotent}")

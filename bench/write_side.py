@@ -22,7 +22,6 @@ import argparse
 import secrets
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,17 +36,17 @@ import psycopg
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from events.base import CatalogCategory, InsuranceType, Ownership, RealNameMethod
 from events.prescription import DispensedLine, PrescriptionItem, RoutingBasis
-from services.application import EVENTS_TABLE, RxTrail, build_application
+from services.adapters.store import EVENTS_TABLE
+from services.application import RxTrail
 from services.application import commands as c
 from services.application.ids import encounter_id_for
+from services.bootstrap import build_application
 from services.domain.clock import FixedClock
 from services.infra.embedded import EmbeddedPostgres
 from services.infra.ports import free_port
-from services.infra.settings import eventsourcing_env
+from services.infra.settings import Settings, eventsourcing_env
 
 T0 = datetime(2025, 3, 10, 2, 0, tzinfo=UTC)
 REGION = "220100"
@@ -90,7 +89,7 @@ def timed(label: str, commands: int, work: Callable[[], None]) -> Rate:
 
 class Ours:
     def __init__(self, url: str) -> None:
-        self.app: RxTrail = build_application(url, pseudonym_secret=SECRET, clock=FixedClock(T0))
+        self.app: RxTrail = build_application(Settings(database_url=url, pseudonym_secret=SECRET), clock=FixedClock(T0))
         self.hospital, self.physician, self.pharmacist, self.pharmacy = "H-1", "DR-1", "RPH-1", "PH-1"
         for cmd in (
             c.RegisterPhysician(physician_id=self.physician, hospital_id=self.hospital, name="Li", qualification_no="Q"),

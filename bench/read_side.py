@@ -1,7 +1,7 @@
-"""Projection throughput and trail-query latency (run by hand: ``python bench/projections.py [--events N]``).
+"""Projection throughput and trail-query latency (run by hand: ``python bench/read_side.py [--events N]``).
 
-Starts its own embedded PostgreSQL and Tansu, generates realistic hash-chained trails (the integration tests'
-generator), publishes them to ``rx.events`` with relay headers, then for each projection prints:
+Starts its own embedded PostgreSQL and Tansu, generates realistic hash-chained trails (``services.simulate``, as the
+projection tests do), publishes them to ``rx.events`` with relay headers, then for each projection prints:
   - events/s of our Kafka consumer (consume + decode + bulk apply + offsets, one transaction per batch);
   - vs (a) a raw COPY of one row per event of the same shape into an unindexed table (the write floor);
   - vs (b) eventsourcing's ProjectionRunner doing the same projection, one event + tracking row per
@@ -22,23 +22,19 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "integration")]
-
 import psycopg
 from psycopg import sql
 
-from events import to_json
+from events import to_json, topics
 from projections.base import Delivered, ProjectionConsumer, ensure_schema
 from projections.registry import NAMES, build
+from services.simulate import all_events, make_trails, relay_headers
 
-TOPIC = "rx.events"
+TOPIC = topics.EVENTS
 
 
 def generate(n_events: int, seed: int) -> tuple[list[tuple[bytes, bytes, list[tuple[str, bytes]]]], list[Any]]:
     """(key, value, headers) messages for about ``n_events`` events, plus the first trails' events for the store."""
-    from projection_support import all_events, headers, make_trails
-
     messages: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = []
     sample: list[Any] = []
     chunk = 0
@@ -47,7 +43,7 @@ def generate(n_events: int, seed: int) -> tuple[list[tuple[bytes, bytes, list[tu
         events = all_events(make_trails(200, seed=seed + chunk))
         chunk += 1
         for e in events:
-            messages.append((str(e.originator_id).encode(), to_json(e), headers(e, len(messages) + 1)))
+            messages.append((str(e.originator_id).encode(), to_json(e), relay_headers(e, len(messages) + 1)))
         if len(sample) < 200_000:
             sample.extend(events)
         if chunk % 50 == 0:
@@ -227,7 +223,7 @@ def main() -> int:
         t0 = time.monotonic()
         messages, sample = generate(args.events, seed=1)
         print(f"generated {len(messages):,} events in {time.monotonic() - t0:.0f}s", flush=True)
-        asyncio.run(ensure_topics_async(bootstrap, [TOPIC, "rx.dlq"], partitions=args.partitions))
+        asyncio.run(ensure_topics_async(bootstrap, [TOPIC, topics.DLQ], partitions=args.partitions))
         rate = asyncio.run(publish(bootstrap, messages))
         total = len(messages)
         del messages

@@ -4,7 +4,7 @@ saying who gave up on it and why)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -161,3 +161,23 @@ __all__ = [
     "feed_key",
     "record_source",
 ]
+
+
+# --- what a party may read of an event (the trail, the pharmacy feed) ----------------------------------------
+
+ENVELOPE_FIELDS = frozenset({"originator_id", "originator_version", "timestamp", "schema_version", "prev_hash", "hash"})
+_PRIVATE: dict[type[BaseModel], frozenset[str]] = {}
+
+
+def private_fields(cls: type[BaseModel]) -> frozenset[str]:
+    """Fields of an event class no party reads: the envelope and chain fields, and anything sealed (``*_sealed``)."""
+    found = _PRIVATE.get(cls)
+    if found is None:
+        found = _PRIVATE[cls] = ENVELOPE_FIELDS | {name for name in cls.model_fields if name.endswith("_sealed")}
+    return found
+
+
+def public_fields(event: BaseModel) -> dict[str, Any]:
+    """An event's business fields as JSON values (the one privacy filter for what parties read of events)."""
+    return event.model_dump(mode="json", exclude=set(private_fields(type(event))))
+

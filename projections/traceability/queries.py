@@ -7,6 +7,7 @@ patient_ref, physician_id, routings.dispenser_id and the trace code columns).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -116,3 +117,107 @@ def by_trace_code(conn: psycopg.Connection[Any], schema: str, code: str) -> list
         " SELECT event_type, at, prescription_id, NULL, drug_code, seller_id, patient_ref, business_type, event_id,"
         " NULL, NULL FROM {s}.trace_code_events WHERE code = %(code)s"
         " ORDER BY at, source").format(s=s), {"code": code})
+
+
+# --- pages for the API (cursor = the row's ``seq``; every filter and the order come from one index) ------------
+
+
+def prescription_page(conn: psycopg.Connection[Any], schema: str, *, after: int, limit: int,
+                      hospital_id: str | None = None, patient_ref: str | None = None,
+                      physician_id: str | None = None, pharmacy_id: str | None = None,
+                      trace_code: str | None = None) -> list[tuple[int, UUID]]:
+    """(seq, prescription id) of the prescriptions matching every given criterion, after ``after``, in seq order.
+    ``pharmacy_id``: ever routed to that pharmacy; ``trace_code``: a pack with that code was sold on it."""
+    s = sql.Identifier(schema)
+    conds: list[sql.Composable] = [sql.SQL("p.seq > %s")]
+    args: list[Any] = [after]
+    for column, value in (("hospital_id", hospital_id), ("patient_ref", patient_ref), ("physician_id", physician_id)):
+        if value is not None:
+            conds.append(sql.SQL("p.{} = %s").format(sql.Identifier(column)))
+            args.append(value)
+    if pharmacy_id is not None:
+        conds.append(sql.SQL("p.prescription_id IN (SELECT prescription_id FROM {}.routings WHERE dispenser_id = %s)")
+                     .format(s))
+        args.append(pharmacy_id)
+    if trace_code is not None:
+        conds.append(sql.SQL("p.prescription_id IN (SELECT prescription_id FROM {}.trace_code_events"
+                             " WHERE code = %s AND event_type = 'TraceCodeSold')").format(s))
+        args.append(trace_code)
+    rows = conn.execute(sql.SQL("SELECT p.seq, p.prescription_id FROM {}.prescriptions p WHERE {}"
+                                " ORDER BY p.seq LIMIT %s").format(s, sql.SQL(" AND ").join(conds)),
+                        (*args, limit)).fetchall()
+    return [(int(r[0]), r[1]) for r in rows]
+
+
+def to_review_page(conn: psycopg.Connection[Any], schema: str, *, hospital_id: str | None, after: int, limit: int
+                   ) -> list[tuple[int, UUID, datetime]]:
+    """(seq, prescription id, issued at) of prescriptions still waiting for review (status issued), of one hospital
+    (or of every hospital: ``hospital_id`` None), in seq order."""
+    s = sql.Identifier(schema)
+    hospital = sql.SQL("AND hospital_id = %s") if hospital_id is not None else sql.SQL("")
+    args = (after, *((hospital_id,) if hospital_id is not None else ()), limit)
+    rows = conn.execute(sql.SQL("SELECT seq, prescription_id, issued_at FROM {}.prescriptions"
+                                " WHERE status = 'issued' AND seq > %s {} ORDER BY seq LIMIT %s").format(s, hospital),
+                        args).fetchall()
+    return [(int(r[0]), r[1], r[2]) for r in rows]
+
+
+def visit_page(conn: psycopg.Connection[Any], schema: str, *, hospital_id: str, after: int, limit: int
+               ) -> list[tuple[int, UUID]]:
+    """(seq, encounter id) of one hospital's follow-up visits, in seq order."""
+    rows = conn.execute(sql.SQL("SELECT seq, encounter_id FROM {}.visits WHERE hospital_id = %s AND seq > %s"
+                                " ORDER BY seq LIMIT %s").format(sql.Identifier(schema)),
+                        (hospital_id, after, limit)).fetchall()
+    return [(int(r[0]), r[1]) for r in rows]
+
+
+def region_hospitals(conn: psycopg.Connection[Any], schema: str, pooling_region: str) -> set[str]:
+    """Hospitals with follow-up visits in a pooling region."""
+    rows = conn.execute(sql.SQL("SELECT DISTINCT hospital_id FROM {}.visits WHERE pooling_region = %s").format(
+        sql.Identifier(schema)), (pooling_region,)).fetchall()
+    return {r[0] for r in rows if r[0]}
+
+
+def flag_page(conn: psycopg.Connection[Any], schema: str, *, rule_id: str | None, after: int, limit: int
+              ) -> list[dict[str, Any]]:
+    """Rule flags (of one rule, or all), in the order recorded here: seq, prescription_id, version, rule_id, reason,
+    at, details."""
+    rule = sql.SQL("AND rule_id = %s") if rule_id is not None else sql.SQL("")
+    args = (after, *((rule_id,) if rule_id is not None else ()), limit)
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(sql.SQL("SELECT seq, prescription_id, version, rule_id, reason, at, details FROM {}.flags"
+                            " WHERE seq > %s {} ORDER BY seq LIMIT %s").format(sql.Identifier(schema), rule), args)
+        return cur.fetchall()
+
+
+@dataclass(frozen=True)
+class TrailEvent:
+    """One event of a prescription's trail with its business fields (no chain fields, nothing sealed)."""
+
+    aggregate_id: UUID
+    aggregate_type: str  # Encounter, Prescription or TraceCode
+    version: int
+    event_type: str
+    at: datetime
+    data: dict[str, Any]
+
+
+def trail_events(conn: psycopg.Connection[Any], schema: str, rx_id: UUID, encounter_id: UUID,
+                 codes: Sequence[str] = ()) -> list[TrailEvent]:
+    """The visit's and the prescription's events, and the sales and returns of its packs' trace codes (``codes``
+    plus any sold on it; a code's events for other prescriptions are left out), in time order."""
+    s = sql.Identifier(schema)
+    rows = conn.execute(sql.SQL(
+        "SELECT stream_id, 'Encounter', version, step, at, details FROM {s}.steps WHERE stream_id = %(enc)s"
+        " UNION ALL"
+        " SELECT stream_id, 'Prescription', version, step, at, details FROM {s}.steps WHERE stream_id = %(rx)s"
+        " UNION ALL"
+        " SELECT stream_id, 'TraceCode', version, event_type, at, coalesce(details, '{{}}'::jsonb)"
+        " FROM {s}.trace_code_events WHERE code IN (SELECT unnest(%(codes)s::text[])"
+        "   UNION SELECT code FROM {s}.trace_code_events WHERE prescription_id = %(rx)s)"
+        " AND (prescription_id IS NULL OR prescription_id = %(rx)s)").format(s=s),
+        {"enc": encounter_id, "rx": rx_id, "codes": list(codes)}).fetchall()
+    events = [TrailEvent(r[0], r[1], int(r[2]), r[3], r[4], r[5] if isinstance(r[5], dict) else json.loads(r[5]))
+              for r in rows]
+    events.sort(key=lambda e: (e.at, e.aggregate_type != "Encounter", e.version))
+    return events

@@ -305,7 +305,8 @@ class VisitPage(PageInfo):
 
 
 class FeedItemPublic(_Public):
-    """One event on a prescription routed to this pharmacy; `cursor` is its global position."""
+    """One event on a prescription while it is routed to this pharmacy (its routing, what follows, its own return);
+    `data`: the event's business fields (nothing sealed, no chain fields)."""
 
     cursor: int
     prescription_id: UUID
@@ -314,12 +315,13 @@ class FeedItemPublic(_Public):
     at: datetime
     data: dict[str, Any]
     prescription: dict[str, Any] | None = Field(
-        default=None, description="on PrescriptionRouted: what to dispense (items, diagnosis, patient pseudonym)")
+        default=None, description="on PrescriptionRouted: what to dispense (items, diagnosis, validity, patient "
+                                  "pseudonym), as the Kafka feed's `prescription` (events.contracts.FeedPrescription)")
 
 
 class FeedPagePublic(_Public):
     items: list[FeedItemPublic]
-    cursor: int = Field(description="resume from here (`after`); it advances past events of other pharmacies too")
+    cursor: int = Field(description="resume from here (`after`); unchanged when nothing new came")
 
 
 class TrailEventPublic(_Public):

@@ -1,275 +1,168 @@
-"""What parties read, straight from the event store (the record of truth).
+"""What parties read: the read side (projections), never scans of the event table.
 
-Lists find aggregate ids with indexed-by-position scans of ``rxtrail_events`` and then load the aggregates,
-so a list never disagrees with what a command will be checked against. The pharmacy feed walks the
-notification log from a cursor; regulators' searches look inside the stored JSON. When the traceability
-projection carries these lookups, these queries can move there without changing the HTTP layer.
+Lists, searches, the review queue, flags and trails come from the traceability projection's indexed queries
+(``projections.traceability.queries``); the pharmacy feed from the gateway's feed state
+(``services.workers.gateway.feed_page``); statements from the settlement projections. Cursors are the read
+model's ``seq`` (the order rows were first written there).
+
+The read side is eventually consistent: a command's effects show here once the relay and the projection or
+gateway have carried them (usually well under a second). The aggregates a list names are then loaded from the
+write side, so each item shows the record of truth; who may see an aggregate is decided by the gate
+(``services.application.access``) on the write side too. Until a projection has created its tables, its reads
+answer empty.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import psycopg
-from psycopg import sql
-from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from projections.hospital_settlement.projection import HospitalSettlement
 from projections.hospital_settlement.projection import statements as hospital_statements
 from projections.pharmacy_settlement.projection import PharmacySettlement
 from projections.pharmacy_settlement.projection import statements as pharmacy_statements
-from services.adapters.event_log import load_stream
-from services.adapters.store import EVENTS_TABLE, RxTrailStore
+from projections.traceability import queries as trace
+from projections.traceability.projection import Traceability
 from services.api import models as m
+from services.application.ports import EventStore
 from services.application.unit_of_work import UnitOfWork
 from services.domain.encounter import Encounter
 from services.domain.errors import DomainError
 from services.domain.prescription import Prescription, RxStatus
-from services.domain.registries import Pharmacist
-from services.domain.trace_code import TraceCode
+from services.domain.registries import Pharmacist, Pharmacy
 from services.integrity import verify_aggregate
+from services.workers.gateway import NAME as GATEWAY_SCHEMA
+from services.workers.gateway import feed_page
 
-RX = "events.prescription:"
-ENC = "events.encounter:"
-ISSUED = RX + "PrescriptionIssued"
-ROUTED = RX + "PrescriptionRouted"
-RETURNED = RX + "PrescriptionReturned"
-FLAGGED = RX + "RuleFlagged"
-VISIT = ENC + "FollowUpVisitRecorded"
-TRACE_SOLD = "events.trace_code:TraceCodeSold"
-REVIEWED = (RX + "PrescriptionApproved", RX + "PrescriptionRejected", RX + "PrescriptionCancelled",
-            RX + "PrescriptionExpired")
-HIDDEN_FIELDS = frozenset({"patient_sealed", "prev_hash", "hash", "originator_id", "originator_version",
-                           "timestamp", "schema_version"})
-FEED_SCAN = 5000
-
-
-def public_data(doc: dict[str, Any]) -> dict[str, Any]:
-    """An event's business fields: no chain fields, no sealed personal data."""
-    return {k: v for k, v in doc.items() if k not in HIDDEN_FIELDS}
+T = TypeVar("T")
 
 
 class Reads:
-    def __init__(self, store: RxTrailStore, pool: ConnectionPool[Any], schema: str = "public") -> None:
+    def __init__(self, store: EventStore, pool: ConnectionPool[Any], *, traceability_schema: str = Traceability.name,
+                 gateway_schema: str = GATEWAY_SCHEMA) -> None:
         self.store = store
         self.pool = pool
-        self.events = sql.Identifier(schema, EVENTS_TABLE)
+        self.traceability = traceability_schema
+        self.gateway = gateway_schema
 
-    # --- aggregates -------------------------------------------------------------------------------
-    def prescriptions(self, ids: Sequence[UUID]) -> list[Prescription]:
+    def _read(self, query: Callable[[psycopg.Connection[Any]], T]) -> T | None:
+        """``query``'s answer, or None until the projection has created its tables (callers show nothing then)."""
+        try:
+            with self.pool.connection() as conn:
+                return query(conn)
+        except psycopg.errors.UndefinedTable:
+            return None
+
+    # --- aggregates (write side) -----------------------------------------------------------------
+    def _load(self, cls: type[T], ids: Sequence[UUID]) -> dict[UUID, T]:
         uow = UnitOfWork(self.store)
-        found = []
+        found: dict[UUID, T] = {}
         for i in ids:
             try:
-                rx = uow.get(Prescription, i)
-            except DomainError:
-                rx = None
-            if rx is not None:
-                found.append(rx)
+                aggregate = uow.get(cls, i)  # type: ignore[type-var]
+            except DomainError:  # the id names an aggregate of another kind
+                aggregate = None
+            if isinstance(aggregate, cls):
+                found[i] = aggregate
         return found
 
-    def encounters(self, ids: Sequence[UUID]) -> list[Encounter]:
-        uow = UnitOfWork(self.store)
-        return [e for i in ids if (e := uow.get(Encounter, i)) is not None]
+    def prescriptions(self, ids: Sequence[UUID]) -> list[Prescription]:
+        loaded = self._load(Prescription, ids)
+        return [loaded[i] for i in ids if i in loaded]
 
-    # --- lists by a field of the creating event ---------------------------------------------------
-    def _ids_where(self, topic: str, field: str, value: str, after: int, limit: int) -> list[tuple[int, UUID]]:
-        query = sql.SQL(
-            "SELECT notification_id, originator_id FROM {t} WHERE topic = %s "
-            "AND convert_from(state, 'UTF8')::jsonb ->> {f} = %s AND notification_id > %s "
-            "ORDER BY notification_id LIMIT %s"
-        ).format(t=self.events, f=sql.Literal(field))
-        with self.pool.connection() as conn:
-            return [(r[0], r[1]) for r in conn.execute(query, (topic, value, after, limit)).fetchall()]
-
+    # --- hospitals -------------------------------------------------------------------------------
     def hospital_prescriptions(self, hospital_id: str, after: int, limit: int) -> tuple[list[Prescription], int | None]:
-        rows = self._ids_where(ISSUED, "hospital_id", hospital_id, after, limit)
-        return self.prescriptions([r[1] for r in rows]), (rows[-1][0] if len(rows) == limit else None)
+        rows = self._read(lambda c: trace.prescription_page(c, self.traceability, hospital_id=hospital_id,
+                                                             after=after, limit=limit)) or []
+        return self.prescriptions([r[1] for r in rows]), _next(rows, limit)
 
     def hospital_visits(self, hospital_id: str, after: int, limit: int) -> tuple[list[Encounter], int | None]:
-        rows = self._ids_where(VISIT, "hospital_id", hospital_id, after, limit)
-        return self.encounters([r[1] for r in rows]), (rows[-1][0] if len(rows) == limit else None)
+        rows = self._read(lambda c: trace.visit_page(c, self.traceability, hospital_id=hospital_id, after=after,
+                                                     limit=limit)) or []
+        loaded = self._load(Encounter, [r[1] for r in rows])
+        return [loaded[r[1]] for r in rows if r[1] in loaded], _next(rows, limit)
 
+    # --- regulators ------------------------------------------------------------------------------
     def search(self, *, patient_ref: str | None, physician_id: str | None, pharmacy_id: str | None,
                trace_code: str | None, hospital_id: str | None, after: int, limit: int
                ) -> tuple[list[Prescription], int | None]:
-        """Prescriptions matching every given criterion (regulators)."""
-        conds = [sql.SQL("i.topic = %s"), sql.SQL("i.notification_id > %s")]
-        args: list[Any] = [ISSUED, after]
-        doc = sql.SQL("convert_from(i.state, 'UTF8')::jsonb")
-        for field, value in (("patient_ref", patient_ref), ("physician_id", physician_id),
-                             ("hospital_id", hospital_id)):
-            if value is not None:
-                conds.append(sql.SQL("{d} ->> {f} = %s").format(d=doc, f=sql.Literal(field)))
-                args.append(value)
-        if pharmacy_id is not None:
-            conds.append(sql.SQL(
-                "EXISTS (SELECT 1 FROM {t} r WHERE r.originator_id = i.originator_id AND r.topic = %s "
-                "AND convert_from(r.state, 'UTF8')::jsonb ->> 'dispenser_id' = %s)").format(t=self.events))
-            args += [ROUTED, pharmacy_id]
-        if trace_code is not None:
-            conds.append(sql.SQL(
-                "i.originator_id::text IN (SELECT convert_from(s.state, 'UTF8')::jsonb ->> 'prescription_id' "
-                "FROM {t} s WHERE s.originator_id = %s AND s.topic = %s)").format(t=self.events))
-            args += [TraceCode.id_for(trace_code), TRACE_SOLD]
-        query = sql.SQL("SELECT i.notification_id, i.originator_id FROM {t} i WHERE {c} "
-                        "ORDER BY i.notification_id LIMIT %s").format(t=self.events, c=sql.SQL(" AND ").join(conds))
-        with self.pool.connection() as conn:
-            rows = conn.execute(query, (*args, limit)).fetchall()
-        return self.prescriptions([r[1] for r in rows]), (rows[-1][0] if len(rows) == limit else None)
+        """Prescriptions matching every given criterion."""
+        rows = self._read(lambda c: trace.prescription_page(
+            c, self.traceability, after=after, limit=limit, hospital_id=hospital_id, patient_ref=patient_ref,
+            physician_id=physician_id, pharmacy_id=pharmacy_id, trace_code=trace_code)) or []
+        return self.prescriptions([r[1] for r in rows]), _next(rows, limit)
 
-    # --- pharmacist review queue ------------------------------------------------------------------
-    def review_queue(self, pharmacist: Pharmacist | None, after: int, limit: int
-                     ) -> tuple[list[tuple[datetime, Prescription]], int | None]:
-        """Issued prescriptions not yet reviewed, cancelled or expired that this pharmacist may review."""
-        if pharmacist is None:
-            return [], None
-        hospital_filter = sql.SQL("")
-        args: list[Any] = [ISSUED, after, list(REVIEWED)]
-        if not pharmacist.third_party:
-            hospital_filter = sql.SQL("AND convert_from(i.state, 'UTF8')::jsonb ->> 'hospital_id' = %s")
-            args.insert(2, pharmacist.employer_id)
-        query = sql.SQL(
-            "SELECT i.notification_id, i.originator_id, convert_from(i.state, 'UTF8')::jsonb ->> 'timestamp' "
-            "FROM {t} i WHERE i.topic = %s AND i.notification_id > %s "
-            "{h} AND NOT EXISTS (SELECT 1 FROM {t} r WHERE r.originator_id = i.originator_id "
-            "AND r.originator_version > 1 AND r.topic = ANY(%s)) ORDER BY i.notification_id LIMIT %s"
-        ).format(t=self.events, h=hospital_filter)
-        with self.pool.connection() as conn:
-            rows = conn.execute(query, (*args, limit)).fetchall()
-        loaded = {rx.id: rx for rx in self.prescriptions([r[1] for r in rows])}
-        items = [(datetime.fromisoformat(r[2]), loaded[r[1]]) for r in rows
-                 if r[1] in loaded and loaded[r[1]].status is RxStatus.ISSUED]
-        return items, (rows[-1][0] if len(rows) == limit else None)
-
-    # --- pharmacy feed ----------------------------------------------------------------------------
-    def pharmacy_feed(self, pharmacy_id: str, after: int, limit: int) -> tuple[list[m.FeedItemPublic], int]:
-        """Events of prescriptions while they are routed to this pharmacy, from ``after`` on, in log order.
-
-        An event belongs to the feed when the latest routing decision at or before it (a PrescriptionRouted
-        or PrescriptionReturned, by version) routed the prescription to this pharmacy, or when it is this
-        pharmacy's own return. The returned cursor moves past every scanned event, matching or not.
-        """
-        query = sql.SQL(
-            "WITH scan AS (SELECT notification_id, originator_id, originator_version, topic, state FROM {t} "
-            "  WHERE notification_id > %(after)s ORDER BY notification_id LIMIT %(scan)s) "
-            "SELECT e.notification_id, e.originator_id, e.originator_version, e.topic, "
-            "  convert_from(e.state, 'UTF8')::jsonb AS doc, (SELECT max(notification_id) FROM scan) AS upto "
-            "FROM scan e WHERE e.topic LIKE 'events.prescription:%%' AND ("
-            "  (e.topic = %(returned)s AND convert_from(e.state, 'UTF8')::jsonb ->> 'dispenser_id' = %(p)s) OR "
-            "  (SELECT r.topic = %(routed)s AND convert_from(r.state, 'UTF8')::jsonb ->> 'dispenser_id' = %(p)s "
-            "   FROM {t} r WHERE r.originator_id = e.originator_id AND r.originator_version <= e.originator_version "
-            "   AND r.topic IN (%(routed)s, %(returned)s) ORDER BY r.originator_version DESC LIMIT 1)) "
-            "ORDER BY e.notification_id"
-        ).format(t=self.events)
-        params = {"after": after, "scan": FEED_SCAN, "p": pharmacy_id, "routed": ROUTED, "returned": RETURNED}
-        with self.pool.connection() as conn:
-            rows = conn.execute(query, params).fetchall()
-            if not rows:
-                upto = conn.execute(sql.SQL("SELECT max(notification_id) FROM (SELECT notification_id FROM {t} "
-                                            "WHERE notification_id > %s ORDER BY notification_id LIMIT %s) s")
-                                    .format(t=self.events), (after, FEED_SCAN)).fetchone()
-                return [], int(upto[0]) if upto and upto[0] is not None else after
-        items = [m.FeedItemPublic(cursor=nid, prescription_id=aid, version=version, event_type=topic.split(":")[-1],
-                                  at=doc["timestamp"], data=public_data(doc),
-                                  prescription=self._dispensing_view(aid) if topic == ROUTED else None)
-                 for nid, aid, version, topic, doc, _upto in rows[:limit]]
-        cursor = items[-1].cursor if len(rows) > limit else int(rows[0][5])
-        return items, cursor
-
-    def _dispensing_view(self, prescription_id: UUID) -> dict[str, Any]:
-        query = sql.SQL("SELECT convert_from(state, 'UTF8')::jsonb FROM {t} "
-                        "WHERE originator_id = %s AND originator_version = 1").format(t=self.events)
-        with self.pool.connection() as conn:
-            row = conn.execute(query, (prescription_id,)).fetchone()
-        if row is None:
-            return {}
-        keep = ("hospital_id", "pooling_region", "insured_region", "insurance_type", "patient_ref", "physician_id",
-                "diagnosis_code", "diagnosis_name", "items", "valid_until", "business_type")
-        return {k: row[0].get(k) for k in keep}
-
-    # --- regulators -------------------------------------------------------------------------------
     def trail(self, rx: Prescription) -> list[m.TrailEventPublic]:
         """The visit, the prescription and its trace codes' events, in time order."""
-        streams: list[tuple[str, UUID]] = [("Encounter", rx.encounter_id), ("Prescription", rx.id)]
-        codes = sorted({code for lines in rx.dispenses.values() for line in lines for code in line.trace_codes}
-                       | set(self._sold_codes(rx.id)))
-        streams += [("TraceCode", TraceCode.id_for(code)) for code in codes]
-        out = []
-        for kind, aggregate_id in streams:
-            for event in load_stream(self.store, aggregate_id):
-                doc = event.model_dump(mode="json")
-                if kind == "TraceCode" and doc.get("prescription_id") not in (None, str(rx.id)):
-                    continue
-                out.append({"aggregate_id": aggregate_id, "aggregate_type": kind,
-                            "version": event.originator_version, "event_type": type(event).__name__,
-                            "at": event.timestamp, "data": public_data(doc)})
-        out.sort(key=lambda e: (e["at"], e["aggregate_type"] != "Encounter", e["version"]))
-        return [m.TrailEventPublic(**e) for e in out]
-
-    def _sold_codes(self, prescription_id: UUID) -> list[str]:
-        query = sql.SQL("SELECT convert_from(state, 'UTF8')::jsonb ->> 'code' FROM {t} WHERE topic = %s "
-                        "AND convert_from(state, 'UTF8')::jsonb ->> 'prescription_id' = %s").format(t=self.events)
-        with self.pool.connection() as conn:
-            return [r[0] for r in conn.execute(query, (TRACE_SOLD, str(prescription_id))).fetchall()]
+        codes = sorted({code for lines in rx.dispenses.values() for line in lines for code in line.trace_codes})
+        events = self._read(lambda c: trace.trail_events(c, self.traceability, rx.id, rx.encounter_id, codes)) or []
+        return [m.TrailEventPublic(aggregate_id=e.aggregate_id, aggregate_type=e.aggregate_type, version=e.version,
+                                   event_type=e.event_type, at=e.at, data=e.data) for e in events]
 
     def verification(self, rx: Prescription) -> m.VerificationPublic:
+        """The hash chains of the visit's and the prescription's streams, checked on the record itself."""
         ids = [rx.encounter_id, rx.id]
-        broken = [link for i in ids if (link := verify_aggregate(self.store, i)) is not None]
+        broken = [link for i in ids if (link := verify_aggregate(self.store, i)) is not None]  # type: ignore[arg-type]
         return m.VerificationPublic(verified=not broken, aggregates=len(ids), broken=[
             {"aggregate_id": str(b.aggregate_id), "version": b.version, "reason": b.reason} for b in broken])
 
     def flags(self, rule: str | None, after: int, limit: int) -> tuple[list[m.FlagPublic], int | None]:
-        cond = sql.SQL("AND convert_from(state, 'UTF8')::jsonb ->> 'rule_id' = %s") if rule else sql.SQL("")
-        query = sql.SQL("SELECT notification_id, originator_id, originator_version, "
-                        "convert_from(state, 'UTF8')::jsonb FROM {t} WHERE topic = %s AND notification_id > %s {c} "
-                        "ORDER BY notification_id LIMIT %s").format(t=self.events, c=cond)
-        args = (FLAGGED, after, *((rule,) if rule else ()), limit)
-        with self.pool.connection() as conn:
-            rows = conn.execute(query, args).fetchall()
-        items = [m.FlagPublic(cursor=n, prescription_id=a, version=v, rule=d["rule_id"], reason=d["reason"],
-                              at=d["timestamp"], details=d.get("details", {})) for n, a, v, d in rows]
-        return items, (rows[-1][0] if len(rows) == limit else None)
+        rows = self._read(lambda c: trace.flag_page(c, self.traceability, rule_id=rule, after=after, limit=limit)) or []
+        items = [m.FlagPublic(cursor=r["seq"], prescription_id=r["prescription_id"], version=r["version"],
+                              rule=r["rule_id"], reason=r["reason"], at=r["at"], details=r["details"]) for r in rows]
+        return items, (items[-1].cursor if len(items) == limit else None)
 
-    # --- agency -----------------------------------------------------------------------------------
-    def region_parties(self, region: str) -> tuple[set[str], set[str]]:
-        """Hospitals with visits in the pooling region, and pharmacies designated in it."""
-        query = sql.SQL(
-            "SELECT DISTINCT convert_from(state, 'UTF8')::jsonb ->> %s AS party FROM {t} "
-            "WHERE topic = %s AND convert_from(state, 'UTF8')::jsonb ->> 'pooling_region' = %s"
-        ).format(t=self.events)
-        hospitals: set[str] = set()
-        pharmacies: set[str] = set()
-        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            for field, topic, bucket in (("hospital_id", VISIT, hospitals),
-                                         ("pharmacy_id", "events.registries:PharmacyDesignated", pharmacies)):
-                cur.execute(query, (field, topic, region))
-                bucket.update(r["party"] for r in cur.fetchall() if r["party"])
-        return hospitals, pharmacies
+    # --- pharmacists -----------------------------------------------------------------------------
+    def review_queue(self, pharmacist: Pharmacist | None, after: int, limit: int
+                     ) -> tuple[list[tuple[datetime, Prescription]], int | None]:
+        """Issued prescriptions not yet reviewed, cancelled or expired that this pharmacist may review: its
+        employer's, or every hospital's for a qualified third party."""
+        if pharmacist is None:
+            return [], None
+        hospital = None if pharmacist.third_party else pharmacist.employer_id
+        rows = self._read(lambda c: trace.to_review_page(c, self.traceability, hospital_id=hospital, after=after,
+                                                         limit=limit)) or []
+        loaded = {rx.id: rx for rx in self.prescriptions([r[1] for r in rows])}
+        items = [(at, loaded[i]) for _, i, at in rows if i in loaded and loaded[i].status is RxStatus.ISSUED]
+        return items, _next(rows, limit)
 
+    # --- pharmacies ------------------------------------------------------------------------------
+    def pharmacy_feed(self, pharmacy_id: str, after: int, limit: int) -> tuple[list[m.FeedItemPublic], int]:
+        """Events of prescriptions while they are routed to this pharmacy, after the cursor, oldest first."""
+        rows = self._read(lambda c: feed_page(c, self.gateway, pharmacy_id, after, limit)) or []
+        items = [m.FeedItemPublic(cursor=r["seq"], prescription_id=r["prescription_id"], version=r["version"],
+                                  event_type=r["event_type"], at=r["at"], data=r["data"],
+                                  prescription=r["prescription"]) for r in rows]
+        return items, (items[-1].cursor if items else after)
+
+    # --- agencies --------------------------------------------------------------------------------
     def region_statements(self, region: str, month: str | None) -> list[m.StatementPublic]:
-        """The monthly statements (settlement projections) of the hospitals and pharmacies of a pooling region."""
-        hospitals, pharmacies = self.region_parties(region)
+        """The monthly statements (settlement projections) of the hospitals with visits in a pooling region and the
+        pharmacies designated in it."""
+        hospitals = self._read(lambda c: trace.region_hospitals(c, self.traceability, region)) or set()
         out: list[m.StatementPublic] = []
-        for fetch, schema, key, kind_key, wanted in (
-            (hospital_statements, HospitalSettlement.name, "hospital_id", None, hospitals),
-            (pharmacy_statements, PharmacySettlement.name, "party_id", "party_kind", pharmacies),
-        ):
-            if not wanted:
-                continue
-            try:
-                with self.pool.connection() as conn:
-                    rows = fetch(conn, schema, month=month)
-            except psycopg.errors.UndefinedTable:  # that projection has not been created yet: nothing settled
-                continue
-            for row in rows:
-                if row[key] not in wanted or (kind_key and row[kind_key] != "pharmacy"):
-                    continue
-                figures = {k: v for k, v in row.items() if k not in {key, kind_key, "month"}}
-                out.append(m.StatementPublic(party_kind="hospital" if kind_key is None else "pharmacy",
-                                             party_id=row[key], month=row["month"], figures=figures))
+        for row in self._read(lambda c: hospital_statements(c, HospitalSettlement.name, month=month)) or []:
+            if row["hospital_id"] in hospitals:
+                out.append(_statement("hospital", row["hospital_id"], row, {"hospital_id", "month"}))
+        rows = [r for r in self._read(lambda c: pharmacy_statements(c, PharmacySettlement.name, month=month)) or []
+                if r["party_kind"] == "pharmacy"]
+        pharmacies = self._load(Pharmacy, [Pharmacy.id_for(p) for p in {r["party_id"] for r in rows}])
+        in_region = {p.pharmacy_id for p in pharmacies.values() if p.pooling_region == region}
+        out += [_statement("pharmacy", r["party_id"], r, {"party_id", "party_kind", "month"}) for r in rows
+                if r["party_id"] in in_region]
         return out
+
+
+def _next(rows: Sequence[tuple[Any, ...]], limit: int) -> int | None:
+    """The cursor of the next page (the last row's seq), or None when this page is the last."""
+    return int(rows[-1][0]) if len(rows) == limit else None
+
+
+def _statement(kind: str, party_id: str, row: dict[str, Any], keys: set[str]) -> m.StatementPublic:
+    return m.StatementPublic(party_kind=kind, party_id=party_id, month=row["month"],
+                             figures={k: v for k, v in row.items() if k not in keys})

@@ -20,8 +20,9 @@ to ``rx.dlq`` with the reason instead (``Worker.dead_letter``), so one bad regis
 Delivery is at least once; consumers dedupe on the ``event_id`` header (the triggering event's id, also in the
 body). The gateway is a ``Worker`` (``services.workers.base``) on the shared loop (own consumer group and schema
 ``gateway``), its messages keyed by the triggering event the way command workers key commands: ``apply``
-folds the batch into its state (each prescription's dispensing details and current pharmacy), publishes the
-messages and waits for the broker's acknowledgements, then records the published event ids in ``published``;
+folds the batch into its state (each prescription's dispensing details and current pharmacy, and ``feed``: every
+event of a prescription while it is a pharmacy's, which the API's ``GET /pharmacy/feed`` reads with ``feed_page``),
+publishes the messages and waits for the broker's acknowledgements, then records the published event ids in ``published``;
 the loop commits state, that record and the consumed offsets in one transaction. A crash before the commit
 publishes the batch again (same ``event_id`` headers); an event already recorded in ``published`` is never
 sent again, even if the per-aggregate version record is rebuilt.
@@ -43,11 +44,12 @@ from aiokafka import AIOKafkaProducer
 from psycopg import sql
 
 from events import topics
-from events.contracts import FeedMessage, FeedMessageType, FeedPrescription, feed_headers, feed_key
+from events.contracts import FeedMessage, FeedMessageType, FeedPrescription, feed_headers, feed_key, public_fields
 from events.prescription import (
     DispenserKind,
     DispenseWithdrawn,
     PrescriptionCancelled,
+    PrescriptionEvent,
     PrescriptionExpired,
     PrescriptionIssued,
     PrescriptionReturned,
@@ -115,15 +117,21 @@ class Gateway(Worker):
         conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {}.published (event_id text PRIMARY KEY, "
                              "topic text NOT NULL, message_type text NOT NULL, "
                              "published_at timestamptz NOT NULL DEFAULT now())").format(s))
+        conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {}.feed (pharmacy_id text, prescription_id uuid, version int, "
+                             "event_id text NOT NULL, event_type text NOT NULL, at timestamptz NOT NULL, "
+                             "data jsonb NOT NULL, prescription jsonb, seq bigint GENERATED ALWAYS AS IDENTITY UNIQUE, "
+                             "PRIMARY KEY (pharmacy_id, prescription_id, version))").format(s))
+        conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS feed_pharmacy ON {}.feed (pharmacy_id, seq)").format(s))
 
     def apply(self, conn: psycopg.Connection[Any], schema: str, batch: Sequence[Delivered]) -> None:
         s = sql.Identifier(schema)
-        events = [d for d in in_log_order(batch) if isinstance(d.event, _RELEVANT)]
+        events = [d for d in in_log_order(batch) if isinstance(d.event, PrescriptionEvent)]
         if not events:
             return
         rxs = _load(conn, s, {d.aggregate_id for d in events})
         touched: set[UUID] = set()
         out: list[Outgoing] = []
+        feed: list[tuple[Any, ...]] = []
         for d in events:
             e = d.event
             if isinstance(e, PrescriptionIssued):
@@ -132,16 +140,22 @@ class Gateway(Worker):
                 continue
             rx = rxs.get(d.aggregate_id)
             if rx is None:
-                log.warning("gateway: %s for prescription %s whose issue it never saw; ignored", d.event_type,
-                            d.aggregate_id)
+                if isinstance(e, _RELEVANT):
+                    log.warning("gateway: %s for prescription %s whose issue it never saw; ignored", d.event_type,
+                                d.aggregate_id)
                 continue
-            touched.add(d.aggregate_id)
+            if isinstance(e, _RELEVANT):
+                touched.add(d.aggregate_id)
             if isinstance(e, PrescriptionRouted):
                 rx.pharmacy_id = e.dispenser_id if e.dispenser_kind is DispenserKind.PHARMACY else None
-                if rx.pharmacy_id is not None:
-                    out.append(self._message(d, rx, "routed", basis=e.basis, prescription=rx.details))
-            elif rx.pharmacy_id is None:
+            if rx.pharmacy_id is None:
                 continue
+            # every event while the prescription is this pharmacy's (its routing, its own return): the HTTP feed
+            feed.append((rx.pharmacy_id, d.aggregate_id, d.version, d.event_id, d.event_type, d.timestamp,
+                         json.dumps(public_fields(e)),
+                         rx.details.model_dump_json() if isinstance(e, PrescriptionRouted) else None))
+            if isinstance(e, PrescriptionRouted):
+                out.append(self._message(d, rx, "routed", basis=e.basis, prescription=rx.details))
             elif isinstance(e, PrescriptionReturned):
                 out.append(self._message(d, rx, "returned", reason=e.reason))
                 rx.pharmacy_id = None
@@ -166,6 +180,11 @@ class Gateway(Worker):
             for _ in fresh:
                 self.stats.counted(ok=True)
         _save(conn, s, {k: rxs[k] for k in touched if k in rxs})
+        if feed:
+            with conn.cursor() as cur:
+                cur.executemany(sql.SQL(
+                    "INSERT INTO {}.feed (pharmacy_id, prescription_id, version, event_id, event_type, at, data, "
+                    "prescription) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING").format(s), feed)
 
     def _message(self, d: Delivered, rx: _Rx, message_type: FeedMessageType, **fields: Any) -> Outgoing:
         if rx.pharmacy_id is None:
@@ -203,6 +222,21 @@ def _not_yet_published(conn: psycopg.Connection[Any], s: sql.Identifier, out: li
                         ([o.message.event_id for o in out],)).fetchall()
     done = {r[0] for r in rows}
     return [o for o in out if o.message.event_id not in done]
+
+
+def feed_page(conn: psycopg.Connection[Any], schema: str, pharmacy_id: str, after: int, limit: int
+              ) -> list[dict[str, Any]]:
+    """The pharmacy's feed as HTTP serves it: every event of a prescription while it is routed to this pharmacy
+    (its routing, what follows, its own return), after the cursor ``after`` (the ``seq`` of a row), oldest first;
+    ``data`` through ``events.contracts.public_fields``, ``prescription`` (on a routing) a ``FeedPrescription`` —
+    the same filters as the Kafka feed."""
+    from psycopg.rows import dict_row
+
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(sql.SQL("SELECT seq, prescription_id, version, event_type, at, data, prescription FROM {}.feed "
+                            "WHERE pharmacy_id = %s AND seq > %s ORDER BY seq LIMIT %s").format(sql.Identifier(schema)),
+                    (pharmacy_id, after, limit))
+        return cur.fetchall()
 
 
 # --- publishing -------------------------------------------------------------------------------------------------

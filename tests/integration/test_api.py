@@ -9,7 +9,6 @@ from fastapi.testclient import TestClient
 
 from services.api import create_app
 from services.application import RxTrail
-from services.infra.settings import Settings
 from tests.support.flows import (
     OTHER_REGION,
     Actors,
@@ -23,6 +22,7 @@ from tests.support.flows import (
     trace_codes,
     visit_body,
 )
+from tests.support.read_side import read_side, wait_caught_up
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +51,16 @@ def keys(database: str, cast: Cast) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def client(database: str, application: RxTrail) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(database_url=database), application=application)) as client:
+def client(database: str, kafka_bootstrap: str, application: RxTrail) -> Iterator[TestClient]:
+    with read_side(database, kafka_bootstrap) as settings, \
+            TestClient(create_app(settings, application=application)) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def caught_up(database: str) -> Callable[[], None]:
+    """Wait until the read side (lists, search, flags, trails, the feed) shows every write made so far."""
+    return lambda: wait_caught_up(database)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +68,7 @@ def actors(client: TestClient, cast: Cast, keys: dict[str, str]) -> Actors:
     return Actors(client, cast, keys)
 
 
-def test_issue_approve_route_dispense_deliver_over_http(actors: Actors) -> None:
+def test_issue_approve_route_dispense_deliver_over_http(actors: Actors, caught_up: Callable[[], None]) -> None:
     rx = actors.accepted()
     r = actors.post(actors.pharmacy, f"/pharmacy/prescriptions/{rx}/dispenses", dispense_body(2))
     assert r.status_code == 201, r.text
@@ -75,6 +82,7 @@ def test_issue_approve_route_dispense_deliver_over_http(actors: Actors) -> None:
     assert r.status_code == 200, r.text
     body = actors.get(actors.hospital, f"/hospital/prescriptions/{rx}").json()
     assert body["status"] == "delivered" and body["delivery_fee"] == "8.00" and len(body["dispenses"]) == 2
+    caught_up()
     listed = actors.get(actors.hospital, "/hospital/prescriptions", limit=500).json()["items"]
     assert rx in {p["prescription_id"] for p in listed}
 
@@ -136,20 +144,22 @@ def test_idempotency_key_returns_the_first_outcome(actors: Actors) -> None:
     assert (r1.json()["error"], r1.json()["rule"]) == ("RuleViolation", "R13")
 
 
-def test_second_sale_of_a_trace_code_is_r8(actors: Actors) -> None:
+def test_second_sale_of_a_trace_code_is_r8(actors: Actors, caught_up: Callable[[], None]) -> None:
     codes = trace_codes(1)
     a, b = actors.accepted(), actors.accepted()
     assert actors.post(actors.pharmacy, f"/pharmacy/prescriptions/{a}/dispenses",
                        dispense_body(1, codes)).status_code == 201
     r = actors.post(actors.pharmacy, f"/pharmacy/prescriptions/{b}/dispenses", dispense_body(1, codes))
     assert r.status_code == 409 and r.json()["rule"] == "R8"
+    caught_up()
     flags = actors.get(actors.regulator, "/regulator/flags", rule="R8", limit=500).json()["items"]
     assert b in {f["prescription_id"] for f in flags}
     found = actors.get(actors.regulator, "/regulator/prescriptions", trace_code=codes[0]).json()["items"]
     assert [p["prescription_id"] for p in found] == [a]
 
 
-def test_pharmacy_feed_is_resumable_and_only_its_own(actors: Actors) -> None:
+def test_pharmacy_feed_is_resumable_and_only_its_own(actors: Actors, caught_up: Callable[[], None]) -> None:
+    caught_up()
     start = actors.get(actors.pharmacy, "/pharmacy/feed", after=0, limit=500)
     assert start.status_code == 200
     cursor = start.json()["cursor"]
@@ -159,6 +169,7 @@ def test_pharmacy_feed_is_resumable_and_only_its_own(actors: Actors) -> None:
             break
         cursor = page["cursor"]
     rx = actors.routed()
+    caught_up()
     page = actors.get(actors.pharmacy, "/pharmacy/feed", after=cursor, wait=5).json()
     routed = [i for i in page["items"] if i["event_type"] == "PrescriptionRouted"]
     assert [i["prescription_id"] for i in routed] == [rx]
@@ -170,20 +181,23 @@ def test_pharmacy_feed_is_resumable_and_only_its_own(actors: Actors) -> None:
     assert actors.get(actors.pharmacy, "/pharmacy/feed", after=page["cursor"]).json()["items"] == []
 
 
-def test_review_queue_shows_what_the_pharmacist_may_review(actors: Actors) -> None:
+def test_review_queue_shows_what_the_pharmacist_may_review(actors: Actors, caught_up: Callable[[], None]) -> None:
     rx = actors.issue()
+    caught_up()
     queue = actors.get(actors.pharmacist, "/pharmacist/review-queue", limit=500).json()["items"]
     assert rx in {i["prescription_id"] for i in queue}
     assert actors.post(actors.pharmacist, f"/pharmacist/prescriptions/{rx}/rejection",
                        {"reasons": ["dose too high"]}).status_code == 200
+    caught_up()
     queue = actors.get(actors.pharmacist, "/pharmacist/review-queue", limit=500).json()["items"]
     assert rx not in {i["prescription_id"] for i in queue}
 
 
-def test_regulator_trail_and_query_record(actors: Actors) -> None:
+def test_regulator_trail_and_query_record(actors: Actors, caught_up: Callable[[], None]) -> None:
     rx = actors.accepted()
     actors.post(actors.pharmacy, f"/pharmacy/prescriptions/{rx}/dispenses", dispense_body(4))
     actors.post(actors.pharmacy, f"/pharmacy/prescriptions/{rx}/collection", {"verification_method": "e_voucher"})
+    caught_up()
     r = actors.get(actors.regulator, f"/regulator/prescriptions/{rx}/trail")
     assert r.status_code == 200, r.text
     trail = r.json()

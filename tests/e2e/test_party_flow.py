@@ -34,6 +34,7 @@ from tests.support.flows import (
     register_cast,
     visit_body,
 )
+from tests.support.read_side import wait_caught_up
 
 STEPS = ["FollowUpVisitRecorded", "PrescriptionIssued", "PrescriptionApproved", "PrescriptionRouted",
          "PrescriptionAccepted", "PrescriptionDispensed", "PrescriptionDispensed", "DeliveryArranged",
@@ -67,25 +68,35 @@ def actors(database: str, application: RxTrail, cast: Cast) -> Iterator[Actors]:
 
 @pytest.fixture
 async def pipeline(database: str, kafka_bootstrap: str, application: RxTrail) -> AsyncIterator[dict[str, Any]]:
-    """The relay, the settlement worker and the pharmacy-settlement projection on an events topic of this test."""
+    """The relay, the settlement worker, the pharmacy-settlement projection and the read side the API serves from
+    (traceability projection, gateway) on an events topic of this test."""
     from projections.base import ProjectionConsumer
     from projections.pharmacy_settlement.projection import PharmacySettlement
+    from projections.traceability.projection import Traceability
+    from services.bootstrap import build_settlement, gateway_config
     from services.relay.core import run_relay
-    from services.settlement.run import build_consumer
+    from services.workers.gateway import run_gateway
 
     events_topic = unique_topic("e2e.events")
     await ensure_topics_async(kafka_bootstrap, [events_topic, topics.DLQ], 3)
     stop = asyncio.Event()
-    settlement = build_consumer(application, database, kafka_bootstrap, topic=events_topic,
-                                group_id=unique_id("settle"))
+    settlement = build_settlement(Settings(database_url=database, kafka_bootstrap=kafka_bootstrap,
+                                           events_topic=events_topic), application, group_id=unique_id("settle"))
     settlement.session_timeout_ms = 6000
     statements = ProjectionConsumer(PharmacySettlement(), database, kafka_bootstrap, topic=events_topic,
                                     group_id=unique_id("pharmacy-settlement"))
+    trails = ProjectionConsumer(Traceability(), database, kafka_bootstrap, topic=events_topic,
+                                group_id=unique_id("traceability"))
+    feeds = gateway_config(Settings(database_url=database, kafka_bootstrap=kafka_bootstrap, events_topic=events_topic,
+                                    partitions=3), group_id=unique_id("gateway"),
+                           feed_prefix=unique_topic("e2e.pharmacy") + ".")
     tasks = [
         asyncio.create_task(run_relay((database, kafka_bootstrap), stop, topic=events_topic, partitions=3,
                                       poll_interval_s=0.2, name=unique_id("relay"))),
         asyncio.create_task(settlement.run(stop)),
         asyncio.create_task(statements.run(stop)),
+        asyncio.create_task(trails.run(stop)),
+        asyncio.create_task(run_gateway(feeds, stop)),
     ]
     yield {"topic": events_topic, "tasks": tasks, "settlement": settlement, "statements": statements}
     stop.set()
@@ -135,6 +146,7 @@ async def test_http_journey_is_traced_and_settled(actors: Actors, pipeline: dict
     issued = a.post(a.hospital, "/hospital/prescriptions", prescription_body(visit.json()["aggregate_id"]), key="p1")
     assert issued.status_code == 201, issued.text
     rx = issued.json()["aggregate_id"]
+    await asyncio.to_thread(wait_caught_up, a.keys["db"])  # the queue is read side: let it catch up
     assert rx in {i["prescription_id"] for i in a.get(a.pharmacist, "/pharmacist/review-queue", limit=500)
                   .json()["items"]}
     assert a.post(a.pharmacist, f"/pharmacist/prescriptions/{rx}/approval", {}).status_code == 200
@@ -161,6 +173,7 @@ async def test_http_journey_is_traced_and_settled(actors: Actors, pipeline: dict
             rows += conn.execute("SELECT * FROM settlement_worker.skipped").fetchall()
         raise AssertionError(f"not settled; worker {pipeline['settlement'].stats}; outcomes {rows}; "
                              f"tasks {[t.done() and t.exception() for t in pipeline['tasks']]}") from None
+    await asyncio.to_thread(wait_caught_up, a.keys["db"])  # the trail is read side: let it catch up
     assert trail_steps(a, rx) == STEPS
     statement = await eventually(lambda: [s for s in a.get(a.agency, "/agency/statements").json()["items"]
                                           if s["party_id"] == a.cast.pharmacy])
@@ -174,7 +187,7 @@ async def test_kafka_journey_gives_the_same_trail(database: str, kafka_bootstrap
     a, cast = actors, actors.cast
     hospital_topic = topics.inbound_topic(cast.hospital)
     await ensure_topics_async(kafka_bootstrap, [hospital_topic, topics.INBOUND_PHARMACY, topics.REJECTIONS], 3)
-    intake = create_intake(Settings(database_url=database, kafka_bootstrap=kafka_bootstrap), application=application,
+    intake = create_intake(application, kafka_bootstrap,
                            group_id=unique_id("intake"), session_timeout_ms=6000, heartbeat_interval_ms=1000,
                            pattern=rf"rx\.inbound\.({cast.hospital}|pharmacy)")
     await intake.start()
@@ -217,6 +230,7 @@ async def test_kafka_journey_gives_the_same_trail(database: str, kafka_bootstrap
             await producer.send_and_wait(topics.INBOUND_PHARMACY, json.dumps(body).encode(),
                                          key=rx.encode(), headers=headers)
         await eventually(lambda: a.get(a.hospital, f"/hospital/prescriptions/{rx}").json()["status"] == "settled")
+        await asyncio.to_thread(wait_caught_up, a.keys["db"])  # the trail is read side: let it catch up
         assert trail_steps(a, rx) == STEPS
         # (other tests' messages on the shared rx.inbound.pharmacy may be refused here: they name other databases)
         ours = [f"hospital:{cast.hospital}:k-{n}" for n in ("v", "p", "r")] + [

@@ -18,6 +18,7 @@ from services.api.console import PAGE, endpoints
 from services.application import RxTrail
 from services.infra.settings import Settings
 from tests.support.flows import Actors, api_keys, dispense_body, live_server, open_application, register_cast, trace_codes
+from tests.support.read_side import read_side, wait_caught_up
 
 CHROMIUM = Path("/usr/bin/chromium")
 SEARCH_FIELDS = ("patient_ref", "physician_id", "pharmacy_id", "hospital_id", "trace_code")
@@ -36,8 +37,14 @@ def application(database: str) -> Iterator[RxTrail]:
 
 
 @pytest.fixture(scope="module")
-def api(database: str, application: RxTrail) -> object:
-    return create_app(Settings(database_url=database), application=application)
+def settings(database: str, kafka_bootstrap: str) -> Iterator[Settings]:
+    with read_side(database, kafka_bootstrap) as settings:  # what the page reads: trails, search, flags
+        yield settings
+
+
+@pytest.fixture(scope="module")
+def api(settings: Settings, application: RxTrail) -> object:
+    return create_app(settings, application=application)
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +117,11 @@ def test_page_calls_only_documented_endpoints_with_documented_parameters(api: ob
         assert re.match(rule_pattern, rule)
 
 
-def test_page_endpoints_answer_a_regulator_key(actors: Actors) -> None:
+def test_page_endpoints_answer_a_regulator_key(actors: Actors, database: str) -> None:
     """What the page fetches, fetched the way the page does (Bearer key), answers 200 on real data."""
     rx = actors.accepted()
     actors.post(actors.pharmacy, f"/pharmacy/prescriptions/{rx}/dispenses", dispense_body(2))
+    wait_caught_up(database)
     table = endpoints()
     for name in ("trail", "verification"):
         r = actors.get(actors.regulator, table[name].replace("{prescription_id}", rx))
@@ -126,7 +134,8 @@ def test_page_endpoints_answer_a_regulator_key(actors: Actors) -> None:
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium to render the page with")
-def test_page_renders_a_real_trail_in_headless_chromium(actors: Actors, api: object, tmp_path: Path) -> None:
+def test_page_renders_a_real_trail_in_headless_chromium(actors: Actors, api: object, tmp_path: Path,
+                                                        database: str) -> None:
     rx = actors.accepted()
     codes = trace_codes(2)
     assert actors.post(actors.pharmacy, f"/pharmacy/prescriptions/{rx}/dispenses",
@@ -134,6 +143,7 @@ def test_page_renders_a_real_trail_in_headless_chromium(actors: Actors, api: obj
     other = actors.accepted()
     assert actors.post(actors.pharmacy, f"/pharmacy/prescriptions/{other}/dispenses",  # R8: sold twice
                        dispense_body(1, codes[:1])).status_code == 409
+    wait_caught_up(database)  # the page reads the trail and the flags from the read side
     shot = tmp_path / "console.png"
     with live_server(api) as base, tempfile.TemporaryDirectory() as profile:
         url = f"{base}/console?rx={rx}&rule=R8#key={actors.regulator}&regulator=CONSOLE-REG"

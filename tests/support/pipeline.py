@@ -27,7 +27,7 @@ from services.infra.settings import Settings
 from services.relay import run_relay
 from services.workers.gateway import Gateway, GatewayConfig, run_gateway
 from services.workers.router import Router, RouterConfig, run_router
-from tests.support import domain, unique_id, unique_topic
+from tests.support import domain, unique_id, unique_topic, wait_until_async
 from tests.support.cast import CHANGCHUN, JINAN, Cast
 
 SECRET = b"x" * 32
@@ -114,16 +114,9 @@ def new_pipeline(make_database: Callable[[], str], bootstrap: str) -> Pipeline:
 
 async def wait_for(predicate: Callable[[], Any], pipeline: Pipeline | None = None, timeout_s: float = 40.0,
                    what: str = "condition") -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        if pipeline is not None:
-            pipeline.check_tasks()
-        value = await asyncio.to_thread(predicate)
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.2)
+    """``wait_until_async`` for a blocking predicate (run in a thread), re-raising a crashed pipeline task."""
+    return await wait_until_async(predicate, timeout=timeout_s, interval=0.2, what=what, in_thread=True,
+                                  check=pipeline.check_tasks if pipeline is not None else None)
 
 
 def stream(app: RxTrail, rx: UUID) -> list[DomainEvent]:
@@ -151,12 +144,44 @@ async def wait_relayed(p: Pipeline) -> None:
     async def caught_up() -> bool:
         return len(await read_all(p.bootstrap, p.topic)) >= event_count(p.database_url)
 
-    deadline = asyncio.get_running_loop().time() + 30
-    while not await caught_up():
-        p.check_tasks()
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("the relay did not publish every event")
-        await asyncio.sleep(0.3)
+    await wait_until_async(caught_up, interval=0.3, what="the relay to publish every event", check=p.check_tasks)
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """The next offset of each partition of ``topic`` ({} if it does not exist)."""
+    count = await topic_partitions(bootstrap, topic)
+    if not count:
+        return {}
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets([TopicPartition(topic, n) for n in range(count)])
+        return {tp.partition: offset for tp, offset in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+def stored_offsets(database_url: str, schema: str, topic: str) -> dict[int, int]:
+    """The next offsets a worker or projection stored with its state (``<schema>.kafka_offsets``)."""
+    try:
+        with psycopg.connect(database_url) as conn:
+            rows = conn.execute(f'SELECT partition, next_offset FROM "{schema}".kafka_offsets WHERE topic = %s',
+                                (topic,)).fetchall()
+    except psycopg.errors.UndefinedTable:
+        return {}
+    return {int(partition): int(offset) for partition, offset in rows}
+
+
+async def wait_consumed(p: Pipeline, schema: str) -> None:
+    """Until the consumer keeping its state in ``schema`` has stored offsets at the end of every partition of the
+    events topic (call ``wait_relayed`` first so that the end is every stored event)."""
+    async def consumed() -> bool:
+        ends = await end_offsets(p.bootstrap, p.topic)
+        done = await asyncio.to_thread(stored_offsets, p.database_url, schema, p.topic)
+        return all(done.get(partition, 0) >= end for partition, end in ends.items() if end)
+
+    await wait_until_async(consumed, interval=0.2, what=f"{schema} to consume {p.topic} to its end",
+                           check=p.check_tasks)
 
 
 def router_knows(p: Pipeline, schema: str, pharmacy_id: str, *, active: bool | None = None) -> bool:
@@ -218,16 +243,18 @@ def feed_messages(records: list[Any]) -> list[FeedMessage]:
 async def wait_feed(p: Pipeline, pharmacy_id: str, predicate: Callable[[list[FeedMessage]], bool],
                     timeout_s: float = 40.0) -> list[Any]:
     """The pharmacy's whole feed once ``predicate`` holds for its messages."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        p.check_tasks()
-        records = await read_all(p.bootstrap, p.feed(pharmacy_id))
-        if predicate(feed_messages(records)):
-            return records
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for the feed of {pharmacy_id}: "
-                                 f"{[(m.message_type, str(m.prescription_id)) for m in feed_messages(records)]}")
-        await asyncio.sleep(0.3)
+    seen: list[Any] = []
+
+    async def feed() -> list[Any] | None:
+        seen[:] = await read_all(p.bootstrap, p.feed(pharmacy_id))
+        return list(seen) if predicate(feed_messages(seen)) else None
+
+    def described() -> str:
+        return f"the feed of {pharmacy_id}: {[(m.message_type, str(m.prescription_id)) for m in feed_messages(seen)]}"
+
+    records = await wait_until_async(feed, timeout=timeout_s, interval=0.3, check=p.check_tasks, what=described)
+    assert records is not None
+    return records
 
 
 def kinds(messages: list[FeedMessage], rx: UUID) -> list[str]:

@@ -35,8 +35,10 @@ from tests.support.pipeline import (
     routes,
     stream,
     topic_exists,
+    wait_consumed,
     wait_feed,
     wait_for,
+    wait_relayed,
     wait_routed,
 )
 
@@ -158,7 +160,8 @@ async def test_redelivery_publishes_nothing_new(make_database: Callable[[], str]
         await wait_feed(p, pharmacy_id, lambda ms: len(ms) >= 4)
         assert p.gateway is not None
         await wait_for(lambda: p.gateway.stats.published >= 4, p, what="the gateway's commit")  # type: ignore[union-attr]
-        await asyncio.sleep(1.0)
+        await wait_relayed(p)
+        await wait_consumed(p, "gateway")  # every event applied and its offset stored
     finally:
         await p.close()
     try:

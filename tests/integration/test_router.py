@@ -191,7 +191,7 @@ async def test_redelivered_events_record_no_second_route(make_database: Callable
     p = await new_pipeline(make_database, kafka_bootstrap).start(gateway=False)
     try:
         rxs = await _routed_world(p)
-        await asyncio.sleep(1.0)  # let the relay publish the last route
+        await wait_relayed(p)  # the relay has published the last route
     finally:
         await p.close()
     try:

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from projections.base import Projection, ProjectionConsumer
     from services.application.statements import StatementDesk
     from services.relay.core import RelayConfig
+    from services.workers.expiry import ExpiryConfig
     from services.workers.gateway import GatewayConfig
     from services.workers.intake import IntakeWorker
     from services.workers.router import RouterConfig
@@ -209,11 +210,27 @@ def has_expiry() -> bool:
     return importlib.util.find_spec("services.workers.expiry") is not None
 
 
-def build_expiry(settings: Settings, application: RxTrail) -> Callable[[asyncio.Event], Awaitable[object]]:
-    """The expiry worker: ``run(stop)`` sends ``ExpirePrescription`` once a prescription's validity elapsed.
+def expiry_config(settings: Settings, **overrides: Any) -> ExpiryConfig:
+    from dataclasses import replace
 
-    Slot for ``services/workers/expiry.py``: fill in with that module's entry point."""
-    raise NotImplementedError("the expiry worker is not built yet (services/workers/expiry.py)")
+    from services.workers.expiry import ExpiryConfig
+
+    e = settings.expiry
+    config = ExpiryConfig(settings.resolved_database_url(), settings.resolved_kafka_bootstrap(), group_id=e.group_id,
+                          schema=e.schema_name, partitions=settings.partitions, max_records=e.max_records,
+                          interval_s=e.interval_s, grace_s=e.grace_s, sweep_limit=e.sweep_limit,
+                          topic=settings.events_topic, dlq_topic=settings.dlq_topic)
+    return replace(config, **overrides)
+
+
+def build_expiry(settings: Settings, application: RxTrail, *, clock: Clock | None = None
+                 ) -> Callable[[asyncio.Event], Awaitable[object]]:
+    """The expiry worker: ``run(stop)`` sends ``ExpirePrescription`` once a prescription's validity elapsed
+    (``services.workers.expiry``; ``clock``: the worker's, default the system clock)."""
+    from services.workers.expiry import run_expiry
+
+    config = expiry_config(settings)
+    return lambda stop: run_expiry(config, stop, application, clock=clock)
 
 
 # --- projections ----------------------------------------------------------------------------------------------

@@ -87,6 +87,12 @@ class ExpirySection(Section):
     """The expiry worker (sends ExpirePrescription once a prescription's validity has elapsed)."""
 
     interval_s: float = Field(default=60.0, gt=0, description="seconds between sweeps")
+    grace_s: float = Field(default=60.0, ge=0, description="expire only this long after the validity ended "
+                                                          "(the write side's clock may lag the worker's)")
+    sweep_limit: int = Field(default=500, ge=1, description="prescriptions expired per sweep at most")
+    group_id: str = "rxtrail.expiry"
+    schema_name: str = "expiry"
+    max_records: int = Field(default=500, ge=1)
 
 
 class Settings(BaseSettings):

@@ -18,17 +18,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Self
 from uuid import UUID
 
 import psycopg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from psycopg import sql
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
+from events import from_json, topics
+from events.envelope import event_id, event_type_of
+from projections import registry
 from projections.base import (
     Delivered,
     Projection,
@@ -38,12 +45,12 @@ from projections.base import (
     drop_schema,
     ensure_schema,
 )
-from projections.run import ProjectionSettings, build, resolve
+from projections.registry import ProjectionOptions
+from services.adapters.event_log import count_events, discover_logs, pages
 
 log = logging.getLogger("rxtrail.replay")
 
-DEFAULT_TOPIC = "rx.events"
-_TYPE_NAME = re.compile(r"[^:.]+$")
+DEFAULT_TOPIC = topics.EVENTS
 
 
 @dataclass
@@ -71,6 +78,14 @@ class ReplayError(RuntimeError):
     pass
 
 
+def _default_options() -> ProjectionOptions:
+    """The projection options from the environment (``RXTRAIL_PROJECTIONS__DEPOSIT_RATE``, ...), when the caller
+    gave none."""
+    from services.infra.settings import Settings
+
+    return Settings().projections
+
+
 def as_of_schema(name: str, as_of: datetime) -> str:
     """``<name>_asof_<yyyymmddhhmmss>`` with the time in UTC."""
     if as_of.tzinfo is None:
@@ -80,7 +95,7 @@ def as_of_schema(name: str, as_of: datetime) -> str:
 
 def replay(name: str, database_url: str, bootstrap: str | None = None, *, as_of: datetime | None = None,
            from_store: bool = False, progress: bool = True, topic: str = DEFAULT_TOPIC, schema: str | None = None,
-           store_schema: str = "public", batch_size: int = 5000, settings: ProjectionSettings | None = None,
+           store_schema: str = "public", batch_size: int = 5000, settings: ProjectionOptions | None = None,
            console: Any = None) -> list[ReplayResult]:
     """Rebuild projection ``name`` (or ``"all"``) and return one result per projection; see the module doc.
 
@@ -104,9 +119,9 @@ class _Target:
 async def replay_async(name: str, database_url: str, bootstrap: str | None = None, *, as_of: datetime | None = None,
                        from_store: bool = False, progress: bool = True, topic: str = DEFAULT_TOPIC,
                        schema: str | None = None, store_schema: str = "public", batch_size: int = 5000,
-                       settings: ProjectionSettings | None = None, console: Any = None) -> list[ReplayResult]:
+                       settings: ProjectionOptions | None = None, console: Any = None) -> list[ReplayResult]:
     """The coroutine behind :func:`replay` (for callers already inside an event loop)."""
-    names = resolve(name)
+    names = registry.resolve(name)
     if schema is not None and len(names) != 1:
         raise ValueError("schema= applies to a single projection, not 'all'")
     if as_of is not None and as_of.tzinfo is None:
@@ -118,9 +133,10 @@ async def replay_async(name: str, database_url: str, bootstrap: str | None = Non
     for n in names:
         final = schema or (as_of_schema(n, as_of) if as_of else n)
         building = final if as_of else f"{final}__rebuild"
-        targets.append(_Target(build(n, settings), final, building, ReplayResult(n, final, source, as_of)))
+        targets.append(_Target(registry.build(n, settings if settings is not None else _default_options()), final,
+                               building, ReplayResult(n, final, source, as_of)))
 
-    conn = await asyncio.to_thread(psycopg.connect, database_url, autocommit=True)
+    conn: psycopg.Connection[Any] = await asyncio.to_thread(lambda: psycopg.connect(database_url, autocommit=True))
     try:
         for t in targets:
             locked = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (f"rxtrail.replay.{t.final_schema}",)
@@ -176,8 +192,6 @@ def _apply(conn: psycopg.Connection[Any], targets: Sequence[_Target], batch: lis
 
 
 async def _partitions(bootstrap: str, topic: str) -> list[int]:
-    from aiokafka.admin import AIOKafkaAdminClient
-
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -207,8 +221,6 @@ async def _ends(consumer: Any, tps: list[Any], timeout_s: float = 15.0) -> dict[
 
 async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     """The current end offset of every partition of ``topic``."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
     parts = await _partitions(bootstrap, topic)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
@@ -233,8 +245,6 @@ async def _end_offsets_or_none(bootstrap: str | None, topic: str) -> dict[int, i
 
 async def _from_kafka(conn: psycopg.Connection[Any], targets: Sequence[_Target], bootstrap: str, topic: str,
                       as_of: datetime | None, batch_size: int, bar: _Progress) -> None:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
     parts = await _partitions(bootstrap, topic)
     tps = [TopicPartition(topic, p) for p in parts]
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
@@ -288,35 +298,10 @@ async def _from_kafka(conn: psycopg.Connection[Any], targets: Sequence[_Target],
 # --- from the event store ----------------------------------------------------------------------------------------
 
 
-def event_tables(conn: psycopg.Connection[Any], schema: str = "public") -> list[str]:
-    """eventsourcing application event tables: every ``*_events`` table with a ``notification_id``."""
-    rows = conn.execute(
-        "SELECT table_name FROM information_schema.columns WHERE table_schema = %s AND column_name = 'notification_id'"
-        " AND table_name LIKE %s ORDER BY table_name", (schema, "%\\_events")).fetchall()
-    return [r[0] for r in rows]
-
-
-def _stored_rows(conn: psycopg.Connection[Any], schema: str, table: str, page: int
-                 ) -> Iterator[list[tuple[int, UUID, int, str, bytes]]]:
-    after = 0
-    query = sql.SQL("SELECT notification_id, originator_id, originator_version, topic, state FROM {}"
-                    " WHERE notification_id > %s ORDER BY notification_id LIMIT %s").format(sql.Identifier(schema, table))
-    while True:
-        rows = conn.execute(query, (after, page)).fetchall()
-        if not rows:
-            return
-        yield rows
-        after = rows[-1][0]
-
-
 def decode_stored(notification_id: int, originator_id: UUID | str, version: int, topic: str, state: bytes
                   ) -> Delivered:
     """A stored event (eventsourcing ``topic`` + plain JSON ``state``) as the relay would have delivered it."""
-    from events import from_json
-    from services.relay.core import event_id
-
-    m = _TYPE_NAME.search(topic or "")
-    type_name = m.group(0) if m else ""
+    type_name = event_type_of(topic)
     try:
         event = from_json(type_name, bytes(state))
     except Exception as exc:
@@ -329,18 +314,15 @@ def decode_stored(notification_id: int, originator_id: UUID | str, version: int,
 
 def _from_store(conn: psycopg.Connection[Any], database_url: str, targets: Sequence[_Target], store_schema: str,
                 as_of: datetime | None, batch_size: int, bar: _Progress) -> None:
-    tables = event_tables(conn, store_schema)
-    total = 0
-    for table in tables:
-        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(store_schema, table))).fetchone()
-        total += int(row[0]) if row else 0
+    tables = discover_logs(conn, store_schema)
+    total = sum(count_events(conn, table, store_schema) for table in tables)
     bar.start(f"event store ({', '.join(tables) or 'no event tables'}) → "
               f"{', '.join(t.final_schema for t in targets)}", total)
     reader = psycopg.connect(database_url)
     try:
         reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")  # one snapshot of all logs
         for table in tables:
-            for rows in _stored_rows(reader, store_schema, table, batch_size):
+            for rows in pages(reader, table, batch_size, schema=store_schema):
                 batch: list[Delivered] = []
                 undecodable = 0
                 for row in rows:
@@ -368,8 +350,6 @@ class _Progress:
 
     def __enter__(self) -> Self:
         if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
             self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                       TimeElapsedColumn(), console=self.console)
             self._progress.start()
@@ -389,9 +369,6 @@ class _Progress:
 
 
 def _print_summary(results: Sequence[ReplayResult], console: Any) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title="replay")
     for column in ("projection", "schema", "source", "as of", "read", "applied", "duplicates", "undecodable",
                    "after as-of", "seconds", "events/s"):
@@ -403,5 +380,4 @@ def _print_summary(results: Sequence[ReplayResult], console: Any) -> None:
     (console or Console()).print(table)
 
 
-__all__ = ["ReplayError", "ReplayResult", "as_of_schema", "decode_stored", "end_offsets", "event_tables", "replay",
-           "replay_async"]
+__all__ = ["ReplayError", "ReplayResult", "as_of_schema", "decode_stored", "end_offsets", "replay", "replay_async"]

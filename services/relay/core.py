@@ -15,29 +15,29 @@ the topic is gone), positions reset to 0 and everything is published again, with
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import re
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
-from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import BrokerResponseError, KafkaError
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import BrokerResponseError, KafkaError, TopicAlreadyExistsError
 from psycopg import AsyncConnection
 from psycopg.sql import SQL, Identifier
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
+from events import topics
+from events.envelope import record_headers
+from services.adapters.event_log import discover_logs_async, read_after_async
 from services.relay import positions as pos
 
 log = logging.getLogger("rxtrail.relay")
 
-DEFAULT_TOPIC = "rx.events"
-EVENT_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:rxtrail:event")
+DEFAULT_TOPIC = topics.EVENTS
 _TRANSIENT: tuple[type[BaseException], ...] = (
     psycopg.OperationalError,
     psycopg.InterfaceError,
@@ -45,11 +45,6 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     TimeoutError,
     OSError,
 )
-
-
-def event_id(aggregate_id: str, version: int) -> str:
-    """The deterministic id of a stored event: uuid5(EVENT_ID_NAMESPACE, "<aggregate id>/<version>")."""
-    return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{aggregate_id}/{version}"))
 
 
 @dataclass(frozen=True)
@@ -97,64 +92,6 @@ class BrokerLostData(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-# --- message construction ---------------------------------------------------------------------------------
-
-_TYPE_RE = re.compile(r"[^:.]+$")
-
-
-def event_type_of(topic: str) -> str:
-    """``events.prescription:PrescriptionIssued`` → ``PrescriptionIssued`` (nested classes: the last name)."""
-    m = _TYPE_RE.search(topic or "")
-    return m.group(0) if m else ""
-
-
-def headers_for(notification_id: int, aggregate_id: str, version: int, topic: str, state: bytes,
-                log_name: str) -> list[tuple[str, bytes]]:
-    try:
-        doc = json.loads(state)
-    except ValueError:
-        doc = None
-    if not isinstance(doc, dict):
-        doc = {}
-    own_id = doc.get("event_id")
-    schema_version = doc.get("schema_version")
-    business_type = doc.get("business_type")
-    return [
-        ("event_id", (str(own_id) if own_id else event_id(aggregate_id, version)).encode()),
-        ("aggregate_id", aggregate_id.encode()),
-        ("aggregate_version", str(version).encode()),
-        ("notification_id", str(notification_id).encode()),
-        ("event_type", event_type_of(topic).encode()),
-        ("schema_version", ("" if schema_version is None else str(schema_version)).encode()),
-        ("business_type", ("" if business_type is None else str(business_type)).encode()),
-        ("log", log_name.encode()),
-    ]
-
-
-# --- event store access --------------------------------------------------------------------------------------
-
-
-async def discover_logs(conn: AsyncConnection, schema: str) -> list[str]:
-    cur = await conn.execute(
-        "SELECT table_name FROM information_schema.columns"
-        " WHERE table_schema = %s AND column_name = 'notification_id' AND table_name LIKE %s"
-        " ORDER BY table_name",
-        (schema, "%\\_events"),
-    )
-    return [r[0] for r in await cur.fetchall()]
-
-
-async def select_notifications(conn: AsyncConnection, schema: str, table: str, after: int, limit: int
-                               ) -> list[tuple[int, str, int, str, bytes]]:
-    cur = await conn.execute(
-        SQL("SELECT notification_id, originator_id::text, originator_version, topic, state FROM {}"
-            " WHERE notification_id > %s ORDER BY notification_id LIMIT %s").format(Identifier(schema, table)),
-        (after, limit),
-        prepare=True,
-    )
-    return [(int(n), str(a), int(v), t, bytes(s)) for n, a, v, t, s in await cur.fetchall()]
 
 
 # --- broker access --------------------------------------------------------------------------------------------
@@ -206,9 +143,6 @@ class BrokerView:
     """Admin + offsets client: does the topic exist, with how many partitions, ending where."""
 
     def __init__(self, bootstrap: str) -> None:
-        from aiokafka import AIOKafkaConsumer
-        from aiokafka.admin import AIOKafkaAdminClient
-
         self.admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
         self.consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                          request_timeout_ms=10000, metadata_max_age_ms=5000)
@@ -241,9 +175,6 @@ class BrokerView:
         return {tp.partition: int(o) for tp, o in ends.items()}
 
     async def create_topic(self, topic: str, partitions: int) -> None:
-        from aiokafka.admin import NewTopic
-        from aiokafka.errors import TopicAlreadyExistsError
-
         with suppress(TopicAlreadyExistsError):
             await asyncio.wait_for(self.admin.create_topics([NewTopic(topic, partitions, 1)]), 15)
 
@@ -324,7 +255,7 @@ class Relay:
             stack.push_async_callback(conn.close)
             await self._acquire_lock(conn)
             await pos.ensure_tables(conn)
-            logs = list(cfg.logs) or await discover_logs(conn, cfg.schema)
+            logs = list(cfg.logs) or await discover_logs_async(conn, cfg.schema)
             state = await pos.load_state(conn, cfg.name, cfg.topic, logs)
 
             listener = await AsyncConnection.connect(cfg.database_url, autocommit=True, connect_timeout=10,
@@ -375,7 +306,7 @@ class Relay:
                         return
                 if not cfg.logs and now - last_discovery >= max(5.0, cfg.poll_interval_s):
                     last_discovery = now
-                    found = await discover_logs(conn, cfg.schema)
+                    found = await discover_logs_async(conn, cfg.schema)
                     if found != logs:
                         log.info("relay %s: event tables now %s", cfg.name, ", ".join(found))
                         return
@@ -422,14 +353,14 @@ class Relay:
                            table: str) -> bool:
         cfg = self.config
         after = state.positions.get(table, 0)
-        rows = await select_notifications(conn, cfg.schema, table, after, cfg.batch_size)
+        rows = await read_after_async(conn, table, after, cfg.batch_size, cfg.schema)
         if not rows:
             return False
         futures = []
         for notification_id, aggregate_id, version, topic, value in rows:
             futures.append(await producer.send(
                 cfg.topic, value=value, key=aggregate_id.encode(),
-                headers=headers_for(notification_id, aggregate_id, version, topic, value, table),
+                headers=record_headers(notification_id, aggregate_id, version, topic, value, table),
             ))
         results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), cfg.send_timeout_s)
         acked_at = time.time()
@@ -440,6 +371,7 @@ class Relay:
         floors = dict(state.floors)
         batch_floor: dict[int, int] = {}
         for md in results:
+            assert not isinstance(md, BaseException)
             p, o = md.partition, md.offset
             known = state.next_offsets.get(p, 0)
             if o < known:
@@ -529,25 +461,9 @@ async def republish(settings_or_config: Any, from_notification_id: int = 0, **ov
         raise ValueError("from_notification_id must be >= 0")
     async with await AsyncConnection.connect(cfg.database_url, autocommit=True, connect_timeout=10) as conn:
         await pos.ensure_tables(conn)
-        logs = list(cfg.logs) or await discover_logs(conn, cfg.schema)
+        logs = list(cfg.logs) or await discover_logs_async(conn, cfg.schema)
         await pos.load_state(conn, cfg.name, cfg.topic, logs)
         generation = await pos.reset_positions(conn, cfg.name, from_notification_id, broker_lost_data=False)
     log.warning("relay %s: republish requested from notification id %d (generation %d)", cfg.name,
                 from_notification_id, generation)
     return generation
-
-
-def run_relay_blocking(settings_or_config: Any, **overrides: Any) -> int:
-    """For the CLI: run until SIGINT/SIGTERM; returns an exit code."""
-    import signal
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await run_relay(settings_or_config, stop, **overrides)
-
-    asyncio.run(main())
-    return 0
-

@@ -7,8 +7,9 @@ notification log), the last notification id the broker acknowledged.
 per partition ``[floor, next]``: ``next`` is one past the highest offset the broker acknowledged, ``floor`` the
 lowest offset acknowledged in our last batch to that partition. A later ack below ``next``, or a reported end
 offset below ``floor + 1``, means the partition lost data. (Tansu reports the base offset of the last record
-batch + 1 as a partition's end offset, not the high watermark; ``floor + 1`` is a bound both brokers respect.) ``generation`` changes whenever positions are reset (republish, broker data loss), so a running
-relay notices a reset made by another process and never overwrites it with an older position.
+batch + 1 as a partition's end offset, not the high watermark; ``floor + 1`` is a bound both brokers respect.)
+``generation`` changes whenever positions are reset (republish, broker data loss), so a running relay notices
+a reset made by another process and never overwrites it with an older position.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import pytest
 
 from events.envelope import event_id
 from events.prescription import PrescriptionDispensed
+from projections import registry
 from projections.traceability import (
     by_patient,
     by_pharmacy,
@@ -106,7 +107,7 @@ async def test_queries_use_indexes(published: Published) -> None:
 
 async def test_no_sealed_personal_fields_anywhere(published: Published) -> None:
     with psycopg.connect(published.reference_db) as conn:
-        for schema in ("traceability", "hospital_settlement", "pharmacy_settlement"):
+        for schema in (registry.get(name).schema for name in registry.NAMES):  # every projection
             tables = [r[0] for r in conn.execute(
                 "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema,))]
             for table in tables:

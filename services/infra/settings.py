@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from events import topics
 from services.reference.policies import InstitutionLevel
 
 
@@ -73,7 +74,7 @@ class RouterSection(Section):
 class GatewaySection(Section):
     group_id: str = "rxtrail.gateway"
     schema_name: str = "gateway"
-    feed_prefix: str = "rx.pharmacy."
+    feed_prefix: str = topics.PHARMACY_PREFIX
     feed_partitions: int = Field(default=1, ge=1)
     max_records: int = Field(default=500, ge=1)
 
@@ -109,8 +110,8 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8700, ge=1, le=65535)
     partitions: int = Field(default=12, ge=1, le=1000)
-    events_topic: str = Field(default="rx.events", description="the topic the relay fills and the workers read")
-    dlq_topic: str = Field(default="rx.dlq", description="where consumers dead-letter what they cannot decode")
+    events_topic: str = Field(default=topics.EVENTS, description="the topic the relay fills and the workers read")
+    dlq_topic: str = Field(default=topics.DLQ, description="where consumers dead-letter what they cannot decode")
     start_timeout_s: float = Field(default=30.0, gt=0)
     pseudonym_secret: SecretStr | None = Field(
         default=None, description="HMAC key for patient pseudonyms; unset = generated once into the data dir"

@@ -19,6 +19,7 @@ from uuid import UUID
 
 import psycopg
 
+from events import topics
 from events.envelope import AGGREGATE_ID, AGGREGATE_VERSION, EVENT_TYPE, NOTIFICATION_ID, header
 from services.adapters.event_log import discover_logs, iter_streams, stored_stream
 from services.adapters.store import RxTrailStore
@@ -158,7 +159,7 @@ def _header(message: Any, name: str, default: str) -> str:
 # --- everything -------------------------------------------------------------------------------------------------
 
 
-def verify(database_url: str | None, bootstrap: str | None = None, *, topic: str = "rx.events",
+def verify(database_url: str | None, bootstrap: str | None = None, *, topic: str = topics.EVENTS,
            data_dir: str | Path | None = None, logs: Sequence[str] | None = None) -> Report:
     """What `rxtrail verify` runs. ``report.exit_code``: 0 intact, 1 tampered."""
     stored: StoredBytes | None = {} if database_url and bootstrap else None

@@ -30,6 +30,9 @@ from events.envelope import EVENT_TYPE, NOTIFICATION_ID, SCHEMA_VERSION, Headers
 
 log = logging.getLogger(__name__)
 
+GROUP_PREFIX = "rxtrail.projection"
+"""A projection reads ``rx.events`` as consumer group ``<GROUP_PREFIX>.<name>``."""
+
 
 @dataclass(frozen=True)
 class Delivered:
@@ -216,7 +219,7 @@ class ProjectionConsumer:
 
     def __post_init__(self) -> None:
         self.schema = self.schema or self.projection.name
-        self.group_id = self.group_id or f"rxtrail.projection.{self.projection.name}"
+        self.group_id = self.group_id or f"{GROUP_PREFIX}.{self.projection.name}"
 
     async def run(self, stop: asyncio.Event, idle_timeout_s: float | None = None) -> RunnerStats:
         """Run until `stop` is set (or, with idle_timeout_s, until nothing arrived for that long)."""

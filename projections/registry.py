@@ -12,12 +12,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
 
-from projections.base import Projection
+from projections.base import GROUP_PREFIX, Projection
 from projections.hospital_settlement import DEFAULT_DEPOSIT_RATE, HospitalSettlement
 from projections.pharmacy_settlement import PharmacySettlement
 from projections.traceability import Traceability
-
-GROUP_PREFIX = "rxtrail.projection"
 
 
 class ProjectionOptions(Protocol):

@@ -7,7 +7,7 @@ notification log the relay reads), ``rxtrail_snapshots``, ``rxtrail_command_outc
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -40,7 +40,7 @@ class RxTrailStore(Application[Any]):
     def __init__(self, env: dict[str, str] | None = None, *, snapshot_interval: int = DEFAULT_SNAPSHOT_INTERVAL):
         if snapshot_interval < 1:
             raise ValueError("snapshot_interval must be at least 1")
-        self.snapshotting_intervals = {Prescription: snapshot_interval}
+        self.snapshotting_intervals = {Prescription: snapshot_interval}  # type: ignore[misc]  # per instance
         super().__init__(env=env)
 
     def construct_transcoder(self) -> Transcoder:
@@ -73,7 +73,7 @@ class RxTrailStore(Application[Any]):
         return {i: projector(None, map(self.mapper.to_domain_event, found.get(i, []))) for i in aggregate_ids}
 
     def events_of(self, aggregate_id: UUID, *, lte: int | None = None) -> list[DomainEvent]:
-        return list(self.events.get(aggregate_id, lte=lte))
+        return cast(list[DomainEvent], list(self.events.get(aggregate_id, lte=lte)))
 
     def recorded_outcomes(self, command_ids: Sequence[str]) -> dict[str, str]:
         return self.outcome_recorder.select_outcomes(command_ids)

@@ -65,7 +65,7 @@ class EmbeddedPostgres:
         if self._as_user:
             kwargs["user"] = self._as_user
         return subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout or self.timeout_s, cwd="/", **kwargs  # type: ignore[arg-type]
+            cmd, capture_output=True, text=True, timeout=timeout or self.timeout_s, cwd="/", **kwargs  # type: ignore[call-overload]
         )
 
     def _prepare_root(self) -> None:

@@ -16,10 +16,12 @@ from events.prescription import (
     RuleFlagged,
 )
 from services.adapters.event_log import load_stream
-from services.application import RxTrail, RxTrailStore, open_store
+from services.adapters.patient_keys import PostgresPatientKeyStore
+from services.adapters.store import RxTrailStore, open_store
+from services.application import RxTrail
 from services.application import commands as c
 from services.application.ids import trace_code_id_for
-from services.application.privacy import PatientVault, PostgresPatientKeyStore
+from services.application.privacy import PatientVault
 from services.domain.clock import FixedClock
 from services.domain.prescription import Prescription, RxStatus, project_prescription
 from services.domain.trace_code import TraceCode, project_trace_code

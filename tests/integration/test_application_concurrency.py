@@ -13,11 +13,13 @@ import pytest
 from events.prescription import PrescriptionDispensed, RuleFlagged
 from events.trace_code import TraceCodeSold
 from services.adapters.event_log import load_stream
-from services.application import RxTrail, RxTrailStore, open_store
+from services.adapters.patient_keys import PostgresPatientKeyStore
+from services.adapters.store import RxTrailStore, open_store
+from services.application import RxTrail
 from services.application import commands as c
 from services.application.ids import trace_code_id_for
 from services.application.outcomes import Outcome
-from services.application.privacy import PatientVault, PostgresPatientKeyStore
+from services.application.privacy import PatientVault
 from services.integrity import verify_aggregate
 from tests.support.cast import METFORMIN, SECRET, Cast, item, line, new_app, ok, trace_codes
 

@@ -10,10 +10,12 @@ import pytest
 
 from events.prescription import RoutingBasis, RuleFlagged
 from services.adapters.event_log import load_stream
-from services.application import OUTCOMES_TABLE, RxTrail, RxTrailStore, open_store
+from services.adapters.patient_keys import PostgresPatientKeyStore
+from services.adapters.store import OUTCOMES_TABLE, RxTrailStore, open_store
+from services.application import RxTrail
 from services.application import commands as c
 from services.application.ids import encounter_id_for
-from services.application.privacy import PatientVault, PostgresPatientKeyStore
+from services.application.privacy import PatientVault
 from services.application.unit_of_work import UnitOfWork
 from services.domain.clock import FixedClock
 from services.domain.prescription import RxStatus, project_prescription

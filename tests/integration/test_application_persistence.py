@@ -16,9 +16,11 @@ from events import GENESIS_HASH
 from events.encounter import FollowUpVisitRecorded
 from events.prescription import PrescriptionRejected
 from services.adapters.event_log import load_stream
-from services.application import EVENTS_TABLE, RxTrail, RxTrailStore, open_store
+from services.adapters.patient_keys import PostgresPatientKeyStore
+from services.adapters.store import EVENTS_TABLE, RxTrailStore, open_store
+from services.application import RxTrail
 from services.application import commands as c
-from services.application.privacy import PatientForgotten, PatientVault, PostgresPatientKeyStore
+from services.application.privacy import PatientForgotten, PatientVault
 from services.domain.prescription import project_prescription
 from services.integrity import verify_aggregate, verify_store
 from tests.support.cast import SECRET, Cast, new_app, ok

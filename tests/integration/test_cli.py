@@ -17,9 +17,10 @@ import pytest
 
 from events import EVENT_TYPES, topics
 from events.prescription import RoutingBasis
+from services.adapters.patient_keys import PostgresPatientKeyStore
 from services.adapters.store import open_store
 from services.application import commands as c
-from services.application.privacy import PatientVault, PostgresPatientKeyStore
+from services.application.privacy import PatientVault
 from services.integrity.checkpoint import PUBLIC_KEY_FILE
 from tests.support.cast import AMLODIPINE, METFORMIN, Cast, item, line, new_app, ok
 

@@ -66,10 +66,11 @@ async def test_cancelled_consumers_resume_to_a_clean_pass(
 
 
 def _runner(db: str, bootstrap: str, topic: str, group_prefix: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "projections", "all", "--database-url", db, "--bootstrap", bootstrap, "--topic", topic,
-         "--dlq-topic", topic + ".dlq", "--group-prefix", group_prefix, "--max-records", "11"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RXTRAIL_DATABASE_URL": db, "RXTRAIL_KAFKA_BOOTSTRAP": bootstrap,
+           "RXTRAIL_EVENTS_TOPIC": topic, "RXTRAIL_DLQ_TOPIC": topic + ".dlq",
+           "RXTRAIL_PROJECTIONS__GROUP_PREFIX": group_prefix, "RXTRAIL_PROJECTIONS__MAX_RECORDS": "11"}
+    return subprocess.Popen([sys.executable, "-m", "services.cli", "run", "projection", "all"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
 
 
 async def test_sigkilled_runner_resumes_to_a_clean_pass(

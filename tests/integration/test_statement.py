@@ -37,18 +37,16 @@ from events.prescription import DispensedLine, PrescriptionItem, RoutingBasis
 from events.statement import PartyKind
 from projections.hospital_settlement import institution_statements
 from projections.pharmacy_settlement import statements as pharmacy_statements
+from services.adapters.statement_figures import EventStoreDirectory, ProjectionFigures
 from services.adapters.statement_render import find_font, to_csv, to_pdf
-from services.application import RxTrail, build_application
+from services.application import RxTrail
 from services.application import commands as c
 from services.application.outcomes import Outcome
-from services.application.statements import (
-    ClosedStatement,
-    EventStoreDirectory,
-    ProjectionFigures,
-    StatementDesk,
-)
+from services.application.statements import ClosedStatement, StatementDesk
+from services.bootstrap import build_application
 from services.domain.clock import FixedClock
 from services.domain.errors import InvalidCommand
+from services.infra.settings import Settings
 from services.replay import replay
 from tests.support import unique_id
 
@@ -129,7 +127,7 @@ class Books:
 def books(make_database: Callable[[], str]) -> Iterator[Books]:
     db = make_database()
     clock = FixedClock(at("2026-02-10"))
-    app = build_application(db, pseudonym_secret=SECRET, clock=clock)
+    app = build_application(Settings(database_url=db, pseudonym_secret=SECRET), clock=clock)
     inst = unique_id("INST")
     b = Books(app, clock, db, inst, (unique_id("H1"), unique_id("H2")), (unique_id("DR"), unique_id("DR")),
               unique_id("RPH"), unique_id("PH"), f"2201{secrets.randbelow(10**14):014d}")

@@ -212,10 +212,9 @@ def main() -> int:
         tokens = api_keys(database_url, cast)
         port = free_port()
         env = {**os.environ, "RXTRAIL_DATABASE_URL": database_url, "RXTRAIL_KAFKA_BOOTSTRAP": bootstrap,
-               "RXTRAIL_PSEUDONYM_SECRET": SECRET, "RXTRAIL_DATA_DIR": str(work)}
-        api = subprocess.Popen([sys.executable, "-m", "uvicorn", "services.api:create_app", "--factory",
-                                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-                                "--no-access-log"], env=env, cwd=ROOT)
+               "RXTRAIL_PSEUDONYM_SECRET": SECRET, "RXTRAIL_DATA_DIR": str(work), "RXTRAIL_API_HOST": "127.0.0.1",
+               "RXTRAIL_API_PORT": str(port), "RXTRAIL_LOG_LEVEL": "WARNING"}
+        api = subprocess.Popen([sys.executable, "-m", "services.cli", "run", "api"], env=env, cwd=ROOT)
         if not wait_for_port("127.0.0.1", port, 30):
             raise SystemExit("API did not start")
         base = f"http://127.0.0.1:{port}"

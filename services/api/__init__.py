@@ -2,9 +2,8 @@
 
 Nothing connects at import or in ``create_app``: the write side (``RxTrail``), the read pool and the gate are
 built when the server starts (lifespan) and closed when it stops. The composition root hands in how to build the
-application (``application_factory``); tests may hand in an application of their own (``application``, left open
-on shutdown). ``uvicorn services.api:create_app --factory`` still works: with neither, the lifespan asks
-``services.bootstrap`` for the application.
+application (``application_factory``: ``services.bootstrap.build_api``, which ``rxtrail run api`` serves); tests may
+hand in an application of their own (``application``, left open on shutdown).
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ DESCRIPTION = ("Internet+ prescription circulation: hospitals, pharmacists, phar
 def create_app(settings: Settings | None = None, *, application: RxTrail | None = None,
                application_factory: Callable[[], RxTrail] | None = None, pool_size: int = 10) -> FastAPI:
     """The API. ``application``: an ``RxTrail`` to use and leave open; ``application_factory``: how to build one
-    (closed on shutdown); with neither, the composition root builds it from ``settings``."""
+    (closed on shutdown). One of them is needed once the server starts."""
     settings = settings or Settings()
     database_url = settings.resolved_database_url()
 
@@ -43,9 +42,8 @@ def create_app(settings: Settings | None = None, *, application: RxTrail | None 
         elif application_factory is not None:
             rx_app = application_factory()
         else:
-            from services.bootstrap import build_application  # the composition root imports this module
-
-            rx_app = build_application(settings)
+            raise RuntimeError("create_app needs application= or application_factory= (services.bootstrap.build_api "
+                               "gives one)")
         pool = open_pool(database_url, max_size=pool_size)
         app.state.runtime = Runtime(application=rx_app, pool=pool, gate=Gate(rx_app.store),
                                     reads=Reads(rx_app.store, pool))

@@ -245,9 +245,15 @@ def run_demo(prescriptions: int = 20, api: str | None = None, settings: Settings
 
         # --- pharmacist review: one rejected -------------------------------------------------------------
         say("pharmacist: review queue, approvals, one rejection")
-        queue = http.get(ph, "/pharmacist/review-queue", limit=500)
-        report.steps["seen in review queue"] = len(
-            {str(i["prescription_id"]) for i in queue["items"]} & {rx.prescription_id for rx in rxs})
+        issued = {rx.prescription_id for rx in rxs}
+        queued: set[str] = set()
+
+        def in_queue() -> bool:  # the queue is read side: it shows new prescriptions a moment later
+            queued.update(str(i["prescription_id"]) for i in http.get(ph, "/pharmacist/review-queue", limit=500)["items"])
+            return issued <= queued
+
+        _wait("the review queue to show the issued prescriptions", in_queue, timeout_s)
+        report.steps["seen in review queue"] = len(queued & issued)
         reject_at = 1 if len(rxs) > 2 else -1
         for rx in rxs:
             if rx.index == reject_at:
@@ -301,7 +307,12 @@ def run_demo(prescriptions: int = 20, api: str | None = None, settings: Settings
         # --- one trail, as the regulator sees it -----------------------------------------------------------
         shown = next((rx for rx in approved if rx.partial), approved[0])
         report.trail_of = shown.prescription_id
-        report.trail = http.get(reg, f"/regulator/prescriptions/{shown.prescription_id}/trail")
+
+        def traced() -> bool:  # the trail is read side: it shows the settlement a moment later
+            report.trail = http.get(reg, f"/regulator/prescriptions/{shown.prescription_id}/trail")
+            return any(e["event_type"] == "PrescriptionSettled" for e in report.trail.get("events", []))
+
+        _wait("the regulator's trail to show the settlement", traced, timeout_s)
     finally:
         http.close()
     report.elapsed_s = time.monotonic() - started

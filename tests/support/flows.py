@@ -4,7 +4,6 @@ a live server and the parties' HTTP actors."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
@@ -21,7 +20,7 @@ from services.application import commands as c
 from services.bootstrap import build_application
 from services.infra.ports import free_port, wait_for_port
 from services.infra.settings import Settings
-from tests.support import unique_id
+from tests.support import unique_id, wait_until
 from tests.support.cast import CHANGCHUN, JINAN, Cast
 from tests.support.domain import trace_codes
 
@@ -89,9 +88,7 @@ def live_server(app: Any) -> Iterator[str]:
     thread.start()
     if not wait_for_port("127.0.0.1", port, 20):
         raise RuntimeError("uvicorn did not start")
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: server.started, timeout=20, interval=0.02, what="uvicorn to start serving")
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

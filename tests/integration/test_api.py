@@ -229,3 +229,34 @@ def test_agency_refuses_and_claws_back_in_its_region_only(actors: Actors, applic
     assert r.status_code == 422 and r.json()["error"] == "InvalidCommand"
     statements = actors.get(actors.agency, "/agency/statements")
     assert statements.status_code == 200 and statements.json()["pooling_region"] == actors.cast.region
+
+
+def test_search_and_lists_come_from_the_read_side_and_page_by_cursor(actors: Actors,
+                                                                      caught_up: Callable[[], None]) -> None:
+    a, b = actors.routed(), actors.routed()
+    patient = actors.get(actors.hospital, f"/hospital/prescriptions/{a}").json()["patient_ref"]
+    caught_up()
+
+    def search(**params: str) -> list[dict[str, object]]:
+        r = actors.get(actors.regulator, "/regulator/prescriptions", limit=500, **params)
+        assert r.status_code == 200, r.text
+        return list(r.json()["items"])
+
+    assert {a, b} <= {p["prescription_id"] for p in search(pharmacy_id=actors.cast.pharmacy)}
+    both = search(pharmacy_id=actors.cast.pharmacy, hospital_id=actors.cast.hospital, patient_ref=patient)
+    assert a in {p["prescription_id"] for p in both}
+    assert all(p["patient_ref"] == patient and p["hospital_id"] == actors.cast.hospital for p in both)
+    assert a not in {p["prescription_id"] for p in search(pharmacy_id=actors.cast.other_pharmacy)}
+    assert search(hospital_id=actors.cast.other_hospital, patient_ref=patient) == []
+
+    everything = [p["prescription_id"] for p in actors.get(actors.hospital, "/hospital/prescriptions",
+                                                           limit=500).json()["items"]]
+    paged, cursor = [], 0
+    while True:
+        page = actors.get(actors.hospital, "/hospital/prescriptions", after=cursor, limit=2).json()
+        paged += [p["prescription_id"] for p in page["items"]]
+        if page["next_cursor"] is None:
+            break
+        assert page["next_cursor"] > cursor
+        cursor = page["next_cursor"]
+    assert paged == everything and {a, b} <= set(paged)

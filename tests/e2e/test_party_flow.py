@@ -23,7 +23,7 @@ from services.application import RxTrail
 from services.infra.kafka_admin import ensure_topics_async
 from services.infra.settings import Settings
 from services.workers.intake import create_intake
-from tests.support import unique_id, unique_topic
+from tests.support import unique_id, unique_topic, wait_until_async
 from tests.support.flows import (
     Actors,
     Cast,
@@ -104,14 +104,7 @@ async def pipeline(database: str, kafka_bootstrap: str, application: RxTrail) ->
 
 
 async def eventually(check: Callable[[], Any], timeout_s: float = 60) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        value = await asyncio.to_thread(check)
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("timed out waiting")
-        await asyncio.sleep(0.2)
+    return await wait_until_async(check, timeout=timeout_s, interval=0.2, in_thread=True)
 
 
 def trail_steps(actors: Actors, rx: str) -> list[str]:

@@ -26,6 +26,7 @@ import pytest
 
 from events import topics
 from services.infra.ports import free_port
+from tests.support import wait_until
 
 CLI = [sys.executable, "-m", "services.cli"]
 
@@ -59,14 +60,7 @@ def _database_url(env: dict[str, str]) -> str:
 
 
 def _eventually(what: str, check: Callable[[], Any], timeout_s: float = 30) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
+    return wait_until(check, timeout=timeout_s, interval=0.2, what=what)
 
 
 def _feed_messages(bootstrap: str, topic: str, want: int, timeout_s: float = 20) -> list[Any]:

@@ -4,7 +4,6 @@ a crash after the outcomes are stored but before the commit redelivers harmlessl
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -21,7 +20,7 @@ from services.domain.prescription import project_prescription
 from services.infra.kafka_admin import ensure_topics_async
 from services.infra.settings import Settings
 from services.workers.intake import IntakeWorker, create_intake
-from tests.support import unique_id
+from tests.support import unique_id, wait_until_async
 from tests.support.flows import Cast, open_application, prescription_body, register_cast, visit_body
 
 PARTITIONS = 3
@@ -78,11 +77,7 @@ async def read_all(bootstrap: str, topic: str) -> list[Any]:
                                 auto_offset_reset="earliest")
     await consumer.start()
     try:
-        deadline = asyncio.get_running_loop().time() + 20
-        while not consumer.assignment():
-            assert asyncio.get_running_loop().time() < deadline, f"topic {topic} never appeared"
-            await asyncio.sleep(0.1)
-        parts = list(consumer.assignment())
+        parts = list(await wait_until_async(consumer.assignment, timeout=20, what=f"topic {topic} to appear"))
         end = await consumer.end_offsets(parts)
         out: list[Any] = []
         while [tp for tp in parts if await consumer.position(tp) < end[tp]]:
@@ -95,11 +90,7 @@ async def read_all(bootstrap: str, topic: str) -> list[Any]:
 
 
 async def until(predicate: Callable[[], bool], timeout_s: float = 60) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("timed out")
-        await asyncio.sleep(0.1)
+    await wait_until_async(predicate, timeout=timeout_s)
 
 
 def command(cmd: c.Command) -> bytes:

@@ -26,7 +26,7 @@ from events import GENESIS_HASH
 from services.infra.settings import eventsourcing_env
 from services.integrity.chain import stored_event_hash
 from services.relay import RelayConfig, RelayStats, event_id, republish, run_relay
-from tests.support import unique_topic
+from tests.support import unique_topic, wait_until_async
 
 TEST_TOPIC = "tests.relay:TrailNoted"
 
@@ -127,10 +127,8 @@ def config(database_url: str, bootstrap: str, topic: str, **kw: object) -> Relay
 
 
 async def wait_published(stats: RelayStats, n: int, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while stats.published < n:
-        assert time.monotonic() < deadline, f"relay published {stats.published} of {n}"
-        await asyncio.sleep(0.05)
+    await wait_until_async(lambda: stats.published >= n, timeout=timeout_s, interval=0.05,
+                           what=lambda: f"the relay to publish {n} (published {stats.published})")
 
 
 def position(database_url: str, name: str = "relay") -> dict[str, int]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -43,7 +42,7 @@ from services.infra.kafka_admin import ensure_topics_async
 from services.relay import RelayConfig, RelayStats, run_relay
 from services.settlement.run import build_consumer
 from services.workers.settlement import WorkerStats
-from tests.support import unique_id, unique_topic
+from tests.support import unique_id, unique_topic, wait_until_async
 
 JINAN = "370100"
 T0 = datetime(2026, 3, 10, 2, 0, tzinfo=UTC)
@@ -83,11 +82,9 @@ class World:
 
     async def relayed(self, timeout_s: float = 20.0) -> None:
         """Wait until the relay has published everything stored so far."""
-        deadline = time.monotonic() + timeout_s
-        while self.relay_stats.published < self.events_stored():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"relay published {self.relay_stats.published} of {self.events_stored()}")
-            await asyncio.sleep(0.1)
+        await wait_until_async(lambda: self.relay_stats.published >= self.events_stored(), timeout=timeout_s,
+                               what=lambda: f"the relay to publish {self.events_stored()} "
+                                            f"(published {self.relay_stats.published})")
 
     async def run_worker(self, group: str, schema: str, idle_s: float = 2.5) -> WorkerStats:
         await self.relayed()

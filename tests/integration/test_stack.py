@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from services.infra.ports import free_port
+from tests.support import wait_until
 
 
 @pytest.fixture
@@ -75,9 +76,13 @@ def test_up_prints_ready_line_and_ctrl_c_leaves_no_process(stack_env: dict[str, 
     pg_pid = int((data / "postgres" / "postmaster.pid").read_text().splitlines()[0])
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 0
-    time.sleep(0.5)
-    for pid in [*pids, tansu_pid, pg_pid]:
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, pid
+
+    def alive() -> list[int]:
+        return [pid for pid in [*pids, tansu_pid, pg_pid]
+                if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+
+    wait_until(lambda: not alive(), timeout=10, ignore=(psutil.NoSuchProcess,),
+               what=lambda: f"every process of the stack to exit (alive: {alive()})")
 
 
 def test_detached_up_status_down(stack_env: dict[str, str]) -> None:
@@ -113,16 +118,17 @@ def test_dying_broker_is_reported_and_restarted(stack_env: dict[str, str]) -> No
     data = Path(stack_env["RXTRAIL_DATA_DIR"])
     first = int((data / "tansu.pid").read_text())
     os.kill(first, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    second = first
-    while time.monotonic() < deadline and second == first:
-        time.sleep(0.3)
-        try:
-            second = int((data / "tansu.pid").read_text())
-        except (OSError, ValueError):
-            continue
-    proc.send_signal(signal.SIGINT)
-    proc.wait(60)
+
+    def restarted() -> int | None:
+        pid = int((data / "tansu.pid").read_text())
+        return pid if pid != first else None
+
+    try:
+        second = wait_until(restarted, timeout=30, interval=0.3, ignore=(OSError, ValueError),
+                            what="the supervisor to restart the broker")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
     stderr = " ".join((proc.stderr.read() if proc.stderr else "").split())
     assert second != first
     assert "kafka (tansu) died" in stderr and "restarted empty" in stderr

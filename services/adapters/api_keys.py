@@ -9,12 +9,12 @@ import hashlib
 import hmac
 import re
 import secrets
-from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 import psycopg
+
+from services.application.access import Party, PartyKind
 
 SCHEMA_SQL = """
 CREATE SCHEMA IF NOT EXISTS api;
@@ -40,26 +40,8 @@ CREATE INDEX IF NOT EXISTS regulator_queries_by_regulator ON api.regulator_queri
 """
 
 
-class PartyKind(StrEnum):
-    HOSPITAL = "hospital"
-    PHARMACY = "pharmacy"
-    PHARMACIST = "pharmacist"
-    AGENCY = "agency"
-    REGULATOR = "regulator"
-
-
 _PARTY = re.compile(r"^(hospital|pharmacy|pharmacist|agency|regulator):([A-Za-z0-9_.\-]{1,64})$")
 _TOKEN = re.compile(r"^rx_([a-f0-9]{16})_([A-Za-z0-9_\-]{20,100})$")
-
-
-@dataclass(frozen=True)
-class Party:
-    kind: PartyKind
-    id: str
-    key_id: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.kind.value}:{self.id}"
 
 
 def parse_party(text: str) -> Party:

@@ -28,6 +28,8 @@ from projections.pharmacy_settlement.projection import PharmacySettlement
 from projections.pharmacy_settlement.projection import statements as pharmacy_statements
 from projections.traceability import queries as trace
 from projections.traceability.projection import Traceability
+from services.adapters.gateway_state import SCHEMA as GATEWAY_SCHEMA
+from services.adapters.gateway_state import feed_page
 from services.api import models as m
 from services.application.ports import EventStore
 from services.application.unit_of_work import UnitOfWork
@@ -36,8 +38,6 @@ from services.domain.errors import DomainError
 from services.domain.prescription import Prescription, RxStatus
 from services.domain.registries import Pharmacist, Pharmacy
 from services.integrity import verify_aggregate
-from services.workers.gateway import NAME as GATEWAY_SCHEMA
-from services.workers.gateway import feed_page
 
 T = TypeVar("T")
 

@@ -14,18 +14,40 @@ PostgreSQL could not store).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, cast
 from uuid import UUID
 
 from events.prescription import DispenserKind
-from services.adapters.api_keys import Party, PartyKind
-from services.adapters.store import RxTrailStore
 from services.application import commands as c
+from services.application.ports import EventStore
 from services.application.unit_of_work import UnitOfWork
 from services.domain.encounter import Encounter
 from services.domain.errors import DomainError, EncounterNotFound, PrescriptionNotFound
 from services.domain.prescription import Prescription
 from services.domain.registries import Pharmacist
+
+
+class PartyKind(StrEnum):
+    HOSPITAL = "hospital"
+    PHARMACY = "pharmacy"
+    PHARMACIST = "pharmacist"
+    AGENCY = "agency"
+    REGULATOR = "regulator"
+
+
+@dataclass(frozen=True)
+class Party:
+    """Who sends a command or asks to see something (an API key names one; so does an inbound topic)."""
+
+    kind: PartyKind
+    id: str
+    key_id: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}:{self.id}"
+
 
 HOSPITAL_COMMANDS: frozenset[type[c.Command]] = frozenset(
     {c.RecordFollowUpVisit, c.IssuePrescription, c.CancelPrescription, c.RoutePrescription}
@@ -74,7 +96,7 @@ class SenderMismatch(DomainError):
 class Gate:
     """Loads what a decision needs from the event store (the record of truth), never from a lagging projection."""
 
-    def __init__(self, store: RxTrailStore) -> None:
+    def __init__(self, store: EventStore) -> None:
         self.store = store
 
     # --- loading ---------------------------------------------------------------------------------

@@ -19,19 +19,18 @@ to ``rx.dlq`` with the reason instead (``Worker.dead_letter``), so one bad regis
 
 Delivery is at least once; consumers dedupe on the ``event_id`` header (the triggering event's id, also in the
 body). The gateway is a ``Worker`` (``services.workers.base``) on the shared loop (own consumer group and schema
-``gateway``), its messages keyed by the triggering event the way command workers key commands: ``apply``
-folds the batch into its state (each prescription's dispensing details and current pharmacy, and ``feed``: every
-event of a prescription while it is a pharmacy's, which the API's ``GET /pharmacy/feed`` reads with ``feed_page``),
-publishes the messages and waits for the broker's acknowledgements, then records the published event ids in ``published``;
-the loop commits state, that record and the consumed offsets in one transaction. A crash before the commit
-publishes the batch again (same ``event_id`` headers); an event already recorded in ``published`` is never
-sent again, even if the per-aggregate version record is rebuilt.
+``gateway``), its messages keyed by the triggering event the way command workers key commands: ``apply`` folds
+the batch into its state (``services.adapters.gateway_state``: each prescription's dispensing details and current
+pharmacy, and ``feed``: every event of a prescription while it is a pharmacy's, which the API's
+``GET /pharmacy/feed`` reads), publishes the messages and waits for the broker's acknowledgements, then records
+the published event ids in ``published``; the loop commits state, that record and the consumed offsets in one
+transaction. A crash before the commit publishes the batch again (same ``event_id`` headers); an event already
+recorded in ``published`` is never sent again, even if the per-aggregate version record is rebuilt.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -41,7 +40,6 @@ from uuid import UUID
 
 import psycopg
 from aiokafka import AIOKafkaProducer
-from psycopg import sql
 
 from events import topics
 from events.contracts import FeedMessage, FeedMessageType, FeedPrescription, feed_headers, feed_key, public_fields
@@ -56,12 +54,13 @@ from events.prescription import (
     PrescriptionRouted,
 )
 from projections.base import Delivered, RunnerStats
+from services.adapters import gateway_state as state
 from services.infra.kafka_admin import ensure_topics_async
 from services.workers.base import Worker, in_log_order, run_worker
 
 log = logging.getLogger(__name__)
 
-NAME = "gateway"
+NAME = state.SCHEMA
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
@@ -92,12 +91,6 @@ def valid_topic(name: str) -> bool:
 Publish = Callable[[Sequence[Outgoing]], None]
 
 
-@dataclass
-class _Rx:
-    details: FeedPrescription
-    pharmacy_id: str | None = None
-
-
 class Gateway(Worker):
     """Folds prescription events into per-pharmacy feed messages; ``publish`` must return only once the broker
     acknowledged every message (it is called inside the transaction that records them). ``stats.recorded``
@@ -111,31 +104,20 @@ class Gateway(Worker):
         self.feed_prefix = feed_prefix
 
     def create_tables(self, conn: psycopg.Connection[Any], schema: str) -> None:
-        s = sql.Identifier(schema)
-        conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {}.prescriptions (prescription_id uuid PRIMARY KEY, "
-                             "details jsonb NOT NULL, pharmacy_id text)").format(s))
-        conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {}.published (event_id text PRIMARY KEY, "
-                             "topic text NOT NULL, message_type text NOT NULL, "
-                             "published_at timestamptz NOT NULL DEFAULT now())").format(s))
-        conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {}.feed (pharmacy_id text, prescription_id uuid, version int, "
-                             "event_id text NOT NULL, event_type text NOT NULL, at timestamptz NOT NULL, "
-                             "data jsonb NOT NULL, prescription jsonb, seq bigint GENERATED ALWAYS AS IDENTITY UNIQUE, "
-                             "PRIMARY KEY (pharmacy_id, prescription_id, version))").format(s))
-        conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS feed_pharmacy ON {}.feed (pharmacy_id, seq)").format(s))
+        state.create_tables(conn, schema)
 
     def apply(self, conn: psycopg.Connection[Any], schema: str, batch: Sequence[Delivered]) -> None:
-        s = sql.Identifier(schema)
         events = [d for d in in_log_order(batch) if isinstance(d.event, PrescriptionEvent)]
         if not events:
             return
-        rxs = _load(conn, s, {d.aggregate_id for d in events})
+        rxs = state.load(conn, schema, {d.aggregate_id for d in events})
         touched: set[UUID] = set()
         out: list[Outgoing] = []
-        feed: list[tuple[Any, ...]] = []
+        feed: list[state.FeedRow] = []
         for d in events:
             e = d.event
             if isinstance(e, PrescriptionIssued):
-                rxs[d.aggregate_id] = _Rx(FeedPrescription.of(e))
+                rxs[d.aggregate_id] = state.FedPrescription(FeedPrescription.of(e))
                 touched.add(d.aggregate_id)
                 continue
             rx = rxs.get(d.aggregate_id)
@@ -151,9 +133,9 @@ class Gateway(Worker):
             if rx.pharmacy_id is None:
                 continue
             # every event while the prescription is this pharmacy's (its routing, its own return): the HTTP feed
-            feed.append((rx.pharmacy_id, d.aggregate_id, d.version, d.event_id, d.event_type, d.timestamp,
-                         json.dumps(public_fields(e)),
-                         rx.details.model_dump_json() if isinstance(e, PrescriptionRouted) else None))
+            feed.append(state.FeedRow(rx.pharmacy_id, d.aggregate_id, d.version, d.event_id, d.event_type,
+                                      d.timestamp, public_fields(e),
+                                      rx.details if isinstance(e, PrescriptionRouted) else None))
             if isinstance(e, PrescriptionRouted):
                 out.append(self._message(d, rx, "routed", basis=e.basis, prescription=rx.details))
             elif isinstance(e, PrescriptionReturned):
@@ -165,28 +147,23 @@ class Gateway(Worker):
                 out.append(self._message(d, rx, "expired", remainder_only=e.remainder_only))
             elif isinstance(e, DispenseWithdrawn):
                 out.append(self._message(d, rx, "dispense_withdrawn", reason=e.reason, dispense_no=e.dispense_no))
-        fresh = _not_yet_published(conn, s, out)
+        done = state.published(conn, schema, [o.message.event_id for o in out])
+        fresh = [o for o in out if o.message.event_id not in done]
         for _ in range(len(out) - len(fresh)):
             self.stats.counted(ok=True, replayed=True)
         if fresh:
             if self.publish is None:
                 raise RuntimeError("gateway: no publisher configured")
             self.publish(fresh)
-            with conn.cursor() as cur:
-                cur.executemany(
-                    sql.SQL("INSERT INTO {}.published (event_id, topic, message_type) VALUES (%s, %s, %s) "
-                            "ON CONFLICT (event_id) DO NOTHING").format(s),
-                    [(o.message.event_id, o.topic, o.message.message_type) for o in fresh])
+            state.record_published(conn, schema,
+                                   [(o.message.event_id, o.topic, o.message.message_type) for o in fresh])
             for _ in fresh:
                 self.stats.counted(ok=True)
-        _save(conn, s, {k: rxs[k] for k in touched if k in rxs})
-        if feed:
-            with conn.cursor() as cur:
-                cur.executemany(sql.SQL(
-                    "INSERT INTO {}.feed (pharmacy_id, prescription_id, version, event_id, event_type, at, data, "
-                    "prescription) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING").format(s), feed)
+        state.save(conn, schema, {k: rxs[k] for k in touched if k in rxs})
+        state.append_feed(conn, schema, feed)
 
-    def _message(self, d: Delivered, rx: _Rx, message_type: FeedMessageType, **fields: Any) -> Outgoing:
+    def _message(self, d: Delivered, rx: state.FedPrescription, message_type: FeedMessageType,
+                 **fields: Any) -> Outgoing:
         if rx.pharmacy_id is None:
             raise ValueError(f"prescription {d.aggregate_id} has no pharmacy to feed")
         message = FeedMessage(message_type=message_type, event_id=d.event_id, pharmacy_id=rx.pharmacy_id,
@@ -197,46 +174,6 @@ class Gateway(Worker):
 
 _RELEVANT = (PrescriptionIssued, PrescriptionRouted, PrescriptionReturned, PrescriptionCancelled, PrescriptionExpired,
              DispenseWithdrawn)
-
-
-def _load(conn: psycopg.Connection[Any], s: sql.Identifier, ids: set[UUID]) -> dict[UUID, _Rx]:
-    rows = conn.execute(sql.SQL("SELECT prescription_id, details, pharmacy_id FROM {}.prescriptions "
-                                "WHERE prescription_id = ANY(%s)").format(s), (list(ids),)).fetchall()
-    return {r[0]: _Rx(FeedPrescription.model_validate(r[1]), r[2]) for r in rows}
-
-
-def _save(conn: psycopg.Connection[Any], s: sql.Identifier, rows: dict[UUID, _Rx]) -> None:
-    if not rows:
-        return
-    with conn.cursor() as cur:
-        cur.executemany(
-            sql.SQL("INSERT INTO {}.prescriptions (prescription_id, details, pharmacy_id) VALUES (%s, %s, %s) "
-                    "ON CONFLICT (prescription_id) DO UPDATE SET pharmacy_id = EXCLUDED.pharmacy_id").format(s),
-            [(k, json.dumps(rx.details.model_dump(mode="json")), rx.pharmacy_id) for k, rx in rows.items()])
-
-
-def _not_yet_published(conn: psycopg.Connection[Any], s: sql.Identifier, out: list[Outgoing]) -> list[Outgoing]:
-    if not out:
-        return []
-    rows = conn.execute(sql.SQL("SELECT event_id FROM {}.published WHERE event_id = ANY(%s)").format(s),
-                        ([o.message.event_id for o in out],)).fetchall()
-    done = {r[0] for r in rows}
-    return [o for o in out if o.message.event_id not in done]
-
-
-def feed_page(conn: psycopg.Connection[Any], schema: str, pharmacy_id: str, after: int, limit: int
-              ) -> list[dict[str, Any]]:
-    """The pharmacy's feed as HTTP serves it: every event of a prescription while it is routed to this pharmacy
-    (its routing, what follows, its own return), after the cursor ``after`` (the ``seq`` of a row), oldest first;
-    ``data`` through ``events.contracts.public_fields``, ``prescription`` (on a routing) a ``FeedPrescription`` —
-    the same filters as the Kafka feed."""
-    from psycopg.rows import dict_row
-
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(sql.SQL("SELECT seq, prescription_id, version, event_type, at, data, prescription FROM {}.feed "
-                            "WHERE pharmacy_id = %s AND seq > %s ORDER BY seq LIMIT %s").format(sql.Identifier(schema)),
-                    (pharmacy_id, after, limit))
-        return cur.fetchall()
 
 
 # --- publishing -------------------------------------------------------------------------------------------------

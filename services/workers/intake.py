@@ -23,7 +23,6 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aiokafka import ConsumerRecord
@@ -31,22 +30,20 @@ from faststream import FastStream
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from faststream.middlewares import AckPolicy
-from faststream.specification import AsyncAPI
 from pydantic import ValidationError
 
 from events import topics
 from events.contracts import Rejection, record_source
 from events.envelope import header
-from services.adapters.api_keys import Party, PartyKind
+from services.adapters.asyncapi import INBOUND_DESCRIPTION, INBOUND_TITLE, INTAKE_GROUP, build_broker, declare_publishers
 from services.application import RxTrail
 from services.application import commands as c
-from services.application.access import Gate, find_nul, scoped_command_id
+from services.application.access import Gate, Party, PartyKind, find_nul, scoped_command_id
 from services.domain.errors import DomainError, NotFound
 from services.workers.base import CommandWorker, DeadLetter, WorkerStats
 
 log = logging.getLogger("rxtrail.inbound")
 
-INTAKE_GROUP = "rxtrail-intake"
 PHARMACY_HEADER = "pharmacy_id"
 
 
@@ -218,28 +215,6 @@ class IntakeWorker:
         await self.broker.stop()
 
 
-def _declare_publishers(broker: KafkaBroker) -> None:
-    """Documented in the AsyncAPI document (the relay and gateway publish these; the intake the last two)."""
-    broker.publisher(topics.EVENTS, title="rx.events", description=(
-        "every recorded event, key = aggregate id; headers: event_id, aggregate_id, aggregate_version, "
-        "notification_id, event_type, schema_version, business_type (written by the relay)"),
-        schema=dict[str, Any])
-    feed = topics.pharmacy_topic("{pharmacy_id}")
-    broker.publisher(feed, title=feed, description=(
-        "prescriptions routed to one pharmacy, patient pseudonymised, key = prescription id (gateway)"),
-        schema=dict[str, Any])
-    broker.publisher(topics.REJECTIONS, title="rx.rejections", description=(
-        "refused inbound commands, key = the sender's command_id (else the message key)"), schema=Rejection)
-    broker.publisher(topics.DLQ, title="rx.dlq", description=(
-        "undecodable input, original key and value; headers dlq_error, dlq_source, dlq_consumer"), schema=bytes)
-
-
-def build_broker(bootstrap: str, metadata_max_age_ms: int = 30_000) -> KafkaBroker:
-    # The pattern subscription sees a new rx.inbound.<hospital> topic only at a metadata refresh: every 30 s,
-    # not Kafka's default 5 minutes, so a newly onboarded hospital is heard promptly.
-    return KafkaBroker(bootstrap, client_id="rxtrail-intake", logger=log, metadata_max_age_ms=metadata_max_age_ms)
-
-
 def create_intake(
     application: RxTrail,
     bootstrap: str,
@@ -253,14 +228,13 @@ def create_intake(
 ) -> IntakeWorker:
     """The intake worker: a faststream KafkaBroker with one batch subscriber on every ``rx.inbound.*`` topic."""
     intake = Intake(application, Gate(application.store))
-    broker = build_broker(bootstrap)
+    broker = build_broker(bootstrap, logger=log)
 
     @broker.subscriber(
         pattern=pattern, group_id=group_id, batch=True, max_records=max_records, batch_timeout_ms=100,
         auto_offset_reset="earliest", ack_policy=AckPolicy.MANUAL, session_timeout_ms=session_timeout_ms,
-        heartbeat_interval_ms=heartbeat_interval_ms, decoder=_raw_values, title="rx.inbound.*",
-        description="commands as JSON from hospitals (rx.inbound.<hospital_id>) and pharmacies "
-                    "(rx.inbound.pharmacy); key = the sender's reference",
+        heartbeat_interval_ms=heartbeat_interval_ms, decoder=_raw_values, title=INBOUND_TITLE,
+        description=INBOUND_DESCRIPTION,
     )
     async def on_commands(body: list[dict[str, Any]], msg: KafkaMessage) -> None:
         records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
@@ -274,7 +248,7 @@ def create_intake(
             return
         await msg.ack()
 
-    _declare_publishers(broker)
+    declare_publishers(broker)
     return IntakeWorker(broker=broker, app=FastStream(broker, logger=log), intake=intake)
 
 
@@ -282,29 +256,3 @@ async def _raw_values(msg: Any) -> list[Any]:
     """Leave decoding to ``Intake.decode`` so one malformed message cannot fail its whole batch."""
     raw = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
     return [{} for _ in raw]
-
-
-# --- AsyncAPI ------------------------------------------------------------------------------------------
-
-
-def asyncapi_document() -> dict[str, Any]:
-    """The AsyncAPI 3.0 document of rxtrail's topics (no connection is opened)."""
-    broker = build_broker("localhost:9092")
-
-    @broker.subscriber(pattern=topics.INBOUND_PATTERN, group_id=INTAKE_GROUP, batch=True, title="rx.inbound.*",
-                       description="commands as JSON from hospitals (rx.inbound.<hospital_id>) and pharmacies "
-                                   "(rx.inbound.pharmacy); key = the sender's reference")
-    async def inbound(body: list[c.AnyCommand]) -> None: ...  # the schema of what senders may send
-
-    _declare_publishers(broker)
-    spec = AsyncAPI(broker, title="rxtrail topics", version="0.1.0",
-                    description="Kafka topics of rxtrail (DESIGN.md, Topics)")
-    document: dict[str, Any] = json.loads(spec.to_specification().to_json())
-    return document
-
-
-def export_asyncapi(path: str | Path) -> Path:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(asyncapi_document(), indent=2, ensure_ascii=False) + "\n")
-    return out

@@ -93,6 +93,7 @@ def copy_rate(url: str, name: str, sample: list[Any], total: int) -> float:
     """Rows/s of COPY of one row per event shaped like the projection's own per-event write, ``total`` rows."""
     from projections.traceability.projection import _details
 
+    rows: list[tuple[Any, ...]]
     if name == "traceability":
         rows = [(e.originator_id, e.originator_version, e.originator_id, type(e).__name__, e.timestamp, "actor",
                  str(uuid.uuid4()), e.hash, _details(e)) for e in sample[:50_000]]
@@ -249,8 +250,9 @@ def main() -> int:
             print(f"{name:<22}{r['ours']:>12,.0f}{r['copy']:>14,.0f}{r['ours'] / r['copy']:>11.2f}{r['es']:>10,.0f}"
                   f"{r['ours'] / r['es']:>9.1f}")
         with psycopg.connect(url) as conn:
-            sizes = {t: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier("traceability", t))
-                                     ).fetchone()[0] for t in ("steps", "prescriptions", "trace_code_uses")}
+            counted = {t: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier("traceability", t))
+                                       ).fetchone() for t in ("steps", "prescriptions", "trace_code_uses")}
+        sizes = {t: row[0] if row else 0 for t, row in counted.items()}
         print(f"traceability rows: {sizes}")
         for label, (p50, p99) in latencies.items():
             print(f"{label:<14} p50 {p50:.2f} ms  p99 {p99:.2f} ms  ({args.queries} queries)")

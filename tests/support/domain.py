@@ -154,7 +154,7 @@ class World:
         )
 
     def approved(self, *items: PrescriptionItem, **kw: object) -> Prescription:
-        rx = self.issued(*items, **kw)
+        rx = self.issued(*items, **kw)  # type: ignore[arg-type]
         rx.approve(clock=self.clock, pharmacist=self.pharmacist)
         return rx
 

@@ -20,7 +20,6 @@ from events import topics
 from events.base import DomainEvent
 from events.contracts import FeedMessage
 from events.prescription import PrescriptionItem, PrescriptionRouted
-from services.adapters.event_log import load_stream
 from services.application import RxTrail
 from services.bootstrap import build_application
 from services.infra.settings import Settings
@@ -120,7 +119,7 @@ async def wait_for(predicate: Callable[[], Any], pipeline: Pipeline | None = Non
 
 
 def stream(app: RxTrail, rx: UUID) -> list[DomainEvent]:
-    return load_stream(app.store, rx)
+    return app.store.events_of(rx)
 
 
 def routes(app: RxTrail, rx: UUID) -> list[PrescriptionRouted]:

@@ -11,7 +11,8 @@ A ``CommandWorker`` (``services.workers.base``). Each command is keyed by the tr
 trigger gets the first outcome back and records nothing. The aggregates themselves settle at most once
 (optimistic concurrency), whatever triggers race.
 
-State (schema ``settlement_worker``, written in the consumer loop's transaction together with the offsets):
+State (schema ``settlement_worker``, ``services.adapters.settlement_state``, written in the consumer loop's
+transaction together with the offsets):
 ``patients`` (R11 status from ``PatientSuspendedForFraud`` / ``PatientReinstated``) and ``ledger`` (one row per
 settled prescription or visit: patient, year, fund, personal account, deductible counted), whose sums per patient
 and year are the year-to-date figures. A command is issued before the batch commits: a crash in between
@@ -34,7 +35,6 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from psycopg import sql
 
 from events.base import ZERO, RealNameMethod
 from events.encounter import ConsultationSettled, FollowUpVisitRecorded
@@ -48,6 +48,7 @@ from events.prescription import (
 )
 from events.registries import PatientReinstated, PatientSuspendedForFraud
 from projections.base import Delivered
+from services.adapters import settlement_state as state
 from services.application import RxTrail
 from services.application.claims import (
     SettlementConfig,
@@ -94,19 +95,12 @@ class _Plan:
     build: Any  # (YearToDate, balance, suspended) -> (Split, Command)
 
 
-@dataclass
-class _Ytd:
-    deductible: Decimal = ZERO
-    fund: Decimal = ZERO
-    personal_account: Decimal = ZERO
-
-
 class SettlementWorker(CommandWorker):
     """A command worker on the shared loop (a :class:`projections.base.Projection`: the loop owns Kafka, offsets
     and the transaction). ``stats.recorded`` counts settlements recorded, ``stats.skipped`` triggers that called
     for none."""
 
-    name = "settlement_worker"
+    name = state.SCHEMA
     app: RxTrail
 
     def __init__(self, app: RxTrail, config: SettlementConfig | None = None, *, reference: Reference | None = None,
@@ -121,20 +115,7 @@ class SettlementWorker(CommandWorker):
 
     # --- Projection protocol ------------------------------------------------------------------------
     def create_tables(self, conn: psycopg.Connection[Any], schema: str) -> None:
-        s = sql.Identifier(schema)
-        conn.execute(sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {}.patients (status_id uuid PRIMARY KEY, patient_ref text NOT NULL,"
-            " suspended boolean NOT NULL, until date)").format(s))
-        conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS patients_ref ON {}.patients (patient_ref)").format(s))
-        conn.execute(sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {}.ledger (aggregate_id uuid PRIMARY KEY, patient_ref text NOT NULL,"
-            " year int NOT NULL, fund numeric(16,2) NOT NULL, personal_account numeric(16,2) NOT NULL,"
-            " deductible numeric(16,2) NOT NULL DEFAULT 0, source text NOT NULL)").format(s))
-        conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS ledger_patient_year ON {}.ledger (patient_ref, year)")
-                     .format(s))
-        conn.execute(sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {}.skipped (command_id text PRIMARY KEY, aggregate_id uuid NOT NULL,"
-            " reason text NOT NULL, at timestamptz NOT NULL DEFAULT now())").format(s))
+        state.create_tables(conn, schema)
 
     def apply(self, conn: psycopg.Connection[Any], schema: str, batch: Sequence[Delivered]) -> None:
         batch = in_log_order(batch)  # a suspension recorded before a delivery is seen before it
@@ -146,31 +127,18 @@ class SettlementWorker(CommandWorker):
 
     # --- state from events ----------------------------------------------------------------------------
     def _patients(self, conn: psycopg.Connection[Any], schema: str, batch: Sequence[Delivered]) -> None:
-        s = sql.Identifier(schema)
         for d in batch:
             e = d.event
             if isinstance(e, PatientSuspendedForFraud):
-                conn.execute(sql.SQL(
-                    "INSERT INTO {}.patients (status_id, patient_ref, suspended, until) VALUES (%s, %s, true, %s)"
-                    " ON CONFLICT (status_id) DO UPDATE SET suspended = true, until = EXCLUDED.until").format(s),
-                    (d.aggregate_id, e.patient_ref, e.until))
+                state.suspend(conn, schema, d.aggregate_id, e.patient_ref, e.until)
             elif isinstance(e, PatientReinstated):
-                conn.execute(sql.SQL("UPDATE {}.patients SET suspended = false, until = NULL WHERE status_id = %s")
-                             .format(s), (d.aggregate_id,))
+                state.reinstate(conn, schema, d.aggregate_id)
 
     def _settled(self, conn: psycopg.Connection[Any], schema: str, batch: Sequence[Delivered]) -> None:
         rows = [(d.aggregate_id, d.event.patient_ref, self._year(d.timestamp), d.event.fund,
                  d.event.personal_account)
                 for d in batch if isinstance(d.event, PrescriptionSettled | ConsultationSettled)]
-        if not rows:
-            return
-        with conn.cursor() as cur:
-            cur.executemany(sql.SQL(
-                "INSERT INTO {}.ledger (aggregate_id, patient_ref, year, fund, personal_account, source)"
-                " VALUES (%s, %s, %s, %s, %s, 'event') ON CONFLICT (aggregate_id) DO UPDATE SET"
-                " patient_ref = EXCLUDED.patient_ref, year = EXCLUDED.year, fund = EXCLUDED.fund,"
-                " personal_account = EXCLUDED.personal_account, source = 'event'").format(sql.Identifier(schema)),
-                rows)
+        state.record_settled(conn, schema, rows)
 
     # --- triggers ---------------------------------------------------------------------------------------
     @staticmethod
@@ -262,11 +230,12 @@ class SettlementWorker(CommandWorker):
     def _issue_round(self, conn: psycopg.Connection[Any], schema: str, plans: Sequence[_Plan]) -> None:
         """Issue one command per patient at most, against the ledger as it stands (earlier rounds included)."""
         year = self._year(self.app.clock.now())
-        ytd = self._year_to_date(conn, schema, year, {p.patient_ref for p in plans})
-        suspended = self._suspended(conn, schema, {p.patient_ref for p in plans})
+        patients = {p.patient_ref for p in plans}
+        ytd = state.year_to_date(conn, schema, year, patients)
+        suspended = state.suspended(conn, schema, patients, self.rules.local_date(self.app.clock.now()))
         ready: list[tuple[_Plan, Split, Command]] = []
         for plan in plans:
-            figures = ytd.get(plan.patient_ref, _Ytd())
+            figures = ytd.get(plan.patient_ref, state.Spent())
             try:
                 outcome, command = plan.build(
                     YearToDate(deductible_met=figures.deductible, fund_paid=figures.fund),
@@ -284,7 +253,7 @@ class SettlementWorker(CommandWorker):
             if result.ok:
                 self._booked(conn, schema, plan, outcome, year)
             elif result.rule_id == R11 and not plan.command_id.endswith(SUSPENDED_RETRY):
-                retry.append(self._without_insurance(plan, ytd.get(plan.patient_ref, _Ytd())))
+                retry.append(self._without_insurance(plan, ytd.get(plan.patient_ref, state.Spent())))
             else:
                 self._rejected(conn, schema, plan, result)
         for (plan, outcome, command) in retry:
@@ -295,7 +264,7 @@ class SettlementWorker(CommandWorker):
                 self._rejected(conn, schema, plan, result)
 
     @staticmethod
-    def _without_insurance(plan: _Plan, figures: _Ytd) -> tuple[_Plan, Split, Command]:
+    def _without_insurance(plan: _Plan, figures: state.Spent) -> tuple[_Plan, Split, Command]:
         """The one retry after an R11 refusal: the patient is suspended, under the retry's own key."""
         again = _Plan(plan.command_id + SUSPENDED_RETRY, plan.aggregate_id, plan.patient_ref, plan.insurance_type,
                       plan.build)
@@ -305,12 +274,8 @@ class SettlementWorker(CommandWorker):
                                                           "settlement_ref": again.command_id})
 
     def _booked(self, conn: psycopg.Connection[Any], schema: str, plan: _Plan, outcome: Split, year: int) -> None:
-        conn.execute(sql.SQL(
-            "INSERT INTO {}.ledger (aggregate_id, patient_ref, year, fund, personal_account, deductible, source)"
-            " VALUES (%s, %s, %s, %s, %s, %s, 'issued') ON CONFLICT (aggregate_id) DO UPDATE SET"
-            " deductible = EXCLUDED.deductible").format(sql.Identifier(schema)),
-            (plan.aggregate_id, plan.patient_ref, year, outcome.fund, outcome.personal_account,
-             outcome.deductible_applied))
+        state.book(conn, schema, plan.aggregate_id, plan.patient_ref, year, outcome.fund, outcome.personal_account,
+                   outcome.deductible_applied)
 
     def _rejected(self, conn: psycopg.Connection[Any], schema: str, plan: _Plan, result: Outcome) -> None:
         reason = f"{result.error} {result.rule_id or ''}: {result.reason}"
@@ -322,28 +287,10 @@ class SettlementWorker(CommandWorker):
         if count:
             self.stats.skipped += 1
             log.info("settlement trigger %s (%s): nothing issued: %s", command_id, aggregate_id, reason)
-        conn.execute(sql.SQL("INSERT INTO {}.skipped (command_id, aggregate_id, reason) VALUES (%s, %s, %s)"
-                             " ON CONFLICT (command_id) DO UPDATE SET reason = EXCLUDED.reason")
-                     .format(sql.Identifier(schema)), (command_id, aggregate_id, reason[:2000]))
+        state.skip(conn, schema, command_id, aggregate_id, reason)
 
-    # --- reading state ------------------------------------------------------------------------------------
     def _year(self, at: datetime) -> int:
         return self.rules.local_date(at).year
-
-    def _year_to_date(self, conn: psycopg.Connection[Any], schema: str, year: int, patients: set[str]
-                      ) -> dict[str, _Ytd]:
-        rows = conn.execute(sql.SQL(
-            "SELECT patient_ref, sum(deductible), sum(fund), sum(personal_account) FROM {}.ledger"
-            " WHERE year = %s AND patient_ref = ANY(%s) GROUP BY patient_ref").format(sql.Identifier(schema)),
-            (year, list(patients))).fetchall()
-        return {r[0]: _Ytd(r[1], r[2], r[3]) for r in rows}
-
-    def _suspended(self, conn: psycopg.Connection[Any], schema: str, patients: set[str]) -> set[str]:
-        today = self.rules.local_date(self.app.clock.now())
-        rows = conn.execute(sql.SQL(
-            "SELECT patient_ref FROM {}.patients WHERE patient_ref = ANY(%s) AND suspended"
-            " AND (until IS NULL OR until >= %s)").format(sql.Identifier(schema)), (list(patients), today)).fetchall()
-        return {r[0] for r in rows}
 
 
 def _rounds(plans: Sequence[_Plan]) -> list[list[_Plan]]:

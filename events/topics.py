@@ -10,7 +10,9 @@ DLQ = "rx.dlq"
 """Messages no consumer could read (``events.contracts.dead_letter_headers``)."""
 INBOUND_PHARMACY = "rx.inbound.pharmacy"
 """Commands from pharmacies (the sender is the pharmacy the command names)."""
-CORE_TOPICS = (EVENTS, REJECTIONS, DLQ, INBOUND_PHARMACY)
+CHECKPOINTS = "rx.checkpoints"
+"""Copies of the signed checkpoints, key = the logs they cover (``services.integrity.witness``)."""
+CORE_TOPICS = (EVENTS, REJECTIONS, DLQ, INBOUND_PHARMACY, CHECKPOINTS)
 """The topics ``rxtrail up`` creates before anything else starts."""
 
 PHARMACY_PREFIX = "rx.pharmacy."

@@ -277,12 +277,19 @@ async def run_projections(names: Sequence[str], settings: Settings, stop: asynci
 
 
 async def run_checkpoints(settings: Settings, stop: asyncio.Event) -> None:
-    """Sign the head of the event log now and every ``checkpoint_interval_s`` until ``stop`` is set."""
+    """Sign the head of the event log now and every ``checkpoint_interval_s`` until ``stop`` is set; publish each
+    to ``rx.checkpoints`` (one not published for want of Kafka goes with the next)."""
     from services.integrity.checkpoint import create_checkpoint
+    from services.integrity.witness import publish_pending
 
     while not stop.is_set():
         checkpoint = await asyncio.to_thread(create_checkpoint, settings.resolved_database_url(), settings.data_dir)
         log.info("checkpoint %s", checkpoint)
+        try:
+            await publish_pending(settings.resolved_database_url(), settings.resolved_kafka_bootstrap(),
+                                  settings.checkpoints_topic)
+        except Exception:  # Kafka down: the database keeps it unpublished until the next round
+            log.warning("checkpoint copies not published to %s", settings.checkpoints_topic, exc_info=True)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), settings.checkpoint_interval_s)
 

@@ -44,6 +44,9 @@ def declare_publishers(broker: KafkaBroker) -> None:
         "refused inbound commands, key = the sender's command_id (else the message key)"), schema=Rejection)
     broker.publisher(topics.DLQ, title=topics.DLQ, description=(
         "undecodable input, original key and value; headers dlq_error, dlq_source, dlq_consumer"), schema=bytes)
+    broker.publisher(topics.CHECKPOINTS, title=topics.CHECKPOINTS, description=(
+        "copies of the signed checkpoints of the event log, key = the logs they cover; value {id, payload "
+        "(the signed JSON), signature (base64 Ed25519)} (the checkpoint runner)"), schema=dict[str, Any])
 
 
 def asyncapi_document() -> dict[str, Any]:

@@ -117,6 +117,7 @@ class Settings(BaseSettings):
         default=None, description="HMAC key for patient pseudonyms; unset = generated once into the data dir"
     )
     checkpoint_interval_s: float = Field(default=300.0, gt=0, description="seconds between signed checkpoints")
+    checkpoints_topic: str = Field(default=topics.CHECKPOINTS, description="where signed checkpoints are published")
     log_level: str = Field(default="INFO", description="logging level of every process")
 
     settlement: SettlementSection = SettlementSection()

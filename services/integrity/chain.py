@@ -40,8 +40,9 @@ def stored_event_hash(event_type: str, doc: Mapping[str, Any]) -> str:
 @dataclass(frozen=True)
 class Finding:
     """One thing a verification found wrong: where it was read (``source``: store, kafka, checkpoint, bundle),
-    the stream (aggregate id) and version, and why. A finding about a signed checkpoint rather than one event
-    names the checkpoint and leaves the stream empty."""
+    the stream (aggregate id) and version, and why. A finding only a checkpoint catches names the stream and
+    version it found changed and the checkpoint that signed them (``checkpoint``); a finding about a checkpoint
+    itself (deleted, altered, not chained) names the checkpoint and leaves the stream empty."""
 
     source: str
     aggregate_id: str
@@ -51,9 +52,10 @@ class Finding:
 
     @property
     def location(self) -> str:
-        if self.checkpoint is not None:
-            return f"checkpoint #{self.checkpoint}"
-        return f"{self.aggregate_id} v{self.version}" if self.version else self.aggregate_id
+        stream = f"{self.aggregate_id} v{self.version}" if self.version else self.aggregate_id
+        if self.checkpoint is None:
+            return stream
+        return f"{stream} (checkpoint #{self.checkpoint})" if stream else f"checkpoint #{self.checkpoint}"
 
     def __str__(self) -> str:
         return f"[{self.source}] {self.location}: {self.reason}"
@@ -73,6 +75,17 @@ class Report:
     kafka_messages: int | None = None
     missing_on_kafka: int = 0
     checkpoints: int = 0
+    latest_checkpoint: int | None = None
+    latest_checkpoint_at: str | None = None
+    uncovered_events: int = 0
+    """Events after the latest checkpoint: only the chain (and ``rx.events`` with ``--kafka``) vouches for them."""
+    uncovered_streams: int = 0
+    """Streams with an event after the latest checkpoint."""
+    checkpoint_copies: dict[str, int] = field(default_factory=dict)
+    """Copies of checkpoints held outside the database and compared with its chain, by where they came from
+    (``rx.checkpoints``, a witness file)."""
+    notes: list[str] = field(default_factory=list)
+    """What could not be checked (e.g. Kafka not reachable); not findings."""
     aggregate_id: str | None = None
     checkpoint_id: int | None = None
     findings: list[Finding] = field(default_factory=list)
@@ -85,11 +98,22 @@ class Report:
     def exit_code(self) -> int:
         return 0 if self.ok else 1
 
+    def coverage(self) -> str:
+        """How much of the store the latest checkpoint does not cover yet."""
+        if self.latest_checkpoint is None:
+            return f"no checkpoint covers the store: {self.uncovered_events} events in {self.uncovered_streams} " \
+                   "streams not covered"
+        return (f"latest checkpoint #{self.latest_checkpoint} ({self.latest_checkpoint_at}); "
+                f"{self.uncovered_events} events in {self.uncovered_streams} streams not yet covered")
+
     def summary(self) -> str:
         parts = [f"{self.streams} streams, {self.events} events checked in the event store"]
         if self.kafka_messages is not None:
             parts.append(f"{self.kafka_messages} messages on Kafka ({self.missing_on_kafka} not yet relayed)")
         parts.append(f"{self.checkpoints} signed checkpoints")
+        parts.append(self.coverage())
+        for where, n in self.checkpoint_copies.items():
+            parts.append(f"{n} checkpoint copies from {where} compared")
         head = "INTACT" if self.ok else f"TAMPERED: {len(self.findings)} broken link(s)"
         return "; ".join(parts) + f" — {head}"
 

@@ -10,11 +10,19 @@ A checkpoint signs (Ed25519) a small JSON payload:
   by (log, aggregate id): leaf = sha256(0x00 || canonical JSON [log, id, version, hash]), node = sha256(0x01 ||
   left || right), an odd node moves up unchanged. A bundle carries one leaf's path to the root, so one
   prescription's trail is proven covered without the rest of the log;
-- the previous checkpoint's payload hash, so checkpoints chain too.
+- the previous checkpoint's payload hash (``previous``), so checkpoints chain too.
 
-Tables: ``checkpoints`` (one row per checkpoint, the exact signed bytes and the signature) and
-``checkpoint_heads`` (the heads as of the latest checkpoint, updated in the same transaction).
+Tables: ``checkpoints`` (one row per checkpoint, the exact signed bytes and the signature; ``published_at`` once
+its copy is on ``rx.checkpoints``, see ``services.integrity.witness``), ``checkpoint_heads`` (the heads as of the
+latest checkpoint, updated in the same transaction) and ``checkpoint_ledger`` (every covered event's digest input:
+notification id, aggregate id, version, hash). The ledger is authenticated by the signed digests themselves (its
+running digest must reproduce them), so when the log no longer matches a checkpoint the verifier names each
+rewritten, removed or inserted event by stream and version.
 Keys: ``<data_dir>/checkpoint_ed25519.pem`` (private, 0600, generated once) and ``.pub.pem``.
+
+Deleting checkpoint rows is found three ways: copies held outside the database (``rx.checkpoints``, a witness
+file a regulator exported) that the database no longer holds or holds differently; gaps in the chain's ids; and
+a ledger or heads table that records events past the latest remaining checkpoint.
 """
 
 from __future__ import annotations
@@ -53,6 +61,12 @@ CREATE = (
         " log text NOT NULL, aggregate_id text NOT NULL, version bigint NOT NULL, head text NOT NULL,"
         " notification_id bigint NOT NULL, PRIMARY KEY (log, aggregate_id))"
     ),
+    (
+        "CREATE TABLE IF NOT EXISTS checkpoint_ledger ("
+        " log text NOT NULL, notification_id bigint NOT NULL, aggregate_id text NOT NULL, version bigint NOT NULL,"
+        " head text NOT NULL, PRIMARY KEY (log, notification_id))"
+    ),
+    "ALTER TABLE checkpoints ADD COLUMN IF NOT EXISTS published_at timestamptz",
 )
 
 
@@ -186,6 +200,16 @@ class Checkpoint:
     def body(self) -> dict[str, Any]:
         return dict(json.loads(self.payload))
 
+    def boundary(self, log: str) -> int | None:
+        """The last notification id of ``log`` this checkpoint covers (None: it does not cover the log)."""
+        state = self.body.get("logs", {}).get(log)
+        return None if state is None else int(state["last_notification_id"])
+
+    def __str__(self) -> str:
+        body = self.body
+        root = str(body.get("merkle_root", ""))[:12]
+        return f"#{self.id} at {body.get('created_at')} ({body.get('leaf_count')} streams, root {root})"
+
     def verify_signature(self, public_key: Ed25519PublicKey) -> bool:
         try:
             public_key.verify(self.signature, self.payload)
@@ -234,11 +258,19 @@ def create_checkpoint(database_url: str, data_dir: str | Path, *, logs: Sequence
                 last = int(state["last_notification_id"])
                 digest = bytes.fromhex(state["digest"])
                 heads: dict[str, tuple[int, str, int]] = {}
+                ledger: list[tuple[str, int, str, int, str]] = []
                 for n, aggregate_id, version, _topic, state in iter_log(conn, log, last, schema=schema):
                     head = stored_head(state)
                     digest = digest_step(digest, n, aggregate_id, version, head)
                     heads[aggregate_id] = (version, head, n)
+                    ledger.append((log, n, aggregate_id, version, head))
                     last = n
+                if ledger:
+                    with conn.cursor() as cur, cur.copy(
+                            "COPY checkpoint_ledger (log, notification_id, aggregate_id, version, head)"
+                            " FROM STDIN") as copy:
+                        for entry in ledger:
+                            copy.write_row(entry)
                 if heads:
                     with conn.cursor() as cur:
                         cur.executemany(
@@ -274,71 +306,249 @@ def create_checkpoint(database_url: str, data_dir: str | Path, *, logs: Sequence
     return Checkpoint(seq, payload, signature)
 
 
-
-
 # --- checking checkpoints against the log -----------------------------------------------------------------------
 
 
+Copy = tuple[str, Checkpoint]
+"""A copy of a checkpoint held outside the database, with where it came from ("rx.checkpoints", "witness file")."""
+
+
+def _has_table(conn: psycopg.Connection[Any], name: str) -> bool:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()
+    return bool(row and row[0])
+
+
 def verify_checkpoints(conn: psycopg.Connection[Any], logs: Sequence[str], report: Report, *,
-                       data_dir: str | Path | None = None, schema: str = "public") -> None:
-    """Check every stored checkpoint (signature with the data dir's key, chaining) and replay each log once,
-    comparing the running digest at every checkpoint's boundary; the latest checkpoint's Merkle root is
-    recomputed from the heads as of its position. Findings go into ``report``."""
-    exists = conn.execute("SELECT to_regclass('checkpoints') IS NOT NULL").fetchone()
-    if not exists or not exists[0]:
-        return
-    checkpoints = all_checkpoints(conn)
-    report.checkpoints = len(checkpoints)
-    if not checkpoints:
-        return
+                       data_dir: str | Path | None = None, schema: str = "public",
+                       copies: Sequence[Copy] = ()) -> None:
+    """Check the checkpoint chain and the log against it; findings go into ``report``.
+
+    The chain is the database's checkpoints, reconciled with ``copies`` held elsewhere (a copy the database no
+    longer holds, or holds differently, is a finding, and the copy is what the log is checked against). Each
+    checkpoint's signature (with the data dir's key) and link to the one before are checked; each log is read
+    once, comparing the running digest at every checkpoint's boundary. Where it differs, the ledger (when its own
+    digest still matches the signed one) names each changed event; else the heads table names each changed stream
+    (when it still matches the latest Merkle root). The latest checkpoint's Merkle root is recomputed from the
+    heads as of its position, and the events after it are counted as not yet covered."""
+    stored = all_checkpoints(conn) if _has_table(conn, "checkpoints") else []
     public_key = load_public_key(data_dir) if data_dir is not None else None
-    previous: bytes | None = None
-    for c in checkpoints:
+    chain = _reconcile(stored, copies, public_key, report)
+    report.checkpoints = len(chain)
+    _check_chain(chain, public_key, report)
+    latest = chain[-1] if chain else None
+    if latest is not None:
+        report.latest_checkpoint, report.latest_checkpoint_at = latest.id, latest.body.get("created_at")
+    named: set[tuple[str, str]] = set()
+    heads: dict[tuple[str, str], tuple[int, str]] = {}
+    uncovered_streams: set[tuple[str, str]] = set()
+    unnamed: list[Finding] = []
+    for log in logs:
+        _check_log(conn, log, chain, report, heads, uncovered_streams, named, unnamed, schema)
+    report.uncovered_streams = len(uncovered_streams)
+    _check_left_overs(conn, chain, report)
+    leaves = [leaf_hash(lg, a, v, h) for (lg, a), (v, h) in sorted(heads.items())]
+    if latest is not None and merkle_root(leaves).hex() != latest.body.get("merkle_root"):
+        if not _explain_heads(conn, latest, heads, named, report) and not named:
+            unnamed.append(_finding(latest.id, "the aggregates' heads differ from the latest checkpoint's Merkle root"))
+    if not named:  # the log differs but neither the ledger nor the heads can say where
+        report.findings.extend(unnamed)
+
+
+def _reconcile(stored: Sequence[Checkpoint], copies: Sequence[Copy], public_key: Ed25519PublicKey | None,
+               report: Report) -> list[Checkpoint]:
+    """The chain to check the log against: the database's checkpoints, where a copy held elsewhere disagrees
+    or is missing from the database, the copy (the first one seen of each id)."""
+    chain = {c.id: c for c in stored}
+    first: dict[int, Copy] = {}
+    for where, c in copies:
+        if public_key is not None and not c.verify_signature(public_key):
+            report.findings.append(_finding(c.id, f"the copy from {where} is not signed by the data dir's key"))
+            continue
+        report.checkpoint_copies[where] = report.checkpoint_copies.get(where, 0) + 1
+        seen = first.get(c.id)
+        if seen is None:
+            first[c.id] = (where, c)
+        elif seen[1].payload != c.payload:
+            report.findings.append(_finding(c.id, f"{where} holds two different checkpoints #{c.id}: the checkpoints "
+                                                  "were deleted and made again"))
+    for cid, (where, c) in sorted(first.items()):
+        mine = chain.get(cid)
+        if mine is None:
+            report.findings.append(_finding(cid, f"deleted: the copy from {where} is not in the database"))
+        elif mine.payload != c.payload or mine.signature != c.signature:
+            report.findings.append(_finding(cid, f"altered: the database's checkpoint differs from the copy from "
+                                                 f"{where}"))
+        chain[cid] = c
+    return [chain[i] for i in sorted(chain)]
+
+
+def _check_chain(chain: Sequence[Checkpoint], public_key: Ed25519PublicKey | None, report: Report) -> None:
+    previous: Checkpoint | None = None
+    for c in chain:
         if public_key is not None and not c.verify_signature(public_key):
             report.findings.append(_finding(c.id, "signature does not verify with the key in the data dir"))
-        expected_prev = hashlib.sha256(previous).hexdigest() if previous is not None else None
-        if c.body.get("previous") != expected_prev:
-            report.findings.append(_finding(c.id, "does not chain to the checkpoint before it"))
-        previous = c.payload
-    latest = checkpoints[-1].body
-    heads: dict[tuple[str, str], tuple[int, str]] = {}
-    for log in logs:
-        bounds = sorted({int(c.body["logs"][log]["last_notification_id"]): c for c in checkpoints
-                         if log in c.body["logs"]}.items())
-        if not bounds:
-            continue
-        digest, upto, i = ZERO_DIGEST, bounds[-1][0], 0
-        broken = False
-        for n, aggregate_id, version, _topic, state in iter_log(conn, log, 0, upto, schema):
-            while i < len(bounds) and n > bounds[i][0]:
-                if not _digest_matches(digest, bounds[i], log, report):
-                    broken = True
-                    break
-                i += 1
-            if broken:
-                break
-            head = stored_head(state)
-            digest = digest_step(digest, n, aggregate_id, version, head)
-            heads[(log, aggregate_id)] = (version, head)
-        while not broken and i < len(bounds):
-            if not _digest_matches(digest, bounds[i], log, report):
-                broken = True
+        if c.body.get("id") != c.id:
+            report.findings.append(_finding(c.id, f"the row is #{c.id} but the signed payload says "
+                                                  f"#{c.body.get('id')}"))
+        expected_id = previous.id + 1 if previous is not None else 1
+        if c.id > expected_id:
+            missing = f"#{expected_id}" if c.id == expected_id + 1 else f"#{expected_id}..#{c.id - 1}"
+            report.findings.append(_finding(c.id, f"checkpoint(s) {missing} before it are missing (deleted)"))
+        elif previous is None or previous.id == c.id - 1:
+            expected_prev = hashlib.sha256(previous.payload).hexdigest() if previous is not None else None
+            if c.body.get("previous") != expected_prev:
+                report.findings.append(_finding(c.id, "does not chain to the checkpoint before it"))
+        previous = c
+
+
+def _bounds(chain: Sequence[Checkpoint], log: str) -> list[tuple[int, Checkpoint]]:
+    """(boundary, the first checkpoint that signed the log up to it), in log order."""
+    bounds: dict[int, Checkpoint] = {}
+    for c in chain:
+        b = c.boundary(log)
+        if b is not None:
+            bounds.setdefault(b, c)
+    return sorted(bounds.items(), key=lambda item: item[0])
+
+
+def _signed_digest(bound: tuple[int, Checkpoint], log: str) -> str:
+    return str(bound[1].body["logs"][log]["digest"])
+
+
+def _check_log(conn: psycopg.Connection[Any], log: str, chain: Sequence[Checkpoint], report: Report,
+               heads: dict[tuple[str, str], tuple[int, str]], uncovered_streams: set[tuple[str, str]],
+               named: set[tuple[str, str]], unnamed: list[Finding], schema: str) -> None:
+    bounds = _bounds(chain, log)
+    last = bounds[-1][0] if bounds else 0
+    digest, i, mismatch = ZERO_DIGEST, 0, None
+    for n, aggregate_id, version, _topic, state in iter_log(conn, log, 0, None, schema):
+        while i < len(bounds) and n > bounds[i][0]:
+            if mismatch is None and digest.hex() != _signed_digest(bounds[i], log):
+                mismatch = i
             i += 1
-    leaves = [leaf_hash(lg, a, v, h) for (lg, a), (v, h) in sorted(heads.items())]
-    if merkle_root(leaves).hex() != latest["merkle_root"]:
-        report.findings.append(_finding(int(latest["id"]),
-                                        "the aggregates' heads differ from the latest checkpoint's Merkle root"))
+        if n > last:
+            report.uncovered_events += 1
+            uncovered_streams.add((log, aggregate_id))
+            continue
+        head = stored_head(state)
+        digest = digest_step(digest, n, aggregate_id, version, head)
+        heads[(log, aggregate_id)] = (version, head)
+    while i < len(bounds):
+        if mismatch is None and digest.hex() != _signed_digest(bounds[i], log):
+            mismatch = i
+        i += 1
+    if mismatch is None:
+        return
+    found = _diff_with_ledger(conn, log, bounds, mismatch, report, schema)
+    named.update((log, f.aggregate_id) for f in found)
+    if not found:
+        position, c = bounds[mismatch]
+        unnamed.append(_finding(
+            c.id, f"the log {log} up to notification id {position} differs from what checkpoint #{c.id} signed "
+                  "(events before that point were changed, removed or added)"))
+
+
+def _diff_with_ledger(conn: psycopg.Connection[Any], log: str, bounds: Sequence[tuple[int, Checkpoint]],
+                      mismatch: int, report: Report, schema: str) -> list[Finding]:
+    """Name each event that differs from what the checkpoints signed, from the ledger, as far as the ledger
+    still reproduces the signed digests. Empty when the ledger cannot vouch for the changed range."""
+    if not _has_table(conn, "checkpoint_ledger"):
+        return []
+    lo = bounds[mismatch - 1][0] if mismatch else 0
+    digest, i, authentic, whole = ZERO_DIGEST, 0, -1, True
+    signed: dict[int, tuple[str, int, str]] = {}
+    rows = conn.execute("SELECT notification_id, aggregate_id, version, head FROM checkpoint_ledger"
+                        " WHERE log = %s AND notification_id <= %s ORDER BY notification_id",
+                        (log, bounds[-1][0])).fetchall()
+    for n, aggregate_id, version, head in rows:
+        while whole and i < len(bounds) and n > bounds[i][0]:
+            whole = digest.hex() == _signed_digest(bounds[i], log)
+            authentic, i = (i, i + 1) if whole else (authentic, i)
+        if not whole:
+            break
+        digest = digest_step(digest, int(n), str(aggregate_id), int(version), str(head))
+        if n > lo:
+            signed[int(n)] = (str(aggregate_id), int(version), str(head))
+    while whole and i < len(bounds) and digest.hex() == _signed_digest(bounds[i], log):
+        authentic, i = i, i + 1
+    if authentic < mismatch:
+        return []
+    hi = bounds[authentic][0]
+    signed = {n: e for n, e in signed.items() if n <= hi}
+    boundary_of = {c.id: b for b, c in bounds}
+
+    def signer(n: int) -> int:
+        return next(c.id for b, c in bounds if n <= b)
+
+    found: list[Finding] = []
+    present: set[int] = set()
+    for n, aggregate_id, version, _topic, state in iter_log(conn, log, lo, hi, schema):
+        present.add(n)
+        expected = signed.get(n)
+        cid = signer(n)
+        if expected is None:
+            found.append(Finding("checkpoint", aggregate_id, version,
+                                 f"inserted: checkpoint #{cid} signed the log up to notification id "
+                                 f"{boundary_of[cid]} without this event (notification id {n})", checkpoint=cid))
+        elif expected[:2] != (aggregate_id, version):
+            found.append(Finding("checkpoint", aggregate_id, version,
+                                 f"moved: checkpoint #{cid} signed notification id {n} as {expected[0]} "
+                                 f"v{expected[1]}", checkpoint=cid))
+        elif expected[2] != stored_head(state):
+            found.append(Finding("checkpoint", aggregate_id, version,
+                                 f"rewritten: the event differs from what checkpoint #{cid} signed", checkpoint=cid))
+    for n, (aggregate_id, version, _head) in sorted(signed.items()):
+        if n not in present:
+            found.append(Finding("checkpoint", aggregate_id, version,
+                                 f"removed: checkpoint #{signer(n)} signed this event (notification id {n}) and "
+                                 "the log no longer holds it", checkpoint=signer(n)))
+    report.findings.extend(found)
+    return found
+
+
+def _check_left_overs(conn: psycopg.Connection[Any], chain: Sequence[Checkpoint], report: Report) -> None:
+    """The ledger and heads tables are written in the same transaction as a checkpoint: if they record events
+    past the latest checkpoint the database holds, later checkpoints were deleted."""
+    if not _has_table(conn, "checkpoint_ledger"):
+        return
+    latest = chain[-1] if chain else None
+    for table in ("checkpoint_ledger", "checkpoint_heads"):
+        for log, top in conn.execute(f"SELECT log, max(notification_id) FROM {table} GROUP BY log").fetchall():
+            covered = latest.boundary(str(log)) if latest is not None else None
+            if covered is None or int(top) > covered:
+                where = f"checkpoint #{latest.id} covers up to {covered or 0}" if latest else "no checkpoint is left"
+                report.findings.append(Finding(
+                    "checkpoint", "", 0, f"{table} records {log} up to notification id {top} but {where}: "
+                    "later checkpoints were deleted", checkpoint=latest.id if latest else None))
+
+
+def _explain_heads(conn: psycopg.Connection[Any], latest: Checkpoint, heads: dict[tuple[str, str], tuple[int, str]],
+                   named: set[tuple[str, str]], report: Report) -> bool:
+    """The latest Merkle root does not match the heads recomputed from the log: name the streams whose head
+    changed (into ``named``), from the heads table when it still reproduces the signed root. False when the
+    heads table cannot vouch for them."""
+    recorded, leaves = heads_and_leaves(conn) if _has_table(conn, "checkpoint_heads") else ([], [])
+    if merkle_root(leaves).hex() != latest.body.get("merkle_root"):
+        return False
+    signed = {(lg, a): (v, h) for lg, a, v, h in recorded}
+    for key in sorted(set(signed) | set(heads)):
+        if key in named or signed.get(key) == heads.get(key):
+            continue
+        log, aggregate_id = key
+        if key not in heads:
+            version, reason = signed[key][0], "removed: the stream's events are gone from the log"
+        elif key not in signed:
+            version, reason = heads[key][0], "inserted: the stream is not among the heads the checkpoint signed"
+        else:
+            version = signed[key][0]
+            reason = (f"rewritten: its head v{version} is not the one checkpoint #{latest.id} signed"
+                      if heads[key][0] == version else f"its head is v{heads[key][0]}, checkpoint #{latest.id} "
+                                                         f"signed v{version}")
+        report.findings.append(Finding("checkpoint", aggregate_id, version, f"{reason} ({log})",
+                                       checkpoint=latest.id))
+        named.add(key)
+    return True
 
 
 def _finding(checkpoint_id: int, reason: str) -> Finding:
     return Finding("checkpoint", "", 0, reason, checkpoint=checkpoint_id)
-
-
-def _digest_matches(digest: bytes, bound: tuple[int, Checkpoint], log: str, report: Report) -> bool:
-    position, c = bound
-    if digest.hex() == c.body["logs"][log]["digest"]:
-        return True
-    report.findings.append(_finding(
-        c.id, f"the log {log} up to notification id {position} differs from what checkpoint #{c.id} signed "
-              "(events before that point were changed, removed or added)"))
-    return False

@@ -1,5 +1,6 @@
 """`rxtrail verify`: recompute every stream's hash chain from the event store and from ``rx.events``, and check the
-signed checkpoints against the log. Exit code: 0 intact, 1 tampered.
+signed checkpoints — the database's chain, reconciled with the copies on ``rx.checkpoints`` and a regulator's witness
+file — against the log. Exit code: 0 intact, 1 tampered.
 
 Every path runs the one chain check (``services.integrity.chain.check_stream``) and fills in the one ``Report``:
 the whole store (``verify_store``), one aggregate through the application's store (``verify_aggregate``, what the
@@ -24,7 +25,7 @@ from events.envelope import AGGREGATE_ID, AGGREGATE_VERSION, EVENT_TYPE, NOTIFIC
 from services.adapters.event_log import discover_logs, iter_streams, stored_stream
 from services.adapters.store import RxTrailStore
 from services.integrity.chain import Finding, Report, check_stream
-from services.integrity.checkpoint import verify_checkpoints
+from services.integrity.checkpoint import Checkpoint, Copy, key_id, load_public_key, verify_checkpoints
 
 T = TypeVar("T")
 
@@ -36,10 +37,12 @@ StoredBytes = dict[tuple[str, int], bytes]
 
 
 def verify_store(database_url: str, *, data_dir: str | Path | None = None, logs: Sequence[str] | None = None,
-                 schema: str = "public", keep: StoredBytes | None = None) -> Report:
+                 schema: str = "public", keep: StoredBytes | None = None, copies: Sequence[Copy] = (),
+                 report: Report | None = None) -> Report:
     """Check every stream's chain and every signed checkpoint, in one snapshot of the store. With ``keep``, the
-    stored bytes of every event are put there, so a Kafka copy can be compared with them."""
-    report = Report()
+    stored bytes of every event are put there, so a Kafka copy can be compared with them. ``copies``: checkpoints
+    held outside the database (``rx.checkpoints``, a witness file) its chain must agree with."""
+    report = report if report is not None else Report()
     with psycopg.connect(database_url) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         with conn.transaction():
@@ -55,7 +58,7 @@ def verify_store(database_url: str, *, data_dir: str | Path | None = None, logs:
                     if keep is not None:
                         for r in rows:
                             keep[(aggregate_id, r.version)] = r.state
-            verify_checkpoints(conn, names, report, data_dir=data_dir, schema=schema)
+            verify_checkpoints(conn, names, report, data_dir=data_dir, schema=schema, copies=copies)
     return report
 
 
@@ -68,8 +71,7 @@ def verify_aggregate(store: RxTrailStore, aggregate_id: UUID) -> Finding | None:
 # --- Kafka ------------------------------------------------------------------------------------------------------
 
 
-async def read_events_topic(bootstrap: str, topic: str, idle_s: float = 2.0, timeout_s: float = 300.0
-                            ) -> list[Any]:
+async def read_topic(bootstrap: str, topic: str, idle_s: float = 2.0, timeout_s: float = 300.0) -> list[Any]:
     """Every message on ``topic``, from each partition's start to its high watermark (as fetched)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
@@ -160,16 +162,34 @@ def _header(message: Any, name: str, default: str) -> str:
 
 
 def verify(database_url: str | None, bootstrap: str | None = None, *, topic: str = topics.EVENTS,
-           data_dir: str | Path | None = None, logs: Sequence[str] | None = None) -> Report:
-    """What `rxtrail verify` runs. ``report.exit_code``: 0 intact, 1 tampered."""
+           data_dir: str | Path | None = None, logs: Sequence[str] | None = None,
+           checkpoint_copies: str | None = None, checkpoints_topic: str = topics.CHECKPOINTS,
+           witness: Sequence[Checkpoint] = (), copies_timeout_s: float = 20.0) -> Report:
+    """What `rxtrail verify` runs. ``report.exit_code``: 0 intact, 1 tampered.
+
+    ``bootstrap``: also check what ``topic`` (``rx.events``) carries against the store. ``checkpoint_copies``
+    (default: ``bootstrap``): the broker whose ``checkpoints_topic`` holds the published copies of the
+    checkpoints; when it cannot be read, the report notes it and the database's own chain is checked.
+    ``witness``: checkpoints a regulator kept (``services.integrity.witness.load_witness``)."""
+    from services.integrity.witness import KAFKA_SOURCE, WITNESS_SOURCE, read_copies_or_note
+
+    report = Report()
+    copies: list[Copy] = [(WITNESS_SOURCE, c) for c in witness]
+    copies_from = checkpoint_copies or bootstrap
+    if database_url and copies_from:
+        mine = key_id(load_public_key(data_dir)) if data_dir is not None else None
+        copies += [(KAFKA_SOURCE, c) for c in read_copies_or_note(copies_from, checkpoints_topic, mine,
+                                                                  copies_timeout_s, report.notes)]
     stored: StoredBytes | None = {} if database_url and bootstrap else None
-    report = verify_store(database_url, data_dir=data_dir, logs=logs, keep=stored) if database_url else Report()
+    if database_url:
+        verify_store(database_url, data_dir=data_dir, logs=logs, keep=stored, copies=copies, report=report)
     if bootstrap:
-        verify_messages(_run(read_events_topic(bootstrap, topic)), stored, report)
+        verify_messages(run_coroutine(read_topic(bootstrap, topic)), stored, report)
     return report
 
 
-def _run(coro: Coroutine[Any, Any, T]) -> T:
+def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to the end from sync code, also when called inside a running event loop (in a thread)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:

@@ -24,6 +24,6 @@ def health(request: Request) -> dict[str, Any]:
 
 @router.get("/asyncapi", summary="AsyncAPI document of rxtrail's Kafka topics")
 def asyncapi() -> JSONResponse:
-    from services.workers.intake import asyncapi_document
+    from services.adapters.asyncapi import asyncapi_document
 
     return JSONResponse(asyncapi_document())

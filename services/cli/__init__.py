@@ -6,6 +6,7 @@ import logging
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -38,11 +39,14 @@ def run(
         raise typer.BadParameter(f"choose one of {', '.join(SERVICES)}", param_hint="SERVICE")
     if name is not None and service != "projection":
         raise typer.BadParameter(f"{service} takes no name", param_hint="NAME")
-    try:
-        code = run_service(service, Settings(), name)
-    except ValueError as exc:  # an unknown projection name
-        raise typer.BadParameter(str(exc), param_hint="NAME") from exc
-    raise typer.Exit(code)
+    if service == "projection":
+        from projections import registry
+
+        try:
+            registry.resolve(name or "all")
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="NAME") from exc
+    raise typer.Exit(run_service(service, Settings(), name))
 
 
 @app.command()
@@ -65,12 +69,12 @@ def up(
             console.print(f"started in {time.monotonic() - started:.1f}s (detached; `rxtrail down` stops it)",
                           style="dim")
             return
-        code = stack.run_foreground(
-            settings,
-            on_ready=lambda line: (console.print(line, highlight=False, soft_wrap=True),
-                                   console.print(f"started in {time.monotonic() - started:.1f}s; Ctrl-C stops",
-                                                 style="dim")),
-        )
+
+        def on_ready(line: str) -> None:
+            console.print(line, highlight=False, soft_wrap=True)
+            console.print(f"started in {time.monotonic() - started:.1f}s; Ctrl-C stops", style="dim")
+
+        code = stack.run_foreground(settings, on_ready=on_ready)
     except InfraError as exc:
         err.print(f"[bold red]rxtrail up failed:[/] {exc}", highlight=False)
         raise typer.Exit(2) from exc
@@ -142,27 +146,40 @@ def verify(
     kafka: bool = typer.Option(False, "--kafka", help="also check what `rx.events` carries against the store"),
     bundle: Path | None = typer.Option(None, "--bundle", help="check an exported trail bundle offline"),
     public_key: Path | None = typer.Option(None, "--public-key", help="trusted checkpoint public key (raw or PEM)"),
+    witness: Path | None = typer.Option(None, "--checkpoints", "--witness",
+                                        help="checkpoints you kept (`rxtrail checkpoint --export FILE`): the database "
+                                             "and the log must still agree with them"),
 ) -> None:
-    """Recompute every hash chain and signed checkpoint; exit 0 intact, 1 tampered."""
+    """Recompute every hash chain and signed checkpoint (also against the copies on `rx.checkpoints` when Kafka is
+    reachable); exit 0 intact, 1 tampered."""
+    from rich.markup import escape
+
     if bundle is not None:
         from services.integrity.bundle import verify_bundle
 
         trusted = _load_public_key(public_key) if public_key else None
         report = verify_bundle(bundle, trusted_public_key=trusted)
         if report.ok:
-            console.print(f"bundle {bundle}: INTACT" + ("" if trusted else " (self-consistent; no trusted key given)"))
+            console.print(f"bundle {bundle}: INTACT" + ("" if trusted else " (self-consistent; no trusted key given)"),
+                          markup=False, highlight=False)
         else:
             for finding in report.findings:
-                err.print(f"[red]bundle {bundle}: {finding.location}: {finding.reason}[/]", highlight=False)
+                err.print(escape(f"bundle {bundle}: {finding.location}: {finding.reason}"), style="red",
+                          highlight=False)
         raise typer.Exit(report.exit_code)
     from services.integrity.verify import verify as run_verify
+    from services.integrity.witness import load_witness
 
     settings = _resolved()
     report = run_verify(settings.database_url, settings.kafka_bootstrap if kafka else None,
-                        data_dir=settings.data_dir)
+                        data_dir=settings.data_dir, checkpoint_copies=settings.kafka_bootstrap,
+                        checkpoints_topic=settings.checkpoints_topic,
+                        witness=load_witness(witness) if witness is not None else ())
     for finding in report.findings:
-        err.print(f"[red]{finding}[/]", highlight=False)
-    console.print(report.summary(), highlight=False)
+        err.print(escape(str(finding)), style="red", highlight=False, soft_wrap=True)
+    for note in report.notes:
+        err.print(escape(note), style="yellow", highlight=False, soft_wrap=True)
+    console.print(report.summary(), markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(report.exit_code)
 
 
@@ -177,19 +194,33 @@ def export_trail(rx_id: str, out: Path = typer.Option(..., "--out")) -> None:
 
 
 @app.command()
-def checkpoint(every: float = typer.Option(0.0, "--every", help="seconds between checkpoints; 0 = once")) -> None:
-    """Sign the head of the whole event log (Ed25519) and store the checkpoint."""
-    import time as _time
+def checkpoint(
+    every: float = typer.Option(0.0, "--every", help="seconds between checkpoints; 0 = once"),
+    export: Path | None = typer.Option(None, "--export", help="then write every checkpoint to this file (JSON list "
+                                                                "a regulator keeps; `verify --checkpoints FILE`)"),
+) -> None:
+    """Sign the head of the whole event log (Ed25519), store the checkpoint and publish it to `rx.checkpoints`."""
+    import asyncio
 
     from services.integrity.checkpoint import create_checkpoint
+    from services.integrity.witness import export_checkpoints, publish_pending
 
-    settings = _resolved()
-    while True:
-        cp = create_checkpoint(str(settings.database_url), settings.data_dir)
-        console.print(f"checkpoint {cp}", highlight=False)
-        if every <= 0:
-            return
-        _time.sleep(every)
+    settings = Settings()
+    if every > 0:  # the checkpoint service, at this interval
+        from services.bootstrap import run_service
+
+        raise typer.Exit(run_service("checkpoint", settings.model_copy(update={"checkpoint_interval_s": every})))
+    cp = create_checkpoint(settings.resolved_database_url(), settings.data_dir)
+    console.print(f"checkpoint {cp}", highlight=False, markup=False)
+    try:
+        asyncio.run(publish_pending(settings.resolved_database_url(), settings.resolved_kafka_bootstrap(),
+                                    settings.checkpoints_topic, timeout_s=15.0))
+    except Exception as exc:  # Kafka down: published by the next checkpoint
+        err.print(f"not published to {settings.checkpoints_topic} ({type(exc).__name__}); the next checkpoint "
+                  "publishes it", style="yellow", markup=False, highlight=False)
+    if export is not None:
+        path, count = export_checkpoints(settings.resolved_database_url(), export)
+        console.print(f"wrote {count} checkpoints to {path}", highlight=False, markup=False)
 
 
 @app.command("forget-patient")
@@ -310,7 +341,7 @@ def replay(
 @app.command()
 def asyncapi(out: Path = typer.Option(Path("asyncapi.json"), "--out")) -> None:
     """Write the AsyncAPI document of every rxtrail Kafka topic."""
-    from services.workers.intake import export_asyncapi
+    from services.adapters.asyncapi import export_asyncapi
 
     console.print(f"wrote {export_asyncapi(out)}")
 
@@ -333,7 +364,7 @@ def demo(
     print_report(report, console)
 
 
-def _load_public_key(path: Path) -> object:
+def _load_public_key(path: Path) -> Any:
     """A trusted Ed25519 public key: PEM (as `rxtrail up` writes it), 32 raw bytes, or their base64."""
     import base64
 

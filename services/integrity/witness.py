@@ -74,7 +74,9 @@ def load_witness(path: str | Path) -> list[Checkpoint]:
 
 async def publish_pending(database_url: str, bootstrap: str, topic: str, timeout_s: float = 30.0) -> int:
     """Publish every checkpoint not yet on ``topic`` (in id order) and mark it published; how many were sent.
-    Gives up after ``timeout_s`` (the unpublished ones go with the next call)."""
+    Gives up after ``timeout_s`` (the unpublished ones go with the next call); OSError at once when no broker
+    accepts a connection."""
+    await asyncio.to_thread(reachable, bootstrap)
     return await asyncio.wait_for(_publish_pending(database_url, bootstrap, topic), timeout_s)
 
 
@@ -113,7 +115,7 @@ async def read_copies(bootstrap: str, topic: str, key_id: str | None = None) -> 
     return copies
 
 
-def _reachable(bootstrap: str, timeout_s: float = 2.0) -> None:
+def reachable(bootstrap: str, timeout_s: float = 2.0) -> None:
     """Fail fast (OSError) when no bootstrap server accepts a TCP connection."""
     last: OSError | None = None
     for server in bootstrap.split(","):
@@ -135,7 +137,7 @@ def read_copies_or_note(bootstrap: str, topic: str, key_id: str | None, timeout_
         return await asyncio.wait_for(read_copies(bootstrap, topic, key_id), timeout_s)
 
     try:
-        _reachable(bootstrap)
+        reachable(bootstrap)
         return run_coroutine(bounded())
     except Exception as exc:  # an unreachable broker must not fail the check of the database
         notes.append(f"checkpoint copies on {topic} not compared: Kafka at {bootstrap} not readable "

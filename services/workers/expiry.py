@@ -6,6 +6,8 @@ with its ``valid_until``, open while it can still expire — issued, approved, r
 dispensed (``Prescription.expire``'s states). Rejected, cancelled, expired and fully dispensed close it; a
 withdrawn dispense opens it again.
 
+State: ``services.adapters.expiry_state``.
+
 When. A sweep every ``interval_s`` (and once more after the consumer stops idle) takes the open prescriptions
 whose ``valid_until`` lies more than ``grace`` before the injected clock's now, oldest first, and sends
 ``ExpirePrescription`` for each. Time, not an event, prompts the command, so it is keyed by what it acts on:
@@ -33,7 +35,6 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from psycopg import sql
 
 from events import topics
 from events.prescription import (
@@ -45,6 +46,7 @@ from events.prescription import (
     PrescriptionRejected,
 )
 from projections.base import Delivered, ensure_schema
+from services.adapters import expiry_state as state
 from services.application.commands import ExpirePrescription
 from services.application.outcomes import Outcome
 from services.domain.clock import Clock, SystemClock
@@ -52,18 +54,9 @@ from services.workers.base import CommandHandler, CommandWorker, in_log_order, r
 
 log = logging.getLogger(__name__)
 
-NAME = "expiry"
+NAME = state.SCHEMA
 NOT_YET = "InvalidCommand"
 """The write side's answer while it still sees the prescription valid (its clock behind the worker's)."""
-
-
-@dataclass(frozen=True)
-class Due:
-    """An open prescription past its validity, as a sweep found it."""
-
-    prescription_id: UUID
-    valid_until: datetime
-    attempts: int
 
 
 class Expiry(CommandWorker):
@@ -83,12 +76,7 @@ class Expiry(CommandWorker):
 
     # --- state (the Projection hooks) --------------------------------------------------------------------
     def create_tables(self, conn: psycopg.Connection[Any], schema: str) -> None:
-        s = sql.Identifier(schema)
-        conn.execute(sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {}.prescriptions (prescription_id uuid PRIMARY KEY, "
-            "valid_until timestamptz NOT NULL, open boolean NOT NULL, attempts int NOT NULL DEFAULT 0)").format(s))
-        conn.execute(sql.SQL(
-            "CREATE INDEX IF NOT EXISTS prescriptions_due ON {}.prescriptions (valid_until) WHERE open").format(s))
+        state.create_tables(conn, schema)
 
     def apply(self, conn: psycopg.Connection[Any], schema: str, batch: Sequence[Delivered]) -> None:
         with self._turn:
@@ -108,25 +96,12 @@ class Expiry(CommandWorker):
                 opened[d.aggregate_id] = not e.complete
             elif isinstance(e, DispenseWithdrawn):
                 opened[d.aggregate_id] = True
-        s = sql.Identifier(schema)
-        with conn.cursor() as cur:
-            if issued:
-                cur.executemany(sql.SQL(
-                    "INSERT INTO {}.prescriptions (prescription_id, valid_until, open) VALUES (%s, %s, true) "
-                    "ON CONFLICT (prescription_id) DO UPDATE SET valid_until = EXCLUDED.valid_until").format(s),
-                    [(k, issued[k]) for k in sorted(issued)])
-            if opened:
-                cur.executemany(sql.SQL("UPDATE {}.prescriptions SET open = %s WHERE prescription_id = %s").format(s),
-                                [(opened[k], k) for k in sorted(opened)])
+        state.record(conn, schema, issued, opened)
 
     # --- the sweep ---------------------------------------------------------------------------------------
-    def due(self, conn: psycopg.Connection[Any], schema: str) -> list[Due]:
+    def due(self, conn: psycopg.Connection[Any], schema: str) -> list[state.Due]:
         """Open prescriptions whose validity ended more than ``grace`` ago, oldest first."""
-        rows = conn.execute(sql.SQL(
-            "SELECT prescription_id, valid_until, attempts FROM {}.prescriptions WHERE open AND valid_until < %s "
-            "ORDER BY valid_until, prescription_id LIMIT %s").format(sql.Identifier(schema)),
-            (self.clock.now() - self.grace, self.sweep_limit)).fetchall()
-        return [Due(r[0], r[1], r[2]) for r in rows]
+        return state.due(conn, schema, self.clock.now() - self.grace, self.sweep_limit)
 
     def sweep(self, conn: psycopg.Connection[Any], schema: str) -> int:
         """Expire what is due, in the caller's transaction (commit after it returns); the number expired now."""
@@ -144,22 +119,15 @@ class Expiry(CommandWorker):
                          due.valid_until.isoformat(), " (already recorded)" if outcome.replayed else "")
             else:
                 self._refused(due, outcome, closed, retried)
-        s = sql.Identifier(schema)
-        with conn.cursor() as cur:
-            if retried:
-                cur.executemany(sql.SQL("UPDATE {}.prescriptions SET attempts = attempts + 1 "
-                                        "WHERE prescription_id = %s").format(s), [(k,) for k in sorted(retried)])
-            if closed:
-                cur.executemany(sql.SQL("UPDATE {}.prescriptions SET open = false WHERE prescription_id = %s")
-                                .format(s), [(k,) for k in sorted(closed)])
+        state.settle(conn, schema, retried=retried, closed=closed)
         return expired
 
-    def command(self, due: Due) -> ExpirePrescription:
+    def command(self, due: state.Due) -> ExpirePrescription:
         qualifiers = (str(due.attempts),) if due.attempts else ()
         return ExpirePrescription(prescription_id=due.prescription_id,
                                   command_id=self.key(str(due.prescription_id), *qualifiers))
 
-    def _refused(self, due: Due, outcome: Outcome, closed: list[UUID], retried: list[UUID]) -> None:
+    def _refused(self, due: state.Due, outcome: Outcome, closed: list[UUID], retried: list[UUID]) -> None:
         """A refusal moves the next attempt to a new key; it closes the row unless the write side only found the
         prescription still valid (then the next sweep asks again)."""
         retried.append(due.prescription_id)

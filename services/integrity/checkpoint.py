@@ -332,9 +332,9 @@ def verify_checkpoints(conn: psycopg.Connection[Any], logs: Sequence[str], repor
     heads as of its position, and the events after it are counted as not yet covered."""
     stored = all_checkpoints(conn) if _has_table(conn, "checkpoints") else []
     public_key = load_public_key(data_dir) if data_dir is not None else None
-    chain = _reconcile(stored, copies, public_key, report)
+    chain = reconcile(stored, copies, public_key, report)
     report.checkpoints = len(chain)
-    _check_chain(chain, public_key, report)
+    check_chain(chain, public_key, report)
     latest = chain[-1] if chain else None
     if latest is not None:
         report.latest_checkpoint, report.latest_checkpoint_at = latest.id, latest.body.get("created_at")
@@ -354,7 +354,7 @@ def verify_checkpoints(conn: psycopg.Connection[Any], logs: Sequence[str], repor
         report.findings.extend(unnamed)
 
 
-def _reconcile(stored: Sequence[Checkpoint], copies: Sequence[Copy], public_key: Ed25519PublicKey | None,
+def reconcile(stored: Sequence[Checkpoint], copies: Sequence[Copy], public_key: Ed25519PublicKey | None,
                report: Report) -> list[Checkpoint]:
     """The chain to check the log against: the database's checkpoints, where a copy held elsewhere disagrees
     or is missing from the database, the copy (the first one seen of each id)."""
@@ -382,7 +382,7 @@ def _reconcile(stored: Sequence[Checkpoint], copies: Sequence[Copy], public_key:
     return [chain[i] for i in sorted(chain)]
 
 
-def _check_chain(chain: Sequence[Checkpoint], public_key: Ed25519PublicKey | None, report: Report) -> None:
+def check_chain(chain: Sequence[Checkpoint], public_key: Ed25519PublicKey | None, report: Report) -> None:
     previous: Checkpoint | None = None
     for c in chain:
         if public_key is not None and not c.verify_signature(public_key):

@@ -273,3 +273,41 @@ def test_cli_exports_checkpoints_and_prints_the_source_labels(store: TrailStore,
     assert f"[store] {a} v1: hash does not match" in out, out
     assert f"[checkpoint] {b} v2 (checkpoint #1): rewritten" in out, out
     assert "[checkpoint] checkpoint #1: deleted" in out, out
+
+
+async def test_the_checkpoint_runner_publishes_every_checkpoint(store: TrailStore, tmp_path: Path,
+                                                                kafka_bootstrap: str, copies_topic: str) -> None:
+    from services.bootstrap import run_checkpoints
+    from services.infra.settings import Settings
+    from services.integrity.checkpoint import ensure_tables, key_id, load_public_key
+    from services.integrity.witness import read_copies
+    from tests.support import wait_until_async
+
+    store.append(uuid.uuid4(), 2)
+    settings = Settings(database_url=store.url, kafka_bootstrap=kafka_bootstrap, data_dir=tmp_path,
+                        checkpoints_topic=copies_topic, checkpoint_interval_s=0.2)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_checkpoints(settings, stop))
+    try:
+        with psycopg.connect(store.url) as conn:
+            ensure_tables(conn)
+
+            def published() -> int:
+                row = conn.execute("SELECT count(*) FROM checkpoints WHERE published_at IS NOT NULL").fetchone()
+                conn.rollback()
+                return int(row[0]) if row else 0
+
+            await wait_until_async(lambda: published() >= 3, timeout=30, interval=0.1,
+                                   what=lambda: "three published checkpoints")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    copies = await read_copies(kafka_bootstrap, copies_topic, key_id(load_public_key(tmp_path)))
+    with psycopg.connect(store.url) as conn:
+        stored = conn.execute("SELECT id, payload FROM checkpoints WHERE published_at IS NOT NULL ORDER BY id"
+                              ).fetchall()
+    assert [(c.id, c.payload) for c in copies][:len(stored)] == [(int(i), bytes(p)) for i, p in stored]
+    report = await asyncio.to_thread(verify, store.url, data_dir=tmp_path, checkpoint_copies=kafka_bootstrap,
+                                     checkpoints_topic=copies_topic)
+    assert report.ok, text(report)
+    assert report.checkpoint_copies[KAFKA_SOURCE] >= 3

@@ -18,7 +18,7 @@ from services.adapters.api_keys import create_key, ensure_schema, parse_party
 from services.application import RxTrail
 from services.application import commands as c
 from services.bootstrap import build_application
-from services.infra.ports import free_port, wait_for_port
+from services.infra.ports import PortTaken, port_is_free, start_on_free_port
 from services.infra.settings import Settings
 from tests.support import unique_id, wait_until
 from tests.support.cast import CHANGCHUN, JINAN, Cast
@@ -81,14 +81,23 @@ def settle_command(prescription_id: str, patient_ref: str, total: str = "44.00",
 
 @contextmanager
 def live_server(app: Any) -> Iterator[str]:
-    """Serve an ASGI app with uvicorn in a thread on a free port; yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    if not wait_for_port("127.0.0.1", port, 20):
-        raise RuntimeError("uvicorn did not start")
-    wait_until(lambda: server.started, timeout=20, interval=0.02, what="uvicorn to start serving")
+    """Serve an ASGI app with uvicorn in a thread on a free port (another one if that was taken before uvicorn
+    bound it); yields its base URL."""
+
+    def start(port: int) -> tuple[uvicorn.Server, threading.Thread]:
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        wait_until(lambda: server.started or not thread.is_alive(), timeout=20, interval=0.02,
+                   what="uvicorn to start serving")
+        if not server.started:  # uvicorn exits at start when it cannot bind
+            if not port_is_free("127.0.0.1", port):
+                raise PortTaken("127.0.0.1", port, "uvicorn")
+            raise RuntimeError("uvicorn did not start")
+        return server, thread
+
+    server, thread = start_on_free_port(start)
+    port = server.config.port
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

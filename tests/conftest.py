@@ -18,6 +18,8 @@ import pytest
 
 from tests.support import unique_id
 
+pytest_plugins = ("tests.support.fixtures",)  # database, application, cast, store, vault, app
+
 _FOLDER_MARKERS = {"unit", "integration", "e2e", "faults"}
 
 

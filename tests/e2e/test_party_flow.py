@@ -29,9 +29,7 @@ from tests.support.flows import (
     Cast,
     api_keys,
     dispense_body,
-    open_application,
     prescription_body,
-    register_cast,
     visit_body,
 )
 from tests.support.read_side import wait_caught_up
@@ -39,23 +37,6 @@ from tests.support.read_side import wait_caught_up
 STEPS = ["FollowUpVisitRecorded", "PrescriptionIssued", "PrescriptionApproved", "PrescriptionRouted",
          "PrescriptionAccepted", "PrescriptionDispensed", "PrescriptionDispensed", "DeliveryArranged",
          "PrescriptionDelivered", "PrescriptionSettled"]
-
-
-@pytest.fixture(scope="module")
-def database(make_database: Callable[[], str]) -> str:
-    return make_database()
-
-
-@pytest.fixture(scope="module")
-def application(database: str) -> Iterator[RxTrail]:
-    app = open_application(database)
-    yield app
-    app.close()
-
-
-@pytest.fixture(scope="module")
-def cast(application: RxTrail) -> Cast:
-    return register_cast(application)
 
 
 @pytest.fixture(scope="module")

@@ -16,30 +16,11 @@ from tests.support.flows import (
     api_keys,
     auth,
     dispense_body,
-    open_application,
     prescription_body,
-    register_cast,
     trace_codes,
     visit_body,
 )
 from tests.support.read_side import read_side, wait_caught_up
-
-
-@pytest.fixture(scope="module")
-def database(make_database: Callable[[], str]) -> str:
-    return make_database()
-
-
-@pytest.fixture(scope="module")
-def application(database: str) -> Iterator[RxTrail]:
-    app = open_application(database)
-    yield app
-    app.close()
-
-
-@pytest.fixture(scope="module")
-def cast(application: RxTrail) -> Cast:
-    return register_cast(application)
 
 
 @pytest.fixture(scope="module")

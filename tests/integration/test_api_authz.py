@@ -21,7 +21,6 @@ from tests.support.flows import (
     Cast,
     api_keys,
     dispense_body,
-    open_application,
     prescription_body,
     register_cast,
     settle_command,
@@ -124,18 +123,6 @@ def test_every_endpoint_is_in_the_matrix() -> None:
     covered = {(e.method, e.path.replace("{rx}", "{prescription_id}").replace("{visit}", "{visit_id}")
                 .replace("/dispenses/1/", "/dispenses/{dispense_no}/")) for e in ENDPOINTS}
     assert served == covered
-
-
-@pytest.fixture(scope="module")
-def database(make_database: Callable[[], str]) -> str:
-    return make_database()
-
-
-@pytest.fixture(scope="module")
-def application(database: str) -> Iterator[RxTrail]:
-    app = open_application(database)
-    yield app
-    app.close()
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ documented status codes, content type and response schema. Bounded: a few exampl
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -27,7 +26,7 @@ from schemathesis.checks import (
 from services.api import create_app
 from services.application import RxTrail
 from services.infra.settings import Settings
-from tests.support.flows import Actors, api_keys, live_server, open_application, register_cast
+from tests.support.flows import Actors, api_keys, live_server, register_cast
 
 EXAMPLES = 12
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -36,18 +35,6 @@ STATE_FOR = {  # which real prescription a party's path ids point at
     "/pharmacy/": "accepted",
     "/pharmacist/": "issued",
 }
-
-
-@pytest.fixture(scope="module")
-def database(make_database: Callable[[], str]) -> str:
-    return make_database()
-
-
-@pytest.fixture(scope="module")
-def application(database: str) -> Iterator[RxTrail]:
-    app = open_application(database)
-    yield app
-    app.close()
 
 
 def test_openapi_properties(database: str, application: RxTrail) -> None:

@@ -16,12 +16,10 @@ from events.prescription import (
     RuleFlagged,
 )
 from services.adapters.event_log import load_stream
-from services.adapters.patient_keys import PostgresPatientKeyStore
 from services.adapters.store import RxTrailStore, open_store
 from services.application import RxTrail
 from services.application import commands as c
 from services.application.ids import trace_code_id_for
-from services.application.privacy import PatientVault
 from services.domain.clock import FixedClock
 from services.domain.prescription import Prescription, RxStatus, project_prescription
 from services.domain.trace_code import TraceCode, project_trace_code
@@ -29,11 +27,9 @@ from services.integrity import verify_aggregate
 from tests.support.cast import (
     AMLODIPINE,
     METFORMIN,
-    SECRET,
     Cast,
     item,
     line,
-    new_app,
     ok,
 )
 
@@ -43,16 +39,6 @@ def store(pg_url: str) -> Iterator[RxTrailStore]:
     s = open_store(pg_url, snapshot_interval=8)
     yield s
     s.close()
-
-
-@pytest.fixture(scope="module")
-def vault(pg_url: str) -> PatientVault:
-    return PatientVault(SECRET, PostgresPatientKeyStore(pg_url))
-
-
-@pytest.fixture
-def app(store: RxTrailStore, vault: PatientVault) -> RxTrail:
-    return new_app(store, vault)
 
 
 @pytest.fixture

@@ -13,15 +13,13 @@ import pytest
 from events.prescription import PrescriptionDispensed, RuleFlagged
 from events.trace_code import TraceCodeSold
 from services.adapters.event_log import load_stream
-from services.adapters.patient_keys import PostgresPatientKeyStore
 from services.adapters.store import RxTrailStore, open_store
 from services.application import RxTrail
 from services.application import commands as c
 from services.application.ids import trace_code_id_for
 from services.application.outcomes import Outcome
-from services.application.privacy import PatientVault
 from services.integrity import verify_aggregate
-from tests.support.cast import METFORMIN, SECRET, Cast, item, line, new_app, ok, trace_codes
+from tests.support.cast import METFORMIN, Cast, item, line, ok, trace_codes
 
 T = TypeVar("T")
 
@@ -31,16 +29,6 @@ def store(pg_url: str) -> Iterator[RxTrailStore]:
     s = open_store(pg_url, pool_size=10, max_overflow=40)
     yield s
     s.close()
-
-
-@pytest.fixture(scope="module")
-def vault(pg_url: str) -> PatientVault:
-    return PatientVault(SECRET, PostgresPatientKeyStore(pg_url))
-
-
-@pytest.fixture
-def app(store: RxTrailStore, vault: PatientVault) -> RxTrail:
-    return new_app(store, vault)
 
 
 @pytest.fixture

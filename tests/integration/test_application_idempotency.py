@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -10,34 +10,15 @@ import pytest
 
 from events.prescription import RoutingBasis, RuleFlagged
 from services.adapters.event_log import load_stream
-from services.adapters.patient_keys import PostgresPatientKeyStore
-from services.adapters.store import OUTCOMES_TABLE, RxTrailStore, open_store
+from services.adapters.store import OUTCOMES_TABLE
 from services.application import RxTrail
 from services.application import commands as c
 from services.application.ids import encounter_id_for
-from services.application.privacy import PatientVault
 from services.application.unit_of_work import UnitOfWork
 from services.domain.clock import FixedClock
 from services.domain.prescription import RxStatus, project_prescription
 from tests.support import unique_id
-from tests.support.cast import METFORMIN, SECRET, T0, Cast, item, line, new_app, ok, trace_codes
-
-
-@pytest.fixture(scope="module")
-def store(pg_url: str) -> Iterator[RxTrailStore]:
-    s = open_store(pg_url)
-    yield s
-    s.close()
-
-
-@pytest.fixture(scope="module")
-def vault(pg_url: str) -> PatientVault:
-    return PatientVault(SECRET, PostgresPatientKeyStore(pg_url))
-
-
-@pytest.fixture
-def app(store: RxTrailStore, vault: PatientVault) -> RxTrail:
-    return new_app(store, vault)
+from tests.support.cast import METFORMIN, T0, Cast, item, line, new_app, ok, trace_codes
 
 
 @pytest.fixture

@@ -17,30 +17,13 @@ from events.encounter import FollowUpVisitRecorded
 from events.prescription import PrescriptionRejected
 from services.adapters.event_log import load_stream
 from services.adapters.patient_keys import PostgresPatientKeyStore
-from services.adapters.store import EVENTS_TABLE, RxTrailStore, open_store
+from services.adapters.store import EVENTS_TABLE, open_store
 from services.application import RxTrail
 from services.application import commands as c
 from services.application.privacy import PatientForgotten, PatientVault
 from services.domain.prescription import project_prescription
 from services.integrity import verify_aggregate, verify_store
 from tests.support.cast import SECRET, Cast, new_app, ok
-
-
-@pytest.fixture(scope="module")
-def store(pg_url: str) -> Iterator[RxTrailStore]:
-    s = open_store(pg_url)
-    yield s
-    s.close()
-
-
-@pytest.fixture(scope="module")
-def vault(pg_url: str) -> PatientVault:
-    return PatientVault(SECRET, PostgresPatientKeyStore(pg_url))
-
-
-@pytest.fixture
-def app(store: RxTrailStore, vault: PatientVault) -> RxTrail:
-    return new_app(store, vault)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import os
 import re
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,23 +17,11 @@ from services.api import create_app
 from services.api.console import PAGE, endpoints
 from services.application import RxTrail
 from services.infra.settings import Settings
-from tests.support.flows import Actors, api_keys, dispense_body, live_server, open_application, register_cast, trace_codes
+from tests.support.flows import Actors, api_keys, dispense_body, live_server, register_cast, trace_codes
 from tests.support.read_side import read_side, wait_caught_up
 
 CHROMIUM = Path("/usr/bin/chromium")
 SEARCH_FIELDS = ("patient_ref", "physician_id", "pharmacy_id", "hospital_id", "trace_code")
-
-
-@pytest.fixture(scope="module")
-def database(make_database: Callable[[], str]) -> str:
-    return make_database()
-
-
-@pytest.fixture(scope="module")
-def application(database: str) -> Iterator[RxTrail]:
-    app = open_application(database)
-    yield app
-    app.close()
 
 
 @pytest.fixture(scope="module")

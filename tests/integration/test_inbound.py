@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from events import topics
@@ -21,26 +20,9 @@ from services.infra.kafka_admin import ensure_topics_async
 from services.infra.settings import Settings
 from services.workers.intake import IntakeWorker, create_intake
 from tests.support import unique_id, wait_until_async
-from tests.support.flows import Cast, open_application, prescription_body, register_cast, visit_body
+from tests.support.flows import Cast, prescription_body, visit_body
 
 PARTITIONS = 3
-
-
-@pytest.fixture(scope="module")
-def database(make_database: Callable[[], str]) -> str:
-    return make_database()
-
-
-@pytest.fixture(scope="module")
-def application(database: str) -> Iterator[RxTrail]:
-    app = open_application(database)
-    yield app
-    app.close()
-
-
-@pytest.fixture(scope="module")
-def cast(application: RxTrail) -> Cast:
-    return register_cast(application)
 
 
 async def start_intake(database: str, bootstrap: str, cast: Cast, application: Any,

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from services.infra.ports import free_port
+from services.infra.ports import free_ports
 from tests.support import wait_until
 
 
@@ -23,13 +23,8 @@ from tests.support import wait_until
 def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     data = Path("/var/tmp") / f"rxtrail-stack-{os.getpid()}-{time.monotonic_ns()}"
     env = dict(os.environ)
-    env.update({
-        "RXTRAIL_DATA_DIR": str(data),
-        "RXTRAIL_POSTGRES_PORT": str(free_port()),
-        "RXTRAIL_KAFKA_PORT": str(free_port()),
-        "RXTRAIL_API_PORT": str(free_port()),
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update({"RXTRAIL_DATA_DIR": str(data), "PYTHONUNBUFFERED": "1"})
+    _choose_ports(env)
     env.pop("RXTRAIL_DATABASE_URL", None)
     env.pop("RXTRAIL_KAFKA_BOOTSTRAP", None)
     yield env
@@ -37,6 +32,24 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
     import shutil
 
     shutil.rmtree(data, ignore_errors=True)
+
+
+def _choose_ports(env: dict[str, str]) -> None:
+    postgres, kafka, api = free_ports(3)  # three distinct ports
+    env.update({"RXTRAIL_POSTGRES_PORT": str(postgres), "RXTRAIL_KAFKA_PORT": str(kafka), "RXTRAIL_API_PORT": str(api)})
+
+
+def _up_ready(env: dict[str, str], attempts: int = 5) -> tuple[subprocess.Popen[str], str]:
+    """`rxtrail up` until its ready line; on other ports again if one was taken before the stack bound it."""
+    for attempt in range(1, attempts + 1):
+        proc = _up(env)
+        try:
+            return proc, _wait_ready(proc)
+        except AssertionError as exc:
+            if attempt == attempts or "is already taken" not in " ".join(str(exc).split()):
+                raise
+            _choose_ports(env)
+    raise AssertionError("unreachable")
 
 
 def _up(env: dict[str, str]) -> subprocess.Popen[str]:
@@ -61,8 +74,7 @@ def _state(env: dict[str, str]) -> dict[str, object]:
 
 
 def test_up_prints_ready_line_and_ctrl_c_leaves_no_process(stack_env: dict[str, str]) -> None:
-    proc = _up(stack_env)
-    line = _wait_ready(proc)
+    proc, line = _up_ready(stack_env)
     assert f"kafka=127.0.0.1:{stack_env['RXTRAIL_KAFKA_PORT']}" in line
     assert f":{stack_env['RXTRAIL_POSTGRES_PORT']}/rxtrail" in line
     import httpx
@@ -87,7 +99,11 @@ def test_up_prints_ready_line_and_ctrl_c_leaves_no_process(stack_env: dict[str, 
 
 def test_detached_up_status_down(stack_env: dict[str, str]) -> None:
     cli = [sys.executable, "-m", "services.cli"]
-    r = subprocess.run([*cli, "up", "--detach"], env=stack_env, capture_output=True, text=True, timeout=90)
+    for _attempt in range(5):
+        r = subprocess.run([*cli, "up", "--detach"], env=stack_env, capture_output=True, text=True, timeout=90)
+        if r.returncode == 0 or "is already taken" not in " ".join(r.stderr.split()):
+            break
+        _choose_ports(stack_env)  # a port was taken before the stack bound it
     assert r.returncode == 0, r.stderr
     assert "rxtrail ready:" in r.stdout
     s = subprocess.run([*cli, "status"], env=stack_env, capture_output=True, text=True, timeout=30)
@@ -113,8 +129,7 @@ def test_taken_kafka_port_is_named(stack_env: dict[str, str]) -> None:
 
 
 def test_dying_broker_is_reported_and_restarted(stack_env: dict[str, str]) -> None:
-    proc = _up(stack_env)
-    _wait_ready(proc)
+    proc, _ = _up_ready(stack_env)
     data = Path(stack_env["RXTRAIL_DATA_DIR"])
     first = int((data / "tansu.pid").read_text())
     os.kill(first, signal.SIGKILL)

@@ -185,6 +185,9 @@ def verify(database_url: str | None, bootstrap: str | None = None, *, topic: str
         verify_store(database_url, data_dir=data_dir, logs=logs, keep=stored, copies=copies, report=report)
     if bootstrap:
         verify_messages(run_coroutine(read_topic(bootstrap, topic)), stored, report)
+    elif report.uncovered_events:
+        report.notes.append(f"{report.uncovered_events} events are newer than the latest checkpoint: only their "
+                            f"chains vouch for them (check them against {topic} with --kafka)")
     return report
 
 

@@ -209,6 +209,7 @@ async def test_rewrite_newer_than_the_latest_checkpoint_is_counted_and_caught_wi
     assert report.ok  # nothing in the database can vouch for events no checkpoint signed yet...
     assert (report.latest_checkpoint, report.uncovered_events, report.uncovered_streams) == (1, 5, 2)
     assert "5 events in 2 streams not yet covered" in report.summary()
+    assert any("5 events are newer than the latest checkpoint" in n and "--kafka" in n for n in report.notes)
 
     with_kafka = await asyncio.to_thread(verify, store.url, kafka_bootstrap, topic=topic, data_dir=tmp_path)
     assert not with_kafka.ok  # ...but rx.events does

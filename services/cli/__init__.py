@@ -11,6 +11,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from projections.registry import NAMES as PROJECTION_NAMES
 from services.cli.rules import rules
 from services.infra.errors import InfraError
 from services.infra.runtime import configure_logging
@@ -19,6 +20,7 @@ from services.infra.settings import Settings
 app = typer.Typer(help="rxtrail: event-sourced Internet+ prescription circulation.", no_args_is_help=True)
 console = Console()
 err = Console(stderr=True)
+_PROJECTIONS = " | ".join(PROJECTION_NAMES)  # the registry is the one list
 
 
 def _logging(verbose: bool) -> None:
@@ -29,8 +31,7 @@ def _logging(verbose: bool) -> None:
 def run(
     service: str = typer.Argument(..., help="api | relay | router | settlement | gateway | intake | "
                                             "projection NAME|all | checkpoint | expiry"),
-    name: str | None = typer.Argument(None, help="for projection: hospital_settlement | pharmacy_settlement | "
-                                                 "traceability | all (default)"),
+    name: str | None = typer.Argument(None, help=f"for projection: {_PROJECTIONS} | all (default)"),
 ) -> None:
     """Run one service until SIGTERM or Ctrl-C (`rxtrail up` starts each of its children this way)."""
     from services.bootstrap import SERVICES, run_service
@@ -304,7 +305,7 @@ def statement(
 
 @app.command()
 def replay(
-    projection: str = typer.Argument(..., help="hospital_settlement | pharmacy_settlement | traceability | all"),
+    projection: str = typer.Argument(..., help=f"{_PROJECTIONS} | all"),
     as_of: datetime | None = typer.Option(None, "--as-of", help="build the view as it stood then (ISO time, "
                                                                  "UTC unless an offset is given) into its own schema"),
     from_store: bool = typer.Option(False, "--from-store", help="read the event store, not rx.events "

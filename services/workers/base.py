@@ -58,7 +58,8 @@ from typing import Protocol
 from events import topics
 from events.contracts import dead_letter_headers
 from events.envelope import Headers
-from projections.base import Delivered, Projection, ProjectionConsumer, RunnerStats
+from projections.base import Delivered, MissingEvents, Projection, ProjectionConsumer, RunnerStats
+from services.adapters.missing_events import StoreEvents
 from services.application.commands import Command
 from services.application.outcomes import Outcome
 from services.infra.kafka_admin import ensure_topics_async
@@ -104,7 +105,7 @@ class WorkerStats:
     dead_lettered: int = 0
     """Messages sent to the dead-letter topic."""
     failures: int = 0
-    """Batches that failed and were rewound to be delivered again."""
+    """Batches (or expiry sweeps) that failed and are tried again (a batch is rewound and delivered again)."""
 
     def count(self, outcome: Outcome) -> None:
         """Count one answer of the write side."""
@@ -149,7 +150,7 @@ class Worker:
         """Give up on a message: what to send to the dead-letter topic (counted in ``counts``, default ``stats``;
         logged)."""
         (self.stats if counts is None else counts).dead_lettered += 1
-        log.error("%s: gave up on %s: %s; sent to the dead-letter topic", self.name, source or "a message", error)
+        log.warning("%s: gave up on %s: %s; sent to the dead-letter topic", self.name, source or "a message", error)
         return DeadLetter(value or b"", key,
                           dead_letter_headers(headers, error=error, consumer=self.consumer, source=source))
 
@@ -216,13 +217,14 @@ def in_log_order(batch: Sequence[Delivered]) -> list[Delivered]:
 
 async def run_worker(projection: Projection, database_url: str, bootstrap: str, stop: asyncio.Event, *,
                      topic: str = topics.EVENTS, dlq_topic: str = topics.DLQ, group_id: str = "", schema: str = "",
-                     partitions: int = 12, max_records: int = 500, idle_timeout_s: float | None = None
-                     ) -> RunnerStats:
-    """Run one worker on the shared consumer loop until ``stop`` is set (or idle for ``idle_timeout_s``)."""
+                     partitions: int = 12, max_records: int = 500, idle_timeout_s: float | None = None,
+                     missing: MissingEvents | None = None) -> RunnerStats:
+    """Run one worker on the shared consumer loop until ``stop`` is set (or idle for ``idle_timeout_s``).
+    ``missing``: where versions the topic skipped are read (default: the event store at ``database_url``)."""
     await ensure_topics_async(bootstrap, [topic, dlq_topic], partitions=partitions)
     consumer = ProjectionConsumer(projection, database_url, bootstrap, schema=schema, topic=topic,
                                   dlq_topic=dlq_topic, group_id=group_id or f"rxtrail.{projection.name}",
-                                  max_records=max_records)
+                                  max_records=max_records, missing=missing or StoreEvents(database_url))
     log.info("%s: consuming %s as group %s into schema %s", projection.name, topic, consumer.group_id,
              consumer.schema)
     return await consumer.run(stop, idle_timeout_s)

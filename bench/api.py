@@ -193,7 +193,9 @@ def main() -> int:
 
     import logging
 
-    logging.basicConfig(level=logging.WARNING)
+    from services.infra.runtime import configure_logging
+
+    configure_logging(logging.WARNING)
     from services.bootstrap import build_application
     from services.infra.embedded import EmbeddedPostgres, Tansu
     from services.infra.ports import free_port, wait_for_port

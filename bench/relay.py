@@ -25,6 +25,7 @@ from eventsourcing.persistence import StoredEvent
 
 from events.envelope import record_headers
 from services.infra.kafka_admin import ensure_topics_async
+from services.infra.runtime import configure_logging
 from services.infra.settings import eventsourcing_env
 from services.relay import RelayConfig, RelayStats, run_relay
 
@@ -142,7 +143,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--rate", type=int, default=300, help="saves per second for the latency phase")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    configure_logging(logging.WARNING)
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     database_url, bootstrap = os.environ.get("RXTRAIL_DATABASE_URL"), os.environ.get("RXTRAIL_KAFKA_BOOTSTRAP")
     tmp = Path(tempfile.mkdtemp(prefix="rxtrail-bench-", dir="/var/tmp"))

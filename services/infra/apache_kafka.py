@@ -30,6 +30,7 @@ from typing import Self
 
 from services.infra.errors import InfraError
 from services.infra.ports import PortTaken, free_ports, port_is_free
+from services.infra.runtime import on_stop_signals
 
 DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
 POM = DEPLOY_DIR / "pom.xml"
@@ -466,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     kafka = ApacheKafka()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    on_stop_signals(lambda: sys.exit(0))
     try:
         kafka.start(brokers=args.brokers, base_dir=args.base_dir, ports=args.ports, heap=args.heap,
                     timeout_s=args.timeout, partitions=args.partitions)  # fmt: skip

@@ -13,8 +13,6 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from events import topics
 from events.base import DomainEvent
@@ -28,6 +26,7 @@ from services.workers.gateway import Gateway, GatewayConfig, run_gateway
 from services.workers.router import Router, RouterConfig, run_router
 from tests.support import domain, unique_id, unique_topic, wait_until_async
 from tests.support.cast import CHANGCHUN, JINAN, Cast
+from tests.support.kafka import end_offsets, read_all
 
 SECRET = b"x" * 32
 REGION = JINAN
@@ -146,20 +145,6 @@ async def wait_relayed(p: Pipeline) -> None:
     await wait_until_async(caught_up, interval=0.3, what="the relay to publish every event", check=p.check_tasks)
 
 
-async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    """The next offset of each partition of ``topic`` ({} if it does not exist)."""
-    count = await topic_partitions(bootstrap, topic)
-    if not count:
-        return {}
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        ends = await consumer.end_offsets([TopicPartition(topic, n) for n in range(count)])
-        return {tp.partition: offset for tp, offset in ends.items()}
-    finally:
-        await consumer.stop()
-
-
 def stored_offsets(database_url: str, schema: str, topic: str) -> dict[int, int]:
     """The next offsets a worker or projection stored with its state (``<schema>.kafka_offsets``)."""
     try:
@@ -192,47 +177,6 @@ def router_knows(p: Pipeline, schema: str, pharmacy_id: str, *, active: bool | N
     except psycopg.errors.UndefinedTable:
         return False
     return row is not None and (active is None or row[0] is active)
-
-
-async def topic_partitions(bootstrap: str, topic: str) -> int:
-    """How many partitions the topic has; 0 if it does not exist (asking never creates it)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        if topic not in set(await admin.list_topics()):
-            return 0
-        for described in await admin.describe_topics([topic]):
-            if described.get("topic") == topic:
-                return len(described.get("partitions") or ())
-        return 0
-    finally:
-        await admin.close()
-
-
-async def topic_exists(bootstrap: str, topic: str) -> bool:
-    return await topic_partitions(bootstrap, topic) > 0
-
-
-async def read_all(bootstrap: str, topic: str) -> list[Any]:
-    """Every message of the topic up to its current end ([] if it does not exist)."""
-    count = await topic_partitions(bootstrap, topic)
-    if not count:
-        return []
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        parts = [TopicPartition(topic, n) for n in range(count)]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        end = await consumer.end_offsets(parts)
-        out: list[Any] = []
-        while [tp for tp in parts if await consumer.position(tp) < end[tp]]:
-            batch = await consumer.getmany(timeout_ms=500)
-            for records in batch.values():
-                out.extend(records)
-        return sorted(out, key=lambda r: (r.partition, r.offset))
-    finally:
-        await consumer.stop()
 
 
 def feed_messages(records: list[Any]) -> list[FeedMessage]:
@@ -276,7 +220,3 @@ async def copy_topic(bootstrap: str, source: str, target: str, keep: Callable[[A
     finally:
         await producer.stop()
     return len(records)
-
-
-def header(record: Any, name: str) -> str:
-    return dict(record.headers)[name].decode()  # type: ignore[no-any-return]

@@ -23,18 +23,16 @@ from services.domain.clock import FixedClock
 from services.workers.gateway import FeedMessage, run_gateway
 from tests.support import unique_id
 from tests.support.cast import AMLODIPINE, METFORMIN, VITAMIN, Cast, ok
+from tests.support.kafka import header, read_all, topic_exists
 from tests.support.pipeline import (
     SECRET,
     Pipeline,
     feed_messages,
-    header,
     item,
     kinds,
     new_pipeline,
-    read_all,
     routes,
     stream,
-    topic_exists,
     wait_consumed,
     wait_feed,
     wait_for,

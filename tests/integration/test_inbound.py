@@ -21,6 +21,7 @@ from services.infra.settings import Settings
 from services.workers.intake import IntakeWorker, create_intake
 from tests.support import unique_id, wait_until_async
 from tests.support.flows import Cast, prescription_body, visit_body
+from tests.support.kafka import consume_to_end
 
 PARTITIONS = 3
 
@@ -60,13 +61,7 @@ async def read_all(bootstrap: str, topic: str) -> list[Any]:
     await consumer.start()
     try:
         parts = list(await wait_until_async(consumer.assignment, timeout=20, what=f"topic {topic} to appear"))
-        end = await consumer.end_offsets(parts)
-        out: list[Any] = []
-        while [tp for tp in parts if await consumer.position(tp) < end[tp]]:
-            batch = await consumer.getmany(timeout_ms=500)
-            for records in batch.values():
-                out.extend(records)
-        return out
+        return await consume_to_end(consumer, parts)
     finally:
         await consumer.stop()
 

@@ -22,12 +22,12 @@ from services.domain.routing import PharmacyInfo, RoutingRequest, choose
 from services.workers.router import Router, run_router
 from tests.support import unique_id
 from tests.support.cast import AMLODIPINE, METFORMIN, VITAMIN, ok
+from tests.support.kafka import header
 from tests.support.pipeline import (
     OTHER_REGION,
     Pipeline,
     copy_topic,
     event_count,
-    header,
     item,
     new_pipeline,
     router_knows,

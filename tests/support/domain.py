@@ -7,8 +7,9 @@ import random
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from uuid import UUID
 
-from events.base import CatalogCategory, InsuranceType, Ownership, RealNameMethod
+from events.base import BusinessType, CatalogCategory, InsuranceType, Ownership, RealNameMethod
 from events.prescription import DispensedLine, PrescriptionItem, RoutingBasis
 from services.domain import (
     Encounter,
@@ -168,6 +169,13 @@ class World:
         chosen = lines or (line(),)
         codes = {c: None for ln in chosen for c in ln.trace_codes}
         return rx.dispense(clock=self.clock, dispenser_id=PHARMACY, lines=list(chosen), trace_codes=codes)
+
+    def sell(self, code: str, previous: TraceCode | None = None, *, drug_code: str = METFORMIN,
+             seller_id: str = PHARMACY, business_type: BusinessType = BusinessType.INTERNET,
+             prescription_id: UUID | None = None) -> TraceCode:
+        """A sale of the trace code ``code`` (``previous``: its aggregate, if it was sold before)."""
+        return TraceCode.sell(previous, clock=self.clock, code=code, drug_code=drug_code, seller_id=seller_id,
+                              business_type=business_type, prescription_id=prescription_id)
 
     def dispensed(self, *items: PrescriptionItem, **kw: object) -> Prescription:
         rx = self.accepted(*items, **kw)

@@ -23,7 +23,7 @@ from services.domain import (
     project_trace_code,
     verify_stream,
 )
-from tests.support.domain import METFORMIN, PHARMACY, World, item, line
+from tests.support.domain import PHARMACY, World, item, line
 
 
 class JsonMapper(Mapper[Any]):
@@ -152,16 +152,7 @@ def test_offline_sale_then_online_dispense_is_r8(app: RxApp) -> None:
     w = World()
     shared = line(quantity=1, codes=1)
     code = shared.trace_codes[0]
-    app.save(
-        TraceCode.sell(
-            None,
-            clock=w.clock,
-            code=code,
-            drug_code=METFORMIN,
-            seller_id="PH-X",
-            business_type=BusinessType.OFFLINE,
-        )
-    )
+    app.save(w.sell(code, seller_id="PH-X", business_type=BusinessType.OFFLINE))
     rx = w.accepted(item(quantity=1))
     existing = app.repository.get(TraceCode.id_for(code), projector_func=project_trace_code)
     with pytest.raises(RuleViolation, match="R8"):

@@ -393,23 +393,9 @@ def test_r8_rejects_same_code_twice_in_one_dispense(w: World) -> None:
 
 def test_r8_rejects_online_sale_of_code_sold_offline(w: World) -> None:
     [code] = trace_codes(1)
-    walk_in = TraceCode.sell(
-        None,
-        clock=w.clock,
-        code=code,
-        drug_code=METFORMIN,
-        seller_id="PH-X",
-        business_type=BusinessType.OFFLINE,
-    )
+    walk_in = w.sell(code, seller_id="PH-X", business_type=BusinessType.OFFLINE)
     with refused("R8"):
-        TraceCode.sell(
-            walk_in,
-            clock=w.clock,
-            code=code,
-            drug_code=METFORMIN,
-            seller_id=PHARMACY,
-            business_type=BusinessType.INTERNET,
-        )
+        w.sell(code, walk_in)
 
 
 def test_r8_allows_resale_after_return_to_stock(w: World) -> None:
@@ -419,38 +405,16 @@ def test_r8_allows_resale_after_return_to_stock(w: World) -> None:
         clock=w.clock, dispense_no=1, reason="wrong pack", trace_codes={tc.code: tc}
     )
     assert not back.sold
-    again = TraceCode.sell(
-        back,
-        clock=w.clock,
-        code=tc.code,
-        drug_code=METFORMIN,
-        seller_id=PHARMACY,
-        business_type=BusinessType.INTERNET,
-        prescription_id=rx.id,
-    )
+    again = w.sell(tc.code, back, prescription_id=rx.id)
     assert again.sold and again.sales == 2
 
 
 def test_r8_rejects_code_scanned_as_another_drug(w: World) -> None:
     [code] = trace_codes(1)
-    tc = TraceCode.sell(
-        None,
-        clock=w.clock,
-        code=code,
-        drug_code=METFORMIN,
-        seller_id=PHARMACY,
-        business_type=BusinessType.OFFLINE,
-    )
+    tc = w.sell(code, business_type=BusinessType.OFFLINE)
     tc.return_to_stock(clock=w.clock, business_type=BusinessType.OFFLINE, prescription_id=None, reason="void")
     with refused("R8"):
-        TraceCode.sell(
-            tc,
-            clock=w.clock,
-            code=code,
-            drug_code=AMLODIPINE,
-            seller_id=PHARMACY,
-            business_type=BusinessType.OFFLINE,
-        )
+        w.sell(code, tc, drug_code=AMLODIPINE, business_type=BusinessType.OFFLINE)
 
 
 # --- R9 the person served is the person settling ------------------------------------------------------
@@ -682,15 +646,7 @@ def test_r14_rejects_offline_sale_tied_to_online_prescription(w: World) -> None:
     rx = w.accepted()
     [code] = trace_codes(1)
     with refused("R14"):
-        TraceCode.sell(
-            None,
-            clock=w.clock,
-            code=code,
-            drug_code=METFORMIN,
-            seller_id=PHARMACY,
-            business_type=BusinessType.OFFLINE,
-            prescription_id=rx.id,
-        )
+        w.sell(code, business_type=BusinessType.OFFLINE, prescription_id=rx.id)
 
 
 def test_r14_trace_code_sold_online_carries_prescription_business_type(w: World) -> None:

@@ -30,18 +30,20 @@ from uuid import UUID
 import psycopg
 import pytest
 
+from events import topics
 from events.base import CatalogCategory, InsuranceType, Ownership, RealNameMethod
 from events.encounter import ConsultationSettled
 from events.prescription import DispensedLine, PrescriptionItem, PrescriptionSettled, RoutingBasis
 from services.adapters.event_log import load_stream
-from services.application import RxTrail, build_application
+from services.application import RxTrail
 from services.application import commands as c
 from services.application.outcomes import Outcome
+from services.bootstrap import build_application, build_settlement
 from services.domain.clock import FixedClock
 from services.infra.kafka_admin import ensure_topics_async
+from services.infra.settings import Settings
 from services.relay import RelayConfig, RelayStats, run_relay
-from services.settlement.run import build_consumer
-from services.workers.settlement import WorkerStats
+from services.workers.base import WorkerStats
 from tests.support import unique_id, unique_topic, wait_until_async
 
 JINAN = "370100"
@@ -88,8 +90,9 @@ class World:
 
     async def run_worker(self, group: str, schema: str, idle_s: float = 2.5) -> WorkerStats:
         await self.relayed()
-        consumer = build_consumer(self.app, self.db, self.bootstrap, topic=self.topic, dlq_topic=self.topic + ".dlq",
-                                  group_id=group, schema=schema)
+        settings = Settings(database_url=self.db, kafka_bootstrap=self.bootstrap, events_topic=self.topic,
+                            dlq_topic=self.topic + ".dlq")
+        consumer = build_settlement(settings, self.app, group_id=group, schema=schema)
         await consumer.run(asyncio.Event(), idle_timeout_s=idle_s)
         stats: WorkerStats = consumer.projection.stats  # type: ignore[attr-defined]
         return stats
@@ -132,9 +135,9 @@ class World:
 @pytest.fixture
 async def world(make_database: Callable[[], str], kafka_bootstrap: str) -> AsyncIterator[World]:
     db = make_database()
-    topic = unique_topic("rx.events.settle")
+    topic = unique_topic(f"{topics.EVENTS}.settle")
     await ensure_topics_async(kafka_bootstrap, [topic, topic + ".dlq"], partitions=3)
-    app = build_application(db, pseudonym_secret=SECRET, clock=FixedClock(T0))
+    app = build_application(Settings(database_url=db, pseudonym_secret=SECRET), clock=FixedClock(T0))
     w = World(app, db, kafka_bootstrap, topic, RelayStats(), unique_id("H"), unique_id("DR"), unique_id("RPH"),
               unique_id("PH"), f"3701{secrets.randbelow(10**14):014d}")
     ok(app.handle(c.RegisterPhysician(physician_id=w.physician, hospital_id=w.hospital, name="Dr Li",
@@ -162,7 +165,7 @@ def settlements(world: World, aggregate_id: UUID, kind: type) -> list[object]:
 async def test_worker_settles_visit_and_prescription_once_with_the_worked_split(world: World) -> None:
     encounter = world.visit()
     first = await world.run_worker("g-settle", "settlement_worker")
-    assert (first.settled, first.rejected) == (1, 0)
+    assert (first.recorded, first.rejected) == (1, 0)
     (consultation,) = settlements(world, encounter, ConsultationSettled)
     assert isinstance(consultation, ConsultationSettled)
     assert (consultation.fund, consultation.personal_account, consultation.self_pay) == (
@@ -172,7 +175,7 @@ async def test_worker_settles_visit_and_prescription_once_with_the_worked_split(
 
     rx = world.delivered_prescription(encounter)
     second = await world.run_worker("g-settle", "settlement_worker")
-    assert (second.settled, second.rejected) == (1, 0)
+    assert (second.recorded, second.rejected) == (1, 0)
     (settled,) = settlements(world, rx, PrescriptionSettled)
     assert isinstance(settled, PrescriptionSettled)
     assert settled.settled_with == world.pharmacy
@@ -191,7 +194,7 @@ async def test_worker_settles_visit_and_prescription_once_with_the_worked_split(
     # redelivery: a fresh group and fresh state read the topic from the start; nothing new is recorded
     before = world.events_stored()
     again = await world.run_worker("g-settle-again", "settlement_worker_again")
-    assert again.settled == 0 and again.rejected == 0
+    assert again.recorded == 0 and again.rejected == 0
     assert again.replayed == 2  # both triggers met their recorded outcomes by command id
     assert world.events_stored() == before
     assert len(settlements(world, rx, PrescriptionSettled)) == 1
@@ -203,7 +206,7 @@ async def test_a_patient_suspended_for_fraud_is_settled_without_insurance(world:
                                               reason="duplicate claims"))
     encounter = world.visit()
     stats = await world.run_worker(unique_id("g"), "settlement_worker")
-    assert stats.settled == 1
+    assert stats.recorded == 1
     (consultation,) = settlements(world, encounter, ConsultationSettled)
     assert isinstance(consultation, ConsultationSettled)
     assert (consultation.fund, consultation.personal_account, consultation.self_pay) == (

@@ -37,7 +37,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 @dataclass(frozen=True)
-class Cast:
+class Parties:
     """The parties the load runs as: one hospital with its physician and pharmacist, one pharmacy."""
 
     hospital: str = "BENCH-H1"
@@ -47,35 +47,35 @@ class Cast:
     region: str = "220100"  # Changchun: pharmacies are paid directly
 
 
-def register_cast(app: Any) -> Cast:
+def register_parties(app: Any) -> Parties:
     from services.application import commands as c
 
-    cast = Cast()
+    parties = Parties()
     outcomes = app.apply_batch([
-        c.RegisterPhysician(physician_id=cast.physician, hospital_id=cast.hospital, name="Dr A", qualification_no="Q1"),
-        c.RegisterPharmacist(pharmacist_id=cast.pharmacist, employer_id=cast.hospital, name="Ph A",
+        c.RegisterPhysician(physician_id=parties.physician, hospital_id=parties.hospital, name="Dr A", qualification_no="Q1"),
+        c.RegisterPharmacist(pharmacist_id=parties.pharmacist, employer_id=parties.hospital, name="Ph A",
                              qualification_no="Q3"),
-        c.DesignatePharmacy(pharmacy_id=cast.pharmacy, name="Pharmacy A", pooling_region=cast.region, agreement_no="AG1"),
+        c.DesignatePharmacy(pharmacy_id=parties.pharmacy, name="Pharmacy A", pooling_region=parties.region, agreement_no="AG1"),
     ])
     if not all(o.ok for o in outcomes):
-        raise SystemExit(f"could not register the cast: {outcomes}")
-    return cast
+        raise SystemExit(f"could not register the parties: {outcomes}")
+    return parties
 
 
-def api_keys(database_url: str, cast: Cast) -> dict[str, str]:
+def api_keys(database_url: str, parties: Parties) -> dict[str, str]:
     """A bearer token per party kind: ``{"hospital": "rx_...", "pharmacist": ..., "pharmacy": ...}``."""
     import psycopg
 
     from services.adapters.api_keys import create_key, ensure_schema, parse_party
 
-    parties = {"hospital": cast.hospital, "pharmacist": cast.pharmacist, "pharmacy": cast.pharmacy}
+    ids = {"hospital": parties.hospital, "pharmacist": parties.pharmacist, "pharmacy": parties.pharmacy}
     with psycopg.connect(database_url, autocommit=True) as conn:
         ensure_schema(conn)
         return {kind: create_key(conn, parse_party(f"{kind}:{pid}"), datetime.now(UTC), label="bench")
-                for kind, pid in parties.items()}
+                for kind, pid in ids.items()}
 
 
-async def http_load(base: str, keys: dict[str, str], cast: Cast, rate: float, seconds: float) -> dict[str, Any]:
+async def http_load(base: str, keys: dict[str, str], parties: Parties, rate: float, seconds: float) -> dict[str, Any]:
     import httpx
 
     from services.simulate import dispense_body, prescription_body, visit_body
@@ -102,7 +102,8 @@ async def http_load(base: str, keys: dict[str, str], cast: Cast, rate: float, se
             return r.json()
 
         async def journey() -> None:
-            v = await call("visit", "POST", "/hospital/visits", h, visit_body(cast.hospital, cast.physician, cast.region))
+            v = await call("visit", "POST", "/hospital/visits", h,
+                           visit_body(parties.hospital, parties.physician, parties.region))
             if not v:
                 return
             p = await call("issue", "POST", "/hospital/prescriptions", h, prescription_body(v["aggregate_id"]))
@@ -112,7 +113,7 @@ async def http_load(base: str, keys: dict[str, str], cast: Cast, rate: float, se
             if not await call("approve", "POST", f"/pharmacist/prescriptions/{rx}/approval", ph, {}):
                 return
             if not await call("route", "POST", f"/hospital/prescriptions/{rx}/routing", h,
-                              {"pharmacy_id": cast.pharmacy, "basis": "patient_choice"}):
+                              {"pharmacy_id": parties.pharmacy, "basis": "patient_choice"}):
                 return
             if not await call("accept", "POST", f"/pharmacy/prescriptions/{rx}/acceptance", py, {}):
                 return
@@ -140,7 +141,7 @@ async def http_load(base: str, keys: dict[str, str], cast: Cast, rate: float, se
     }
 
 
-async def intake_load(database_url: str, bootstrap: str, application: Any, cast: Cast, commands: int,
+async def intake_load(database_url: str, bootstrap: str, application: Any, parties: Parties, commands: int,
                       batch: int) -> dict[str, Any]:
     from aiokafka import AIOKafkaProducer
 
@@ -149,15 +150,15 @@ async def intake_load(database_url: str, bootstrap: str, application: Any, cast:
     from services.simulate import visit_body
     from services.workers.intake import create_intake
 
-    topic = topics.inbound_topic(cast.hospital)
+    topic = topics.inbound_topic(parties.hospital)
     await ensure_topics_async(bootstrap, [topic, topics.REJECTIONS, topics.DLQ], 12)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, max_batch_size=256 * 1024)
     await producer.start()
     t0 = time.perf_counter()
     for i in range(commands):
         ref = f"bench-{i}"
-        body = {"kind": "record_follow_up_visit", "command_id": ref, "hospital_id": cast.hospital,
-                **visit_body(cast.hospital, cast.physician, cast.region, visit_ref=ref)}
+        body = {"kind": "record_follow_up_visit", "command_id": ref, "hospital_id": parties.hospital,
+                **visit_body(parties.hospital, parties.physician, parties.region, visit_ref=ref)}
         await producer.send(topic, json.dumps(body).encode(), key=ref.encode())
     await producer.flush()
     await producer.stop()
@@ -165,7 +166,7 @@ async def intake_load(database_url: str, bootstrap: str, application: Any, cast:
 
     worker = create_intake(application, bootstrap,
                            group_id="bench-intake", max_records=batch, session_timeout_ms=6000,
-                           heartbeat_interval_ms=1000, pattern=rf"rx\.inbound\.{cast.hospital}")
+                           heartbeat_interval_ms=1000, pattern=rf"rx\.inbound\.{parties.hospital}")
     await worker.start()
     stats = worker.intake.stats
     first: float | None = None
@@ -210,8 +211,8 @@ def main() -> int:
     app = None
     try:
         app = build_application(Settings(database_url=database_url, pseudonym_secret=SECRET))
-        cast = register_cast(app)
-        tokens = api_keys(database_url, cast)
+        parties = register_parties(app)
+        tokens = api_keys(database_url, parties)
         port = free_port()
         env = {**os.environ, "RXTRAIL_DATABASE_URL": database_url, "RXTRAIL_KAFKA_BOOTSTRAP": bootstrap,
                "RXTRAIL_PSEUDONYM_SECRET": SECRET, "RXTRAIL_DATA_DIR": str(work), "RXTRAIL_API_HOST": "127.0.0.1",
@@ -220,9 +221,9 @@ def main() -> int:
         if not wait_for_port("127.0.0.1", port, 30):
             raise SystemExit("API did not start")
         base = f"http://127.0.0.1:{port}"
-        asyncio.run(http_load(base, tokens, cast, 20, 2))  # warm-up (pools, caches)
-        http = asyncio.run(http_load(base, tokens, cast, args.rate, args.seconds))
-        intake = asyncio.run(intake_load(database_url, bootstrap, app, cast, args.commands, args.batch))
+        asyncio.run(http_load(base, tokens, parties, 20, 2))  # warm-up (pools, caches)
+        http = asyncio.run(http_load(base, tokens, parties, args.rate, args.seconds))
+        intake = asyncio.run(intake_load(database_url, bootstrap, app, parties, args.commands, args.batch))
         report = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
                   "http_issue_to_dispense": {"target_rps": args.rate, **http}, "kafka_intake": intake,
                   "at": datetime.now(UTC).isoformat(timespec="seconds")}

@@ -38,11 +38,50 @@ def _parse_decimal(value: object) -> Decimal | None:
         return None
 
 
+# --- limits: what the storage and the broker can carry (issue 12: bounded input everywhere) -------------------
+# The read models keep money in numeric(16,2) columns (at most 99,999,999,999,999.99) and sum a month of a party's
+# events into one row; quantities land in int columns (2**31 - 1) and are summed per prescription; every event is
+# one Kafka message (the broker refuses more than 1 MB). The limits below keep any one value, and any valid
+# command's events, far inside those.
+
+MONEY_DIGITS = 10
+"""Digits before the point of any amount: |amount| <= 9,999,999,999.99 (10,000 such events fill a numeric(16,2) sum)."""
+MONEY_MAX = Decimal(10) ** MONEY_DIGITS - CENT
+PRICE_DIGITS = 5
+"""Digits before the point of a unit price (per box): <= 99,999.99."""
+PRICE_MAX = Decimal(10) ** PRICE_DIGITS - CENT
+QUANTITY_MAX = 999
+"""Boxes on one prescription line or one dispensed line."""
+DAYS_MAX = 999
+"""Days of supply of one line (R4 refuses long ones; this only bounds the number)."""
+ITEMS_MAX = 50
+"""Items of one prescription, lines of one dispense, drug codes of a first-visit prescription."""
+TRACE_CODES_MAX = 5_000
+"""Trace codes scanned in one dispense (each line at most its quantity, R8)."""
+DRUG_CODES_MAX = 5_000
+"""Drug codes a pharmacy declares it carries."""
+REASONS_MAX = 20
+"""Reasons of one rejection."""
+VERSION_MAX = 2**31 - 1
+"""Aggregate versions and dispense numbers are stored in int columns."""
+ID_LENGTH = 128
+NAME_LENGTH = 200
+TEXT_LENGTH = 500
+LONG_TEXT_LENGTH = 2_000
+SEALED_LENGTH = 16_384
+EVENT_SIZE_MAX = 512 * 1024
+"""Bytes of one event's JSON: half the broker's default message size, so headers and framing always fit. A valid
+command's events stay far below it (tests/unit/test_bounds.py measures the largest); the application refuses
+anything above it before saving, belt and braces."""
+
+
 def to_money(value: object) -> Decimal:
     """Decimal yuan with exactly two places; floats are refused so binary rounding never enters."""
     amount = _parse_decimal(value)
     if amount is None or not amount.is_finite():
         raise ValueError(f"not a money amount (string, int or Decimal; never float): {value!r}")
+    if abs(amount) > MONEY_MAX:
+        raise ValueError(f"money amount out of range (at most {MONEY_MAX} in absolute value)")
     try:
         quantized = amount.quantize(CENT)
     except InvalidOperation as exc:
@@ -52,14 +91,85 @@ def to_money(value: object) -> Decimal:
     return quantized
 
 
+def to_amount(value: object) -> Decimal:
+    """``to_money``, and never negative."""
+    amount = to_money(value)
+    if amount < 0:
+        raise ValueError("amount must not be negative")
+    return amount
+
+
+def to_price(value: object) -> Decimal:
+    """``to_amount``, at most PRICE_MAX."""
+    amount = to_amount(value)
+    if amount > PRICE_MAX:
+        raise ValueError(f"unit price out of range (at most {PRICE_MAX})")
+    return amount
+
+
+_SERIALIZE_MONEY = PlainSerializer(lambda d: f"{d:.2f}", return_type=str, when_used="json")
+
 Money = Annotated[
     Decimal,
     PlainValidator(to_money),
-    PlainSerializer(lambda d: f"{d:.2f}", return_type=str, when_used="json"),
-    WithJsonSchema(
-        {"type": "string", "pattern": r"^-?\d+\.\d{2}$", "description": "yuan, exactly 2 decimal places"}
-    ),
+    _SERIALIZE_MONEY,
+    WithJsonSchema({
+        "type": "string", "pattern": rf"^-?\d{{1,{MONEY_DIGITS}}}\.\d{{2}}$", "maxLength": MONEY_DIGITS + 4,
+        "description": f"yuan, exactly 2 decimal places; |amount| <= {MONEY_MAX}",
+    }),
 ]
+"""An amount in yuan that may be negative (a statement's payable); |amount| <= MONEY_MAX."""
+
+Amount = Annotated[
+    Decimal,
+    PlainValidator(to_amount),
+    _SERIALIZE_MONEY,
+    WithJsonSchema({
+        "type": "string", "pattern": rf"^\d{{1,{MONEY_DIGITS}}}\.\d{{2}}$", "maxLength": MONEY_DIGITS + 3,
+        "description": f"yuan, exactly 2 decimal places, 0.00 to {MONEY_MAX}",
+    }),
+]
+"""A fee, an amount paid, refused or clawed back: 0 <= amount <= MONEY_MAX."""
+
+UnitPrice = Annotated[
+    Decimal,
+    PlainValidator(to_price),
+    _SERIALIZE_MONEY,
+    WithJsonSchema({
+        "type": "string", "pattern": rf"^\d{{1,{PRICE_DIGITS}}}\.\d{{2}}$", "maxLength": PRICE_DIGITS + 3,
+        "description": f"yuan per box, exactly 2 decimal places, 0.00 to {PRICE_MAX}",
+    }),
+]
+"""A price per box: 0 <= price <= PRICE_MAX (so a whole prescription stays within MONEY_MAX)."""
+Fee = UnitPrice
+"""A fee charged once (a consultation, a delivery): 0 <= fee <= PRICE_MAX."""
+
+
+def _no_nul(text: str) -> str:
+    if "\x00" in text:
+        raise ValueError("text must not contain NUL characters")
+    return text
+
+
+_NO_NUL = AfterValidator(_no_nul)
+Id = Annotated[str, Field(min_length=1, max_length=ID_LENGTH), _NO_NUL]
+"""An identifier or a reference (a hospital, a physician, a visit number, an agreement number, a code)."""
+Name = Annotated[str, Field(min_length=1, max_length=NAME_LENGTH), _NO_NUL]
+"""A name or a short label (a drug's name or spec, a diagnosis, a person's name)."""
+Text = Annotated[str, Field(min_length=1, max_length=TEXT_LENGTH), _NO_NUL]
+"""A reason, a signature, a sentence."""
+LongText = Annotated[str, Field(min_length=1, max_length=LONG_TEXT_LENGTH), _NO_NUL]
+"""A justification or a note."""
+Sealed = Annotated[str, Field(max_length=SEALED_LENGTH)]
+"""Personal data sealed by the patient vault (written by the server)."""
+Region = Annotated[str, Field(pattern=r"^\d{6}$", min_length=6, max_length=6)]
+"""A six-digit administrative region code (a pooling region)."""
+Quantity = Annotated[int, Field(ge=1, le=QUANTITY_MAX)]
+"""Boxes (packs) on one line."""
+Days = Annotated[int, Field(ge=1, le=DAYS_MAX)]
+"""Days of supply of one line."""
+Version = Annotated[int, Field(ge=1, le=VERSION_MAX)]
+"""An aggregate version or a dispense number."""
 ZERO = Decimal("0.00")
 
 
@@ -73,11 +183,14 @@ UTCDateTime = Annotated[datetime, AfterValidator(_require_utc)]
 
 DrugCode = Annotated[
     str,
-    Field(pattern=r"^[XZ][A-Z0-9]{19}$", description="national medical-insurance drug code (20 chars)"),
+    Field(pattern=r"^[XZ][A-Z0-9]{19}$", min_length=20, max_length=20,
+          description="national medical-insurance drug code (20 chars)"),
 ]
-TraceCodeStr = Annotated[str, Field(pattern=r"^\d{20}$", description="20-digit drug traceability code")]
+TraceCodeStr = Annotated[
+    str, Field(pattern=r"^\d{20}$", min_length=20, max_length=20, description="20-digit drug traceability code")
+]
 PatientRef = Annotated[
-    str, Field(min_length=8, max_length=128, description="keyed pseudonym of the patient, never the identity")
+    str, Field(min_length=8, max_length=ID_LENGTH, description="keyed pseudonym of the patient, never the identity")
 ]
 
 

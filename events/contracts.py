@@ -4,6 +4,7 @@ saying who gave up on it and why)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 from uuid import UUID
 
@@ -23,6 +24,26 @@ DLQ_CONSUMER = "dlq_consumer"
 """Who gave up on it: the consumer group or worker name."""
 
 
+DLQ_SIZE = "dlq_size"
+"""Set when the dead letter carries a reference instead of the value: the original value's size in bytes."""
+DLQ_VALUE_MAX = 256 * 1024
+"""A dead letter carries the original value up to this many bytes; a larger one (it may not fit a message at all)
+is replaced by a reference: where it was read, its size, the error and its first bytes."""
+DLQ_ERROR_MAX = 2_000
+"""Characters of the error kept in a dead letter."""
+
+
+def dead_letter_value(value: bytes | None, *, error: str, source: str | None,
+                      limit: int = DLQ_VALUE_MAX) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """What a dead letter carries: the original value, or a JSON reference to it when it is larger than ``limit``
+    (with the extra header ``dlq_size``)."""
+    if value is None or len(value) <= limit:
+        return value or b"", []
+    reference = {"dead_letter": "reference", "source": source, "size": len(value), "error": error[:DLQ_ERROR_MAX],
+                 "head": value[:512].decode(errors="replace")}
+    return json.dumps(reference, ensure_ascii=False).encode(), [(DLQ_SIZE, str(len(value)).encode())]
+
+
 def record_source(topic: str, partition: int, offset: int) -> str:
     """``topic/partition/offset``: where a message was read (dead letters, rejections, intake command keys)."""
     return f"{topic}/{partition}/{offset}"
@@ -32,7 +53,7 @@ def dead_letter_headers(original: Headers, *, error: str, consumer: str, source:
                         ) -> list[tuple[str, bytes]]:
     """The original message's headers followed by the dead-letter ones."""
     headers = [(k, v if isinstance(v, bytes) else str(v).encode()) for k, v in original or () if v is not None]
-    headers.append((DLQ_ERROR, error.encode()))
+    headers.append((DLQ_ERROR, error[:DLQ_ERROR_MAX].encode()))
     if source is not None:
         headers.append((DLQ_SOURCE, source.encode()))
     headers.append((DLQ_CONSUMER, consumer.encode()))
@@ -157,6 +178,7 @@ __all__ = [
     "Rejection",
     "dead_letter_header_map",
     "dead_letter_headers",
+    "dead_letter_value",
     "feed_headers",
     "feed_key",
     "record_source",

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from datetime import date
 
-from pydantic import Field
-
 from events.base import (
     BusinessType,
     DomainEvent,
+    Id,
     InsuranceType,
     Money,
+    Name,
     Ownership,
     PatientRef,
     RealNameMethod,
+    Region,
+    Sealed,
+    Text,
 )
 
 
@@ -21,21 +24,21 @@ class FollowUpVisitRecorded(DomainEvent):
     """互联网复诊：记录线下首诊的同种疾病诊断、首诊日期与机构，以及实名核验方式。"""
 
     business_type: BusinessType
-    hospital_id: str = Field(min_length=1)
-    physical_institution_id: str = Field(min_length=1)
+    hospital_id: Id
+    physical_institution_id: Id
     institution_ownership: Ownership
-    pooling_region: str = Field(pattern=r"^\d{6}$")
-    insured_region: str = Field(pattern=r"^\d{6}$")
+    pooling_region: Region
+    insured_region: Region
     insurance_type: InsuranceType
     patient_ref: PatientRef
-    patient_sealed: str | None = None
-    physician_id: str = Field(min_length=1)
-    physician_signature: str = Field(min_length=1)
-    diagnosis_code: str = Field(min_length=1)
-    diagnosis_name: str = Field(min_length=1)
-    original_diagnosis_code: str = Field(min_length=1)
+    patient_sealed: Sealed | None = None
+    physician_id: Id
+    physician_signature: Text
+    diagnosis_code: Id
+    diagnosis_name: Name
+    original_diagnosis_code: Id
     original_diagnosis_date: date
-    original_institution_id: str = Field(min_length=1)
+    original_institution_id: Id
     verification_method: RealNameMethod
     consultation_fee: Money
 
@@ -44,14 +47,14 @@ class ConsultationSettled(DomainEvent):
     """诊察费结算（与实体定点医疗机构结算）。"""
 
     business_type: BusinessType
-    settled_with: str = Field(min_length=1)
+    settled_with: Id
     patient_ref: PatientRef
     verification_method: RealNameMethod
     fund: Money
     personal_account: Money
     self_pay: Money
-    policy_version: str = Field(min_length=1)
-    settlement_ref: str = Field(min_length=1)
+    policy_version: Id
+    settlement_ref: Id
 
 
 ENCOUNTER_EVENTS: tuple[type[DomainEvent], ...] = (FollowUpVisitRecorded, ConsultationSettled)

@@ -6,23 +6,37 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from events.base import (
+    ITEMS_MAX,
+    QUANTITY_MAX,
+    REASONS_MAX,
+    TRACE_CODES_MAX,
     BusinessType,
     CatalogCategory,
+    Days,
     DomainEvent,
     DrugCode,
+    Id,
     InsuranceType,
+    LongText,
     Money,
+    Name,
     Ownership,
     PatientRef,
+    Quantity,
     RealNameMethod,
+    Region,
+    Sealed,
+    Text,
     TraceCodeStr,
+    UnitPrice,
     UTCDateTime,
+    Version,
     register_upcaster,
 )
 
@@ -36,11 +50,11 @@ class PrescriptionItem(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     drug_code: DrugCode
-    name: str = Field(min_length=1)
-    spec: str = Field(min_length=1)
-    quantity: int = Field(ge=1)
-    days_supply: int = Field(ge=1)
-    unit_price: Money
+    name: Name
+    spec: Name
+    quantity: Quantity
+    days_supply: Days
+    unit_price: UnitPrice
     category: CatalogCategory
     off_indication: bool = False
     patient_consent: bool = False
@@ -56,10 +70,25 @@ class DispensedLine(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     drug_code: DrugCode
-    quantity: int = Field(ge=1)
-    unit_price: Money
-    price_cap: Money
-    trace_codes: tuple[TraceCodeStr, ...] = ()
+    quantity: Quantity
+    unit_price: UnitPrice
+    price_cap: UnitPrice
+    trace_codes: tuple[TraceCodeStr, ...] = Field(default=(), max_length=QUANTITY_MAX)
+
+
+def _trace_codes_within_limit(lines: tuple[DispensedLine, ...]) -> tuple[DispensedLine, ...]:
+    total = sum(len(line.trace_codes) for line in lines)
+    if total > TRACE_CODES_MAX:
+        raise ValueError(f"{total} trace codes in one dispense; at most {TRACE_CODES_MAX}")
+    return lines
+
+
+PrescriptionItems = Annotated[tuple[PrescriptionItem, ...], Field(min_length=1, max_length=ITEMS_MAX)]
+"""The items of one prescription (at most ITEMS_MAX)."""
+DispensedLines = Annotated[
+    tuple[DispensedLine, ...], Field(min_length=1, max_length=ITEMS_MAX), AfterValidator(_trace_codes_within_limit)
+]
+"""The lines of one dispense (at most ITEMS_MAX, with at most TRACE_CODES_MAX trace codes in all)."""
 
 
 class DispenserKind(StrEnum):
@@ -81,24 +110,24 @@ class PrescriptionIssued(PrescriptionEvent):
 
     schema_version: int = 2
     encounter_id: UUID
-    hospital_id: str = Field(min_length=1)
-    physical_institution_id: str = Field(min_length=1)
+    hospital_id: Id
+    physical_institution_id: Id
     institution_ownership: Ownership
-    pooling_region: str = Field(pattern=r"^\d{6}$")
-    insured_region: str = Field(pattern=r"^\d{6}$")
+    pooling_region: Region
+    insured_region: Region
     insurance_type: InsuranceType
     patient_ref: PatientRef
-    patient_sealed: str | None = None
-    physician_id: str = Field(min_length=1)
-    physician_signature: str = Field(min_length=1)
-    diagnosis_code: str = Field(min_length=1)
-    diagnosis_name: str = Field(min_length=1)
-    items: tuple[PrescriptionItem, ...] = Field(min_length=1)
+    patient_sealed: Sealed | None = None
+    physician_id: Id
+    physician_signature: Text
+    diagnosis_code: Id
+    diagnosis_name: Name
+    items: PrescriptionItems
     valid_until: UTCDateTime
     emergency_declared: bool = False
-    justification: str | None = None
-    preferred_pharmacy_id: str | None = Field(
-        default=None, min_length=1, description="the patient's chosen designated pharmacy; None = routing rule"
+    justification: LongText | None = None
+    preferred_pharmacy_id: Id | None = Field(
+        default=None, description="the patient's chosen designated pharmacy; None = routing rule"
     )
 
 
@@ -111,15 +140,15 @@ def _issued_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
 class PrescriptionApproved(PrescriptionEvent):
     """药师审核通过。"""
 
-    pharmacist_id: str = Field(min_length=1)
+    pharmacist_id: Id
 
 
 class PrescriptionRejected(PrescriptionEvent):
     """药师审核不通过（v2：可给出多条理由；v1 只有一条 ``reason``）。"""
 
     schema_version: int = 2
-    pharmacist_id: str = Field(min_length=1)
-    reasons: tuple[str, ...] = Field(min_length=1)
+    pharmacist_id: Id
+    reasons: tuple[Text, ...] = Field(min_length=1, max_length=REASONS_MAX)
 
 
 @register_upcaster("PrescriptionRejected", 1)
@@ -132,48 +161,48 @@ class PrescriptionRouted(PrescriptionEvent):
     """处方流转至定点零售药店（或由医院自行配药）。"""
 
     dispenser_kind: DispenserKind
-    dispenser_id: str = Field(min_length=1)
+    dispenser_id: Id
     dispenser_ownership: Ownership
     basis: RoutingBasis
 
 
 class PrescriptionAccepted(PrescriptionEvent):
-    dispenser_id: str = Field(min_length=1)
+    dispenser_id: Id
 
 
 class PrescriptionReturned(PrescriptionEvent):
     """药店拒收退回，处方回到可流转状态。"""
 
-    dispenser_id: str = Field(min_length=1)
-    reason: str = Field(min_length=1)
+    dispenser_id: Id
+    reason: Text
 
 
 class PrescriptionDispensed(PrescriptionEvent):
     """配药（允许分次，累计不超过处方量，R13）。"""
 
-    dispenser_id: str = Field(min_length=1)
-    dispense_no: int = Field(ge=1)
-    lines: tuple[DispensedLine, ...] = Field(min_length=1)
+    dispenser_id: Id
+    dispense_no: Version
+    lines: DispensedLines
     complete: bool
 
 
 class DispenseWithdrawn(PrescriptionEvent):
     """撤销一次配药，追溯码退回。"""
 
-    dispense_no: int = Field(ge=1)
-    reason: str = Field(min_length=1)
-    trace_codes: tuple[TraceCodeStr, ...] = ()
+    dispense_no: Version
+    reason: Text
+    trace_codes: tuple[TraceCodeStr, ...] = Field(default=(), max_length=TRACE_CODES_MAX)
 
 
 class DeliveryArranged(PrescriptionEvent):
     """安排配送；配送费事先告知患者，医保不予支付（R6）。"""
 
-    delivery_enterprise_id: str = Field(min_length=1)
+    delivery_enterprise_id: Id
     delivery_fee: Money
 
 
 class PrescriptionDelivered(PrescriptionEvent):
-    delivery_enterprise_id: str = Field(min_length=1)
+    delivery_enterprise_id: Id
 
 
 class PrescriptionCollected(PrescriptionEvent):
@@ -183,7 +212,7 @@ class PrescriptionCollected(PrescriptionEvent):
 class PrescriptionSettled(PrescriptionEvent):
     """结算：统筹基金 / 个人账户 / 自费 的拆分由结算服务计算后传入。"""
 
-    settled_with: str = Field(min_length=1)
+    settled_with: Id
     settled_with_kind: DispenserKind
     patient_ref: PatientRef
     verification_method: RealNameMethod
@@ -192,17 +221,17 @@ class PrescriptionSettled(PrescriptionEvent):
     personal_account: Money
     self_pay: Money
     delivery_fee: Money
-    policy_version: str = Field(min_length=1)
-    policy_region: str = Field(pattern=r"^\d{6}$")
-    catalog_region: str = Field(pattern=r"^\d{6}$")
-    settlement_ref: str = Field(min_length=1)
+    policy_version: Id
+    policy_region: Region
+    catalog_region: Region
+    settlement_ref: Id
 
 
 class PrescriptionCancelled(PrescriptionEvent):
     """作废；部分配药后作废只作废剩余部分。"""
 
-    reason: str = Field(min_length=1)
-    cancelled_by: str = Field(min_length=1)
+    reason: Text
+    cancelled_by: Id
     remainder_only: bool
 
 
@@ -215,23 +244,23 @@ class FeesRefusedInAudit(PrescriptionEvent):
     """审核拒付（从当月结算中扣除）。"""
 
     amount: Money
-    reason: str = Field(min_length=1)
-    audit_ref: str = Field(min_length=1)
+    reason: Text
+    audit_ref: Id
 
 
 class FeesClawedBack(PrescriptionEvent):
     """已支付违规费用追回。"""
 
     amount: Money
-    reason: str = Field(min_length=1)
-    audit_ref: str = Field(min_length=1)
+    reason: Text
+    audit_ref: Id
 
 
 class RuleFlagged(PrescriptionEvent):
     """规则标记：记录在案、报告稽核，不阻止业务。"""
 
     rule_id: str = Field(pattern=r"^R\d{1,2}$")
-    reason: str = Field(min_length=1)
+    reason: LongText
     details: dict[str, str] = Field(default_factory=dict)
 
 

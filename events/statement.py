@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import Field, model_validator
 
-from events.base import BusinessType, DomainEvent, Money
+from events.base import BusinessType, DomainEvent, Id, Money, Region
 
 
 class PartyKind(StrEnum):
@@ -20,16 +20,16 @@ class StatementIssued(DomainEvent):
     """月度结算单：payable = gross − refused − clawed_back − withheld_deposit。"""
 
     business_type: BusinessType
-    party_id: str = Field(min_length=1)
+    party_id: Id
     party_kind: PartyKind
-    pooling_region: str = Field(pattern=r"^\d{6}$")
+    pooling_region: Region
     month: str = Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")
     gross: Money
     refused: Money
     clawed_back: Money
     withheld_deposit: Money
     payable: Money
-    policy_version: str = Field(min_length=1)
+    policy_version: Id
 
     @model_validator(mode="after")
     def _payable_adds_up(self) -> StatementIssued:
@@ -45,10 +45,10 @@ class DepositReleased(DomainEvent):
     """年终考核后返还履约保证金。"""
 
     business_type: BusinessType
-    party_id: str = Field(min_length=1)
+    party_id: Id
     year: int = Field(ge=2000, le=2999)
     amount: Money
-    assessment_ref: str = Field(min_length=1)
+    assessment_ref: Id
 
 
 STATEMENT_EVENTS: tuple[type[DomainEvent], ...] = (StatementIssued, DepositReleased)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from pydantic import Field
-
-from events.base import BusinessType, DomainEvent, DrugCode, PatientRef, TraceCodeStr
+from events.base import BusinessType, DomainEvent, DrugCode, Id, PatientRef, Text, TraceCodeStr
 
 
 class TraceCodeSold(DomainEvent):
@@ -15,7 +13,7 @@ class TraceCodeSold(DomainEvent):
     business_type: BusinessType
     code: TraceCodeStr
     drug_code: DrugCode
-    seller_id: str = Field(min_length=1)
+    seller_id: Id
     prescription_id: UUID | None = None
     patient_ref: PatientRef | None = None
 
@@ -26,7 +24,7 @@ class TraceCodeReturned(DomainEvent):
     business_type: BusinessType
     code: TraceCodeStr
     prescription_id: UUID | None = None
-    reason: str = Field(min_length=1)
+    reason: Text
 
 
 TRACE_CODE_EVENTS: tuple[type[DomainEvent], ...] = (TraceCodeSold, TraceCodeReturned)

@@ -14,8 +14,23 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from events.base import InsuranceType, Money, Ownership, RealNameMethod
-from events.prescription import DispensedLine, PrescriptionItem, RoutingBasis
+from events.base import (
+    ITEMS_MAX,
+    REASONS_MAX,
+    Amount,
+    Fee,
+    Id,
+    InsuranceType,
+    LongText,
+    Money,
+    Name,
+    Ownership,
+    RealNameMethod,
+    Region,
+    Text,
+    Version,
+)
+from events.prescription import DispensedLine, DispensedLines, PrescriptionItem, PrescriptionItems, RoutingBasis
 from services.application import commands as c
 from services.application.access import find_nul
 from services.application.outcomes import Outcome
@@ -40,8 +55,8 @@ class _Body(BaseModel):
 class PrescriptionBody(_Body):
     """A body of a command on one prescription (its id comes from the path)."""
 
-    expected_version: int | None = Field(
-        default=None, ge=1, description="refuse with 409 unless the prescription is still at this version")
+    expected_version: Version | None = Field(
+        default=None, description="refuse with 409 unless the prescription is still at this version")
 
 
 # --- hospital --------------------------------------------------------------------------------------------
@@ -50,51 +65,51 @@ class PrescriptionBody(_Body):
 class VisitCreate(_Body):
     """An online follow-up visit (R1: same disease diagnosed offline within the window)."""
 
-    visit_ref: c.Text = Field(description="the hospital's own visit number; the encounter id derives from it")
-    physical_institution_id: c.Text
+    visit_ref: Id = Field(description="the hospital's own visit number; the encounter id derives from it")
+    physical_institution_id: Id
     institution_ownership: Ownership
-    pooling_region: c.Region
-    insured_region: c.Region
+    pooling_region: Region
+    insured_region: Region
     insurance_type: InsuranceType
     patient: c.PatientIdentity
-    physician_id: c.Text
-    physician_signature: c.Text
-    diagnosis_code: c.Text
-    diagnosis_name: c.Text
-    original_diagnosis_code: c.Text
+    physician_id: Id
+    physician_signature: Text
+    diagnosis_code: Id
+    diagnosis_name: Name
+    original_diagnosis_code: Id
     original_diagnosis_date: date
-    original_institution_id: c.Text
+    original_institution_id: Id
     verification_method: RealNameMethod
-    consultation_fee: Money
+    consultation_fee: Fee
 
 
 class PrescriptionCreate(_Body):
     """A prescription issued from a recorded visit (R2, R4, R5, R10)."""
 
-    prescription_ref: c.Text = Field(description="the hospital's prescription number; the id derives from it")
+    prescription_ref: Id = Field(description="the hospital's prescription number; the id derives from it")
     encounter_id: UUID
-    physician_signature: c.Text
-    items: tuple[PrescriptionItem, ...] = Field(min_length=1)
-    first_visit_drug_codes: tuple[str, ...] = Field(
-        default=(), description="drugs of the first-visit (offline) prescription, for R5")
-    justification: str | None = None
+    physician_signature: Text
+    items: PrescriptionItems
+    first_visit_drug_codes: tuple[Id, ...] = Field(
+        default=(), max_length=ITEMS_MAX, description="drugs of the first-visit (offline) prescription, for R5")
+    justification: LongText | None = None
     emergency_declared: bool = False
-    preferred_pharmacy_id: str | None = Field(
-        default=None, min_length=1, max_length=200,
+    preferred_pharmacy_id: Id | None = Field(
+        default=None,
         description="the patient's chosen designated pharmacy; unset = the router's rule picks one")
 
 
 class CancellationCreate(PrescriptionBody):
     """Cancel a prescription (after a partial dispense only the remainder)."""
 
-    reason: c.Text
-    cancelled_by: c.Text
+    reason: Text
+    cancelled_by: Id
 
 
 class RoutingCreate(PrescriptionBody):
     """Route an approved prescription to a designated pharmacy of the pooling region (the patient's choice), or pharmacy_id null: the hospital dispenses itself."""  # noqa: E501
 
-    pharmacy_id: str | None = Field(default=None, description="None: the hospital dispenses itself")
+    pharmacy_id: Id | None = Field(default=None, description="None: the hospital dispenses itself")
     basis: RoutingBasis
 
 
@@ -108,7 +123,7 @@ class ApprovalCreate(PrescriptionBody):
 class RejectionCreate(PrescriptionBody):
     """The reviewing pharmacist rejects, with reasons."""
 
-    reasons: tuple[c.Text, ...] = Field(min_length=1)
+    reasons: tuple[Text, ...] = Field(min_length=1, max_length=REASONS_MAX)
 
 
 # --- pharmacy --------------------------------------------------------------------------------------------
@@ -121,33 +136,33 @@ class AcceptanceCreate(PrescriptionBody):
 class ReturnCreate(PrescriptionBody):
     """The pharmacy declines; the prescription can be routed again."""
 
-    reason: c.Text
+    reason: Text
 
 
 class DispenseCreate(PrescriptionBody):
     """What was handed over, with each pack's trace code (partial dispensing allowed)."""
 
-    lines: tuple[DispensedLine, ...] = Field(min_length=1)
+    lines: DispensedLines
 
 
 class WithdrawalCreate(PrescriptionBody):
     """Undo one dispense before delivery or collection."""
 
-    reason: c.Text
+    reason: Text
 
 
 class DeliveryCreate(PrescriptionBody):
     """Arrange delivery; the fee, stated to the patient in advance, is self-pay (R6)."""
 
-    delivery_enterprise_id: c.Text
-    delivery_fee: Money
+    delivery_enterprise_id: Id
+    delivery_fee: Fee
     fee_disclosed: bool = Field(description="R6: the fee was stated to the patient in advance")
 
 
 class DeliveredCreate(PrescriptionBody):
     """The delivery enterprise handed the drugs over."""
 
-    delivery_enterprise_id: c.Text
+    delivery_enterprise_id: Id
 
 
 class CollectionCreate(PrescriptionBody):
@@ -162,17 +177,17 @@ class CollectionCreate(PrescriptionBody):
 class AuditRefusalCreate(PrescriptionBody):
     """Fees refused in audit, deducted from the month's statement."""
 
-    amount: Money
-    reason: c.Text
-    audit_ref: c.Text
+    amount: Amount
+    reason: Text
+    audit_ref: Id
 
 
 class ClawbackCreate(PrescriptionBody):
     """Fees already paid for a violation are clawed back."""
 
-    amount: Money
-    reason: c.Text
-    audit_ref: c.Text
+    amount: Amount
+    reason: Text
+    audit_ref: Id
 
 
 BODIES: dict[type[_Body], tuple[type[c.Command], tuple[str, ...]]] = {

@@ -13,34 +13,40 @@ from decimal import Decimal
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
-from events.base import DrugCode, InsuranceType, Money, Ownership, RealNameMethod
-from events.prescription import DispensedLine, PrescriptionItem, RoutingBasis
-
-
-def _no_nul(text: str) -> str:
-    if "\x00" in text:
-        raise ValueError("text must not contain NUL characters")
-    return text
-
-
-Text = Annotated[str, Field(min_length=1, max_length=500), AfterValidator(_no_nul)]
-Region = Annotated[str, Field(pattern=r"^\d{6}$")]
+from events.base import (
+    DRUG_CODES_MAX,
+    ITEMS_MAX,
+    REASONS_MAX,
+    Amount,
+    DrugCode,
+    Fee,
+    Id,
+    InsuranceType,
+    LongText,
+    Name,
+    Ownership,
+    RealNameMethod,
+    Region,
+    Text,
+    Version,
+)
+from events.prescription import DispensedLines, PrescriptionItems, RoutingBasis
 
 
 class Command(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     command_id: str | None = Field(
-        default=None, min_length=1, max_length=200, description="idempotency key; the first outcome wins"
+        default=None, min_length=1, max_length=200, pattern=r"^[^\x00]*$", description="idempotency key; the first outcome wins"
     )
 
 
 class PrescriptionCommand(Command):
     prescription_id: UUID
-    expected_version: int | None = Field(
-        default=None, ge=1, description="refuse (StaleVersion) unless the prescription is still at this version"
+    expected_version: Version | None = Field(
+        default=None, description="refuse (StaleVersion) unless the prescription is still at this version"
     )
 
 
@@ -49,9 +55,9 @@ class PatientIdentity(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    national_id: Text
-    name: Text
-    phone: str | None = Field(default=None, max_length=40)
+    national_id: Id
+    name: Name
+    phone: str | None = Field(default=None, max_length=40, pattern=r"^[^\x00]*$")
 
     def __repr__(self) -> str:
         return "PatientIdentity(<redacted>)"
@@ -64,39 +70,39 @@ class PatientIdentity(BaseModel):
 
 class RecordFollowUpVisit(Command):
     kind: Literal["record_follow_up_visit"] = "record_follow_up_visit"
-    hospital_id: Text
-    visit_ref: Text = Field(description="the hospital's own visit number; the encounter id derives from it")
-    physical_institution_id: Text
+    hospital_id: Id
+    visit_ref: Id = Field(description="the hospital's own visit number; the encounter id derives from it")
+    physical_institution_id: Id
     institution_ownership: Ownership
     pooling_region: Region
     insured_region: Region
     insurance_type: InsuranceType
     patient: PatientIdentity
-    physician_id: Text
+    physician_id: Id
     physician_signature: Text
-    diagnosis_code: Text
-    diagnosis_name: Text
-    original_diagnosis_code: Text
+    diagnosis_code: Id
+    diagnosis_name: Name
+    original_diagnosis_code: Id
     original_diagnosis_date: date
-    original_institution_id: Text
+    original_institution_id: Id
     verification_method: RealNameMethod
-    consultation_fee: Money
+    consultation_fee: Fee
 
 
 class IssuePrescription(Command):
     kind: Literal["issue_prescription"] = "issue_prescription"
-    hospital_id: Text
-    prescription_ref: Text = Field(description="the hospital's prescription number; the id derives from it")
+    hospital_id: Id
+    prescription_ref: Id = Field(description="the hospital's prescription number; the id derives from it")
     encounter_id: UUID
     physician_signature: Text
-    items: tuple[PrescriptionItem, ...] = Field(min_length=1)
-    first_visit_drug_codes: tuple[str, ...] = Field(
-        default=(), description="drugs of the first-visit (offline) prescription, for R5"
+    items: PrescriptionItems
+    first_visit_drug_codes: tuple[Id, ...] = Field(
+        default=(), max_length=ITEMS_MAX, description="drugs of the first-visit (offline) prescription, for R5"
     )
-    justification: str | None = None
+    justification: LongText | None = None
     emergency_declared: bool = False
-    preferred_pharmacy_id: str | None = Field(
-        default=None, min_length=1, max_length=200,
+    preferred_pharmacy_id: Id | None = Field(
+        default=None,
         description="the patient's chosen designated pharmacy; unset = the router's rule picks one",
     )
 
@@ -104,7 +110,7 @@ class IssuePrescription(Command):
 class CancelPrescription(PrescriptionCommand):
     kind: Literal["cancel_prescription"] = "cancel_prescription"
     reason: Text
-    cancelled_by: Text
+    cancelled_by: Id
 
 
 class ExpirePrescription(PrescriptionCommand):
@@ -116,13 +122,13 @@ class ExpirePrescription(PrescriptionCommand):
 
 class ApprovePrescription(PrescriptionCommand):
     kind: Literal["approve_prescription"] = "approve_prescription"
-    pharmacist_id: Text
+    pharmacist_id: Id
 
 
 class RejectPrescription(PrescriptionCommand):
     kind: Literal["reject_prescription"] = "reject_prescription"
-    pharmacist_id: Text
-    reasons: tuple[Text, ...] = Field(min_length=1)
+    pharmacist_id: Id
+    reasons: tuple[Text, ...] = Field(min_length=1, max_length=REASONS_MAX)
 
 
 # --- routing ----------------------------------------------------------------------------------------------
@@ -130,7 +136,7 @@ class RejectPrescription(PrescriptionCommand):
 
 class RoutePrescription(PrescriptionCommand):
     kind: Literal["route_prescription"] = "route_prescription"
-    pharmacy_id: str | None = Field(default=None, description="None: the hospital dispenses itself")
+    pharmacy_id: Id | None = Field(default=None, description="None: the hospital dispenses itself")
     basis: RoutingBasis
 
 
@@ -139,37 +145,37 @@ class RoutePrescription(PrescriptionCommand):
 
 class AcceptPrescription(PrescriptionCommand):
     kind: Literal["accept_prescription"] = "accept_prescription"
-    dispenser_id: Text
+    dispenser_id: Id
 
 
 class ReturnPrescription(PrescriptionCommand):
     kind: Literal["return_prescription"] = "return_prescription"
-    dispenser_id: Text
+    dispenser_id: Id
     reason: Text
 
 
 class DispensePrescription(PrescriptionCommand):
     kind: Literal["dispense_prescription"] = "dispense_prescription"
-    dispenser_id: Text
-    lines: tuple[DispensedLine, ...] = Field(min_length=1)
+    dispenser_id: Id
+    lines: DispensedLines
 
 
 class WithdrawDispense(PrescriptionCommand):
     kind: Literal["withdraw_dispense"] = "withdraw_dispense"
-    dispense_no: int = Field(ge=1)
+    dispense_no: Version
     reason: Text
 
 
 class ArrangeDelivery(PrescriptionCommand):
     kind: Literal["arrange_delivery"] = "arrange_delivery"
-    delivery_enterprise_id: Text
-    delivery_fee: Money
+    delivery_enterprise_id: Id
+    delivery_fee: Fee
     fee_disclosed: bool = Field(description="R6: the fee was stated to the patient in advance")
 
 
 class MarkDelivered(PrescriptionCommand):
     kind: Literal["mark_delivered"] = "mark_delivered"
-    delivery_enterprise_id: Text
+    delivery_enterprise_id: Id
 
 
 class MarkCollected(PrescriptionCommand):
@@ -181,15 +187,15 @@ class MarkCollected(PrescriptionCommand):
 
 
 class _Settlement(Command):
-    patient_ref: str | None = Field(default=None, description="pseudonym of the person settling")
-    patient_national_id: str | None = Field(default=None, description="or their national id (pseudonymised here)")
+    patient_ref: Id | None = Field(default=None, description="pseudonym of the person settling")
+    patient_national_id: Id | None = Field(default=None, description="or their national id (pseudonymised here)")
     verification_method: RealNameMethod
-    fund: Money
-    personal_account: Money
-    self_pay: Money
-    policy_version: Text
+    fund: Amount
+    personal_account: Amount
+    self_pay: Amount
+    policy_version: Id
     policy_region: Region
-    settlement_ref: Text
+    settlement_ref: Id
 
     @model_validator(mode="after")
     def _one_patient_key(self) -> _Settlement:
@@ -201,8 +207,8 @@ class _Settlement(Command):
 class SettlePrescription(_Settlement):
     kind: Literal["settle_prescription"] = "settle_prescription"
     prescription_id: UUID
-    expected_version: int | None = Field(default=None, ge=1)
-    delivery_fee: Money = Decimal("0.00")
+    expected_version: Version | None = None
+    delivery_fee: Fee = Decimal("0.00")
     catalog_region: Region
 
 
@@ -213,16 +219,16 @@ class SettleConsultation(_Settlement):
 
 class RefuseFeesInAudit(PrescriptionCommand):
     kind: Literal["refuse_fees_in_audit"] = "refuse_fees_in_audit"
-    amount: Money
+    amount: Amount
     reason: Text
-    audit_ref: Text
+    audit_ref: Id
 
 
 class ClawBackFees(PrescriptionCommand):
     kind: Literal["claw_back_fees"] = "claw_back_fees"
-    amount: Money
+    amount: Amount
     reason: Text
-    audit_ref: Text
+    audit_ref: Id
 
 
 # --- registries ---------------------------------------------------------------------------------------------
@@ -230,61 +236,62 @@ class ClawBackFees(PrescriptionCommand):
 
 class RegisterPhysician(Command):
     kind: Literal["register_physician"] = "register_physician"
-    physician_id: Text
-    hospital_id: Text
-    name: Text
-    qualification_no: Text
+    physician_id: Id
+    hospital_id: Id
+    name: Name
+    qualification_no: Id
 
 
 class SuspendPhysician(Command):
     kind: Literal["suspend_physician"] = "suspend_physician"
-    physician_id: Text
+    physician_id: Id
     reason: Text
 
 
 class ReinstatePhysician(Command):
     kind: Literal["reinstate_physician"] = "reinstate_physician"
-    physician_id: Text
+    physician_id: Id
     reason: Text
 
 
 class RegisterPharmacist(Command):
     kind: Literal["register_pharmacist"] = "register_pharmacist"
-    pharmacist_id: Text
-    employer_id: Text
-    name: Text
-    qualification_no: Text
+    pharmacist_id: Id
+    employer_id: Id
+    name: Name
+    qualification_no: Id
     third_party: bool = False
 
 
 class DesignatePharmacy(Command):
     kind: Literal["designate_pharmacy"] = "designate_pharmacy"
-    pharmacy_id: Text
-    name: Text
+    pharmacy_id: Id
+    name: Name
     pooling_region: Region
-    agreement_no: Text
+    agreement_no: Id
     ownership: Ownership = Ownership.NON_PUBLIC
     drug_codes: tuple[DrugCode, ...] | None = Field(
-        default=None, description="drugs the pharmacy carries, for rule-based routing; unset = not declared"
+        default=None, max_length=DRUG_CODES_MAX,
+        description="drugs the pharmacy carries, for rule-based routing; unset = not declared",
     )
 
 
 class SuspendPharmacyAgreement(Command):
     kind: Literal["suspend_pharmacy_agreement"] = "suspend_pharmacy_agreement"
-    pharmacy_id: Text
+    pharmacy_id: Id
     reason: Text
 
 
 class SuspendPatientForFraud(Command):
     kind: Literal["suspend_patient_for_fraud"] = "suspend_patient_for_fraud"
-    patient_ref: Text
+    patient_ref: Id
     reason: Text
     until: date | None = None
 
 
 class ReinstatePatient(Command):
     kind: Literal["reinstate_patient"] = "reinstate_patient"
-    patient_ref: Text
+    patient_ref: Id
     reason: Text
 
 

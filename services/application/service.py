@@ -23,6 +23,8 @@ from uuid import UUID
 from eventsourcing.persistence import IntegrityError
 from pydantic import ValidationError
 
+from events.base import EVENT_SIZE_MAX
+from events.codec import to_json
 from services.application import commands as c
 from services.application.errors import ConcurrencyConflict
 from services.application.ids import encounter_id_for, prescription_id_for
@@ -32,7 +34,7 @@ from services.application.privacy import PatientVault
 from services.application.unit_of_work import UnitOfWork, event_refs
 from services.domain.clock import Clock, SystemClock
 from services.domain.encounter import Encounter
-from services.domain.errors import DomainError, PartyNotEligible, RuleViolation
+from services.domain.errors import DomainError, InvalidCommand, PartyNotEligible, RuleViolation
 from services.domain.policy import DEFAULT_RULES, RuleConfig
 from services.domain.prescription import Prescription
 from services.domain.registries import PatientStatus, Pharmacist, Pharmacy, Physician
@@ -155,7 +157,9 @@ class RxTrail:
             handler = _HANDLERS[type(command)]
         except KeyError:
             raise TypeError(f"no handler for {type(command).__name__}") from None
-        return handler(self, command, uow)
+        aggregate_id = handler(self, command, uow)
+        _check_sizes(uow)
+        return aggregate_id
 
     def _record_rejection(self, command: c.Command, err: Exception) -> Outcome | None:
         """Record what a refusal leaves behind (a fraud flag, the outcome of a keyed command); None = retry."""
@@ -544,3 +548,14 @@ def _addressed(command: c.Command) -> UUID | None:
 
 def _backoff(attempt: int) -> None:
     time.sleep(random.uniform(0, min(0.05, 0.002 * 2**attempt)))
+
+
+def _check_sizes(uow: UnitOfWork) -> None:
+    """Refuse (InvalidCommand, 422) a command whose events would not fit a Kafka message. The bounded types of the
+    commands keep every valid command far below EVENT_SIZE_MAX; this is the check behind them, before anything is
+    saved, so no event the relay cannot publish is ever recorded."""
+    for event in uow.command_events():
+        size = len(to_json(event))
+        if size > EVENT_SIZE_MAX:
+            raise InvalidCommand(f"the command's {type(event).__name__} event would be {size} bytes; "
+                                 f"at most {EVENT_SIZE_MAX} bytes fit a message", size=size)

@@ -25,12 +25,19 @@ from typing import Any
 import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import BrokerResponseError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    BrokerResponseError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    TopicAlreadyExistsError,
+)
 from psycopg import AsyncConnection
 from psycopg.sql import SQL, Identifier
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from events import topics
+from events.contracts import dead_letter_headers, dead_letter_value
 from events.envelope import record_headers
 from services.adapters.event_log import discover_logs_async, read_after_async
 from services.relay import positions as pos
@@ -45,6 +52,8 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     TimeoutError,
     OSError,
 )
+_TOO_LARGE: tuple[type[BaseException], ...] = (MessageSizeTooLargeError, RecordTooLargeError)
+"""The broker (or the producer, before sending) will never take this message: dead-letter it, don't retry."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,8 @@ class RelayStats:
     batches: int = 0
     resets: int = 0
     sessions: int = 0
+    dead_lettered: int = 0
+    """Stored events the broker refused (too large), recorded in ``relay_dead_letters`` and skipped."""
     idempotent: bool | None = None
     on_ack: Callable[[Sequence[tuple[str, int, int]], float], None] | None = field(default=None, repr=False)
     """Called after each acknowledged batch with (log, notification id, aggregate version) per event and the
@@ -357,21 +368,31 @@ class Relay:
         if not rows:
             return False
         futures = []
-        for notification_id, aggregate_id, version, topic, value in rows:
-            futures.append(await producer.send(
-                cfg.topic, value=value, key=aggregate_id.encode(),
-                headers=record_headers(notification_id, aggregate_id, version, topic, value, table),
-            ))
+        refused: list[tuple[tuple[Any, ...], BaseException]] = []
+        for row in rows:
+            notification_id, aggregate_id, version, topic, value = row
+            try:
+                futures.append(await producer.send(
+                    cfg.topic, value=value, key=aggregate_id.encode(),
+                    headers=record_headers(notification_id, aggregate_id, version, topic, value, table),
+                ))
+            except _TOO_LARGE as exc:  # refused by the producer itself (larger than max_request_size)
+                refused.append((row, exc))
         results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), cfg.send_timeout_s)
         acked_at = time.time()
-        failed = [r for r in results if isinstance(r, BaseException)]
+        failed = [r for r in results if isinstance(r, BaseException) and not isinstance(r, _TOO_LARGE)]
         if failed:
             raise failed[0]
+        sent_rows = [row for row in rows if all(row is not r for r, _ in refused)]
+        refused += [(row, r) for row, r in zip(sent_rows, results, strict=True) if isinstance(r, BaseException)]
+        if refused:
+            await self._dead_letter(conn, producer, table, refused)
         offsets = dict(state.next_offsets)
         floors = dict(state.floors)
         batch_floor: dict[int, int] = {}
         for md in results:
-            assert not isinstance(md, BaseException)
+            if isinstance(md, BaseException):
+                continue
             p, o = md.partition, md.offset
             known = state.next_offsets.get(p, 0)
             if o < known:
@@ -393,6 +414,35 @@ class Relay:
         if self.stats.on_ack is not None:
             self.stats.on_ack([(table, n, v) for n, _a, v, _t, _s in rows], acked_at)
         return True
+
+    async def _dead_letter(self, conn: AsyncConnection, producer: AIOKafkaProducer, table: str,
+                           refused: Sequence[tuple[tuple[Any, ...], BaseException]]) -> None:
+        """Stored events the broker will never take (too large): recorded in ``relay_dead_letters``, a reference
+        sent to the dead-letter topic, and the relay moves past them (consumers read them from the store when
+        they meet the version gap). One such event must never stop every event after it."""
+        cfg = self.config
+        sends = []
+        for (notification_id, aggregate_id, version, topic, value), exc in refused:
+            error = f"{type(exc).__name__}: {exc}"
+            letter = pos.RelayDeadLetter(cfg.name, table, int(notification_id), str(aggregate_id), int(version),
+                                         len(value), error)
+            await pos.record_dead_letter(conn, letter)
+            self.stats.dead_lettered += 1
+            log.error("relay %s: the broker refuses event %s v%s (notification %s of %s, %d bytes: %s); recorded in "
+                      "relay_dead_letters and moving past it", cfg.name, aggregate_id, version, notification_id,
+                      table, len(value), error)
+            source = f"{table}/{notification_id}"
+            carried, extra = dead_letter_value(value, error=error, source=source)
+            headers = record_headers(notification_id, aggregate_id, version, topic, value, table)
+            sends.append(await producer.send(
+                self.dead_letter_topic, value=carried, key=str(aggregate_id).encode(),
+                headers=dead_letter_headers(headers, error=error, consumer=f"rxtrail.relay.{cfg.name}",
+                                            source=source) + extra))
+        await asyncio.wait_for(asyncio.gather(*sends), cfg.send_timeout_s)
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return topics.DLQ
 
     async def _check_broker(self, conn: AsyncConnection, view: BrokerView, state: pos.RelayState,
                             logs: list[str], *, at_start: bool) -> pos.RelayState:

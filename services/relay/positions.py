@@ -35,6 +35,12 @@ CREATE = (
         " next_offsets jsonb NOT NULL DEFAULT '{}'::jsonb, published bigint NOT NULL DEFAULT 0,"
         " updated_at timestamptz NOT NULL DEFAULT now())"
     ),
+    (
+        "CREATE TABLE IF NOT EXISTS relay_dead_letters ("
+        " name text NOT NULL, log text NOT NULL, notification_id bigint NOT NULL, aggregate_id text NOT NULL,"
+        " version int NOT NULL, size int NOT NULL, error text NOT NULL, at timestamptz NOT NULL DEFAULT now(),"
+        " PRIMARY KEY (name, log, notification_id))"
+    ),
 )
 
 
@@ -159,3 +165,36 @@ async def reset_positions(
         assert row is not None
         await conn.execute(SQL("NOTIFY {}, {}").format(Identifier(CONTROL_CHANNEL), Literal(name)))
     return int(row[0])
+
+
+# --- dead letters: stored events the broker refused (too large); the relay moved past them ------------------
+
+
+@dataclass(frozen=True)
+class RelayDeadLetter:
+    name: str
+    log: str
+    notification_id: int
+    aggregate_id: str
+    version: int
+    size: int
+    error: str
+
+
+async def record_dead_letter(conn: AsyncConnection, letter: RelayDeadLetter) -> None:
+    await conn.execute(
+        "INSERT INTO relay_dead_letters (name, log, notification_id, aggregate_id, version, size, error)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+        (letter.name, letter.log, letter.notification_id, letter.aggregate_id, letter.version, letter.size,
+         letter.error[:2000]),
+    )
+
+
+async def dead_letters(conn: AsyncConnection, name: str | None = None, limit: int = 100) -> list[RelayDeadLetter]:
+    """The relay's dead letters, newest first (``/health`` and ``rxtrail status`` report their count)."""
+    cur = await conn.execute(
+        "SELECT name, log, notification_id, aggregate_id, version, size, error FROM relay_dead_letters"
+        " WHERE %(name)s::text IS NULL OR name = %(name)s ORDER BY at DESC LIMIT %(limit)s",
+        {"name": name, "limit": limit},
+    )
+    return [RelayDeadLetter(*row) for row in await cur.fetchall()]

@@ -56,7 +56,7 @@ from dataclasses import dataclass, fields
 from typing import Protocol
 
 from events import topics
-from events.contracts import dead_letter_headers
+from events.contracts import dead_letter_headers, dead_letter_value
 from events.envelope import Headers
 from projections.base import Delivered, MissingEvents, Projection, ProjectionConsumer, RunnerStats
 from services.adapters.missing_events import StoreEvents
@@ -150,9 +150,11 @@ class Worker:
         """Give up on a message: what to send to the dead-letter topic (counted in ``counts``, default ``stats``;
         logged)."""
         (self.stats if counts is None else counts).dead_lettered += 1
-        log.warning("%s: gave up on %s: %s; sent to the dead-letter topic", self.name, source or "a message", error)
-        return DeadLetter(value or b"", key,
-                          dead_letter_headers(headers, error=error, consumer=self.consumer, source=source))
+        log.warning("%s: gave up on %s: %s; sent to the dead-letter topic", self.name, source or "a message",
+                    error[:500])
+        carried, extra = dead_letter_value(value, error=error, source=source)  # a reference when too large
+        return DeadLetter(carried, key,
+                          dead_letter_headers(headers, error=error, consumer=self.consumer, source=source) + extra)
 
 
 @dataclass(frozen=True)

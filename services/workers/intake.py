@@ -33,7 +33,7 @@ from faststream.middlewares import AckPolicy
 from pydantic import ValidationError
 
 from events import topics
-from events.contracts import Rejection, record_source
+from events.contracts import DLQ_ERROR_MAX, Rejection, record_source
 from events.envelope import header
 from services.adapters.asyncapi import INBOUND_DESCRIPTION, INBOUND_TITLE, INTAKE_GROUP, build_broker, declare_publishers
 from services.application import RxTrail
@@ -45,6 +45,9 @@ from services.workers.base import CommandWorker, DeadLetter, WorkerStats
 log = logging.getLogger("rxtrail.inbound")
 
 PHARMACY_HEADER = "pharmacy_id"
+REFERENCE_MAX = 200
+"""A command_id is at most this long (``Command.command_id``); a rejection echoes at most this much of one."""
+KIND_MAX = 64
 
 
 @dataclass
@@ -84,11 +87,24 @@ class Intake(CommandWorker):
 
     # --- deciding (blocking: runs in a worker thread) ---------------------------------------------
     def decode(self, record: ConsumerRecord[Any, Any]) -> Item:
+        """One message's verdict: a command, a refusal or a dead letter. Never raises: whatever one message does
+        (nesting too deep for the parser, a value too large, anything unforeseen) is that message's dead letter,
+        and the intake moves on."""
+        try:
+            return self._decode(record)
+        except Exception as exc:
+            log.exception("intake: could not decode %s", record_source(record.topic, record.partition, record.offset))
+            return Item(record, dead=f"could not decode: {type(exc).__name__}: {exc}")
+
+    def _decode(self, record: ConsumerRecord[Any, Any]) -> Item:
         item = Item(record)
         try:
             raw = json.loads(record.value) if record.value is not None else None
         except (UnicodeDecodeError, ValueError) as exc:
             item.dead = f"value is not JSON: {exc}"
+            return item
+        except RecursionError:
+            item.dead = "value is not JSON this intake reads: nested too deeply"
             return item
         if not isinstance(raw, dict):
             item.dead = "value is not a JSON object"
@@ -129,8 +145,11 @@ class Intake(CommandWorker):
 
     def _refusal(self, item: Item, kind: str | None, error: str, reason: str, rule: str | None = None,
                  ids: dict[str, str] | None = None) -> Rejection:
-        return Rejection(command_id=item.reference, command_kind=kind, sender=str(item.sender) if item.sender else None,
-                         error=error, rule=rule, reason=reason, ids=ids or {}, source=item.source)
+        # Cut what the sender wrote to the bounds a valid command has, so a refusal always fits a message.
+        reference = None if item.reference is None else item.reference[:REFERENCE_MAX]
+        return Rejection(command_id=reference, command_kind=None if kind is None else kind[:KIND_MAX],
+                         sender=str(item.sender)[:REFERENCE_MAX] if item.sender else None, error=error, rule=rule,
+                         reason=reason[:DLQ_ERROR_MAX], ids=ids or {}, source=item.source)
 
     def decide(self, records: Sequence[ConsumerRecord[Any, Any]], counts: WorkerStats | None = None) -> list[Item]:
         """Check and apply in message order. Commands go to ``apply_batch`` in runs; a run is cut short when a

@@ -20,10 +20,9 @@ Prescription (non-public pharmacy, delivery fee 8.00), deductible left 488.00, a
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from uuid import UUID
 
@@ -31,9 +30,9 @@ import psycopg
 import pytest
 
 from events import topics
-from events.base import CatalogCategory, InsuranceType, Ownership, RealNameMethod
+from events.base import CatalogCategory
 from events.encounter import ConsultationSettled
-from events.prescription import DispensedLine, PrescriptionItem, PrescriptionSettled, RoutingBasis
+from events.prescription import PrescriptionItem, PrescriptionSettled
 from services.adapters.event_log import load_stream
 from services.application import RxTrail
 from services.application import commands as c
@@ -45,6 +44,7 @@ from services.infra.settings import Settings
 from services.relay import RelayConfig, RelayStats, run_relay
 from services.workers.base import WorkerStats
 from tests.support import unique_id, unique_topic, wait_until_async
+from tests.support.cast import Cast, line
 
 JINAN = "370100"
 T0 = datetime(2026, 3, 10, 2, 0, tzinfo=UTC)
@@ -60,22 +60,28 @@ def ok(outcome: Outcome) -> UUID:
     return outcome.aggregate_id
 
 
-def codes(n: int) -> tuple[str, ...]:
-    return tuple(f"{secrets.randbelow(10**20):020d}" for _ in range(n))
-
-
 @dataclass
 class World:
+    """The cast (in Jinan, its own non-public pharmacy, one patient) on an application at T0, and the relay."""
+
     app: RxTrail
     db: str
     bootstrap: str
     topic: str
     relay_stats: RelayStats
-    hospital: str
-    physician: str
-    pharmacist: str
-    pharmacy: str
-    national_id: str
+    cast: Cast
+
+    @property
+    def hospital(self) -> str:
+        return self.cast.hospital
+
+    @property
+    def pharmacy(self) -> str:
+        return self.cast.pharmacy
+
+    @property
+    def national_id(self) -> str:
+        return self.cast.national_id
 
     def events_stored(self) -> int:
         with psycopg.connect(self.db) as conn:
@@ -98,34 +104,16 @@ class World:
         return stats
 
     def visit(self, fee: str = "20.00") -> UUID:
-        return ok(self.app.handle(c.RecordFollowUpVisit(
-            hospital_id=self.hospital, visit_ref=unique_id("V"), physical_institution_id=f"P-{self.hospital}",
-            institution_ownership=Ownership.PUBLIC, pooling_region=JINAN, insured_region=JINAN,
-            insurance_type=InsuranceType.EMPLOYEE,
-            patient=c.PatientIdentity(national_id=self.national_id, name="张三"),
-            physician_id=self.physician, physician_signature=f"sig:{self.physician}", diagnosis_code="E11.9",
-            diagnosis_name="type 2 diabetes", original_diagnosis_code="E11.9",
-            original_diagnosis_date=(T0 - timedelta(days=30)).date(), original_institution_id=f"P-{self.hospital}",
-            verification_method=RealNameMethod.E_VOUCHER, consultation_fee=D(fee))))
+        return ok(self.app.handle(self.cast.visit(consultation_fee=D(fee))))
 
     def delivered_prescription(self, encounter_id: UUID) -> UUID:
         items = (PrescriptionItem(drug_code=METFORMIN, name="metformin", spec="0.5g*30", quantity=4, days_supply=28,
                                   unit_price=D("150.00"), category=CatalogCategory.A),
                  PrescriptionItem(drug_code=GLIMEPIRIDE, name="glimepiride", spec="2mg*30", quantity=2,
                                   days_supply=28, unit_price=D("55.00"), category=CatalogCategory.B))
-        rx = ok(self.app.handle(c.IssuePrescription(
-            hospital_id=self.hospital, prescription_ref=unique_id("RX"), encounter_id=encounter_id,
-            physician_signature=f"sig:{self.physician}", items=items,
-            first_visit_drug_codes=(METFORMIN, GLIMEPIRIDE))))
-        ok(self.app.handle(c.ApprovePrescription(prescription_id=rx, pharmacist_id=self.pharmacist)))
-        ok(self.app.handle(c.RoutePrescription(prescription_id=rx, pharmacy_id=self.pharmacy,
-                                               basis=RoutingBasis.PATIENT_CHOICE)))
-        ok(self.app.handle(c.AcceptPrescription(prescription_id=rx, dispenser_id=self.pharmacy)))
-        ok(self.app.handle(c.DispensePrescription(prescription_id=rx, dispenser_id=self.pharmacy, lines=(
-            DispensedLine(drug_code=METFORMIN, quantity=4, unit_price=D("150.00"), price_cap=D("150.00"),
-                          trace_codes=codes(4)),
-            DispensedLine(drug_code=GLIMEPIRIDE, quantity=2, unit_price=D("55.00"), price_cap=D("50.00"),
-                          trace_codes=codes(2))))))
+        rx = ok(self.app.handle(self.cast.issue(encounter_id, *items)))
+        self.cast.accept(self.cast.route(self.cast.approve(rx)))
+        ok(self.cast.dispense(rx, line(METFORMIN, 4, "150.00", codes=4), line(GLIMEPIRIDE, 2, "55.00", cap="50.00", codes=2)))
         ok(self.app.handle(c.ArrangeDelivery(prescription_id=rx, delivery_enterprise_id="DEL-1",
                                              delivery_fee=D("8.00"), fee_disclosed=True)))
         ok(self.app.handle(c.MarkDelivered(prescription_id=rx, delivery_enterprise_id="DEL-1")))
@@ -138,14 +126,9 @@ async def world(make_database: Callable[[], str], kafka_bootstrap: str) -> Async
     topic = unique_topic(f"{topics.EVENTS}.settle")
     await ensure_topics_async(kafka_bootstrap, [topic, topic + ".dlq"], partitions=3)
     app = build_application(Settings(database_url=db, pseudonym_secret=SECRET), clock=FixedClock(T0))
-    w = World(app, db, kafka_bootstrap, topic, RelayStats(), unique_id("H"), unique_id("DR"), unique_id("RPH"),
-              unique_id("PH"), f"3701{secrets.randbelow(10**14):014d}")
-    ok(app.handle(c.RegisterPhysician(physician_id=w.physician, hospital_id=w.hospital, name="Dr Li",
-                                      qualification_no="Q-1")))
-    ok(app.handle(c.RegisterPharmacist(pharmacist_id=w.pharmacist, employer_id=w.hospital, name="Wang",
-                                       qualification_no="Q-2")))
-    ok(app.handle(c.DesignatePharmacy(pharmacy_id=w.pharmacy, name="Kangda", pooling_region=JINAN,
-                                      agreement_no=unique_id("A"), ownership=Ownership.NON_PUBLIC)))
+    cast = Cast(app, region=JINAN, with_pharmacies=False).register()
+    cast.designate(cast.pharmacy)  # non-public, carrying no declared list
+    w = World(app, db, kafka_bootstrap, topic, RelayStats(), cast)
     stop = asyncio.Event()
     relay = asyncio.create_task(run_relay(
         RelayConfig(database_url=db, bootstrap=kafka_bootstrap, topic=topic, partitions=3, poll_interval_s=0.5,

@@ -140,18 +140,26 @@ class Cast:
         return rx
 
     def approved(self, *items: PrescriptionItem, **kw: object) -> UUID:
-        rx = self.issued(*items, **kw)  # type: ignore[arg-type]
+        return self.approve(self.issued(*items, **kw))  # type: ignore[arg-type]
+
+    def routed(self, *items: PrescriptionItem, pharmacy: str | None = None) -> UUID:
+        return self.route(self.approved(*items), pharmacy)
+
+    def accepted(self, *items: PrescriptionItem) -> UUID:
+        return self.accept(self.routed(*items))
+
+    # --- one step of a given prescription ------------------------------------------------------------
+    def approve(self, rx: UUID) -> UUID:
         ok(self.app.handle(c.ApprovePrescription(prescription_id=rx, pharmacist_id=self.pharmacist)))
         return rx
 
-    def routed(self, *items: PrescriptionItem, pharmacy: str | None = None) -> UUID:
-        rx = self.approved(*items)
+    def route(self, rx: UUID, pharmacy: str | None = None) -> UUID:
+        """The patient's choice of ``pharmacy`` (the cast's own unless told)."""
         ok(self.app.handle(c.RoutePrescription(prescription_id=rx, pharmacy_id=pharmacy or self.pharmacy,
                                                basis=RoutingBasis.PATIENT_CHOICE)))
         return rx
 
-    def accepted(self, *items: PrescriptionItem) -> UUID:
-        rx = self.routed(*items)
+    def accept(self, rx: UUID) -> UUID:
         ok(self.app.handle(c.AcceptPrescription(prescription_id=rx, dispenser_id=self.pharmacy)))
         return rx
 

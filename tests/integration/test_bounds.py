@@ -1,0 +1,155 @@
+"""Poison input against the real PostgreSQL and broker (issue 12 item 2): each value the storage or the broker
+cannot carry is refused at the edge (422 naming the field over HTTP, a rejection or a dead letter over Kafka), or,
+already stored, dead-lettered by the relay; and a good input after it is processed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from aiokafka import AIOKafkaProducer
+from fastapi.testclient import TestClient
+
+from events import topics
+from events.contracts import DLQ_SIZE, DLQ_VALUE_MAX
+from services.api import create_app
+from services.application import RxTrail
+from services.infra.settings import Settings
+from services.relay import RelayStats, run_relay
+from services.relay.positions import dead_letters
+from tests.integration.test_inbound import read_all, start_intake, until, visit
+from tests.integration.test_relay import TrailStore, config, read_topic
+from tests.support import unique_id, unique_topic, wait_until_async
+from tests.support.flows import Actors, Cast, api_keys, prescription_body, visit_body
+
+
+def _event_count(database: str) -> int:
+    with psycopg.connect(database) as conn:
+        row = conn.execute("SELECT count(*) FROM rxtrail_events").fetchone()
+    return int(row[0]) if row else 0
+
+
+@pytest.fixture(scope="module")
+def actors(database: str, application: RxTrail, cast: Cast) -> Iterator[Actors]:
+    keys = api_keys(database, f"hospital:{cast.hospital}", f"pharmacist:{cast.pharmacist}",
+                    f"pharmacy:{cast.pharmacy}", f"agency:{cast.region}", "regulator:REG1")
+    with TestClient(create_app(Settings(database_url=database), application=application)) as client:
+        yield Actors(client, cast, keys)
+
+
+def _refused_naming(response: Any, field: str) -> None:
+    assert response.status_code == 422, response.text[:500]
+    body = response.json()
+    assert body["error"] == "ValidationError"
+    assert field in json.dumps(body)[:4000], body
+
+
+def test_poison_over_http_is_refused_naming_the_field(database: str, actors: Actors, cast: Cast) -> None:
+    encounter = actors.visit()
+    before = _event_count(database)
+
+    fee = {**visit_body(cast), "consultation_fee": "99999999999999.99"}
+    _refused_naming(actors.post(actors.hospital, "/hospital/visits", fee), "consultation_fee")
+
+    quantity = prescription_body(encounter)
+    quantity["items"][0]["quantity"] = 2**31
+    _refused_naming(actors.post(actors.hospital, "/hospital/prescriptions", quantity), "quantity")
+
+    name = prescription_body(encounter)
+    name["items"][0]["name"] = "x" * 1_100_000
+    _refused_naming(actors.post(actors.hospital, "/hospital/prescriptions", name), "name")
+
+    reasons = {"reasons": ["no"] * 1000}
+    rx = actors.issue()
+    before = _event_count(database)
+    _refused_naming(actors.post(actors.pharmacist, f"/pharmacist/prescriptions/{rx}/rejection", reasons), "reasons")
+
+    assert _event_count(database) == before  # nothing stored by any of them
+    good = actors.post(actors.hospital, "/hospital/prescriptions", prescription_body(encounter))
+    assert good.status_code == 201, good.text
+
+
+async def _send_large(bootstrap: str, messages: list[tuple[str, bytes, bytes]]) -> list[str]:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, max_request_size=4 * 1024 * 1024)
+    await producer.start()
+    sent = []
+    try:
+        for topic, key, value in messages:
+            try:
+                await (await producer.send(topic, value=value, key=key))
+                sent.append(key.decode())
+            except Exception as exc:  # a broker with a smaller message limit refuses it: a refusal too
+                sent.append(f"{key.decode()}: refused by the broker ({type(exc).__name__})")
+    finally:
+        await producer.stop()
+    return sent
+
+
+async def test_poison_over_kafka_is_dead_lettered_or_rejected_and_the_intake_goes_on(
+        database: str, kafka_bootstrap: str, cast: Cast, application: RxTrail) -> None:
+    hospital_topic = topics.inbound_topic(cast.hospital)
+    nested, big, good = unique_id("nested"), unique_id("big"), unique_id("good")
+    huge_name = {**visit(cast, big), "diagnosis_name": "y" * 1_500_000}
+    not_json = b"{" + b"x" * (DLQ_VALUE_MAX + 10)
+    junk = unique_id("junk")
+    worker = await start_intake(database, kafka_bootstrap, cast, application)
+    try:
+        sent = await _send_large(kafka_bootstrap, [
+            (hospital_topic, nested.encode(), b"[" * 100_000 + b"]" * 100_000),
+            (hospital_topic, big.encode(), json.dumps(huge_name).encode()),
+            (hospital_topic, junk.encode(), not_json),
+            (hospital_topic, good.encode(), json.dumps(visit(cast, good)).encode()),
+        ])
+        await until(lambda: application.recorded_outcome(f"hospital:{cast.hospital}:{good}") is not None, 60)
+        assert application.recorded_outcome(f"hospital:{cast.hospital}:{good}").ok  # type: ignore[union-attr]
+        assert worker.intake.stats.failures == 0  # no batch failed, nothing rewound
+
+        dead = {r.key: r for r in await read_all(kafka_bootstrap, topics.DLQ) if r.key in (nested.encode(),
+                                                                                        junk.encode())}
+        assert set(dead) == {nested.encode(), junk.encode()}, sent
+        assert "nested too deeply" in dict(dead[nested.encode()].headers)["dlq_error"].decode()
+        reference = json.loads(dead[junk.encode()].value)  # too large to carry: a reference instead
+        assert reference["size"] == len(not_json) and reference["source"].startswith(hospital_topic)
+        assert dict(dead[junk.encode()].headers)[DLQ_SIZE] == str(len(not_json)).encode()
+        if big in sent:  # the broker took the 1.5 MB message: the intake refused it, naming the field
+            rejections = {r.key: json.loads(r.value) for r in await read_all(kafka_bootstrap, topics.REJECTIONS)}
+            assert "diagnosis_name" in rejections[big.encode()]["reason"]
+    finally:
+        await worker.stop()
+
+
+@pytest.fixture
+def trail(make_database: Callable[[], str]) -> Iterator[TrailStore]:
+    s = TrailStore(make_database())
+    yield s
+    s.close()
+
+
+async def test_relay_dead_letters_an_event_the_broker_refuses_and_goes_on(trail: TrailStore,
+                                                                       kafka_bootstrap: str) -> None:
+    topic = unique_topic("bounds")
+    aggregate, other = uuid.uuid4(), uuid.uuid4()
+    trail.append(aggregate)
+    [too_large] = trail.recorder.insert_events([trail.event(aggregate, 2, trail.heads[aggregate][1],
+                                                            "z" * 1_100_000)]) or [0]
+    trail.append(other, 3)
+    stats, stop = RelayStats(), asyncio.Event()
+    task = asyncio.create_task(run_relay(config(trail.url, kafka_bootstrap, topic), stop, stats))
+    try:
+        messages = await read_topic(kafka_bootstrap, topic, lambda ms: len(ms) >= 4)
+        assert len(messages) == 4 and all(len(m.value) < 1_000_000 for m in messages)
+        await wait_until_async(lambda: stats.dead_lettered == 1, timeout=20)
+        async with await psycopg.AsyncConnection.connect(trail.url) as conn:
+            [letter] = await dead_letters(conn)
+        assert (letter.notification_id, letter.aggregate_id, letter.version) == (too_large, str(aggregate), 2)
+        assert letter.size > 1_000_000 and "TooLarge" in letter.error
+        trail.append(other)  # and the relay keeps relaying
+        await read_topic(kafka_bootstrap, topic, lambda ms: len(ms) >= 5)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)

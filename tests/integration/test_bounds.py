@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from events import topics
 from events.contracts import DLQ_SIZE, DLQ_VALUE_MAX
+from services.adapters.dead_letters import dead_letter_counts
 from services.api import create_app
 from services.application import RxTrail
 from services.infra.settings import Settings
@@ -148,6 +149,8 @@ async def test_relay_dead_letters_an_event_the_broker_refuses_and_goes_on(trail:
             [letter] = await dead_letters(conn)
         assert (letter.notification_id, letter.aggregate_id, letter.version) == (too_large, str(aggregate), 2)
         assert letter.size > 1_000_000 and "TooLarge" in letter.error
+        with psycopg.connect(trail.url) as sync:
+            assert dead_letter_counts(sync) == {"relay": 1}  # what /health reports
         trail.append(other)  # and the relay keeps relaying
         await read_topic(kafka_bootstrap, topic, lambda ms: len(ms) >= 5)
     finally:

@@ -258,3 +258,18 @@ def test_every_parameter_declares_its_limit() -> None:
                     if s.get("type") == "integer" and "maximum" not in s:
                         problems.append(f"{method} {path} {param['name']}")
     assert problems == []
+
+
+def test_every_inbound_command_in_the_asyncapi_declares_its_limits() -> None:
+    from services.adapters.asyncapi import asyncapi_document
+
+    defs = asyncapi_document()["components"]["schemas"]
+    commands = [name for name in defs if name in {cls.__name__ for cls in _command_classes()}]
+    assert len(commands) == len(_command_classes())
+    problems = [p for name in sorted(commands) for p in _unbounded(defs[name], defs, name, set())]
+    assert problems == []
+
+
+def _command_classes() -> list[type[c.Command]]:
+    return [cls for cls in vars(c).values()
+            if isinstance(cls, type) and issubclass(cls, c.Command) and "kind" in cls.model_fields]

@@ -25,7 +25,7 @@ import psycopg
 import pytest
 
 from events import topics
-from services.infra.ports import free_port
+from services.infra.ports import free_ports, retry_on_taken_port
 from tests.support import wait_until
 
 CLI = [sys.executable, "-m", "services.cli"]
@@ -37,17 +37,19 @@ def stack() -> Iterator[dict[str, str]]:
     env = dict(os.environ)
     for name in ("RXTRAIL_DATABASE_URL", "RXTRAIL_KAFKA_BOOTSTRAP", "RXTRAIL_PSEUDONYM_SECRET"):
         env.pop(name, None)
-    env.update({
-        "RXTRAIL_DATA_DIR": str(data),
-        "RXTRAIL_POSTGRES_PORT": str(free_port()),
-        "RXTRAIL_KAFKA_PORT": str(free_port()),
-        "RXTRAIL_API_PORT": str(free_port()),
-        "PYTHONUNBUFFERED": "1",
-        "COLUMNS": "200",
-    })
+    env.update({"RXTRAIL_DATA_DIR": str(data), "PYTHONUNBUFFERED": "1", "COLUMNS": "200"})
+
+    def up() -> None:
+        postgres, kafka, api = free_ports(3)  # distinct; chosen again if one is taken before the stack binds it
+        env.update({"RXTRAIL_POSTGRES_PORT": str(postgres), "RXTRAIL_KAFKA_PORT": str(kafka),
+                    "RXTRAIL_API_PORT": str(api)})
+        r = subprocess.run([*CLI, "up", "--detach"], env=env, capture_output=True, text=True, timeout=90)
+        if r.returncode != 0:
+            shutil.rmtree(data, ignore_errors=True)
+            raise AssertionError(f"rxtrail up failed:\n{r.stdout}\n{' '.join(r.stderr.split())}")
+
     try:
-        up = subprocess.run([*CLI, "up", "--detach"], env=env, capture_output=True, text=True, timeout=90)
-        assert up.returncode == 0, f"rxtrail up failed:\n{up.stdout}\n{up.stderr}"
+        retry_on_taken_port(up)
         yield env
     finally:
         down = subprocess.run([*CLI, "down"], env=env, capture_output=True, text=True, timeout=60)
@@ -106,20 +108,29 @@ def test_demo_drives_every_service_of_the_stack(stack: dict[str, str]) -> None:
         hospital_key = create_key(conn, parse_party(f"hospital:{hospital}"), datetime.now(UTC), label="e2e")
 
     with httpx.Client(base_url=api, timeout=30) as http:
-        listed = http.get("/hospital/prescriptions", params={"limit": 500},
-                          headers={"Authorization": f"Bearer {hospital_key}"})
-        assert listed.status_code == 200, listed.text
-        statuses = {str(p["prescription_id"]): p["status"] for p in listed.json()["items"]}
+        def listed() -> dict[str, str] | None:  # lists are read side: wait until it lists the demo's five
+            r = http.get("/hospital/prescriptions", params={"limit": 500},
+                         headers={"Authorization": f"Bearer {hospital_key}"})
+            assert r.status_code == 200, r.text
+            found = {str(p["prescription_id"]): p["status"] for p in r.json()["items"]}
+            return found if len(found) >= 5 else None
+
+        statuses = _eventually("the hospital's list to show the demo's prescriptions", listed)
         assert sorted(statuses.values()) == ["rejected", "settled", "settled", "settled", "settled"], statuses
         settled = sorted(rx for rx, s in statuses.items() if s == "settled")
         assert trail_rx in settled
 
         trails: dict[str, list[dict[str, Any]]] = {}
         for rx in settled:
-            r = http.get(f"/regulator/prescriptions/{rx}/trail", headers={"Authorization": f"Bearer {regulator}"})
-            assert r.status_code == 200, r.text
-            assert r.json()["verification"]["verified"] is True
-            trails[rx] = r.json()["events"]
+            def traced(rx: str = rx) -> Any:  # trails are read side: wait until it shows the settlement
+                r = http.get(f"/regulator/prescriptions/{rx}/trail", headers={"Authorization": f"Bearer {regulator}"})
+                assert r.status_code == 200, r.text
+                body = r.json()
+                return body if any(e["event_type"] == "PrescriptionSettled" for e in body["events"]) else None
+
+            body = _eventually(f"the trail of {rx} to show its settlement", traced)
+            assert body["verification"]["verified"] is True
+            trails[rx] = body["events"]
     for rx, events in trails.items():
         types = [e["event_type"] for e in events if e["aggregate_type"] == "Prescription"]
         assert types[:4] == ["PrescriptionIssued", "PrescriptionApproved", "PrescriptionRouted",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -22,10 +23,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from eventsourcing.application import Application
 from eventsourcing.persistence import IntegrityError, StoredEvent
 
-from events import GENESIS_HASH
+from events import GENESIS_HASH, topics
+from events.envelope import event_id
 from services.infra.settings import eventsourcing_env
 from services.integrity.chain import stored_event_hash
-from services.relay import RelayConfig, RelayStats, event_id, republish, run_relay
+from services.relay import RelayConfig, RelayStats, republish, run_relay
 from tests.support import unique_topic, wait_until_async
 
 TEST_TOPIC = "tests.relay:TrailNoted"
@@ -140,7 +142,7 @@ def position(database_url: str, name: str = "relay") -> dict[str, int]:
 async def test_every_event_arrives_in_per_key_order_with_headers(
     store: TrailStore, kafka_bootstrap: str, broker_supports_idempotence: bool
 ) -> None:
-    topic = unique_topic("rx.events")
+    topic = unique_topic(topics.EVENTS)
     aggregates = [uuid.uuid4() for _ in range(20)]
     for round_ in range(5):
         for a in aggregates:
@@ -183,16 +185,19 @@ async def test_every_event_arrives_in_per_key_order_with_headers(
 
 
 
-def start_relay_process(database_url: str, bootstrap: str, topic: str, log_file: Path, *extra: str
+def start_relay_process(database_url: str, bootstrap: str, topic: str, log_file: Path, **relay: object
                         ) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "services.relay", "--database-url", database_url, "--bootstrap", bootstrap,
-            "--topic", topic, "--partitions", "4", "--poll-interval", "0.5", "--max-backoff", "1", *extra]
+    """``rxtrail run relay`` as the stack starts it; ``relay``: settings of its section (batch_size=...)."""
+    env = {**os.environ, "RXTRAIL_DATABASE_URL": database_url, "RXTRAIL_KAFKA_BOOTSTRAP": bootstrap,
+           "RXTRAIL_EVENTS_TOPIC": topic, "RXTRAIL_PARTITIONS": "4", "RXTRAIL_RELAY__POLL_INTERVAL_S": "0.5",
+           "RXTRAIL_RELAY__MAX_BACKOFF_S": "1", **{f"RXTRAIL_RELAY__{k.upper()}": str(v) for k, v in relay.items()}}
+    argv = [sys.executable, "-m", "services.cli", "run", "relay"]
     with open(log_file, "ab") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[2])
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[2], env=env)
 
 
 async def test_relay_killed_mid_batch_loses_nothing(store: TrailStore, kafka_bootstrap: str, tmp_path: Path) -> None:
-    topic = unique_topic("rx.events")
+    topic = unique_topic(topics.EVENTS)
     aggregates = [uuid.uuid4() for _ in range(50)]
     for _ in range(4):
         for a in aggregates:
@@ -201,8 +206,7 @@ async def test_relay_killed_mid_batch_loses_nothing(store: TrailStore, kafka_boo
     log_file = tmp_path / "relay.log"
     # The first run waits 30 s between the broker's ack and the position commit: killing it inside that window
     # is exactly "acknowledged by the broker, not yet recorded".
-    first = start_relay_process(store.url, kafka_bootstrap, topic, log_file, "--batch-size", "300",
-                                "--commit-delay", "30")
+    first = start_relay_process(store.url, kafka_bootstrap, topic, log_file, batch_size=300, commit_delay_s=30)
     try:
         acked = await read_topic(kafka_bootstrap, topic, lambda m: len(m) >= 300, timeout_s=30)
         first.send_signal(signal.SIGKILL)
@@ -213,7 +217,7 @@ async def test_relay_killed_mid_batch_loses_nothing(store: TrailStore, kafka_boo
     assert first.returncode == -signal.SIGKILL
     assert position(store.url).get(store.table, 0) == 0  # nothing committed: the whole batch will be re-sent
 
-    second = start_relay_process(store.url, kafka_bootstrap, topic, log_file, "--batch-size", "300")
+    second = start_relay_process(store.url, kafka_bootstrap, topic, log_file, batch_size=300)
     try:
         store.append(aggregates[0], 1)  # written while the relay was down
         messages = await read_topic(kafka_bootstrap, topic, has_all(total + 1), timeout_s=40)
@@ -245,7 +249,7 @@ async def test_broker_restart_that_loses_everything_ends_republished(
     port = free_port()
     broker = Tansu(tmp_path / "tansu-a", port)
     bootstrap = broker.start()
-    topic = "rx.events"
+    topic = topics.EVENTS
     aggregates = [uuid.uuid4() for _ in range(30)]
     for a in aggregates:
         store.append(a, 10)
@@ -278,7 +282,7 @@ async def test_broker_restart_that_loses_everything_ends_republished(
 
 
 async def test_republish_from_a_notification_id_while_running(store: TrailStore, kafka_bootstrap: str) -> None:
-    topic = unique_topic("rx.events")
+    topic = unique_topic(topics.EVENTS)
     a = uuid.uuid4()
     ids = store.append(a, 40)
     stop, stats = asyncio.Event(), RelayStats()
@@ -300,7 +304,7 @@ async def test_database_connections_killed_are_survived(
     store: TrailStore, kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="rxtrail.relay")
-    topic = unique_topic("rx.events")
+    topic = unique_topic(topics.EVENTS)
     a = uuid.uuid4()
     store.append(a, 10)
     stop, stats = asyncio.Event(), RelayStats()

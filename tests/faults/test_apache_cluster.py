@@ -26,9 +26,10 @@ def test_one_broker_of_three_killed_under_load(make_stack) -> None:  # type: ign
     if not _java():
         pytest.fail("no Java runtime: the Apache Kafka fault test needs one (the CI image has it)")
     stack = make_stack(kafka="apache")
-    traffic = Traffic(stack, register_cast(stack), clients=3, max_journeys=80, max_seconds=45,
+    traffic = Traffic(stack, register_cast(stack), clients=3, max_journeys=300, max_seconds=40,
                       route_wait_s=40).start()
     time.sleep(10)
+    assert traffic.running(), "the traffic ended before the fault: raise max_journeys"
     t0 = time.monotonic()
     stack.kill_apache_broker(1)
     say("kafka broker 2 of 3 SIGKILLed under load")

@@ -34,17 +34,20 @@ def test_republish_then_broker_loss_loses_nothing(make_stack) -> None:  # type: 
     """The repeatable case of issue 12: `rxtrail relay --republish --from <max-120> --once` while the stack runs,
     then the broker dies (comes back empty) while traffic runs → afterwards nothing lost."""
     stack = make_stack()
-    traffic = _traffic(stack, clients=3, max_journeys=90, max_seconds=45, route_wait_s=25)
-    time.sleep(12)
+    traffic = _traffic(stack, clients=3, max_journeys=400, max_seconds=35, route_wait_s=25)
+    time.sleep(10)
     top = max_notification_id(stack.database_url)
     frm = max(0, top - 120)
     r = stack.cli("relay", "--republish", "--from", str(frm), "--once")
     say(f"relay --republish --from {frm} --once (max {top}): exit {r.returncode} {r.stdout.strip()[-200:]}")
     assert r.returncode == 0, r.stdout + r.stderr
     time.sleep(2)
+    assert traffic.running(), "the traffic ended before the fault: raise max_journeys"
+    started_before = traffic.stats.journeys_started
     stack.restart_broker()
     say("broker restarted (empty) under traffic")
     stats = traffic.join(120)
+    assert stats.journeys_started > started_before, "no journey started after the broker loss"
     say(stats.line())
     state = check_end_state(stack, settle_timeout=60, kafka_replay=True,
                             extra={"journeys": stats.journeys_started, "republished_from": frm})
@@ -56,12 +59,15 @@ def test_broker_restart_mid_run(make_stack) -> None:  # type: ignore[no-untyped-
     """The embedded broker is killed mid-run and comes back empty; the relay republishes from the store and every
     consumer must end equal to the record."""
     stack = make_stack()
-    traffic = _traffic(stack, clients=3, max_journeys=80, max_seconds=40, route_wait_s=25)
-    time.sleep(15)
+    traffic = _traffic(stack, clients=3, max_journeys=400, max_seconds=35, route_wait_s=25)
+    time.sleep(12)
+    assert traffic.running(), "the traffic ended before the fault: raise max_journeys"
+    started_before = traffic.stats.journeys_started
     t0 = time.monotonic()
     stack.restart_broker()
     say(f"broker restarted (empty) in {time.monotonic() - t0:.1f}s under traffic")
     stats = traffic.join(120)
+    assert stats.journeys_started > started_before, "no journey started after the broker loss"
     say(stats.line())
     state = check_end_state(stack, settle_timeout=60, kafka_replay=True, extra={"journeys": stats.journeys_started})
     assert state.ok, state.report()

@@ -23,10 +23,11 @@ UNAVAILABLE = ("issue 12 items 2/3: with PostgreSQL down the API hangs or answer
 def test_postgres_restart_under_load(make_stack) -> None:  # type: ignore[no-untyped-def]
     stack = make_stack()
     cast = register_cast(stack)
-    traffic = Traffic(stack, cast, clients=2, max_journeys=60, max_seconds=45, route_wait_s=30).start()
+    traffic = Traffic(stack, cast, clients=2, max_journeys=300, max_seconds=40, route_wait_s=30).start()
     time.sleep(8)
     h = cast.keys[f"hospital:{cast.hospital}"]
     during: Counter[str] = Counter()
+    assert traffic.running(), "the traffic ended before the fault: raise max_journeys"
     stack.stop_postgres()
     t_down = time.monotonic()
     say("postgres stopped under load")

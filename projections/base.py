@@ -1,32 +1,83 @@
-"""The shared projection loop: consume a batch of `rx.events`, apply it, and record the consumed offsets in the
-same PostgreSQL transaction; on start, seek to the stored offsets.
+"""The shared consumer loop: consume a batch of `rx.events`, apply it, and record the consumed offsets in the
+same PostgreSQL transaction; on start, seek to the stored offsets. Projections and the workers on ``rx.events``
+(router, settlement, gateway, expiry) run on it; ``services.replay`` shares ``apply_batch`` and the probe.
 
-Each projection owns one PostgreSQL schema. Inside it the loop keeps two tables of its own:
-``kafka_offsets`` (next offset per topic partition) and ``stream_versions`` (last applied version per
-aggregate). The second makes redelivered or republished events (same aggregate version again, at a new
-offset) change nothing, so replays, duplicates and restarts never change totals.
+Each consumer owns one PostgreSQL schema. Inside it the loop keeps two tables of its own:
+``kafka_offsets`` (next offset and topic incarnation per topic partition) and ``stream_versions`` (last applied
+version per aggregate). The second makes redelivered or republished events (same aggregate version again, at a
+new offset) change nothing, so replays, duplicates and restarts never change totals.
+
+Consumers that cannot skip
+--------------------------
+Two promises, kept here once for every consumer:
+
+1. **A stored offset is only used on the topic it was read from.** A broker that loses its data (the embedded
+   Tansu keeps everything in memory; a topic deleted and recreated on Apache Kafka) comes back with the same
+   topic name and offsets starting again at 0, holding *other* records at the offsets we stored. So each
+   partition's row stores, with the offset, an **incarnation fingerprint**: ``"<offset>/<timestamp ms>/<event
+   id>"`` of the first record this consumer read of the partition (the record at its log start; learned from the
+   record itself when first consumed, in the transaction that stores the offset). The record at that offset is
+   probed (``TopicProbe``: a group-less consumer fetching one record per partition) on start, on every partition
+   assignment, after a failed offset commit and every ``check_interval_s`` between batches. When it is missing or
+   different, or the stored offset lies beyond the partition's end, the partition is read again from the
+   beginning (``stats.incarnation_resets``, a WARNING); the per-aggregate versions drop what was applied before.
+
+   Why this fingerprint: it works the same on Tansu and Apache Kafka with what aiokafka offers. Topic ids
+   (Metadata v10+) are not exposed by aiokafka 0.14; an epoch written by the relay would cover only what the
+   relay writes (not a topic recreated by hand, nor test or replay topics) and would itself be a record to read.
+   The event id alone is not enough: after a loss the relay republishes the store from the start, so offset 0
+   can hold the *same* event again while later offsets shift (duplicates of the old topic are gone, an in-flight
+   batch lands first). The record's timestamp is the producer's send time (CreateTime; the broker's append time
+   under LogAppendTime), so a republished record differs from the original even when the event is the same.
+   Only the log start is fingerprinted, never the last record read: a consumer that already read records of a
+   new incarnation at its old position would otherwise re-fingerprint on them and never notice.
+   The end is read as the larger of ListOffsets and a fetch's high watermark (Tansu answers ListOffsets with the
+   last batch's base offset + 1). On Apache Kafka, retention can move the log start past the fingerprinted
+   offset: when the stored position still lies inside the log, the new log start is fingerprinted instead
+   (a topic recreated *and* trimmed by retention since we last looked is not told apart; retention is days).
+
+2. **Dedup never drops an event it has not applied.** ``stream_versions`` holds the last version applied per
+   aggregate; versions are applied without holes. When version n+2 (or later) arrives and n+1 was never applied,
+   the missing versions are read from the record (an injected ``MissingEvents``: the composition root wires the
+   event store; projections import no ``services``) and applied first, in order (``stats.gaps_filled``,
+   ``stats.events_filled``, a WARNING). If the record does not hold them yet, the batch waits and is tried again
+   from its stored offsets; it is never skipped. Workers' keyed commands get the same guarantee: their ``apply``
+   receives the read-through events like any other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from uuid import UUID
 
 import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
 from psycopg import sql
 
 from events import from_json, topics
 from events.base import current_schema_version
 from events.codec import EVENT_TYPES
 from events.contracts import dead_letter_headers, record_source
-from events.envelope import EVENT_TYPE, NOTIFICATION_ID, SCHEMA_VERSION, Headers, event_id_of, header
+from events.envelope import (
+    EVENT_ID,
+    EVENT_TYPE,
+    NOTIFICATION_ID,
+    SCHEMA_VERSION,
+    Headers,
+    event_id,
+    event_id_of,
+    event_type_of,
+    header,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +172,72 @@ def _delivered(event: Any, event_type: str, headers: list[tuple[str, Any]], topi
     )
 
 
+def decode_stored(notification_id: int, originator_id: UUID | str, version: int, topic: str, state: bytes
+                  ) -> Delivered:
+    """A stored event (eventsourcing ``topic`` + plain JSON ``state``) as the relay would have delivered it."""
+    type_name = event_type_of(topic)
+    try:
+        event = from_json(type_name, bytes(state))
+    except Exception as exc:
+        raise Undecodable(f"{type_name or topic}: {exc}") from exc
+    aggregate_id = UUID(str(originator_id))
+    return Delivered(event=event, event_type=type_name, aggregate_id=aggregate_id, version=int(version),
+                     event_id=event_id(str(aggregate_id), int(version)), timestamp=event.timestamp,
+                     notification_id=int(notification_id))
+
+
+# --- the record behind the topic ------------------------------------------------------------------------------
+
+
+class MissingEvents(Protocol):
+    """Reads events of one aggregate from the record (the event store) that the topic did not deliver.
+
+    ``read`` answers the stored versions ``after_version < v < before_version`` in version order, as
+    ``Delivered`` (``decode_stored`` makes one of a stored row); fewer when the record does not hold them
+    (yet). Called from the consumer's worker thread, inside the batch's transaction (on another connection).
+    ``services.adapters.missing_events.StoreEvents`` is the one implementation.
+    """
+
+    def read(self, aggregate_id: UUID, after_version: int, before_version: int) -> Sequence[Delivered]: ...
+
+
+class GapNotFilled(RuntimeError):
+    """An event arrived after a version the record does not hold yet: the batch must wait, not skip."""
+
+
+GAP_WAITS_S = (0.1, 0.3, 1.0, 2.0)
+"""Waits between reads of the record for missing versions inside one batch, before the batch is given up and
+delivered again from its stored offsets."""
+
+
+def _fill(missing: MissingEvents | None, d: Delivered, have: int) -> list[Delivered]:
+    """Versions ``have+1 .. d.version-1`` of ``d``'s aggregate, from the record (waiting a little for them)."""
+    want = list(range(have + 1, d.version))
+    if missing is None:
+        log.warning("%s v%d arrived after v%d without a reader of the record: versions %s cannot be read through",
+                    d.aggregate_id, d.version, have, want)
+        return []
+    got: list[Delivered] = []
+    for wait in (0.0, *GAP_WAITS_S):
+        if wait:
+            time.sleep(wait)
+        got = sorted(missing.read(d.aggregate_id, have, d.version), key=lambda e: e.version)
+        if [e.version for e in got] == want:
+            return got
+    raise GapNotFilled(f"{d.aggregate_id}: v{d.version} arrived, the record holds {[e.version for e in got]} of "
+                       f"the missing versions {want}")
+
+
+# --- tables -------------------------------------------------------------------------------------------------
+
+
+class Position(NamedTuple):
+    """A partition's stored position: the next offset to read and the incarnation it belongs to."""
+
+    next_offset: int
+    incarnation: str | None
+
+
 def _connect(database_url: str) -> psycopg.Connection[Any]:
     return psycopg.connect(database_url, autocommit=True)
 
@@ -130,7 +247,8 @@ def ensure_schema(conn: psycopg.Connection[Any], projection: Projection, schema:
     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(s))
     conn.execute(sql.SQL(
         "CREATE TABLE IF NOT EXISTS {}.kafka_offsets (topic text, partition int, next_offset bigint NOT NULL, "
-        "PRIMARY KEY (topic, partition))").format(s))
+        "incarnation text, PRIMARY KEY (topic, partition))").format(s))
+    conn.execute(sql.SQL("ALTER TABLE {}.kafka_offsets ADD COLUMN IF NOT EXISTS incarnation text").format(s))
     conn.execute(sql.SQL(
         "CREATE TABLE IF NOT EXISTS {}.stream_versions (aggregate_id uuid PRIMARY KEY, version int NOT NULL)"
     ).format(s))
@@ -141,17 +259,44 @@ def drop_schema(conn: psycopg.Connection[Any], schema: str) -> None:
     conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
-def stored_offsets(conn: psycopg.Connection[Any], schema: str, topic: str) -> dict[int, int]:
+def stored_positions(conn: psycopg.Connection[Any], schema: str, topic: str) -> dict[int, Position]:
     rows = conn.execute(
-        sql.SQL("SELECT partition, next_offset FROM {}.kafka_offsets WHERE topic = %s").format(sql.Identifier(schema)),
+        sql.SQL("SELECT partition, next_offset, incarnation FROM {}.kafka_offsets WHERE topic = %s").format(
+            sql.Identifier(schema)),
         (topic,),
     ).fetchall()
-    return {int(p): int(o) for p, o in rows}
+    return {int(p): Position(int(o), i) for p, o, i in rows}
+
+
+def stored_offsets(conn: psycopg.Connection[Any], schema: str, topic: str) -> dict[int, int]:
+    return {p: pos.next_offset for p, pos in stored_positions(conn, schema, topic).items()}
+
+
+@dataclass
+class RunnerStats:
+    applied: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    incarnation_resets: int = 0
+    """Partitions read again from the beginning: the topic was not the one the stored offsets belong to."""
+    gaps_filled: int = 0
+    """Version gaps (n+2 before n+1) closed by reading the missing versions from the record."""
+    events_filled: int = 0
+    """Events read from the record to close gaps (applied before the event that revealed the gap)."""
+    gap_waits: int = 0
+    """Batches put back because the record did not hold a missing version yet."""
 
 
 def apply_batch(conn: psycopg.Connection[Any], projection: Projection, schema: str, batch: Sequence[Delivered],
-                offsets: dict[tuple[str, int], int] | None = None) -> int:
-    """Apply the new events of a batch and store offsets, in the caller's transaction. Returns events applied."""
+                offsets: Mapping[tuple[str, int], int] | None = None, *, missing: MissingEvents | None = None,
+                incarnations: Mapping[tuple[str, int], str] | None = None, tally: RunnerStats | None = None) -> int:
+    """Apply the new events of a batch and store offsets, in the caller's transaction. Returns how many of the
+    batch's events were applied (events read through from ``missing`` are counted in ``tally``).
+
+    An event whose aggregate misses earlier versions (never applied) gets them from ``missing`` first, in
+    order; ``GapNotFilled`` when the record does not hold them (the caller rolls back and tries again later).
+    ``incarnations``: fingerprints learned in this batch, stored with the offsets (see the module doc)."""
     s = sql.Identifier(schema)
     ids = list({d.aggregate_id for d in batch})
     known: dict[UUID, int] = {}
@@ -162,10 +307,23 @@ def apply_batch(conn: psycopg.Connection[Any], projection: Projection, schema: s
         ).fetchall()
         known = {r[0]: int(r[1]) for r in rows}
     fresh: list[Delivered] = []
+    delivered = 0
     for d in batch:
-        if d.version > known.get(d.aggregate_id, 0):
-            fresh.append(d)
-            known[d.aggregate_id] = d.version
+        have = known.get(d.aggregate_id, 0)
+        if d.version <= have:
+            continue
+        if d.version > have + 1:
+            filled = _fill(missing, d, have)
+            if filled:
+                log.warning("%s: %s v%d arrived before v%d..v%d, which were never applied: read %d from the record",
+                            projection.name, d.aggregate_id, d.version, have + 1, d.version - 1, len(filled))
+                fresh.extend(filled)
+                if tally is not None:
+                    tally.gaps_filled += 1
+                    tally.events_filled += len(filled)
+        fresh.append(d)
+        delivered += 1
+        known[d.aggregate_id] = d.version
     if fresh:
         projection.apply(conn, schema, fresh)
         heads: dict[UUID, int] = {}
@@ -182,29 +340,128 @@ def apply_batch(conn: psycopg.Connection[Any], projection: Projection, schema: s
                 (list(heads), list(heads.values())),
             )
     if offsets:
-        topics, parts, nexts = zip(*[(t, p, o) for (t, p), o in offsets.items()], strict=True)
+        learned = incarnations or {}
+        topics_, parts, nexts, fps = zip(*[(t, p, o, learned.get((t, p))) for (t, p), o in offsets.items()],
+                                         strict=True)
         conn.execute(
             sql.SQL(
-                "INSERT INTO {}.kafka_offsets (topic, partition, next_offset) "
-                "SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[]) "
-                "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset"
-            ).format(s),
-            (list(topics), list(parts), list(nexts)),
+                "INSERT INTO {}.kafka_offsets (topic, partition, next_offset, incarnation) "
+                "SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::text[]) "
+                "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, "
+                "incarnation = COALESCE(EXCLUDED.incarnation, {}.kafka_offsets.incarnation)"
+            ).format(s, s),
+            (list(topics_), list(parts), list(nexts), list(fps)),
         )
-    return len(fresh)
+    return delivered
 
 
-@dataclass
-class RunnerStats:
-    applied: int = 0
-    duplicates: int = 0
-    dead_lettered: int = 0
-    batches: int = 0
+# --- topic incarnations ---------------------------------------------------------------------------------------
+
+
+def fingerprint(record: Any) -> str:
+    """``"<offset>/<timestamp ms>/<event id>"`` of a Kafka record (a digest of key and value when it carries no
+    event id): what tells this incarnation of the partition from a later one (see the module doc)."""
+    eid = header(record.headers, EVENT_ID)
+    if not eid:
+        eid = hashlib.sha256((record.key or b"") + b"\0" + (record.value or b"")).hexdigest()[:32]
+    return f"{int(record.offset)}/{int(record.timestamp)}/{eid}"
+
+
+def fingerprint_offset(incarnation: str) -> int:
+    return int(incarnation.split("/", 1)[0])
+
+
+class Observed(NamedTuple):
+    """What the probe saw of one partition."""
+
+    beginning: int
+    end: int
+    """The larger of ListOffsets(latest) and the fetch's high watermark."""
+    record: str | None
+    """Fingerprint of the first record at or after the asked offset (None: the partition has none there)."""
+
+
+class TopicProbe:
+    """A group-less consumer that reads one record per partition at a given offset, and the partition's bounds.
+    Cheap: one small fetch per partition; it never touches a consumer group's position."""
+
+    def __init__(self, bootstrap: str, timeout_s: float = 10.0) -> None:
+        self.timeout_s = timeout_s
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                          auto_offset_reset="earliest", max_partition_fetch_bytes=64 * 1024,
+                                          fetch_max_wait_ms=100)
+
+    async def start(self) -> None:
+        await self._consumer.start()
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
+    async def observe(self, wanted: Mapping[Any, int | None]) -> dict[Any, Observed]:
+        """For each partition, the record at ``max(offset, beginning)`` (``None``: at the beginning)."""
+        c = self._consumer
+        tps = list(wanted)
+        if not tps:
+            return {}
+        c.assign(tps)
+        begins = await c.beginning_offsets(tps)
+        listed = await c.end_offsets(tps)
+        at = {tp: max(int(begins[tp]), wanted[tp] or 0) for tp in tps}
+        for tp in tps:
+            c.seek(tp, at[tp])
+        found: dict[Any, Any] = {}
+        pending = set(tps)
+        deadline = time.monotonic() + self.timeout_s
+        while pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no fetch answer for {sorted(str(tp) for tp in pending)}")
+            got = await c.getmany(*pending, timeout_ms=200, max_records=len(pending) * 4)
+            for tp, msgs in got.items():
+                if tp in pending and msgs:
+                    found[tp] = msgs[0]
+                    pending.discard(tp)
+                    c.pause(tp)
+            for tp in list(pending):
+                hw = c.highwater(tp)
+                if hw is not None and hw <= at[tp] and int(listed[tp]) <= at[tp]:
+                    pending.discard(tp)  # nothing there: empty, or the offset lies past the end
+        seen = {tp: Observed(int(begins[tp]), max(int(listed[tp]), int(c.highwater(tp) or 0)),
+                             fingerprint(found[tp]) if tp in found else None) for tp in tps}
+        c.assign([])  # nothing stays assigned: no background fetching between probes
+        return seen
+
+
+def verdict(position: Position, seen: Observed) -> tuple[str | None, str | None]:
+    """Whether a stored position may be used on the partition as probed: ``(reason to read it again from the
+    beginning or None, the incarnation to keep)``."""
+    stored = position.incarnation
+    if stored is None:
+        if position.next_offset > seen.beginning:
+            return "offsets stored without an incarnation", None
+        return None, None
+    at = fingerprint_offset(stored)
+    if seen.record is None:
+        return f"the record at offset {at} is gone (partition holds {seen.beginning}..{seen.end})", None
+    if seen.record == stored:
+        if position.next_offset > seen.end:
+            return f"stored offset {position.next_offset} lies beyond the end {seen.end}", None
+        return None, stored
+    if seen.beginning > at and fingerprint_offset(seen.record) == seen.beginning and \
+            seen.beginning <= position.next_offset <= seen.end:
+        return None, seen.record  # retention moved the log start; the position still lies inside the log
+    return f"the record at offset {at} is {seen.record}, not {stored}", None
+
+
+# --- the loop -------------------------------------------------------------------------------------------------
 
 
 @dataclass
 class ProjectionConsumer:
-    """Consumes `rx.events` for one projection as its own consumer group; offsets live in PostgreSQL."""
+    """Consumes `rx.events` for one projection as its own consumer group; offsets live in PostgreSQL.
+
+    ``missing``: reads versions the topic did not deliver from the record (see the module doc); the composition
+    root always gives one. ``check_interval_s``: how often the incarnations of the assigned partitions are
+    checked between batches (also on start, on every assignment and after a failed commit)."""
 
     projection: Projection
     database_url: str
@@ -215,11 +472,17 @@ class ProjectionConsumer:
     group_id: str = ""
     max_records: int = 2000
     session_timeout_ms: int = 6000
+    missing: MissingEvents | None = None
+    check_interval_s: float = 10.0
+    retry_delay_s: float = 1.0
     stats: RunnerStats = field(default_factory=RunnerStats)
 
     def __post_init__(self) -> None:
         self.schema = self.schema or self.projection.name
         self.group_id = self.group_id or f"{GROUP_PREFIX}.{self.projection.name}"
+        self._incarnations: dict[int, str | None] = {}
+        """Per assigned partition: the incarnation its position belongs to (None: learn it from the first record
+        consumed)."""
 
     async def run(self, stop: asyncio.Event, idle_timeout_s: float | None = None) -> RunnerStats:
         """Run until `stop` is set (or, with idle_timeout_s, until nothing arrived for that long)."""
@@ -231,6 +494,9 @@ class ProjectionConsumer:
                 bootstrap_servers=self.bootstrap, group_id=self.group_id, enable_auto_commit=False,
                 auto_offset_reset="earliest", session_timeout_ms=self.session_timeout_ms,
                 heartbeat_interval_ms=min(1000, self.session_timeout_ms // 3), max_poll_records=self.max_records,
+                # a topic that came back with other partitions (recreated; on Tansu, auto-created with 4 by any
+                # request naming it) is assigned anew within one check interval, not the default 5 minutes
+                metadata_max_age_ms=int(max(self.check_interval_s, 1.0) * 1000),
             )
             # Seeks happen in this loop, between batches, never inside aiokafka's rebalance callback: there
             # they could read offsets while a batch's transaction is open, and aiokafka may reset the
@@ -245,14 +511,23 @@ class ProjectionConsumer:
                     unpositioned.update(assigned)
 
             producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap)
+            probe = TopicProbe(self.bootstrap)
             await producer.start()
+            await probe.start()
             consumer.subscribe([self.topic], listener=MarkAssigned())
             await consumer.start()
             try:
-                idle_since = asyncio.get_running_loop().time()
+                loop = asyncio.get_running_loop()
+                idle_since = last_check = loop.time()
                 while not stop.is_set():
                     if unpositioned:
-                        await self._seek_to_stored(conn, consumer, unpositioned)
+                        if not await self._position(conn, consumer, probe, unpositioned):
+                            await self._pause(stop)
+                            continue
+                        last_check = loop.time()
+                    elif loop.time() - last_check >= self.check_interval_s and consumer.assignment():
+                        await self._check(consumer, probe)
+                        last_check = loop.time()
                     records = await consumer.getmany(timeout_ms=200, max_records=self.max_records)
                     if unpositioned:
                         # a rebalance landed during the fetch: drop the batch and put every partition back
@@ -262,38 +537,104 @@ class ProjectionConsumer:
                     messages = [m for part in records.values() for m in part]
                     if not messages:
                         if not consumer.assignment():
-                            idle_since = asyncio.get_running_loop().time()
-                        elif idle_timeout_s is not None and \
-                                asyncio.get_running_loop().time() - idle_since > idle_timeout_s:
+                            idle_since = loop.time()
+                        elif idle_timeout_s is not None and loop.time() - idle_since > idle_timeout_s:
                             break
                         continue
-                    idle_since = asyncio.get_running_loop().time()
-                    await self._handle(conn, producer, messages)
-                    await consumer.commit({TopicPartition(self.topic, p.partition): msgs[-1].offset + 1
-                                           for p, msgs in records.items()})
+                    idle_since = loop.time()
+                    try:
+                        await self._handle(conn, producer, messages)
+                    except GapNotFilled as exc:
+                        self.stats.gap_waits += 1
+                        log.warning("%s: %s; the batch waits and is read again from the stored offsets",
+                                    self.projection.name, exc)
+                        unpositioned.update(consumer.assignment())
+                        await self._pause(stop)
+                        continue
+                    try:
+                        await consumer.commit({TopicPartition(self.topic, p.partition): msgs[-1].offset + 1
+                                               for p, msgs in records.items()})
+                    except KafkaError as exc:
+                        # the offsets that count are in PostgreSQL; a failed group commit means the group or the
+                        # broker changed under us: check every partition again before reading on
+                        log.warning("%s: committing offsets to the group failed (%r); checking positions again",
+                                    self.projection.name, exc)
+                        unpositioned.update(consumer.assignment())
             finally:
                 await consumer.stop()
+                await probe.stop()
                 await producer.stop()
         finally:
             await asyncio.to_thread(conn.close)
         return self.stats
 
-    async def _seek_to_stored(self, conn: psycopg.Connection[Any], consumer: Any, partitions: set[Any]) -> None:
-        stored = await asyncio.to_thread(stored_offsets, conn, self.schema, self.topic)
+    async def _pause(self, stop: asyncio.Event) -> None:
+        try:
+            await asyncio.wait_for(stop.wait(), self.retry_delay_s)
+        except TimeoutError:
+            pass
+
+    async def _position(self, conn: psycopg.Connection[Any], consumer: Any, probe: TopicProbe,
+                        partitions: set[Any]) -> bool:
+        """Seek newly assigned partitions to their stored offsets, or to the beginning when the topic is not the
+        one those offsets belong to. False when the broker could not be probed (try again shortly)."""
+        stored = await asyncio.to_thread(stored_positions, conn, self.schema, self.topic)
         assigned = consumer.assignment()
-        for tp in list(partitions):
-            if tp in assigned:
-                if tp.partition in stored:
-                    consumer.seek(tp, stored[tp.partition])
-                else:
-                    await consumer.seek_to_beginning(tp)
-            partitions.discard(tp)
+        todo = [tp for tp in partitions if tp in assigned]
+        positions = {tp: stored.get(tp.partition, Position(0, None)) for tp in todo}
+        try:
+            seen = await probe.observe({tp: fingerprint_offset(p.incarnation) if p.incarnation else None
+                                        for tp, p in positions.items()})
+        except Exception as exc:
+            log.warning("%s: cannot probe %s (%r); positioning again shortly", self.projection.name, self.topic, exc)
+            return False
+        for tp in todo:
+            position = positions[tp]
+            reason, incarnation = verdict(position, seen[tp])
+            if reason is not None:
+                self._reset(tp, reason)
+                await consumer.seek_to_beginning(tp)
+            elif tp.partition in stored:
+                self._incarnations[tp.partition] = incarnation
+                consumer.seek(tp, position.next_offset)
+            else:
+                self._incarnations[tp.partition] = None
+                await consumer.seek_to_beginning(tp)
+        partitions.clear()
+        return True
+
+    async def _check(self, consumer: Any, probe: TopicProbe) -> None:
+        """Between batches: is every assigned partition still the incarnation its position belongs to?"""
+        assigned = [tp for tp in consumer.assignment() if tp.topic == self.topic]
+        try:
+            seen = await probe.observe({tp: fingerprint_offset(i) if (i := self._incarnations.get(tp.partition))
+                                        else None for tp in assigned})
+        except Exception as exc:
+            log.warning("%s: cannot probe %s (%r); checking again later", self.projection.name, self.topic, exc)
+            return
+        for tp in assigned:
+            position = Position(await consumer.position(tp), self._incarnations.get(tp.partition))
+            if position.incarnation is None and position.next_offset <= seen[tp].end:
+                continue  # still to learn from the first record consumed
+            reason, _ = verdict(position, seen[tp])
+            if reason is not None:
+                self._reset(tp, reason)
+                await consumer.seek_to_beginning(tp)
+
+    def _reset(self, tp: Any, reason: str) -> None:
+        self.stats.incarnation_resets += 1
+        self._incarnations[tp.partition] = None
+        log.warning("%s: %s[%d] is not the topic its offsets were stored for (%s): reading it again from the "
+                    "beginning", self.projection.name, tp.topic, tp.partition, reason)
 
     async def _handle(self, conn: psycopg.Connection[Any], producer: Any, messages: list[Any]) -> None:
         good: list[Delivered] = []
         offsets: dict[tuple[str, int], int] = {}
+        learned: dict[tuple[str, int], str] = {}
         for m in messages:
             offsets[(m.topic, m.partition)] = m.offset + 1
+            if self._incarnations.get(m.partition) is None and (m.topic, m.partition) not in learned:
+                learned[(m.topic, m.partition)] = fingerprint(m)
             try:
                 good.append(decode(m.value, m.headers, topic=m.topic, partition=m.partition, offset=m.offset))
             except Undecodable as exc:
@@ -303,12 +644,18 @@ class ProjectionConsumer:
                                            source=record_source(m.topic, m.partition, m.offset))
                 await producer.send_and_wait(self.dlq_topic, value=m.value, key=m.key, headers=dead)
                 self.stats.dead_lettered += 1
+        tally = RunnerStats()
 
         def write() -> int:
             with conn.transaction():
-                return apply_batch(conn, self.projection, self.schema, good, offsets)
+                return apply_batch(conn, self.projection, self.schema, good, offsets, missing=self.missing,
+                                   incarnations=learned, tally=tally)
 
         applied = await asyncio.to_thread(write)
+        for (_t, p), fp in learned.items():
+            self._incarnations[p] = fp
         self.stats.applied += applied
         self.stats.duplicates += len(good) - applied
+        self.stats.gaps_filled += tally.gaps_filled
+        self.stats.events_filled += tally.events_filled
         self.stats.batches += 1

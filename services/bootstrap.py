@@ -187,12 +187,14 @@ def build_settlement(settings: Settings, application: RxTrail, *, config: Settle
     """The settlement worker inside the shared consumer loop (its state and offsets in its own schema);
     ``overrides``: ``ProjectionConsumer`` fields (group_id=, schema=, max_records=, ...)."""
     from projections.base import ProjectionConsumer
+    from services.adapters.missing_events import StoreEvents
     from services.workers.settlement import SettlementWorker
 
     s = settings.settlement
     worker = SettlementWorker(application, config or settlement_config(settings))
     options: dict[str, Any] = {"schema": s.schema_name, "group_id": s.group_id, "max_records": s.max_records,
-                               "topic": settings.events_topic, "dlq_topic": settings.dlq_topic, **overrides}
+                               "topic": settings.events_topic, "dlq_topic": settings.dlq_topic,
+                               "missing": StoreEvents(settings.resolved_database_url()), **overrides}
     return ProjectionConsumer(worker, settings.resolved_database_url(), settings.resolved_kafka_bootstrap(), **options)
 
 
@@ -248,6 +250,7 @@ async def run_projections(names: Sequence[str], settings: Settings, stop: asynci
     one of them fails."""
     from projections import registry
     from projections.base import ProjectionConsumer
+    from services.adapters.missing_events import StoreEvents
     from services.infra.kafka_admin import ensure_topics_async
 
     p = settings.projections
@@ -256,6 +259,7 @@ async def run_projections(names: Sequence[str], settings: Settings, stop: asynci
     await ensure_topics_async(bootstrap, [topic, dlq_topic], partitions=settings.partitions)
     consumers = [ProjectionConsumer(build_projection(n, settings), database_url, bootstrap, topic=topic,
                                     dlq_topic=dlq_topic, schema=registry.get(n).schema,
+                                    missing=StoreEvents(database_url),
                                     group_id=registry.get(n).group_id(p.group_prefix), max_records=p.max_records)
                  for n in names]
     tasks = [asyncio.create_task(c.run(stop), name=f"projection:{c.projection.name}") for c in consumers]

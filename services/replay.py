@@ -1,11 +1,13 @@
 """Drop and rebuild projections, from Kafka ``rx.events`` or straight from the event store, optionally "as of" a time.
 
 - From Kafka: partitions are assigned by hand (no consumer group), read from the beginning to the end offsets
-  captured at the start, then the replay stops. The stored offsets of the rebuilt schema are those ends, so the
-  live consumer continues from there.
+  captured at the start, then the replay stops. The stored offsets of the rebuilt schema are those ends, with
+  each partition's incarnation (``projections.base``), so the live consumer continues from there, on that topic
+  only. A version the topic lacks (a broker that lost data) is read from the event store, never skipped.
 - From the event store (``from_store=True``, for when the broker lost data): every eventsourcing ``*_events`` table
   with a ``notification_id`` is read in notification order with psycopg and decoded with ``events.from_json``.
-  The end offsets of ``rx.events`` are captured *before* the store is read, and stored as the schema's offsets:
+  The end offsets of ``rx.events`` (and the incarnation of each partition) are captured *before* the store is
+  read, and stored as the schema's offsets:
   everything before them was published from events already in the store, anything after is consumed live
   (and anything read twice is dropped by the per-aggregate versions).
 - A full rebuild is built into ``<schema>__rebuild`` and swapped in with one transaction at the end, so readers
@@ -23,7 +25,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Self
-from uuid import UUID
 
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -33,20 +34,25 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from events import from_json, topics
-from events.envelope import event_id, event_type_of
+from events import topics
 from projections import registry
 from projections.base import (
     Delivered,
+    MissingEvents,
     Projection,
+    RunnerStats,
+    TopicProbe,
     Undecodable,
     apply_batch,
     decode,
+    decode_stored,
     drop_schema,
     ensure_schema,
+    fingerprint,
 )
 from projections.registry import ProjectionOptions
 from services.adapters.event_log import count_events, discover_logs, pages
+from services.adapters.missing_events import StoreEvents
 
 log = logging.getLogger("rxtrail.replay")
 
@@ -66,6 +72,9 @@ class ReplayResult:
     duplicates: int = 0
     undecodable: int = 0
     after_as_of: int = 0
+    gaps_filled: int = 0
+    """Version gaps of the topic closed by reading the missing versions from the event store."""
+    events_filled: int = 0
     seconds: float = 0.0
     offsets: dict[int, int] = field(default_factory=dict)
 
@@ -96,16 +105,17 @@ def as_of_schema(name: str, as_of: datetime) -> str:
 def replay(name: str, database_url: str, bootstrap: str | None = None, *, as_of: datetime | None = None,
            from_store: bool = False, progress: bool = True, topic: str = DEFAULT_TOPIC, schema: str | None = None,
            store_schema: str = "public", batch_size: int = 5000, settings: ProjectionOptions | None = None,
-           console: Any = None) -> list[ReplayResult]:
+           console: Any = None, missing: MissingEvents | None = None) -> list[ReplayResult]:
     """Rebuild projection ``name`` (or ``"all"``) and return one result per projection; see the module doc.
 
     ``bootstrap`` may be None only with ``from_store`` (then no Kafka offsets are stored and the live consumer
     reads the topic from the start, dropping what it already has). ``schema`` overrides the target schema of a
-    single projection (default: the projection's name, or the as-of schema).
+    single projection (default: the projection's name, or the as-of schema). ``missing``: where versions the
+    topic lacks are read (default: the event store in ``store_schema``).
     """
     return asyncio.run(replay_async(name, database_url, bootstrap, as_of=as_of, from_store=from_store,
                                     progress=progress, topic=topic, schema=schema, store_schema=store_schema,
-                                    batch_size=batch_size, settings=settings, console=console))
+                                    batch_size=batch_size, settings=settings, console=console, missing=missing))
 
 
 @dataclass
@@ -119,7 +129,8 @@ class _Target:
 async def replay_async(name: str, database_url: str, bootstrap: str | None = None, *, as_of: datetime | None = None,
                        from_store: bool = False, progress: bool = True, topic: str = DEFAULT_TOPIC,
                        schema: str | None = None, store_schema: str = "public", batch_size: int = 5000,
-                       settings: ProjectionOptions | None = None, console: Any = None) -> list[ReplayResult]:
+                       settings: ProjectionOptions | None = None, console: Any = None,
+                       missing: MissingEvents | None = None) -> list[ReplayResult]:
     """The coroutine behind :func:`replay` (for callers already inside an event loop)."""
     names = registry.resolve(name)
     if schema is not None and len(names) != 1:
@@ -136,6 +147,8 @@ async def replay_async(name: str, database_url: str, bootstrap: str | None = Non
         targets.append(_Target(registry.build(n, settings if settings is not None else _default_options()), final,
                                building, ReplayResult(n, final, source, as_of)))
 
+    owned = missing is None
+    reader: MissingEvents = missing if missing is not None else StoreEvents(database_url, store_schema)
     conn: psycopg.Connection[Any] = await asyncio.to_thread(lambda: psycopg.connect(database_url, autocommit=True))
     try:
         for t in targets:
@@ -149,16 +162,17 @@ async def replay_async(name: str, database_url: str, bootstrap: str | None = Non
         started = time.monotonic()
         with _Progress(progress, console) as bar:
             if from_store:
-                ends = await _end_offsets_or_none(bootstrap, topic) if as_of is None else None
+                ends = await _positions_or_none(bootstrap, topic) if as_of is None else None
                 await asyncio.to_thread(_from_store, conn, database_url, targets, store_schema, as_of, batch_size, bar)
                 if ends is not None:
-                    offsets = {(topic, p): o for p, o in ends.items()}
+                    offsets = {(topic, p): o for p, (o, _) in ends.items()}
+                    incarnations = {(topic, p): i for p, (_, i) in ends.items() if i is not None}
                     for t in targets:
-                        t.result.offsets = dict(ends)
+                        t.result.offsets = {p: o for p, (o, _) in ends.items()}
                         with conn.transaction():
-                            apply_batch(conn, t.projection, t.build_schema, [], offsets)
+                            apply_batch(conn, t.projection, t.build_schema, [], offsets, incarnations=incarnations)
             elif bootstrap is not None:
-                await _from_kafka(conn, targets, bootstrap, topic, as_of, batch_size, bar)
+                await _from_kafka(conn, targets, bootstrap, topic, as_of, batch_size, bar, reader)
         elapsed = time.monotonic() - started
         for t in targets:
             t.result.seconds = elapsed
@@ -172,15 +186,22 @@ async def replay_async(name: str, database_url: str, bootstrap: str | None = Non
         return [t.result for t in targets]
     finally:
         await asyncio.to_thread(conn.close)  # also releases the advisory locks
+        if owned and isinstance(reader, StoreEvents):
+            reader.close()
 
 
 def _apply(conn: psycopg.Connection[Any], targets: Sequence[_Target], batch: list[Delivered], read: int,
-           undecodable: int, as_of: datetime | None, offsets: dict[tuple[str, int], int] | None) -> None:
+           undecodable: int, as_of: datetime | None, offsets: dict[tuple[str, int], int] | None,
+           missing: MissingEvents | None = None, incarnations: dict[tuple[str, int], str] | None = None) -> None:
     kept = batch if as_of is None else [d for d in batch if d.timestamp <= as_of]
     for t in targets:
+        tally = RunnerStats()
         with conn.transaction():
-            applied = apply_batch(conn, t.projection, t.build_schema, kept, offsets if as_of is None else None)
+            applied = apply_batch(conn, t.projection, t.build_schema, kept, offsets if as_of is None else None,
+                                  missing=missing, incarnations=incarnations if as_of is None else None, tally=tally)
         r = t.result
+        r.gaps_filled += tally.gaps_filled
+        r.events_filled += tally.events_filled
         r.read += read
         r.undecodable += undecodable
         r.after_as_of += len(batch) - len(kept)
@@ -231,12 +252,26 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     return {tp.partition: o for tp, o in ends.items()}
 
 
-async def _end_offsets_or_none(bootstrap: str | None, topic: str) -> dict[int, int] | None:
+async def positions(bootstrap: str, topic: str) -> dict[int, tuple[int, str | None]]:
+    """Every partition's end offset and incarnation (the fingerprint of its first record; None when empty):
+    what a rebuilt schema stores so the live consumer continues there, on this topic only."""
+    ends = await end_offsets(bootstrap, topic)
+    probe = TopicProbe(bootstrap)
+    await probe.start()
+    try:
+        seen = await probe.observe({TopicPartition(topic, p): None for p in ends})
+    finally:
+        await probe.stop()
+    return {p: (max(o, seen[TopicPartition(topic, p)].end), seen[TopicPartition(topic, p)].record)
+            for p, o in ends.items()}
+
+
+async def _positions_or_none(bootstrap: str | None, topic: str) -> dict[int, tuple[int, str | None]] | None:
     if bootstrap is None:
         log.warning("replay from the store without a broker: the live consumers will re-read %s from the start", topic)
         return None
     try:
-        return await asyncio.wait_for(end_offsets(bootstrap, topic), 30)
+        return await asyncio.wait_for(positions(bootstrap, topic), 30)
     except Exception as exc:
         log.warning("replay: cannot read the end offsets of %s (%r); the live consumers will re-read it from the "
                     "start (duplicates are dropped)", topic, exc)
@@ -244,7 +279,7 @@ async def _end_offsets_or_none(bootstrap: str | None, topic: str) -> dict[int, i
 
 
 async def _from_kafka(conn: psycopg.Connection[Any], targets: Sequence[_Target], bootstrap: str, topic: str,
-                      as_of: datetime | None, batch_size: int, bar: _Progress) -> None:
+                      as_of: datetime | None, batch_size: int, bar: _Progress, missing: MissingEvents) -> None:
     parts = await _partitions(bootstrap, topic)
     tps = [TopicPartition(topic, p) for p in parts]
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
@@ -262,6 +297,7 @@ async def _from_kafka(conn: psycopg.Connection[Any], targets: Sequence[_Target],
         if not pending:
             return
         consumer.pause(*[tp for tp in tps if tp not in pending])
+        unlearned = set(pending)  # each partition's incarnation: its first record, read here
         last_progress = time.monotonic()
         while pending:
             records = await consumer.getmany(timeout_ms=500, max_records=batch_size)
@@ -272,6 +308,7 @@ async def _from_kafka(conn: psycopg.Connection[Any], targets: Sequence[_Target],
             last_progress = time.monotonic()
             batch: list[Delivered] = []
             offsets: dict[tuple[str, int], int] = {}
+            learned: dict[tuple[str, int], str] = {}
             read = undecodable = 0
             for tp, msgs in records.items():
                 if tp not in pending:
@@ -279,6 +316,9 @@ async def _from_kafka(conn: psycopg.Connection[Any], targets: Sequence[_Target],
                 for m in msgs:
                     if m.offset >= ends[tp]:
                         break
+                    if tp in unlearned:
+                        unlearned.discard(tp)
+                        learned[(tp.topic, tp.partition)] = fingerprint(m)
                     read += 1
                     offsets[(tp.topic, tp.partition)] = m.offset + 1
                     try:
@@ -289,27 +329,13 @@ async def _from_kafka(conn: psycopg.Connection[Any], targets: Sequence[_Target],
                 if offsets.get((tp.topic, tp.partition), -1) >= ends[tp]:
                     pending.discard(tp)
                     consumer.pause(tp)
-            await asyncio.to_thread(_apply, conn, targets, batch, read, undecodable, as_of, offsets)
+            await asyncio.to_thread(_apply, conn, targets, batch, read, undecodable, as_of, offsets, missing, learned)
             bar.advance(read)
     finally:
         await consumer.stop()
 
 
 # --- from the event store ----------------------------------------------------------------------------------------
-
-
-def decode_stored(notification_id: int, originator_id: UUID | str, version: int, topic: str, state: bytes
-                  ) -> Delivered:
-    """A stored event (eventsourcing ``topic`` + plain JSON ``state``) as the relay would have delivered it."""
-    type_name = event_type_of(topic)
-    try:
-        event = from_json(type_name, bytes(state))
-    except Exception as exc:
-        raise Undecodable(f"{type_name or topic}: {exc}") from exc
-    aggregate_id = UUID(str(originator_id))
-    return Delivered(event=event, event_type=type_name, aggregate_id=aggregate_id, version=int(version),
-                     event_id=event_id(str(aggregate_id), int(version)), timestamp=event.timestamp,
-                     notification_id=int(notification_id))
 
 
 def _from_store(conn: psycopg.Connection[Any], database_url: str, targets: Sequence[_Target], store_schema: str,
@@ -371,13 +397,14 @@ class _Progress:
 def _print_summary(results: Sequence[ReplayResult], console: Any) -> None:
     table = Table(title="replay")
     for column in ("projection", "schema", "source", "as of", "read", "applied", "duplicates", "undecodable",
-                   "after as-of", "seconds", "events/s"):
+                   "after as-of", "from store", "seconds", "events/s"):
         table.add_column(column, justify="right" if column not in ("projection", "schema", "source") else "left")
     for r in results:
         table.add_row(r.projection, r.schema, r.source, r.as_of.isoformat() if r.as_of else "-", f"{r.read:,}",
                       f"{r.applied:,}", f"{r.duplicates:,}", f"{r.undecodable:,}", f"{r.after_as_of:,}",
-                      f"{r.seconds:.1f}", f"{r.events_per_s:,.0f}")
+                      f"{r.events_filled:,}", f"{r.seconds:.1f}", f"{r.events_per_s:,.0f}")
     (console or Console()).print(table)
 
 
-__all__ = ["ReplayError", "ReplayResult", "as_of_schema", "decode_stored", "end_offsets", "replay", "replay_async"]
+__all__ = ["ReplayError", "ReplayResult", "as_of_schema", "decode_stored", "end_offsets", "positions", "replay",
+           "replay_async"]

@@ -31,6 +31,8 @@ _RANGE = SQL("SELECT " + _COLUMNS + " FROM {} WHERE notification_id > %s AND not
              " ORDER BY notification_id")
 _BY_STREAM = SQL("SELECT " + _COLUMNS + " FROM {} ORDER BY originator_id, originator_version")
 _ONE_STREAM = SQL("SELECT " + _COLUMNS + " FROM {} WHERE originator_id::text = %s ORDER BY originator_version")
+_VERSIONS = SQL("SELECT " + _COLUMNS + " FROM {} WHERE originator_id = %s AND originator_version > %s"
+                " AND originator_version < %s ORDER BY originator_version")
 _COUNT = SQL("SELECT count(*) FROM {}")
 _ITERSIZE = 5000
 
@@ -138,6 +140,14 @@ def read_stream(conn: psycopg.Connection[Any], log: str, aggregate_id: UUID | st
                 ) -> list[LoggedEvent]:
     """One aggregate's stored events in version order (empty when the log holds none)."""
     return [_row(r) for r in conn.execute(_table(_ONE_STREAM, schema, log), (str(aggregate_id),)).fetchall()]
+
+
+def read_versions(conn: psycopg.Connection[Any], log: str, aggregate_id: UUID, after: int, before: int,
+                  schema: str = "public") -> list[LoggedEvent]:
+    """One aggregate's stored events with ``after < version < before``, in version order (the consumers read
+    versions the topic did not deliver through this; one index lookup)."""
+    return [_row(r) for r in conn.execute(_table(_VERSIONS, schema, log), (aggregate_id, after, before),
+                                          prepare=True).fetchall()]
 
 
 def find_stream(conn: psycopg.Connection[Any], aggregate_id: UUID | str, logs: Sequence[str] | None = None,

@@ -17,6 +17,7 @@ from services.adapters.pool import open_pool
 from services.api.console import router as console_router
 from services.api.deps import Runtime
 from services.api.errors import install_error_handlers
+from services.api.limits import BodyLimit
 from services.api.reads import Reads
 from services.api.routes import ROUTERS
 from services.application import RxTrail
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None, *, application: RxTrail | None 
     app = FastAPI(title="rxtrail", version="0.1.0", lifespan=lifespan, description=DESCRIPTION)
     app.state.database_url = database_url
     install_error_handlers(app)
+    app.add_middleware(BodyLimit)  # 413 for a body larger than any valid one
     for router in ROUTERS:
         app.include_router(router)
     app.include_router(console_router)  # GET /console: the regulator console page

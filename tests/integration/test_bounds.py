@@ -19,6 +19,7 @@ from events import topics
 from events.contracts import DLQ_SIZE, DLQ_VALUE_MAX
 from services.adapters.dead_letters import dead_letter_counts
 from services.api import create_app
+from services.api.limits import BODY_MAX
 from services.application import RxTrail
 from services.infra.settings import Settings
 from services.relay import RelayStats, run_relay
@@ -156,3 +157,22 @@ async def test_relay_dead_letters_an_event_the_broker_refuses_and_goes_on(trail:
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+def test_a_body_larger_than_any_valid_one_is_413_before_parsing(actors: Actors, cast: Cast) -> None:
+    huge = b'{"visit_ref": "' + b"x" * (BODY_MAX + 1) + b'"}'
+    r = actors.client.post("/hospital/visits", content=huge,
+                           headers={"Authorization": f"Bearer {actors.hospital}", "Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"] == "PayloadTooLarge"
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        yield b'{"visit_ref": "'
+        for _ in range(5):
+            yield b"x" * (BODY_MAX // 4)
+        yield b'"}'
+
+    r = actors.client.post("/hospital/visits", content=chunks(),
+                           headers={"Authorization": f"Bearer {actors.hospital}", "Content-Type": "application/json"})
+    assert r.status_code == 413
+    good = actors.post(actors.hospital, "/hospital/visits", visit_body(cast))
+    assert good.status_code == 201, good.text

@@ -64,7 +64,8 @@ REASONS_MAX = 20
 """Reasons of one rejection."""
 VERSION_MAX = 2**31 - 1
 """Aggregate versions and dispense numbers are stored in int columns."""
-ID_LENGTH = 128
+ID_LENGTH = 200
+"""Also the length of a command_id, which becomes a settlement_ref."""
 NAME_LENGTH = 200
 TEXT_LENGTH = 500
 LONG_TEXT_LENGTH = 2_000

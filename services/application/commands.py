@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from events.base import (
     DRUG_CODES_MAX,
+    ID_LENGTH,
     ITEMS_MAX,
     REASONS_MAX,
     Amount,
@@ -39,7 +40,8 @@ class Command(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     command_id: str | None = Field(
-        default=None, min_length=1, max_length=200, pattern=r"^[^\x00]*$", description="idempotency key; the first outcome wins"
+        default=None, min_length=1, max_length=ID_LENGTH, pattern=r"^[^\x00]*$",
+        description="idempotency key; the first outcome wins",
     )
 
 

@@ -17,6 +17,7 @@ from events.base import (
     DRUG_CODES_MAX,
     EVENT_SIZE_MAX,
     GENESIS_HASH,
+    ID_LENGTH,
     ITEMS_MAX,
     LONG_TEXT_LENGTH,
     MONEY_MAX,
@@ -97,7 +98,7 @@ def test_quantities_fit_int_columns() -> None:
     assert QUANTITY_MAX * ITEMS_MAX < 2**31  # dispensed quantities summed per prescription
 
 
-@pytest.mark.parametrize(("kind", "length"), [(Id, 128), (Name, NAME_LENGTH), (Text, TEXT_LENGTH)])
+@pytest.mark.parametrize(("kind", "length"), [(Id, ID_LENGTH), (Name, NAME_LENGTH), (Text, TEXT_LENGTH)])
 def test_texts_have_a_length_and_no_nul(kind: Any, length: int) -> None:
     adapter = TypeAdapter(kind)
     assert adapter.validate_python("x" * length)
@@ -164,7 +165,7 @@ def _largest_events() -> dict[str, Any]:
                   for i in range(ITEMS_MAX))
     per_line = TRACE_CODES_MAX // ITEMS_MAX
     lines = tuple(_line(codes=per_line, drug=i) for i in range(ITEMS_MAX))
-    text, name, ident = WIDE * TEXT_LENGTH, WIDE * NAME_LENGTH, WIDE * 128
+    text, name, ident = WIDE * TEXT_LENGTH, WIDE * NAME_LENGTH, WIDE * ID_LENGTH
     issued = PrescriptionIssued(
         **_envelope(), encounter_id=uuid4(), hospital_id=ident, physical_institution_id=ident,
         institution_ownership=Ownership.PUBLIC, pooling_region="220100", insured_region="220100",

@@ -11,8 +11,9 @@ end-state checker.
   every POST carries an Idempotency-Key and is retried on connection errors and 5xx.
 - :func:`check_end_state` waits for the stack to settle, then checks: every projection equals a rebuild from
   the event store (``services.replay`` into a separate schema, whole tables compared), every approved
-  prescription routed, every delivered/collected one settled, every visit settled, no trace code sold twice,
-  ``rxtrail verify`` intact. It returns the figures and a list of problems (empty = the promise held).
+  prescription routed and on the gateway's pharmacy feed, every delivered/collected one settled, every visit
+  settled, no trace code sold twice, ``rxtrail verify`` intact. It returns the figures and a list of problems
+  (empty = the promise held).
 """
 
 from __future__ import annotations
@@ -533,6 +534,17 @@ def domain_problems(database_url: str) -> tuple[list[str], dict[str, int]]:
                         break
                 elif t == "TraceCodeReturned":
                     held = max(0, held - 1)
+    routed = {sid for sid, types in streams.items() if "PrescriptionRouted" in types}
+    try:
+        with psycopg.connect(database_url) as conn:
+            fed = {r[0] for r in conn.execute(
+                "SELECT DISTINCT prescription_id FROM gateway.feed WHERE event_type = 'PrescriptionRouted'")}
+        unfed = sorted(routed - fed, key=str)
+        if unfed:
+            problems.append(f"{len(unfed)} routed prescription(s) missing from the gateway's pharmacy feed, "
+                            f"e.g. {unfed[:3]}")
+    except psycopg.errors.UndefinedTable:
+        problems.append("the gateway's feed table (gateway.feed) does not exist")
     if unrouted:
         problems.append(f"{len(unrouted)} approved prescription(s) never routed, e.g. {unrouted[:3]}")
     if unsettled:

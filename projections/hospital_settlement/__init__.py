@@ -6,7 +6,9 @@ from projections.hospital_settlement.projection import (
     DEFAULT_DEPOSIT_RATE,
     HospitalSettlement,
     institution_statements,
+    region_statements,
     statements,
 )
 
-__all__ = ["DEFAULT_DEPOSIT_RATE", "HospitalSettlement", "institution_statements", "statements"]
+__all__ = ["DEFAULT_DEPOSIT_RATE", "HospitalSettlement", "institution_statements", "region_statements",
+           "statements"]

@@ -10,6 +10,14 @@ are kept apart: never in the fund share, and not in ``self_pay`` either (that is
 The deposit and payable are derived in the ``statements`` views from the month's totals, rounded once:
 ``withheld_deposit = round(max(fund − refused, 0) × rate, 2)`` (half away from zero, PostgreSQL ``round``),
 ``payable = fund − refused − clawed_back − withheld_deposit``.
+
+The same sums are also booked per pooling region (``region_monthly``, view ``region_statements``): what one
+agency's statement of a hospital shows, when the hospital serves several regions. A line's region is the
+``pooling_region`` of its visit or prescription: the treatment region, whose agency settles with the provider
+(DOMAIN.md, Settlement: the agency of a pooling region settles with the hospitals and pharmacies of the region;
+it is also the agency the access gate lets read the prescription and refuse or claw back its fees). For off-site
+care (R12) the insured region's policy prices the line (``policy_region`` on the settlement event) and its fund
+bears the cost through clearing between agencies, which is not part of these statements.
 """
 
 from __future__ import annotations
@@ -48,7 +56,9 @@ MONTHLY_SUMS = ("consultations", "consultation_fees", "prescriptions", "drug_fee
                 "self_pay", "delivery_fees", "refused", "clawed_back")
 _MONTHLY_TYPES = (*(["text"] * len(MONTHLY_KEYS)),
                   *("int" if c in ("consultations", "prescriptions") else "numeric" for c in MONTHLY_SUMS))
-_LOOKUP_COLUMNS = ("hospital_id", "physical_institution_id", "dispenser_kind", "dispenser_id", "settled_kind")
+_LOOKUP_COLUMNS = ("hospital_id", "physical_institution_id", "dispenser_kind", "dispenser_id", "settled_kind",
+                   "pooling_region")
+REGION_KEYS = ("pooling_region", *MONTHLY_KEYS)
 _RELEVANT_RX = (PrescriptionIssued, PrescriptionRouted, PrescriptionSettled, FeesRefusedInAudit, FeesClawedBack)
 
 
@@ -59,10 +69,11 @@ class _Rx:
     dispenser_kind: str | None = None
     dispenser_id: str | None = None
     settled_kind: str | None = None
+    pooling_region: str | None = None  # None: booked before the projection kept regions (a rebuild fills it)
 
     def row(self, rx_id: UUID) -> tuple[Any, ...]:
         return (rx_id, self.hospital_id, self.physical_institution_id, self.dispenser_kind, self.dispenser_id,
-                self.settled_kind)
+                self.settled_kind, self.pooling_region)
 
 
 class _Month:
@@ -106,6 +117,17 @@ class HospitalSettlement:
             " PRIMARY KEY (hospital_id, physical_institution_id, month))").format(s))
         conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS monthly_institution ON {}.monthly "
                              "(physical_institution_id, month)").format(s))
+        for table in ("prescriptions", "encounters"):
+            conn.execute(sql.SQL("ALTER TABLE {}.{} ADD COLUMN IF NOT EXISTS pooling_region text").format(
+                s, sql.Identifier(table)))
+        conn.execute(sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {}.region_monthly (pooling_region text, hospital_id text,"
+            " physical_institution_id text, month text,"
+            " consultations int NOT NULL DEFAULT 0, consultation_fees " + money + ","
+            " prescriptions int NOT NULL DEFAULT 0, drug_fees " + money + ", fund " + money + ","
+            " personal_account " + money + ", self_pay " + money + ", delivery_fees " + money + ","
+            " refused " + money + ", clawed_back " + money + ","
+            " PRIMARY KEY (pooling_region, hospital_id, physical_institution_id, month))").format(s))
         rate = sql.Literal(self.deposit_rate)
         conn.execute(sql.SQL(
             "CREATE OR REPLACE VIEW {s}.statements AS SELECT hospital_id, physical_institution_id, month,"
@@ -114,6 +136,13 @@ class HospitalSettlement:
             " round(greatest(fund - refused, 0) * {rate}, 2) AS withheld_deposit,"
             " fund - refused - clawed_back - round(greatest(fund - refused, 0) * {rate}, 2) AS payable"
             " FROM {s}.monthly").format(s=s, rate=rate))
+        conn.execute(sql.SQL(
+            "CREATE OR REPLACE VIEW {s}.region_statements AS SELECT pooling_region, hospital_id,"
+            " physical_institution_id, month, consultations, consultation_fees, prescriptions, drug_fees, fund,"
+            " personal_account, self_pay, delivery_fees, refused, clawed_back, {rate}::numeric AS deposit_rate,"
+            " round(greatest(fund - refused, 0) * {rate}, 2) AS withheld_deposit,"
+            " fund - refused - clawed_back - round(greatest(fund - refused, 0) * {rate}, 2) AS payable"
+            " FROM {s}.region_monthly").format(s=s, rate=rate))
         conn.execute(sql.SQL(
             "CREATE OR REPLACE VIEW {s}.institution_statements AS SELECT physical_institution_id, month,"
             " count(*)::int AS hospitals, sum(consultations)::int AS consultations,"
@@ -137,22 +166,22 @@ class HospitalSettlement:
         if want_rx:
             for row in conn.execute(sql.SQL(
                     "SELECT prescription_id, hospital_id, physical_institution_id, dispenser_kind, dispenser_id,"
-                    " settled_kind FROM {}.prescriptions WHERE prescription_id = ANY(%s)").format(s),
+                    " settled_kind, pooling_region FROM {}.prescriptions WHERE prescription_id = ANY(%s)").format(s),
                     (list(want_rx),)):
                 rxs[row[0]] = _Rx(*row[1:])
-        encounters: dict[UUID, tuple[str, str]] = {}
+        encounters: dict[UUID, tuple[str, str, str | None]] = {}
         if want_enc:
             for row in conn.execute(sql.SQL(
-                    "SELECT encounter_id, hospital_id, physical_institution_id FROM {}.encounters"
+                    "SELECT encounter_id, hospital_id, physical_institution_id, pooling_region FROM {}.encounters"
                     " WHERE encounter_id = ANY(%s)").format(s), (list(want_enc),)):
-                encounters[row[0]] = (row[1], row[2])
+                encounters[row[0]] = (row[1], row[2], row[3])
 
         changed_rx: set[UUID] = set()
-        new_enc: dict[UUID, tuple[str, str]] = {}
-        months: dict[tuple[str, str, str], _Month] = {}
+        new_enc: dict[UUID, tuple[str, str, str | None]] = {}
+        months: dict[tuple[str, str, str | None, str], _Month] = {}
 
-        def month(hospital: str, institution: str, d: Delivered) -> _Month:
-            key = (hospital, institution, settlement_month(d.timestamp))
+        def month(hospital: str, institution: str, region: str | None, d: Delivered) -> _Month:
+            key = (hospital, institution, region, settlement_month(d.timestamp))
             if (m := months.get(key)) is None:
                 m = months[key] = _Month()
             return m
@@ -160,13 +189,14 @@ class HospitalSettlement:
         for d in batch:
             e = d.event
             if isinstance(e, FollowUpVisitRecorded):
-                encounters[d.aggregate_id] = new_enc[d.aggregate_id] = (e.hospital_id, e.physical_institution_id)
+                encounters[d.aggregate_id] = new_enc[d.aggregate_id] = (e.hospital_id, e.physical_institution_id,
+                                                                        e.pooling_region)
             elif isinstance(e, ConsultationSettled):
                 if (enc := encounters.get(d.aggregate_id)) is not None:
                     month(*enc, d).add(consultations=1, consultation_fees=e.fund + e.personal_account + e.self_pay,
                                        fund=e.fund, personal_account=e.personal_account, self_pay=e.self_pay)
             elif isinstance(e, PrescriptionIssued):
-                rxs[d.aggregate_id] = _Rx(e.hospital_id, e.physical_institution_id)
+                rxs[d.aggregate_id] = _Rx(e.hospital_id, e.physical_institution_id, pooling_region=e.pooling_region)
                 changed_rx.add(d.aggregate_id)
             elif (rx := rxs.get(d.aggregate_id)) is None:
                 continue  # a stream whose issue this view never saw (an as-of cut): nothing to book it to
@@ -177,26 +207,41 @@ class HospitalSettlement:
                 rx.settled_kind = e.settled_with_kind.value
                 changed_rx.add(d.aggregate_id)
                 if e.settled_with_kind is DispenserKind.HOSPITAL:
-                    month(rx.hospital_id, rx.physical_institution_id, d).add(
+                    month(rx.hospital_id, rx.physical_institution_id, rx.pooling_region, d).add(
                         prescriptions=1, drug_fees=e.total - e.delivery_fee, fund=e.fund,
                         personal_account=e.personal_account, self_pay=e.self_pay - e.delivery_fee,
                         delivery_fees=e.delivery_fee)
             elif isinstance(e, FeesRefusedInAudit | FeesClawedBack) and rx.settled_kind == DispenserKind.HOSPITAL.value:
                 column = "refused" if isinstance(e, FeesRefusedInAudit) else "clawed_back"
-                month(rx.hospital_id, rx.physical_institution_id, d).add(**{column: e.amount})
+                month(rx.hospital_id, rx.physical_institution_id, rx.pooling_region, d).add(**{column: e.amount})
 
         upsert_rows(conn, schema, "prescriptions", ("prescription_id",), _LOOKUP_COLUMNS,
-                    [rxs[i].row(i) for i in changed_rx], ("uuid", *(["text"] * 5)))
-        upsert_rows(conn, schema, "encounters", ("encounter_id",), ("hospital_id", "physical_institution_id"),
-                    [(i, *v) for i, v in new_enc.items()], ("uuid", "text", "text"))
+                    [rxs[i].row(i) for i in changed_rx], ("uuid", *(["text"] * 6)))
+        upsert_rows(conn, schema, "encounters", ("encounter_id",),
+                    ("hospital_id", "physical_institution_id", "pooling_region"),
+                    [(i, *v) for i, v in new_enc.items()], ("uuid", "text", "text", "text"))
+        whole: dict[tuple[str, str, str], _Month] = {}
+        for (hospital, institution, _, mon), m in months.items():
+            whole.setdefault((hospital, institution, mon), _Month()).add(**m.values)
         add_deltas(conn, schema, "monthly", MONTHLY_KEYS, MONTHLY_SUMS,
-                   [(*k, *(m.values[c] for c in MONTHLY_SUMS)) for k, m in months.items()], _MONTHLY_TYPES)
+                   [(*k, *(m.values[c] for c in MONTHLY_SUMS)) for k, m in whole.items()], _MONTHLY_TYPES)
+        add_deltas(conn, schema, "region_monthly", REGION_KEYS, MONTHLY_SUMS,
+                   [(region, hospital, institution, mon, *(m.values[c] for c in MONTHLY_SUMS))
+                    for (hospital, institution, region, mon), m in months.items() if region is not None],
+                   ("text", *_MONTHLY_TYPES))
 
 
 def statements(conn: psycopg.Connection[Any], schema: str = HospitalSettlement.name, *, month: str | None = None,
                hospital_id: str | None = None) -> list[dict[str, Any]]:
     """Hospital statements (one row per hospital and month), filtered by month and/or hospital."""
     return select_view(conn, schema, "statements", ("hospital_id", "month"), {"month": month, "hospital_id": hospital_id})
+
+
+def region_statements(conn: psycopg.Connection[Any], schema: str = HospitalSettlement.name, *, pooling_region: str,
+                      month: str | None = None) -> list[dict[str, Any]]:
+    """Hospital statements of one pooling region's lines only (one row per hospital and month)."""
+    return select_view(conn, schema, "region_statements", ("hospital_id", "physical_institution_id", "month"),
+                       {"pooling_region": pooling_region, "month": month})
 
 
 def institution_statements(conn: psycopg.Connection[Any], schema: str = HospitalSettlement.name, *,

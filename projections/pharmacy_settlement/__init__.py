@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from projections.pharmacy_settlement.projection import PharmacySettlement, statements
+from projections.pharmacy_settlement.projection import PharmacySettlement, region_statements, statements
 
-__all__ = ["PharmacySettlement", "statements"]
+__all__ = ["PharmacySettlement", "region_statements", "statements"]

@@ -6,6 +6,11 @@ are paid the month's circulation drug fees in full: no deposit is withheld (DOMA
 ``settled_with_kind = pharmacy`` and their split, fees refused in audit and clawed back (in the month of the audit
 event, against the party the prescription was settled with). Delivery fees are shown on their own: never in the
 fund share, nor in ``self_pay`` (the drugs' self-pay). ``payable = fund − refused − clawed_back``.
+
+The same sums are also booked per pooling region (``region_monthly``, view ``region_statements``): a line's region
+is its prescription's ``pooling_region`` (the treatment region, whose agency settles with the pharmacy: see
+``projections.hospital_settlement.projection``), so a delivery enterprise serving several regions shows each
+agency only its region's lines.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from events.prescription import (
     DispenserKind,
     FeesClawedBack,
     FeesRefusedInAudit,
+    PrescriptionIssued,
     PrescriptionRouted,
     PrescriptionSettled,
 )
@@ -40,8 +46,11 @@ MONTHLY_KEYS = ("party_id", "party_kind", "month")
 MONTHLY_SUMS = ("prescriptions", "drug_fees", "fund", "personal_account", "self_pay", "delivery_fees", "refused",
                 "clawed_back")
 _MONTHLY_TYPES = (*(["text"] * len(MONTHLY_KEYS)), *("int" if c == "prescriptions" else "numeric" for c in MONTHLY_SUMS))
-_LOOKUP_COLUMNS = ("dispenser_kind", "dispenser_id", "delivery_enterprise_id", "party_id", "party_kind")
-_RELEVANT = (PrescriptionRouted, DeliveryArranged, PrescriptionSettled, FeesRefusedInAudit, FeesClawedBack)
+_LOOKUP_COLUMNS = ("dispenser_kind", "dispenser_id", "delivery_enterprise_id", "party_id", "party_kind",
+                   "pooling_region")
+REGION_KEYS = ("pooling_region", *MONTHLY_KEYS)
+_RELEVANT = (PrescriptionIssued, PrescriptionRouted, DeliveryArranged, PrescriptionSettled, FeesRefusedInAudit,
+             FeesClawedBack)
 
 
 @dataclass
@@ -51,10 +60,11 @@ class _Rx:
     delivery_enterprise_id: str | None = None
     party_id: str | None = None
     party_kind: str | None = None
+    pooling_region: str | None = None  # None: booked before the projection kept regions (a rebuild fills it)
 
     def row(self, rx_id: UUID) -> tuple[Any, ...]:
         return (rx_id, self.dispenser_kind, self.dispenser_id, self.delivery_enterprise_id, self.party_id,
-                self.party_kind)
+                self.party_kind, self.pooling_region)
 
 
 class PharmacySettlement:
@@ -82,6 +92,18 @@ class PharmacySettlement:
             " fund, personal_account, self_pay, delivery_fees, refused, clawed_back,"
             " 0.00::numeric(16,2) AS withheld_deposit, fund - refused - clawed_back AS payable"
             " FROM {s}.monthly").format(s=s))
+        conn.execute(sql.SQL("ALTER TABLE {}.prescriptions ADD COLUMN IF NOT EXISTS pooling_region text").format(s))
+        conn.execute(sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {}.region_monthly (pooling_region text, party_id text, party_kind text,"
+            " month text, prescriptions int NOT NULL DEFAULT 0, drug_fees " + money + ", fund " + money + ","
+            " personal_account " + money + ", self_pay " + money + ", delivery_fees " + money + ","
+            " refused " + money + ", clawed_back " + money + ","
+            " PRIMARY KEY (pooling_region, party_id, party_kind, month))").format(s))
+        conn.execute(sql.SQL(
+            "CREATE OR REPLACE VIEW {s}.region_statements AS SELECT pooling_region, party_id, party_kind, month,"
+            " prescriptions, drug_fees, fund, personal_account, self_pay, delivery_fees, refused, clawed_back,"
+            " 0.00::numeric(16,2) AS withheld_deposit, fund - refused - clawed_back AS payable"
+            " FROM {s}.region_monthly").format(s=s))
 
     def apply(self, conn: psycopg.Connection[Any], schema: str, batch: Sequence[Delivered]) -> None:
         wanted = {d.aggregate_id for d in batch if isinstance(d.event, _RELEVANT)}
@@ -89,15 +111,15 @@ class PharmacySettlement:
             return
         rxs: dict[UUID, _Rx] = {}
         for row in conn.execute(sql.SQL(
-                "SELECT prescription_id, dispenser_kind, dispenser_id, delivery_enterprise_id, party_id, party_kind"
-                " FROM {}.prescriptions WHERE prescription_id = ANY(%s)").format(sql.Identifier(schema)),
+                "SELECT prescription_id, dispenser_kind, dispenser_id, delivery_enterprise_id, party_id, party_kind,"
+                " pooling_region FROM {}.prescriptions WHERE prescription_id = ANY(%s)").format(sql.Identifier(schema)),
                 (list(wanted),)):
             rxs[row[0]] = _Rx(*row[1:])
         changed: set[UUID] = set()
-        months: dict[tuple[str, str, str], dict[str, Any]] = {}
+        months: dict[tuple[str, str, str | None, str], dict[str, Any]] = {}
 
         def month(party_id: str, party_kind: str, d: Delivered) -> dict[str, Any]:
-            key = (party_id, party_kind, settlement_month(d.timestamp))
+            key = (party_id, party_kind, rxs[d.aggregate_id].pooling_region, settlement_month(d.timestamp))
             if (m := months.get(key)) is None:
                 m = months[key] = {c: 0 if c == "prescriptions" else ZERO for c in MONTHLY_SUMS}
             return m
@@ -107,7 +129,10 @@ class PharmacySettlement:
             if not isinstance(e, _RELEVANT):
                 continue
             rx = rxs.setdefault(d.aggregate_id, _Rx())
-            if isinstance(e, PrescriptionRouted):
+            if isinstance(e, PrescriptionIssued):
+                rx.pooling_region = e.pooling_region
+                changed.add(d.aggregate_id)
+            elif isinstance(e, PrescriptionRouted):
                 rx.dispenser_kind, rx.dispenser_id = e.dispenser_kind.value, e.dispenser_id
                 changed.add(d.aggregate_id)
             elif isinstance(e, DeliveryArranged):
@@ -133,9 +158,19 @@ class PharmacySettlement:
                 m["refused" if isinstance(e, FeesRefusedInAudit) else "clawed_back"] += e.amount
 
         upsert_rows(conn, schema, "prescriptions", ("prescription_id",), _LOOKUP_COLUMNS,
-                    [rxs[i].row(i) for i in changed], ("uuid", *(["text"] * 5)))
+                    [rxs[i].row(i) for i in changed], ("uuid", *(["text"] * 6)))
+        whole: dict[tuple[str, str, str], dict[str, Any]] = {}
+        for (party_id, party_kind, _, mon), m in months.items():
+            w = whole.setdefault((party_id, party_kind, mon), {c: 0 if c == "prescriptions" else ZERO
+                                                               for c in MONTHLY_SUMS})
+            for c in MONTHLY_SUMS:
+                w[c] += m[c]
         add_deltas(conn, schema, "monthly", MONTHLY_KEYS, MONTHLY_SUMS,
-                   [(*k, *(m[c] for c in MONTHLY_SUMS)) for k, m in months.items()], _MONTHLY_TYPES)
+                   [(*k, *(m[c] for c in MONTHLY_SUMS)) for k, m in whole.items()], _MONTHLY_TYPES)
+        add_deltas(conn, schema, "region_monthly", REGION_KEYS, MONTHLY_SUMS,
+                   [(region, party_id, party_kind, mon, *(m[c] for c in MONTHLY_SUMS))
+                    for (party_id, party_kind, region, mon), m in months.items() if region is not None],
+                   ("text", *_MONTHLY_TYPES))
 
 
 def statements(conn: psycopg.Connection[Any], schema: str = PharmacySettlement.name, *, month: str | None = None,
@@ -143,3 +178,10 @@ def statements(conn: psycopg.Connection[Any], schema: str = PharmacySettlement.n
     """Pharmacy / delivery-enterprise statements (one row per party and month)."""
     return select_view(conn, schema, "statements", ("party_id", "party_kind", "month"),
                        {"month": month, "party_id": party_id})
+
+
+def region_statements(conn: psycopg.Connection[Any], schema: str = PharmacySettlement.name, *, pooling_region: str,
+                      month: str | None = None) -> list[dict[str, Any]]:
+    """Pharmacy / delivery-enterprise statements of one pooling region's lines only (one row per party and month)."""
+    return select_view(conn, schema, "region_statements", ("party_id", "party_kind", "month"),
+                       {"pooling_region": pooling_region, "month": month})

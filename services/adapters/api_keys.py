@@ -91,12 +91,39 @@ def authenticate(conn: psycopg.Connection[Any], token: str) -> Party | None:
     return Party(PartyKind(row[1]), row[2], key_id=m.group(1))
 
 
+RECORDED_TEXT_MAX = 2048
+"""At most this many characters of a query's path or query string are recorded (the rest: its length and digest)."""
+
+
+def _escaped(ch: str) -> str:
+    o = ord(ch)
+    if ch == "\\":
+        return "\\\\"
+    if ch.isprintable() and not 0xD800 <= o <= 0xDFFF:
+        return ch
+    return f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}"
+
+
+def recordable(text: str, limit: int = RECORDED_TEXT_MAX) -> str:
+    """A form of ``text`` PostgreSQL's ``text`` always stores and a reader can trust: control characters (NUL
+    above all, which ``text`` refuses) and lone surrogates UTF-8 cannot carry are escaped (``\x00``, ``\udc80``),
+    a backslash is doubled so escapes stay unambiguous, and past ``limit`` characters the rest is replaced by the
+    whole text's length and SHA-256 (the record names what was asked without storing megabytes of it)."""
+    head = "".join(map(_escaped, text[:limit]))
+    if len(text) <= limit and len(head) <= limit:
+        return head
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{head[:limit]}... [{len(text)} characters, sha256 {digest}]"
+
+
 def record_regulator_query(conn: psycopg.Connection[Any], party: Party, at: datetime, method: str, path: str,
                            query: str) -> None:
+    """Record a regulator's query before it is answered. Any path or query string is recorded (odd input in a
+    safe, bounded form: ``recordable``), so recording never refuses a request the API would answer."""
     conn.execute(
         "INSERT INTO api.regulator_queries (regulator_id, key_id, at, method, path, query) "
         "VALUES (%s, %s, %s, %s, %s, %s)",
-        (party.id, party.key_id, at, method, path, query),
+        (party.id, party.key_id, at, recordable(method, 32), recordable(path), recordable(query)),
     )
 
 

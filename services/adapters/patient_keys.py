@@ -7,6 +7,7 @@ import os
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from psycopg_pool import ConnectionPool
 
+from services.adapters.pool import CONNECT_TIMEOUT_S, POOL_TIMEOUT_S  # short waits while PostgreSQL is down
 from services.application.privacy import PrivacyError
 
 
@@ -24,8 +25,9 @@ class PostgresPatientKeyStore:
 
     def __init__(self, database_url: str, *, max_connections: int = 4) -> None:
         self.database_url = database_url
-        self._pool = ConnectionPool(database_url, min_size=1, max_size=max_connections,
-                                    kwargs={"autocommit": True}, open=True, name="patient-keys")
+        self._pool = ConnectionPool(database_url, min_size=1, max_size=max_connections, timeout=POOL_TIMEOUT_S,
+                                    check=ConnectionPool.check_connection, open=True, name="patient-keys",
+                                    kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S})
         with self._pool.connection() as conn:
             conn.execute(self.CREATE)
 

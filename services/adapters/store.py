@@ -79,6 +79,14 @@ class RxTrailStore(Application[Any]):
         return self.outcome_recorder.select_outcomes(command_ids)
 
 
+POOL_WAIT_S = 0.3
+"""How long one attempt waits for a pooled connection (the store's psycopg pool ``timeout``; eventsourcing's own
+setting, POSTGRES_CONNECT_TIMEOUT, takes whole seconds, default 5). eventsourcing retries every read and write
+10 times, 0.2 s apart, so a caller waits about 10 × (0.3 + 0.2) = 5 s for a connection before the error reaches
+it: under load that is a queue; while PostgreSQL is down or restarting it bounds the wait (the API then answers
+503). With the default a request hung ~50 s."""
+
+
 def store_env(database_url: str, *, pool_size: int = 5, max_overflow: int = 10, **extra: str) -> dict[str, str]:
     """eventsourcing's environment for our store, from our database URL."""
     return eventsourcing_env(
@@ -93,4 +101,8 @@ def store_env(database_url: str, *, pool_size: int = 5, max_overflow: int = 10, 
 def open_store(
     database_url: str, *, snapshot_interval: int = DEFAULT_SNAPSHOT_INTERVAL, **env: Any
 ) -> RxTrailStore:
-    return RxTrailStore(env=store_env(database_url, **env), snapshot_interval=snapshot_interval)
+    store = RxTrailStore(env=store_env(database_url, **env), snapshot_interval=snapshot_interval)
+    pool = getattr(getattr(store.recorder, "datastore", None), "pool", None)  # one pool for events and snapshots
+    if pool is not None:
+        pool.timeout = POOL_WAIT_S
+    return store

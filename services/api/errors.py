@@ -1,12 +1,15 @@
 """The one place that picks HTTP status codes (STYLE rule 4: only this layer chooses them).
 
 401 no or bad key · 403 the key's role may not do this · 404 unknown id, or an id the party may not see ·
+405 a method the path does not take (``Allow`` lists those it takes) ·
 409 a rule violation (``rule``), an illegal transition (``state``) or another business refusal ·
-422 invalid input, naming the field.
+422 invalid input, naming the field · 503 PostgreSQL is down or restarting (``Retry-After``; a command's events
+and outcome are written together or not at all, and retried with its Idempotency-Key it is applied once).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -15,7 +18,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
+from services.adapters.pool import DATABASE_UNAVAILABLE
 from services.application.access import Forbidden, SenderMismatch
 from services.application.outcomes import Outcome
 from services.domain.errors import DomainError, IllegalTransition, NotFound, RuleViolation
@@ -34,6 +39,9 @@ ERROR_STATUS: dict[str, int] = {
     "SenderMismatch": 403,
 }
 _STATE = re.compile(r"in state (\w+)$")
+RETRY_AFTER_S = 2
+"""What a 503 tells the client to wait: PostgreSQL restarts in seconds, and the pools reconnect on their own."""
+log = logging.getLogger("rxtrail.api")
 
 
 def status_for(error: str | None) -> int:
@@ -58,11 +66,27 @@ class Refused(Exception):
         super().__init__(outcome.reason or outcome.error or "refused")
 
 
-def _error(status: int, error: str, reason: str, **extra: Any) -> JSONResponse:
+def _error(status: int, error: str, reason: str, headers: dict[str, str] | None = None, **extra: Any
+           ) -> JSONResponse:
     body: dict[str, Any] = {"error": error, "reason": reason}
     body.update({k: v for k, v in extra.items() if v is not None})
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods some route of the app answers on this request's path: each method is matched the way the
+    router would (routes of one path may be several, and included routers nest)."""
+    allowed = []
+    for method in HTTP_METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] is Match.FULL for route in request.app.routes):
+            allowed.append(method)
+    return allowed
 
 
 def outcome_response(outcome: Outcome) -> JSONResponse:
@@ -85,10 +109,22 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error(401, "Unauthorized", exc.reason)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400:  # an unreadable body (not UTF-8, not JSON): invalid input like any other
             return _error(422, "ValidationError", f"body: {exc.detail}")
-        return _error(exc.status_code, "HTTPError", str(exc.detail))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request)) or headers.get("Allow", "")
+        return _error(exc.status_code, "HTTPError", str(exc.detail), headers=headers or None)
+
+    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("%s %s: 503, the database is unavailable (%s: %s)", request.method, request.url.path[:200],
+                    type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        return _error(503, "ServiceUnavailable", "the database is unavailable (down or restarting): retry later; a "
+                      "command retried with its Idempotency-Key is applied once", headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    for unavailable_error in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(unavailable_error, unavailable)
 
     @app.exception_handler(Refused)
     async def refused(_: Request, exc: Refused) -> JSONResponse:

@@ -23,9 +23,9 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from projections.hospital_settlement.projection import HospitalSettlement
-from projections.hospital_settlement.projection import statements as hospital_statements
+from projections.hospital_settlement.projection import region_statements as hospital_region_statements
 from projections.pharmacy_settlement.projection import PharmacySettlement
-from projections.pharmacy_settlement.projection import statements as pharmacy_statements
+from projections.pharmacy_settlement.projection import region_statements as pharmacy_region_statements
 from projections.traceability import queries as trace
 from projections.traceability.projection import Traceability
 from services.adapters.gateway_state import SCHEMA as GATEWAY_SCHEMA
@@ -36,7 +36,7 @@ from services.application.unit_of_work import UnitOfWork
 from services.domain.encounter import Encounter
 from services.domain.errors import DomainError
 from services.domain.prescription import Prescription, RxStatus
-from services.domain.registries import Pharmacist, Pharmacy
+from services.domain.registries import Pharmacist
 from services.integrity import verify_aggregate
 
 T = TypeVar("T")
@@ -142,19 +142,18 @@ class Reads:
 
     # --- agencies --------------------------------------------------------------------------------
     def region_statements(self, region: str, month: str | None) -> list[m.StatementPublic]:
-        """The monthly statements (settlement projections) of the hospitals with visits in a pooling region and the
-        pharmacies designated in it."""
-        hospitals = self._read(lambda c: trace.region_hospitals(c, self.traceability, region)) or set()
-        out: list[m.StatementPublic] = []
-        for row in self._read(lambda c: hospital_statements(c, HospitalSettlement.name, month=month)) or []:
-            if row["hospital_id"] in hospitals:
-                out.append(_statement("hospital", row["hospital_id"], row, {"hospital_id", "month"}))
-        rows = [r for r in self._read(lambda c: pharmacy_statements(c, PharmacySettlement.name, month=month)) or []
-                if r["party_kind"] == "pharmacy"]
-        pharmacies = self._load(Pharmacy, [Pharmacy.id_for(p) for p in {r["party_id"] for r in rows}])
-        in_region = {p.pharmacy_id for p in pharmacies.values() if p.pooling_region == region}
-        out += [_statement("pharmacy", r["party_id"], r, {"party_id", "party_kind", "month"}) for r in rows
-                if r["party_id"] in in_region]
+        """The monthly statements of a pooling region's agency: for every hospital, pharmacy or delivery enterprise
+        with lines in the region, only those lines and their totals (the settlement projections' per-region
+        books). A line's region is its visit's or prescription's ``pooling_region`` (the treatment region, whose
+        agency settles with the provider and may read and audit the prescription: see
+        ``projections.hospital_settlement.projection``), so a provider serving several regions shows each agency
+        only its own region's lines."""
+        out = [_statement("hospital", r["hospital_id"], r, {"hospital_id", "month", "pooling_region"})
+               for r in self._read(lambda c: hospital_region_statements(
+                   c, HospitalSettlement.name, pooling_region=region, month=month)) or []]
+        out += [_statement(r["party_kind"], r["party_id"], r, {"party_id", "party_kind", "month", "pooling_region"})
+                for r in self._read(lambda c: pharmacy_region_statements(
+                    c, PharmacySettlement.name, pooling_region=region, month=month)) or []]
         return out
 
 

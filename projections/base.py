@@ -63,10 +63,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 from psycopg import sql
 
-from events import from_json, topics
+from events import from_json, to_json, topics
 from events.base import current_schema_version
 from events.codec import EVENT_TYPES
-from events.contracts import dead_letter_headers, record_source
+from events.contracts import dead_letter_headers, dead_letter_value, record_source
 from events.envelope import (
     EVENT_ID,
     EVENT_TYPE,
@@ -255,6 +255,45 @@ def ensure_schema(conn: psycopg.Connection[Any], projection: Projection, schema:
     projection.create_tables(conn, schema)
 
 
+# --- a rebuilt view under a running consumer -----------------------------------------------------------------
+
+EPOCHS_TABLE = "rxtrail_consumer_epochs"
+"""``schema -> epoch``: bumped by ``services.replay`` in the transaction that swaps a rebuilt schema in. A running
+consumer reads its schema's epoch ``FOR SHARE`` at the start of every batch's transaction; a new epoch means the
+view (and its stored offsets) was replaced under it: the batch rolls back and every partition is positioned again
+at the rebuilt view's offsets. The row lock orders the swap and the batches (no pid, no signal, no lost batch)."""
+
+
+def ensure_epoch(conn: psycopg.Connection[Any], schema: str) -> None:
+    """The epochs table and ``schema``'s row (in the caller's transaction)."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext('rxtrail.consumer_epochs.ddl'))")
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {EPOCHS_TABLE} (schema text PRIMARY KEY, epoch bigint NOT NULL "
+                 "DEFAULT 0, changed_at timestamptz NOT NULL DEFAULT now())")
+    conn.execute(f"INSERT INTO {EPOCHS_TABLE} (schema) VALUES (%s) ON CONFLICT DO NOTHING", (schema,))
+
+
+def read_epoch(conn: psycopg.Connection[Any], schema: str) -> int:
+    """``schema``'s epoch, row-locked FOR SHARE until the caller's transaction ends (0 when it has no row)."""
+    row = conn.execute(f"SELECT epoch FROM {EPOCHS_TABLE} WHERE schema = %s FOR SHARE", (schema,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def bump_epoch(conn: psycopg.Connection[Any], schema: str) -> int:
+    """A new epoch for ``schema`` (call first in the transaction that replaces the schema)."""
+    ensure_epoch(conn, schema)
+    row = conn.execute(f"UPDATE {EPOCHS_TABLE} SET epoch = epoch + 1, changed_at = now() WHERE schema = %s "
+                       "RETURNING epoch", (schema,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+EPOCH_CHECK_IDLE_S = 1.0
+"""How often an idle consumer (nothing to apply) reads its epoch; a busy one reads it with every batch."""
+
+
+class Rebuilt(RuntimeError):
+    """The consumer's schema was replaced (a replay) since its partitions were positioned."""
+
+
 def drop_schema(conn: psycopg.Connection[Any], schema: str) -> None:
     conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
@@ -286,6 +325,8 @@ class RunnerStats:
     """Events read from the record to close gaps (applied before the event that revealed the gap)."""
     gap_waits: int = 0
     """Batches put back because the record did not hold a missing version yet."""
+    poisoned: list[tuple[Delivered, str]] = field(default_factory=list, repr=False)
+    """Events of the batch the view could not take (with the error): left out, for the dead-letter topic."""
 
 
 def apply_batch(conn: psycopg.Connection[Any], projection: Projection, schema: str, batch: Sequence[Delivered],
@@ -325,7 +366,9 @@ def apply_batch(conn: psycopg.Connection[Any], projection: Projection, schema: s
         delivered += 1
         known[d.aggregate_id] = d.version
     if fresh:
-        projection.apply(conn, schema, fresh)
+        poisoned = _apply_isolating(conn, projection, schema, fresh)
+        if tally is not None:
+            tally.poisoned.extend(poisoned)
         heads: dict[UUID, int] = {}
         for d in fresh:
             heads[d.aggregate_id] = max(d.version, heads.get(d.aggregate_id, 0))
@@ -358,6 +401,40 @@ def apply_batch(conn: psycopg.Connection[Any], projection: Projection, schema: s
 # --- topic incarnations ---------------------------------------------------------------------------------------
 
 
+POISON: tuple[type[BaseException], ...] = (psycopg.DataError, psycopg.IntegrityError, ValueError, TypeError,
+                                           ArithmeticError, LookupError)
+"""Errors an event itself causes (a value out of a column's range, a broken constraint, data the view cannot read):
+retrying never helps. Anything else (a lost connection) is retried as a whole batch."""
+
+
+def _apply_isolating(conn: psycopg.Connection[Any], projection: Projection, schema: str,
+                     events: Sequence[Delivered]) -> list[tuple[Delivered, str]]:
+    """Apply ``events``; if the view cannot take one of them, apply them one by one (each in a savepoint) and leave
+    out those that fail. Returns the events left out with their errors (the caller dead-letters them): one bad
+    event never stops a stage."""
+    try:
+        with conn.transaction():  # a savepoint in the caller's transaction
+            projection.apply(conn, schema, events)
+        return []
+    except POISON as exc:
+        if len(events) == 1:
+            return [_poisoned(projection, events[0], exc)]
+    left_out = []
+    for d in events:
+        try:
+            with conn.transaction():
+                projection.apply(conn, schema, [d])
+        except POISON as exc:
+            left_out.append(_poisoned(projection, d, exc))
+    return left_out
+
+
+def _poisoned(projection: Projection, d: Delivered, exc: BaseException) -> tuple[Delivered, str]:
+    error = f"{type(exc).__name__}: {exc}"[:2000]
+    log.error("%s: cannot apply %s v%d (%s, %s[%d]@%d): %s; left out and dead-lettered", projection.name,
+              d.aggregate_id, d.version, d.event_type, d.topic, d.partition, d.offset, error)
+    return d, error
+
 def fingerprint(record: Any) -> str:
     """``"<offset>/<timestamp ms>/<event id>"`` of a Kafka record (a digest of key and value when it carries no
     event id): what tells this incarnation of the partition from a later one (see the module doc)."""
@@ -383,12 +460,13 @@ class Observed(NamedTuple):
 
 class TopicProbe:
     """A group-less consumer that reads one record per partition at a given offset, and the partition's bounds.
-    Cheap: one small fetch per partition; it never touches a consumer group's position."""
+    Cheap: ListOffsets and one small fetch per partition (``fetch_bytes``; brokers still answer the whole first
+    record batch), nothing left assigned in between; it never touches a consumer group's position."""
 
-    def __init__(self, bootstrap: str, timeout_s: float = 10.0) -> None:
+    def __init__(self, bootstrap: str, timeout_s: float = 10.0, fetch_bytes: int = 4096) -> None:
         self.timeout_s = timeout_s
         self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                          auto_offset_reset="earliest", max_partition_fetch_bytes=64 * 1024,
+                                          auto_offset_reset="earliest", max_partition_fetch_bytes=fetch_bytes,
                                           fetch_max_wait_ms=100)
 
     async def start(self) -> None:
@@ -483,6 +561,8 @@ class ProjectionConsumer:
         self._incarnations: dict[int, str | None] = {}
         """Per assigned partition: the incarnation its position belongs to (None: learn it from the first record
         consumed)."""
+        self._epoch: int | None = None
+        """The schema's epoch the positions were read under (``EPOCHS_TABLE``)."""
 
     async def run(self, stop: asyncio.Event, idle_timeout_s: float | None = None) -> RunnerStats:
         """Run until `stop` is set (or, with idle_timeout_s, until nothing arrived for that long)."""
@@ -490,6 +570,7 @@ class ProjectionConsumer:
         try:
             with conn.transaction():
                 ensure_schema(conn, self.projection, self.schema)
+                ensure_epoch(conn, self.schema)
             consumer = AIOKafkaConsumer(
                 bootstrap_servers=self.bootstrap, group_id=self.group_id, enable_auto_commit=False,
                 auto_offset_reset="earliest", session_timeout_ms=self.session_timeout_ms,
@@ -518,7 +599,7 @@ class ProjectionConsumer:
             await consumer.start()
             try:
                 loop = asyncio.get_running_loop()
-                idle_since = last_check = loop.time()
+                idle_since = last_check = epoch_checked = loop.time()
                 while not stop.is_set():
                     if unpositioned:
                         if not await self._position(conn, consumer, probe, unpositioned):
@@ -540,6 +621,10 @@ class ProjectionConsumer:
                             idle_since = loop.time()
                         elif idle_timeout_s is not None and loop.time() - idle_since > idle_timeout_s:
                             break
+                        if loop.time() - epoch_checked >= EPOCH_CHECK_IDLE_S:  # a replay swapped in while idle
+                            epoch_checked = loop.time()
+                            if await asyncio.to_thread(read_epoch, conn, self.schema) != self._epoch:
+                                unpositioned.update(consumer.assignment())
                         continue
                     idle_since = loop.time()
                     try:
@@ -550,6 +635,10 @@ class ProjectionConsumer:
                                     self.projection.name, exc)
                         unpositioned.update(consumer.assignment())
                         await self._pause(stop)
+                        continue
+                    except Rebuilt as exc:
+                        log.warning("%s: %s; continuing from the rebuilt view's offsets", self.projection.name, exc)
+                        unpositioned.update(consumer.assignment())
                         continue
                     try:
                         await consumer.commit({TopicPartition(self.topic, p.partition): msgs[-1].offset + 1
@@ -578,7 +667,14 @@ class ProjectionConsumer:
                         partitions: set[Any]) -> bool:
         """Seek newly assigned partitions to their stored offsets, or to the beginning when the topic is not the
         one those offsets belong to. False when the broker could not be probed (try again shortly)."""
-        stored = await asyncio.to_thread(stored_positions, conn, self.schema, self.topic)
+        def read() -> tuple[int, dict[int, Position]]:
+            with conn.transaction():  # the epoch locked first: a swap cannot slip between the two reads
+                return read_epoch(conn, self.schema), stored_positions(conn, self.schema, self.topic)
+
+        epoch, stored = await asyncio.to_thread(read)
+        if self._epoch is not None and epoch != self._epoch:
+            partitions.update(consumer.assignment())  # the view was rebuilt: every partition to its new offsets
+        self._epoch = epoch
         assigned = consumer.assignment()
         todo = [tp for tp in partitions if tp in assigned]
         positions = {tp: stored.get(tp.partition, Position(0, None)) for tp in todo}
@@ -648,10 +744,20 @@ class ProjectionConsumer:
 
         def write() -> int:
             with conn.transaction():
+                if (epoch := read_epoch(conn, self.schema)) != self._epoch:
+                    raise Rebuilt(f"schema {self.schema} was rebuilt (epoch {self._epoch} -> {epoch})")
                 return apply_batch(conn, self.projection, self.schema, good, offsets, missing=self.missing,
                                    incarnations=learned, tally=tally)
 
         applied = await asyncio.to_thread(write)
+        for d, error in tally.poisoned:  # committed without them; the stage goes on (stats.dead_lettered says so)
+            source = record_source(d.topic, d.partition, d.offset) if d.offset >= 0 else None
+            value, extra = dead_letter_value(to_json(d.event), error=error, source=source)
+            original = [(EVENT_ID, d.event_id.encode()), (EVENT_TYPE, d.event_type.encode())]
+            dead = dead_letter_headers(original, error=error, consumer=self.group_id, source=source)
+            await producer.send_and_wait(self.dlq_topic, value=value, key=str(d.aggregate_id).encode(),
+                                         headers=dead + extra)
+            self.stats.dead_lettered += 1
         for (_t, p), fp in learned.items():
             self._incarnations[p] = fp
         self.stats.applied += applied

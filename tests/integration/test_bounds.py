@@ -176,3 +176,42 @@ def test_a_body_larger_than_any_valid_one_is_413_before_parsing(actors: Actors, 
     assert r.status_code == 413
     good = actors.post(actors.hospital, "/hospital/visits", visit_body(cast))
     assert good.status_code == 201, good.text
+
+
+def test_a_stored_event_a_projection_cannot_take_is_left_out_and_the_rest_applied(
+        make_database: Callable[[], str]) -> None:
+    """An event already recorded (before the bounds, or a sum past a column's range) that a view cannot take:
+    the batch is applied without it, it is handed back for the dead-letter topic, and the stream's version moves
+    past it, so neither the batch nor a gap read-through comes back to it."""
+    from decimal import Decimal
+
+    from events.encounter import ConsultationSettled
+    from events.envelope import event_id
+    from projections import registry
+    from projections.base import Delivered, RunnerStats, apply_batch, ensure_schema
+    from services.simulate import all_events, make_trails
+
+    events = all_events(make_trails(4, seed=12))
+    settled = [e for e in events if isinstance(e, ConsultationSettled)]
+    assert len(settled) >= 2
+    poison = settled[0].model_copy(update={"fund": Decimal("1000000000000000.00")})  # past numeric(16,2)
+    batch = [Delivered(event=e, event_type=type(e).__name__, aggregate_id=e.originator_id,
+                       version=e.originator_version, event_id=event_id(str(e.originator_id), e.originator_version),
+                       timestamp=e.timestamp)
+             for e in (poison if e is settled[0] else e for e in events)]
+    projection = registry.build("hospital_settlement")
+    schema = "bounds_hospital"
+    tally = RunnerStats()
+    with psycopg.connect(make_database()) as conn:
+        with conn.transaction():
+            ensure_schema(conn, projection, schema)
+        with conn.transaction():
+            applied = apply_batch(conn, projection, schema, batch, tally=tally)
+        assert applied == len(batch)
+        assert [(d.aggregate_id, d.version) for d, _ in tally.poisoned] == [(poison.originator_id,
+                                                                             poison.originator_version)]
+        assert "NumericValueOutOfRange" in tally.poisoned[0][1]
+        fees = conn.execute(f"SELECT sum(consultation_fees) FROM {schema}.monthly").fetchone()
+        assert fees is not None and fees[0] == sum(e.fund + e.personal_account + e.self_pay for e in settled[1:])
+        with conn.transaction():  # delivered again: nothing new, the poison is not tried again
+            assert apply_batch(conn, projection, schema, batch, tally=RunnerStats()) == 0

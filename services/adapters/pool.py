@@ -16,7 +16,7 @@ from psycopg_pool import ConnectionPool
 
 from services.adapters import api_keys as keys
 
-POOL_TIMEOUT_S = 5.0
+POOL_TIMEOUT_S = 1.5
 CONNECT_TIMEOUT_S = 5
 
 DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
@@ -38,3 +38,14 @@ def open_pool(database_url: str, *, min_size: int = 1, max_size: int = 10,
     with pool.connection() as conn:
         keys.ensure_schema(conn)
     return pool
+
+
+def database_answers(database_url: str, timeout_s: int = 1) -> bool:
+    """Whether PostgreSQL answers a fresh connection now (not through a pool: its broken connections and
+    reconnection backoff say nothing about the server)."""
+    try:
+        with psycopg.connect(database_url, connect_timeout=timeout_s, autocommit=True) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error:
+        return False
+    return True

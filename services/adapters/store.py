@@ -79,10 +79,10 @@ class RxTrailStore(Application[Any]):
         return self.outcome_recorder.select_outcomes(command_ids)
 
 
-POOL_WAIT_S = 0.3
+POOL_WAIT_S = 0.1
 """How long one attempt waits for a pooled connection (the store's psycopg pool ``timeout``; eventsourcing's own
 setting, POSTGRES_CONNECT_TIMEOUT, takes whole seconds, default 5). eventsourcing retries every read and write
-10 times, 0.2 s apart, so a caller waits about 10 × (0.3 + 0.2) = 5 s for a connection before the error reaches
+10 times, 0.2 s apart, so a caller waits about 10 × (0.1 + 0.2) = 3 s for a connection before the error reaches
 it: under load that is a queue; while PostgreSQL is down or restarting it bounds the wait (the API then answers
 503). With the default a request hung ~50 s."""
 

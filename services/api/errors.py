@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+import time
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from services.adapters.pool import DATABASE_UNAVAILABLE
+from services.adapters.pool import DATABASE_UNAVAILABLE, database_answers
 from services.application.access import Forbidden, SenderMismatch
 from services.application.outcomes import Outcome
 from services.domain.errors import DomainError, IllegalTransition, NotFound, RuleViolation
@@ -41,7 +45,72 @@ ERROR_STATUS: dict[str, int] = {
 _STATE = re.compile(r"in state (\w+)$")
 RETRY_AFTER_S = 2
 """What a 503 tells the client to wait: PostgreSQL restarts in seconds, and the pools reconnect on their own."""
+PROBE_INTERVAL_S = 0.5
 log = logging.getLogger("rxtrail.api")
+
+
+class DatabaseGate:
+    """Fail fast while PostgreSQL is known to be down. The first requests to meet a lost database find out the
+    slow way (the pools' short waits, about 3 s at most); from then on requests are answered 503 at once, and at
+    most every ``PROBE_INTERVAL_S`` one request first probes the server with a fresh connection: once it answers,
+    the gate opens and requests go through again (the pools replace their broken connections on their own)."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self.down = False
+        self._next_probe = 0.0
+        self._lock = threading.Lock()
+
+    def mark_down(self) -> None:
+        """After a request met the database unavailable: the next request probes at once (a lone error, e.g. a
+        pool queue under load, costs one probe), and while probes fail the others are answered 503 at once."""
+        with self._lock:
+            if not self.down:
+                self.down = True
+                self._next_probe = time.monotonic()
+
+    def _claim_probe(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            if now < self._next_probe:
+                return False
+            self._next_probe = now + PROBE_INTERVAL_S
+            return True
+
+    def _probe(self) -> bool:
+        if not database_answers(self.database_url):
+            return False
+        with self._lock:
+            self.down = False
+        log.info("the database answers again")
+        return True
+
+    async def passes(self) -> bool:
+        """Whether a request may go on to the app (always while the database is not known to be down)."""
+        if not self.down:
+            return True
+        if not self._claim_probe():
+            return False
+        return await run_in_threadpool(self._probe)
+
+
+class FailFast:
+    """ASGI middleware: 503 at once while the ``DatabaseGate`` is shut (``/health`` always goes through: it
+    checks the database itself and says "degraded")."""
+
+    def __init__(self, app: ASGIApp, gate: DatabaseGate) -> None:
+        self.app, self.gate = app, gate
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] == "/health" or await self.gate.passes():
+            await self.app(scope, receive, send)
+            return
+        await unavailable_response()(scope, receive, send)
+
+
+def unavailable_response() -> JSONResponse:
+    return _error(503, "ServiceUnavailable", "the database is unavailable (down or restarting): retry later; a "
+                  "command retried with its Idempotency-Key is applied once", headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 def status_for(error: str | None) -> int:
@@ -117,11 +186,15 @@ def install_error_handlers(app: FastAPI) -> None:
             headers["Allow"] = ", ".join(allowed_methods(request)) or headers.get("Allow", "")
         return _error(exc.status_code, "HTTPError", str(exc.detail), headers=headers or None)
 
+    gate = DatabaseGate(app.state.database_url)
+    app.state.database_gate = gate
+    app.add_middleware(FailFast, gate=gate)
+
     async def unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.warning("%s %s: 503, the database is unavailable (%s: %s)", request.method, request.url.path[:200],
                     type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-        return _error(503, "ServiceUnavailable", "the database is unavailable (down or restarting): retry later; a "
-                      "command retried with its Idempotency-Key is applied once", headers={"Retry-After": str(RETRY_AFTER_S)})
+        gate.mark_down()
+        return unavailable_response()
 
     for unavailable_error in DATABASE_UNAVAILABLE:
         app.add_exception_handler(unavailable_error, unavailable)

@@ -329,3 +329,35 @@ async def test_replay_from_kafka_reads_gaps_through_and_hands_over_its_incarnati
     [again] = await _run_to_idle(_consumers(db, kafka_bootstrap, topic, unique_id("g"), names=["traceability"]))
     assert (again.incarnation_resets, again.applied, again.duplicates) == (0, 0, 0)
     await _equals_rebuild(db, ["traceability"])
+
+
+# --- workers ---------------------------------------------------------------------------------------------------------
+
+
+async def test_the_router_routes_approvals_whose_issue_the_topic_lost(make_database: Callable[[], str],
+                                                                       kafka_bootstrap: str) -> None:
+    """Workers run on the same base: the router gets approvals (v2) without the issue (v1) that tells it what to
+    route; it reads v1 from the store and routes each prescription once (it used to ignore them for good)."""
+    from events.prescription import RoutingBasis
+    from services.workers.router import run_router
+    from tests.support.cast import METFORMIN
+    from tests.support.kafka import header
+    from tests.support.pipeline import copy_topic, item, new_pipeline, routes, wait_relayed
+
+    p = await new_pipeline(make_database, kafka_bootstrap).start(router=False, gateway=False)
+    try:
+        cast = await p.call(p.cast().register)
+        pharmacy_id = await p.call(cast.designate, unique_id("PH"), drugs=(METFORMIN,))
+        rxs = [await p.call(cast.approved, item(METFORMIN)) for _ in range(3)]
+        await wait_relayed(p)
+    finally:
+        await p.close()
+    try:
+        lossy = unique_topic("events.noissue")
+        await copy_topic(p.bootstrap, p.topic, lossy, keep=lambda r: header(r, "event_type") != "PrescriptionIssued")
+        router = await run_router(p.router_config(topic=lossy), asyncio.Event(), p.app, idle_timeout_s=3)
+        assert router.routing.routed == len(rxs)
+        for rx in rxs:
+            assert [(r.dispenser_id, r.basis) for r in routes(p.app, rx)] == [(pharmacy_id, RoutingBasis.ROUTING_RULE)]
+    finally:
+        p.app.close()

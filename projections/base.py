@@ -54,7 +54,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol
 from uuid import UUID
 
@@ -99,6 +99,9 @@ class Delivered:
     partition: int = -1
     offset: int = -1
     notification_id: int | None = None
+    undecodable: str | None = None
+    """Set on a tombstone: a stored event that no longer decodes (``event`` is None). Never applied; its version
+    is passed (so later versions are no gap) and it is dead-lettered."""
 
 
 class Projection(Protocol):
@@ -184,6 +187,20 @@ def decode_stored(notification_id: int, originator_id: UUID | str, version: int,
     return Delivered(event=event, event_type=type_name, aggregate_id=aggregate_id, version=int(version),
                      event_id=event_id(str(aggregate_id), int(version)), timestamp=event.timestamp,
                      notification_id=int(notification_id))
+
+
+def decode_stored_or_tombstone(notification_id: int, originator_id: UUID | str, version: int, topic: str,
+                               state: bytes) -> Delivered:
+    """``decode_stored``, or a tombstone (``undecodable`` set) for a stored event that does not decode: a reader of
+    the record must not stop on one bad event, and the version must still be passed."""
+    try:
+        return decode_stored(notification_id, originator_id, version, topic, state)
+    except Undecodable as exc:
+        aggregate_id = UUID(str(originator_id))
+        return Delivered(event=None, event_type=event_type_of(topic) or topic, aggregate_id=aggregate_id,
+                         version=int(version), event_id=event_id(str(aggregate_id), int(version)),
+                         timestamp=datetime.now(UTC), notification_id=int(notification_id),
+                         undecodable=str(exc)[:2000])
 
 
 # --- the record behind the topic ------------------------------------------------------------------------------
@@ -366,9 +383,13 @@ def apply_batch(conn: psycopg.Connection[Any], projection: Projection, schema: s
         delivered += 1
         known[d.aggregate_id] = d.version
     if fresh:
-        poisoned = _apply_isolating(conn, projection, schema, fresh)
+        tombstones = [(d, d.undecodable) for d in fresh if d.undecodable is not None]
+        poisoned = _apply_isolating(conn, projection, schema, [d for d in fresh if d.undecodable is None])
         if tally is not None:
-            tally.poisoned.extend(poisoned)
+            tally.poisoned.extend([*tombstones, *poisoned])
+        for d, error in tombstones:
+            log.error("%s: %s v%d (%s) in the record does not decode: passed and dead-lettered: %s", projection.name,
+                      d.aggregate_id, d.version, d.event_type, error)
         heads: dict[UUID, int] = {}
         for d in fresh:
             heads[d.aggregate_id] = max(d.version, heads.get(d.aggregate_id, 0))
@@ -412,6 +433,8 @@ def _apply_isolating(conn: psycopg.Connection[Any], projection: Projection, sche
     """Apply ``events``; if the view cannot take one of them, apply them one by one (each in a savepoint) and leave
     out those that fail. Returns the events left out with their errors (the caller dead-letters them): one bad
     event never stops a stage."""
+    if not events:
+        return []
     try:
         with conn.transaction():  # a savepoint in the caller's transaction
             projection.apply(conn, schema, events)
@@ -752,7 +775,10 @@ class ProjectionConsumer:
         applied = await asyncio.to_thread(write)
         for d, error in tally.poisoned:  # committed without them; the stage goes on (stats.dead_lettered says so)
             source = record_source(d.topic, d.partition, d.offset) if d.offset >= 0 else None
-            value, extra = dead_letter_value(to_json(d.event), error=error, source=source)
+            raw = to_json(d.event) if d.event is not None else json.dumps(
+                {"aggregate_id": str(d.aggregate_id), "version": d.version, "event_type": d.event_type,
+                 "notification_id": d.notification_id}).encode()
+            value, extra = dead_letter_value(raw, error=error, source=source)
             original = [(EVENT_ID, d.event_id.encode()), (EVENT_TYPE, d.event_type.encode())]
             dead = dead_letter_headers(original, error=error, consumer=self.group_id, source=source)
             await producer.send_and_wait(self.dlq_topic, value=value, key=str(d.aggregate_id).encode(),

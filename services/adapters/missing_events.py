@@ -13,7 +13,7 @@ from uuid import UUID
 
 import psycopg
 
-from projections.base import Delivered, decode_stored
+from projections.base import Delivered, decode_stored_or_tombstone
 from services.adapters.event_log import discover_logs, read_versions
 
 
@@ -45,7 +45,7 @@ class StoreEvents:
         for log in self._logs:
             rows = read_versions(self._conn, log, aggregate_id, after, before, self.schema)
             if rows:
-                return [decode_stored(*row) for row in rows]
+                return [decode_stored_or_tombstone(*row) for row in rows]  # a bad one must not stop the reader
         self._logs = []  # a log created since (a new application) is found on the next read
         return []
 

@@ -215,3 +215,45 @@ def test_a_stored_event_a_projection_cannot_take_is_left_out_and_the_rest_applie
         assert fees is not None and fees[0] == sum(e.fund + e.personal_account + e.self_pay for e in settled[1:])
         with conn.transaction():  # delivered again: nothing new, the poison is not tried again
             assert apply_batch(conn, projection, schema, batch, tally=RunnerStats()) == 0
+
+
+def test_a_stored_event_that_no_longer_decodes_is_passed_not_looped_on(make_database: Callable[[], str]) -> None:
+    """The issue's fee, stored before the bounds, no longer decodes: the topic's copy is dead-lettered, and when the
+    next version of its stream opens a gap, the read-through from the record gets a tombstone (not an exception that
+    rolls the batch back forever): the version is passed, the tombstone dead-lettered, the next version applied."""
+    from events.codec import to_json as encode
+    from events.encounter import FollowUpVisitRecorded
+    from events.envelope import event_id
+    from projections import registry
+    from projections.base import Delivered, RunnerStats, apply_batch, decode_stored_or_tombstone, ensure_schema
+    from services.simulate import all_events, make_trails
+
+    events = all_events(make_trails(2, seed=5))
+    visit = next(e for e in events if isinstance(e, FollowUpVisitRecorded))
+    stream = [e for e in events if e.originator_id == visit.originator_id]
+    assert len(stream) >= 2 and stream[0] is visit
+    stored = json.loads(encode(visit))
+    stored["consultation_fee"] = "99999999999999.99"  # what the API accepted before the bounds
+    topic = f"services.domain.encounter:{type(visit).__name__}"
+
+    class Record:
+        def read(self, aggregate_id: uuid.UUID, after_version: int, before_version: int) -> list[Delivered]:
+            assert (aggregate_id, after_version, before_version) == (visit.originator_id, 0, 2)
+            return [decode_stored_or_tombstone(1, aggregate_id, 1, topic, json.dumps(stored).encode())]
+
+    second = stream[1]
+    batch = [Delivered(event=second, event_type=type(second).__name__, aggregate_id=second.originator_id,
+                       version=second.originator_version, event_id=event_id(str(second.originator_id), 2),
+                       timestamp=second.timestamp)]
+    projection = registry.build("traceability")
+    tally = RunnerStats()
+    with psycopg.connect(make_database()) as conn:
+        with conn.transaction():
+            ensure_schema(conn, projection, "bounds_trace")
+        with conn.transaction():
+            assert apply_batch(conn, projection, "bounds_trace", batch, missing=Record(), tally=tally) == 1
+        [(tombstone, error)] = tally.poisoned
+        assert (tombstone.version, tombstone.event) == (1, None) and "consultation_fee" in error
+        row = conn.execute("SELECT version FROM bounds_trace.stream_versions WHERE aggregate_id = %s",
+                           (visit.originator_id,)).fetchone()
+        assert row == (2,)

@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None, *, application: RxTrail | None 
 
     app = FastAPI(title="rxtrail", version="0.1.0", lifespan=lifespan, description=DESCRIPTION)
     app.state.database_url = database_url
+    app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(BodyLimit)  # 413 for a body larger than any valid one
     for router in ROUTERS:

@@ -84,20 +84,37 @@ def up(
 
 @app.command()
 def status() -> None:
-    """Show whether a stack started from this data dir is running, and its parts."""
+    """Show whether a stack started from this data dir is running: each service's current pid, restarts, lag
+    (events still to publish or apply) and last error."""
     import psutil
+    import psycopg
 
+    from services.adapters.stage_health import consumer_stages, stage_report
     from services.infra.stack import read_state
 
-    state = read_state(Settings())
+    settings = Settings()
+    state = read_state(settings)
     if not state:
         console.print("rxtrail is not running")
         raise typer.Exit(1)
     console.print(f"rxtrail {'ready' if state['ready'] else 'starting'}: postgres={state['postgres']} "
                   f"kafka={state['kafka']} api={state['api']}", highlight=False, soft_wrap=True)
+    stages: dict[str, dict[str, Any]] = {}
+    try:
+        with psycopg.connect(settings.resolved_database_url(), connect_timeout=3) as conn:
+            stages = stage_report(conn, consumer_stages(settings))
+    except psycopg.Error as exc:
+        err.print(f"lag and errors unknown: the database does not answer ({type(exc).__name__})", markup=False)
+    restarts = state.get("restarts", {})
     for name, pid in state["services"].items():
         alive = pid is not None and psutil.pid_exists(pid)
-        console.print(f"  {name:<12} pid={pid} {'running' if alive else 'DOWN'}", highlight=False)
+        stage = stages.get(name, {})
+        lag = stage.get("lag")
+        line = (f"  {name:<28} pid={pid} {'running' if alive else 'restarting' if pid is None else 'DOWN'} "
+                f"restarts={restarts.get(name, 0)} lag={'-' if lag is None else lag}")
+        if stage.get("last_error"):
+            line += f" last_error@{stage.get('last_error_at')}: {stage['last_error']}"
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -311,12 +328,12 @@ def replay(
     from_store: bool = typer.Option(False, "--from-store", help="read the event store, not rx.events "
                                                                "(when the broker lost data)"),
 ) -> None:
-    """Drop and rebuild a projection from rx.events (or the event store); --as-of for investigations."""
-    import os
-    import signal
+    """Drop and rebuild a projection from rx.events (or the event store); --as-of for investigations.
+
+    A running stack's live consumer notices the rebuilt view through the database (its epoch changed) and
+    continues from the rebuilt view's offsets; nothing is signalled."""
     from datetime import UTC
 
-    from services.infra.stack import read_state
     from services.replay import replay as do_replay
 
     _logging(False)
@@ -332,11 +349,6 @@ def replay(
         console.print(f"{r.projection}: {r.applied} events applied into schema {r.schema} from {r.source} "
                       f"({r.read} read, {r.duplicates} duplicates, {r.undecodable} undecodable) "
                       f"in {r.seconds:.1f}s", highlight=False)
-    state = read_state(Settings())
-    pid = (state or {}).get("services", {}).get("projections")
-    if when is None and pid:
-        os.kill(int(pid), signal.SIGTERM)  # the supervisor restarts it; it resumes at the rebuilt offsets
-        console.print("restarted the running projections service so it continues from the rebuilt views")
 
 
 @app.command()

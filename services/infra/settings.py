@@ -96,6 +96,16 @@ class ExpirySection(Section):
     max_records: int = Field(default=500, ge=1)
 
 
+class SupervisorSection(Section):
+    """`rxtrail up`'s supervisor: restarts with exponential backoff, no lifetime cap."""
+
+    poll_s: float = Field(default=0.5, gt=0, description="how often the children are checked")
+    backoff_initial_s: float = Field(default=1.0, ge=0, description="wait before the first restart after a crash")
+    backoff_max_s: float = Field(default=30.0, ge=0, description="longest wait between restarts")
+    healthy_after_s: float = Field(default=60.0, gt=0, description="a child that ran this long before exiting "
+                                                                    "is restarted after backoff_initial_s again")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RXTRAIL_", env_file=".env", extra="ignore",
                                       env_nested_delimiter="__")
@@ -127,6 +137,7 @@ class Settings(BaseSettings):
     gateway: GatewaySection = GatewaySection()
     intake: IntakeSection = IntakeSection()
     expiry: ExpirySection = ExpirySection()
+    supervisor: SupervisorSection = SupervisorSection()
 
     @property
     def embedded_postgres(self) -> bool:

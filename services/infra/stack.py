@@ -1,7 +1,16 @@
-"""`rxtrail up`: the embedded parts plus every service, supervised as one process group.
+"""`rxtrail up`: the embedded parts plus every service, supervised; a supervisor you can leave running.
 
-The supervisor owns the parts it started. It writes `<data_dir>/stack.json` (pids, addresses, ready flag)
-so `rxtrail status` and `rxtrail down` can find a detached stack.
+- Every service is a child process (``python -m services.cli run <service>``), one per projection
+  (``projection:<name>``), so one failing projection does not stop the others.
+- A child that exits is restarted after an exponential backoff (``settings.supervisor``: ``backoff_initial_s``
+  doubling up to ``backoff_max_s``), which starts again from ``backoff_initial_s`` once the child had run
+  ``healthy_after_s`` before exiting. There is no lifetime cap: restarts are counted and reported instead.
+- `<data_dir>/stack.json` (pids, restarts, addresses, ready flag) is rewritten on every restart, so
+  `rxtrail status` and `rxtrail down` see the current pids; ``rxtrail_stage_health`` in the database
+  (``services.adapters.stage_health``) gets each start and each exit (the last error), which ``/health`` and
+  `rxtrail status` report with each stage's lag.
+- Children die with the supervisor, even when it is SIGKILLed: each service child has the parent-death signal
+  (``services.infra.reaper.die_with_parent``); the embedded PostgreSQL and Tansu are stopped by the reaper.
 """
 
 from __future__ import annotations
@@ -9,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,6 +35,7 @@ from services.infra.embedded import EmbeddedPostgres, Tansu
 from services.infra.errors import InfraError
 from services.infra.kafka_admin import ensure_topics, wait_for_kafka
 from services.infra.ports import log_tail, require_free_port, wait_for_port
+from services.infra.reaper import die_with_parent
 from services.infra.runtime import on_stop_signals
 from services.infra.settings import Settings
 
@@ -36,6 +47,7 @@ CORE_TOPICS = topics.CORE_TOPICS
 def service_commands(settings: Settings) -> dict[str, list[str]]:
     """Every long-running service, as the command line that runs it (``rxtrail run <service>``) with the stack's
     environment; the keys name the children (and their logs)."""
+    from projections import registry
     from services.bootstrap import has_expiry
 
     run = [sys.executable, "-m", "services.cli", "run"]
@@ -45,7 +57,7 @@ def service_commands(settings: Settings) -> dict[str, list[str]]:
         "settlement": [*run, "settlement"],
         "router": [*run, "router"],
         "gateway": [*run, "gateway"],
-        "projections": [*run, "projection", "all"],
+        **{f"projection:{name}": [*run, "projection", name] for name in registry.NAMES},
         "intake": [*run, "intake"],
         "checkpoint": [*run, "checkpoint"],
     }
@@ -62,6 +74,7 @@ def prepare_database(settings: Settings) -> None:
     import psycopg
 
     from services.adapters import api_keys as keys
+    from services.adapters import stage_health
     from services.bootstrap import build_application
     from services.integrity import checkpoint
     from services.relay import positions
@@ -71,6 +84,8 @@ def prepare_database(settings: Settings) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         keys.ensure_schema(conn)
         checkpoint.ensure_tables(conn)
+        stage_health.ensure_table(conn)
+        stage_health.clear(conn)  # restarts and errors are counted per stack life
 
     async def relay_tables() -> None:
         async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as aconn:
@@ -86,17 +101,33 @@ class Child:
     log_file: Path
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
+    """Restarts in this stack's life (reported; never a reason to give up)."""
+    failures: int = 0
+    """Exits since the child last ran healthy: the exponent of the next backoff."""
     started_at: float = 0.0
+    restart_at: float | None = None
+    """When a child that exited is started again (monotonic); None while it runs."""
+    last_exit: str | None = None
 
     def start(self, env: dict[str, str]) -> None:
-        logf = open(self.log_file, "ab")
-        self.proc = subprocess.Popen(self.argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=env)
-        logf.close()
+        with open(self.log_file, "ab") as logf:
+            # SIGKILL when the supervisor dies (even by SIGKILL): no orphan keeps a port or a consumer group
+            self.proc = subprocess.Popen(self.argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=env, preexec_fn=die_with_parent(signal.SIGKILL))  # noqa: PLW1509
         self.started_at = time.monotonic()
+        self.restart_at = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def terminate(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.terminate()
 
     def stop(self, grace_s: float = 10.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -109,6 +140,68 @@ class Child:
             self.proc.wait(5)
 
 
+def backoff_s(settings: Settings, failures: int) -> float:
+    """Wait before restarting a child that exited ``failures`` times since it last ran healthy (0 = first)."""
+    s = settings.supervisor
+    return float(min(s.backoff_max_s, s.backoff_initial_s * 2.0 ** min(failures, 30)))
+
+
+_ERROR_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Timeout|Failed|Fault)\w*)(:.*)?$")
+
+
+def exit_reason(code: int | None, log_file: Path) -> str:
+    """How a child ended: its exit code (or signal) and the last exception line of its log."""
+    if code is not None and code < 0:
+        try:
+            how = f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            how = f"killed by signal {-code}"
+    else:
+        how = f"exited with code {code}"
+    lines = [line.rstrip() for line in log_tail(log_file, 60).splitlines() if line.strip()]
+    error = next((line.strip() for line in reversed(lines) if _ERROR_LINE.match(line)), None)
+    return f"{how}: {error[:500]}" if error else how
+
+
+class HealthWriter:
+    """Writes starts and exits to ``rxtrail_stage_health``; never fails the supervisor (PostgreSQL may be the
+    part that is down): a write that fails is logged and dropped."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self._conn: Any = None
+
+    def _write(self, action: Any) -> None:
+        import psycopg
+
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg.connect(self.database_url, autocommit=True, connect_timeout=2)
+            action(self._conn)
+        except psycopg.Error as exc:
+            log.debug("stage health not recorded: %s", exc)
+            self.close()
+
+    def started(self, name: str, pid: int | None, restarts: int) -> None:
+        from services.adapters import stage_health
+
+        if pid is not None:
+            self._write(lambda conn: stage_health.record_start(conn, name, pid, restarts))
+
+    def exited(self, name: str, reason: str) -> None:
+        from services.adapters import stage_health
+
+        self._write(lambda conn: stage_health.record_error(conn, name, reason))
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+            self._conn = None
+
+
 @dataclass
 class Stack:
     settings: Settings
@@ -117,6 +210,8 @@ class Stack:
     children: dict[str, Child] = field(default_factory=dict)
     database_url: str = ""
     bootstrap: str = ""
+    reaper: subprocess.Popen[bytes] | None = None
+    health: HealthWriter | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -130,6 +225,18 @@ class Stack:
     @property
     def api_url(self) -> str:
         return f"http://{self.settings.api_host}:{self.settings.api_port}"
+
+    def start_reaper(self) -> None:
+        """The process that stops the embedded parts if the supervisor dies (see ``services.infra.reaper``)."""
+        s = self.settings
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        flags = [*(["--postgres"] if s.embedded_postgres else []), *(["--kafka"] if s.embedded_kafka else [])]
+        if not flags:
+            return
+        with open(self.data_dir / "reaper.log", "ab") as logf:
+            self.reaper = subprocess.Popen([sys.executable, "-m", "services.infra.reaper", str(self.data_dir), *flags],
+                                           stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                           preexec_fn=die_with_parent(signal.SIGTERM))  # noqa: PLW1509
 
     def start_parts(self) -> None:
         s = self.settings
@@ -165,10 +272,12 @@ class Stack:
         logs = self.data_dir / "logs"
         logs.mkdir(exist_ok=True)
         env = self.child_env()
+        self.health = HealthWriter(self.database_url)
         for name, argv in service_commands(self.settings).items():
-            child = Child(name, argv, logs / f"{name}.log")
+            child = Child(name, argv, logs / f"{name.replace(':', '-')}.log")
             child.start(env)
             self.children[name] = child
+            self.health.started(name, child.pid, 0)
         if not wait_for_port(self.settings.api_host, self.settings.api_port, self.settings.start_timeout_s):
             api = self.children["api"]
             raise InfraError(f"api: not listening on {self.api_url}; log tail:\n{log_tail(api.log_file)}")
@@ -180,36 +289,27 @@ class Stack:
         return f"rxtrail ready: postgres={_redact(self.database_url)} kafka={self.bootstrap} api={self.api_url}"
 
     def write_state(self, ready: bool) -> None:
+        """``stack.json``, replaced atomically (readers never see half a file); rewritten on every restart."""
         state = {
             "supervisor_pid": os.getpid(),
             "ready": ready,
             "postgres": _redact(self.database_url),
             "kafka": self.bootstrap,
             "api": self.api_url,
-            "services": {n: (c.proc.pid if c.proc else None) for n, c in self.children.items()},
+            "services": {n: (c.pid if c.alive() else None) for n, c in self.children.items()},
+            "restarts": {n: c.restarts for n, c in self.children.items()},
+            "last_exit": {n: c.last_exit for n, c in self.children.items() if c.last_exit},
             "embedded": {"postgres": self.postgres is not None, "kafka": self.kafka is not None},
         }
-        self.state_file.write_text(json.dumps(state, indent=2))
+        tmp = self.state_file.with_name(f".stack.json.{os.getpid()}")
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, self.state_file)
 
-    def supervise(self, poll_s: float = 0.5, max_restarts: int = 5) -> None:
-        """Restart a crashed service with backoff; give up on it (loudly) after max_restarts."""
+    def supervise(self) -> None:
+        """Restart every child that exits, after its backoff, for as long as the stack runs (see the module doc)."""
         env = self.child_env()
-        while not self._stop.wait(poll_s):
-            for child in self.children.values():
-                if child.alive() or child.proc is None:
-                    continue
-                code = child.proc.returncode
-                if child.restarts >= max_restarts:
-                    log.error("%s exited (code %s) %d times; not restarting. Log: %s",
-                              child.name, code, child.restarts, child.log_file)
-                    child.proc = None
-                    continue
-                backoff = min(30.0, 2.0 ** child.restarts)
-                log.warning("%s exited with code %s; restarting in %.0fs", child.name, code, backoff)
-                if self._stop.wait(backoff):
-                    return
-                child.restarts += 1
-                child.start(env)
+        while not self._stop.wait(self.settings.supervisor.poll_s):
+            self.check_children(env)
             if self.kafka is not None and self.kafka.running_pid() is None:
                 log.error("kafka (tansu) died; its log tail:\n%s", log_tail(self.kafka.log_file))
                 self.kafka.proc = None
@@ -217,13 +317,51 @@ class Stack:
                 ensure_topics(self.bootstrap, CORE_TOPICS, self.settings.partitions)
                 log.warning("kafka (tansu) restarted empty; the relay republishes from the event store")
 
+    def check_children(self, env: dict[str, str]) -> None:
+        """One round: note children that exited (and schedule their restart), start those whose backoff is over."""
+        now = time.monotonic()
+        changed = False
+        for child in self.children.values():
+            if child.alive() or child.proc is None:
+                continue
+            if child.restart_at is None:  # exited since the last round
+                ran = now - child.started_at
+                if ran >= self.settings.supervisor.healthy_after_s:
+                    child.failures = 0
+                delay = backoff_s(self.settings, child.failures)
+                child.failures += 1
+                child.last_exit = exit_reason(child.proc.returncode, child.log_file)
+                child.restart_at = now + delay
+                log.warning("%s (pid %s) %s after %.1fs; restart #%d in %.1fs (log: %s)", child.name,
+                            child.proc.pid, child.last_exit, ran, child.restarts + 1, delay, child.log_file)
+                if self.health is not None:
+                    self.health.exited(child.name, child.last_exit)
+                changed = True
+            elif now >= child.restart_at:
+                child.restarts += 1
+                child.start(env)
+                log.info("%s restarted as pid %s (restart #%d)", child.name, child.pid, child.restarts)
+                if self.health is not None:
+                    self.health.started(child.name, child.pid, child.restarts)
+                changed = True
+        if changed:
+            self.write_state(ready=True)
+
     def request_stop(self) -> None:
         self._stop.set()
 
     def stop(self) -> None:
         self._stop.set()
-        for child in reversed(list(self.children.values())):
+        if self.reaper is not None:  # this is an orderly stop: the parts are stopped below
+            self.reaper.kill()
+            self.reaper.wait(5)
+        children = list(reversed(list(self.children.values())))
+        for child in children:  # all at once, then wait for each
+            child.terminate()
+        for child in children:
             child.stop()
+        if self.health is not None:
+            self.health.close()
         if self.kafka is not None:
             self.kafka.stop()
         if self.postgres is not None:
@@ -256,6 +394,7 @@ def run_foreground(settings: Settings, on_ready: Any = print) -> int:
         raise InfraError(f"a stack is already running from {stack.data_dir}; `rxtrail status` or `rxtrail down`")
     on_stop_signals(stack.request_stop)
     try:
+        stack.start_reaper()
         stack.start_parts()
         stack.start_services()
         stack.write_state(ready=True)

@@ -80,7 +80,8 @@ def test_up_prints_ready_line_and_ctrl_c_leaves_no_process(stack_env: dict[str, 
     import httpx
 
     health = httpx.get(f"http://127.0.0.1:{stack_env['RXTRAIL_API_PORT']}/health", timeout=5).json()
-    assert health == {"status": "ok", "database": True}
+    assert health["status"] == "ok" and health["database"] is True
+    assert {"relay", "api", "projection:traceability"} <= set(health["stages"])  # each stage's pid, lag, last error
     state = _state(stack_env)
     pids = [p for p in state["services"].values()]  # type: ignore[attr-defined]
     data = Path(stack_env["RXTRAIL_DATA_DIR"])

@@ -9,6 +9,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from services.adapters.dead_letters import dead_letter_counts
+from services.adapters.stage_health import consumer_stages, stage_report
+from services.infra.settings import Settings
 
 router = APIRouter(tags=["ops"])
 
@@ -17,14 +19,17 @@ router = APIRouter(tags=["ops"])
 def health(request: Request) -> dict[str, Any]:
     db_ok = False
     dead: dict[str, int] = {}
+    stages: dict[str, Any] = {}
     try:
         with psycopg.connect(request.app.state.database_url, connect_timeout=2) as conn:
             db_ok = conn.execute("SELECT 1").fetchone() == (1,)
             dead = dead_letter_counts(conn)
+            # per stage: pid, restarts, lag (events still to publish/apply), last error (services.infra.stack)
+            stages = stage_report(conn, consumer_stages(getattr(request.app.state, "settings", None) or Settings()))
     except psycopg.Error:
         db_ok = False
     # a dead letter does not stop a stage (it moved past it), so the status stays ok; operators read the counts
-    return {"status": "ok" if db_ok else "degraded", "database": db_ok, "dead_letters": dead}
+    return {"status": "ok" if db_ok else "degraded", "database": db_ok, "dead_letters": dead, "stages": stages}
 
 
 @router.get("/asyncapi", summary="AsyncAPI document of rxtrail's Kafka topics")

@@ -44,6 +44,7 @@ from projections.base import (
     TopicProbe,
     Undecodable,
     apply_batch,
+    bump_epoch,
     decode,
     decode_stored,
     drop_schema,
@@ -178,6 +179,9 @@ async def replay_async(name: str, database_url: str, bootstrap: str | None = Non
             t.result.seconds = elapsed
             if t.build_schema != t.final_schema:
                 with conn.transaction():
+                    # first: a running consumer of this schema finishes its batch (or waits), then notices the
+                    # new epoch and continues from the rebuilt view's offsets (projections.base.EPOCHS_TABLE)
+                    bump_epoch(conn, t.final_schema)
                     drop_schema(conn, t.final_schema)
                     conn.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(
                         sql.Identifier(t.build_schema), sql.Identifier(t.final_schema)))

@@ -18,6 +18,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": m.ErrorPublic, "description": "unknown id, or one this party may not see"},
     409: {"model": m.ErrorPublic, "description": "rule violation (`rule`), illegal transition (`state`), conflict"},
     422: {"model": m.ErrorPublic, "description": "invalid input; `fields` names each invalid field"},
+    503: {"model": m.ErrorPublic, "description": "the database is down or restarting: retry after `Retry-After` "
+                                                 "seconds (with the same Idempotency-Key, a command applies once)",
+          "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}},
 }
 
 

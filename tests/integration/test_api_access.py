@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -261,13 +262,16 @@ def test_405_lists_the_allowed_methods(client: TestClient, keys: dict[str, str],
 
 
 @pytest.fixture
-def own_postgres(tmp_path: Path) -> Iterator[Any]:
-    """A PostgreSQL server of this test's own (it is stopped and started again)."""
+def own_postgres() -> Iterator[Any]:
+    """A PostgreSQL server of this test's own (it is stopped and started again), in /var/tmp like the session's
+    (the server's system user must reach its data directory)."""
     from services.infra.embedded import EmbeddedPostgres
     from services.infra.ports import start_on_free_port
 
+    base = Path("/var/tmp") / unique_id("rxtrail-pg-restart")
+
     def start(port: int) -> tuple[EmbeddedPostgres, str]:
-        server = EmbeddedPostgres(Path("/var/tmp") / unique_id("rxtrail-pg-restart"), port)
+        server = EmbeddedPostgres(base / f"pg-{port}", port)
         return server, server.start()
 
     server, _ = start_on_free_port(start)
@@ -275,6 +279,7 @@ def own_postgres(tmp_path: Path) -> Iterator[Any]:
         yield server
     finally:
         server.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_postgres_restart_under_load_answers_503_then_recovers_with_nothing_half_written(own_postgres: Any) -> None:

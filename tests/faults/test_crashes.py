@@ -20,16 +20,11 @@ from tests.faults.harness import (
 
 pytestmark = pytest.mark.faults
 
-CONSUMERS_CANNOT_SKIP = ("issue 12 item 1 (consumers that cannot skip): consumers keep offsets of the old topic "
-                         "incarnation after the broker lost its data, and `version > known` drops earlier versions "
-                         "that arrive after later ones, so projections/router/settlement miss events")
-
 
 def _traffic(stack: FaultStack, **kw: object) -> Traffic:
     return Traffic(stack, register_cast(stack), **kw).start()  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(strict=True, reason=CONSUMERS_CANNOT_SKIP)
 def test_republish_then_broker_loss_loses_nothing(make_stack) -> None:  # type: ignore[no-untyped-def]
     """The repeatable case of issue 12: `rxtrail relay --republish --from <max-120> --once` while the stack runs,
     then the broker dies (comes back empty) while traffic runs → afterwards nothing lost."""
@@ -54,18 +49,18 @@ def test_republish_then_broker_loss_loses_nothing(make_stack) -> None:  # type: 
     assert state.ok, state.report()
 
 
-@pytest.mark.xfail(strict=True, reason=CONSUMERS_CANNOT_SKIP)
 def test_broker_restart_mid_run(make_stack) -> None:  # type: ignore[no-untyped-def]
-    """The embedded broker is killed mid-run and comes back empty; the relay republishes from the store and every
-    consumer must end equal to the record."""
+    """The embedded broker is killed mid-run and comes back empty — twice, 10 s apart — the relay republishes from
+    the store and every consumer must end equal to the record (and a replay from rx.events equal to the store)."""
     stack = make_stack()
-    traffic = _traffic(stack, clients=3, max_journeys=400, max_seconds=35, route_wait_s=25)
-    time.sleep(12)
-    assert traffic.running(), "the traffic ended before the fault: raise max_journeys"
-    started_before = traffic.stats.journeys_started
-    t0 = time.monotonic()
-    stack.restart_broker()
-    say(f"broker restarted (empty) in {time.monotonic() - t0:.1f}s under traffic")
+    traffic = _traffic(stack, clients=3, max_journeys=500, max_seconds=38, route_wait_s=25)
+    for at in (10, 10):
+        time.sleep(at)
+        assert traffic.running(), "the traffic ended before the fault: raise max_journeys"
+        started_before = traffic.stats.journeys_started
+        t0 = time.monotonic()
+        stack.restart_broker()
+        say(f"broker restarted (empty) in {time.monotonic() - t0:.1f}s under traffic")
     stats = traffic.join(120)
     assert stats.journeys_started > started_before, "no journey started after the broker loss"
     say(stats.line())

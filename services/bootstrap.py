@@ -407,10 +407,17 @@ def build_service(name: str, settings: Settings, arg: str | None = None) -> Serv
 
 def run_service(name: str, settings: Settings | None = None, arg: str | None = None) -> int:
     """Run one service until SIGTERM/SIGINT; the process's exit code."""
+    from services.adapters.stage_health import ErrorRecorder
+
     settings = settings or Settings()
     configure_logging(settings.log_level)
+    # the stage's own warnings and errors become its last_error in /health and `rxtrail status`
+    recorder = ErrorRecorder(settings.resolved_database_url(), f"{name}:{arg or 'all'}" if name == "projection" else name)
+    logging.getLogger().addHandler(recorder)
     service = build_service(name, settings, arg)
     try:
         return run_until_signalled(service.run)
     finally:
         service.close()
+        logging.getLogger().removeHandler(recorder)
+        recorder.flush()

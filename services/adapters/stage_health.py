@@ -2,8 +2,10 @@
 
 ``rxtrail_stage_health`` (one row per stage, ``stage`` = the supervisor's child name: ``api``, ``relay``,
 ``router``, ``settlement``, ``gateway``, ``intake``, ``checkpoint``, ``expiry``, ``projection:<name>``) is written
-by the supervisor (``services.infra.stack``: pid and start on every start, the exit as the last error) and may be
-written by a stage itself (``record_error``). ``/health`` and ``rxtrail status`` read it with ``stage_report``.
+by the supervisor (``services.infra.stack``: pid and start on every start, each exit as ``last_exit`` and
+``last_error``) and by the stage itself (``ErrorRecorder``, installed by ``services.bootstrap.run_service``: its
+own warnings and errors — the ones it survives — as ``last_error``). ``/health`` and ``rxtrail status`` read it
+with ``stage_report``.
 
 The lag is computed from the database alone, so it needs no broker and no running stage:
 
@@ -15,6 +17,8 @@ The lag is computed from the database alone, so it needs no broker and no runnin
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -33,7 +37,8 @@ ERROR_MAX = 2000
 _CREATE = (
     "CREATE TABLE IF NOT EXISTS rxtrail_stage_health ("
     " stage text PRIMARY KEY, pid int, started_at timestamptz, restarts int NOT NULL DEFAULT 0,"
-    " last_error text, last_error_at timestamptz, updated_at timestamptz NOT NULL DEFAULT now())"
+    " last_error text, last_error_at timestamptz, last_exit text, last_exit_at timestamptz,"
+    " updated_at timestamptz NOT NULL DEFAULT now())"
 )
 
 
@@ -41,6 +46,8 @@ def ensure_table(conn: psycopg.Connection[Any]) -> None:
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('rxtrail.stage_health.ddl'))")
         conn.execute(_CREATE)
+        conn.execute("ALTER TABLE rxtrail_stage_health ADD COLUMN IF NOT EXISTS last_exit text, "
+                     "ADD COLUMN IF NOT EXISTS last_exit_at timestamptz")
 
 
 def _exists(conn: psycopg.Connection[Any], table: str) -> bool:
@@ -59,11 +66,21 @@ def record_start(conn: psycopg.Connection[Any], stage: str, pid: int, restarts: 
 
 
 def record_error(conn: psycopg.Connection[Any], stage: str, error: str) -> None:
-    """The stage's last error (an exit, or an error it survived)."""
+    """The stage's last error (one it survived, logged by the stage; or its exit)."""
     conn.execute(
         "INSERT INTO rxtrail_stage_health (stage, last_error, last_error_at, updated_at) VALUES (%s, %s, now(), now()) "
         "ON CONFLICT (stage) DO UPDATE SET last_error = EXCLUDED.last_error, last_error_at = now(), updated_at = now()",
         (stage, error[:ERROR_MAX]),
+    )
+
+
+def record_exit(conn: psycopg.Connection[Any], stage: str, reason: str) -> None:
+    """How the stage's process last ended (the supervisor saw it exit); also its last error."""
+    conn.execute(
+        "INSERT INTO rxtrail_stage_health (stage, last_error, last_error_at, last_exit, last_exit_at, updated_at) "
+        "VALUES (%s, %s, now(), %s, now(), now()) ON CONFLICT (stage) DO UPDATE SET last_error = EXCLUDED.last_error, "
+        "last_error_at = now(), last_exit = EXCLUDED.last_exit, last_exit_at = now(), updated_at = now()",
+        (stage, reason[:ERROR_MAX], reason[:ERROR_MAX]),
     )
 
 
@@ -120,19 +137,21 @@ def applied_events(conn: psycopg.Connection[Any], schema: str) -> int | None:
 def stage_rows(conn: psycopg.Connection[Any]) -> dict[str, dict[str, Any]]:
     if not _exists(conn, TABLE):
         return {}
-    rows = conn.execute("SELECT stage, pid, started_at, restarts, last_error, last_error_at, updated_at "
-                        "FROM rxtrail_stage_health ORDER BY stage").fetchall()
+    rows = conn.execute("SELECT stage, pid, started_at, restarts, last_error, last_error_at, last_exit, last_exit_at, "
+                        "updated_at FROM rxtrail_stage_health ORDER BY stage").fetchall()
     return {r[0]: {"pid": r[1], "started_at": _iso(r[2]), "restarts": int(r[3]), "last_error": r[4],
-                   "last_error_at": _iso(r[5]), "updated_at": _iso(r[6])} for r in rows}
+                   "last_error_at": _iso(r[5]), "last_exit": r[6], "last_exit_at": _iso(r[7]),
+                   "updated_at": _iso(r[8])} for r in rows}
 
 
 def stage_report(conn: psycopg.Connection[Any], consumers: Mapping[str, str], *, relay: str = "relay"
                  ) -> dict[str, dict[str, Any]]:
-    """Per stage: pid, started_at, restarts, last_error, last_error_at (what was recorded) and ``lag`` (events the
-    stage has still to publish or apply; None when it cannot be told)."""
+    """Per stage: pid, started_at, restarts, last_error(_at) (an error it survived, or its exit), last_exit(_at)
+    (how its process last ended), updated_at (what was recorded) and ``lag`` (events the stage has still to publish
+    or apply; None when it cannot be told)."""
     report = stage_rows(conn)
     empty = {"pid": None, "started_at": None, "restarts": 0, "last_error": None, "last_error_at": None,
-             "updated_at": None}
+             "last_exit": None, "last_exit_at": None, "updated_at": None}
     store = stored_events(conn)
     report.setdefault("relay", dict(empty))["lag"] = relay_lag(conn, relay)
     for stage, schema in consumers.items():
@@ -145,9 +164,72 @@ def stage_report(conn: psycopg.Connection[Any], consumers: Mapping[str, str], *,
     return dict(sorted(report.items()))
 
 
+class ErrorRecorder(logging.Handler):
+    """A logging handler that records a stage's own warnings and errors (rxtrail's loggers only) as its
+    ``last_error``: the errors it survives (a dead letter, a gap waiting for the record, a failed commit, a
+    rebuilt view). Written from a thread of its own, the latest message at most every ``interval_s``; a database
+    that does not answer costs the stage nothing (the message is dropped)."""
+
+    SOURCES = ("services", "projections", "events", "rxtrail")
+
+    def __init__(self, database_url: str, stage: str, *, interval_s: float = 2.0, level: int = logging.WARNING
+                 ) -> None:
+        super().__init__(level)
+        self.database_url, self.stage, self.interval_s = database_url, stage, interval_s
+        self._pending: str | None = None
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._conn: Any = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not record.name.startswith(self.SOURCES):
+            return
+        try:
+            text = f"{record.levelname} {record.name}: {record.getMessage()}"
+            if record.exc_info and record.exc_info[1] is not None:
+                text += f" ({type(record.exc_info[1]).__name__}: {record.exc_info[1]})"
+        except Exception:  # a bad log call must not break the stage
+            return
+        with self._lock:
+            self._pending = text[:ERROR_MAX]
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="stage-errors", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        import time
+
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                text, self._pending = self._pending, None
+            if text is not None:
+                self._record(text)
+            time.sleep(self.interval_s)
+
+    def _record(self, text: str) -> None:
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg.connect(self.database_url, autocommit=True, connect_timeout=2)
+                ensure_table(self._conn)
+            record_error(self._conn, self.stage, text)
+        except psycopg.Error:
+            self._conn = None
+
+    def flush(self) -> None:
+        """Write what is pending now (on the caller's thread)."""
+        with self._lock:
+            text, self._pending = self._pending, None
+        if text is not None:
+            self._record(text)
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-__all__ = ["TABLE", "applied_events", "clear", "consumer_stages", "ensure_table", "record_error", "record_start",
-           "relay_lag", "stage_report", "stage_rows", "stored_events"]
+__all__ = ["TABLE", "ErrorRecorder", "applied_events", "clear", "consumer_stages", "ensure_table", "record_error",
+           "record_exit", "record_start", "relay_lag", "stage_report", "stage_rows", "stored_events"]

@@ -114,6 +114,8 @@ def status() -> None:
                 f"restarts={restarts.get(name, 0)} lag={'-' if lag is None else lag}")
         if stage.get("last_error"):
             line += f" last_error@{stage.get('last_error_at')}: {stage['last_error']}"
+        if stage.get("last_exit") and stage.get("last_exit") != stage.get("last_error"):
+            line += f" last_exit@{stage.get('last_exit_at')}: {stage['last_exit']}"
         console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 

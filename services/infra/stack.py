@@ -191,7 +191,7 @@ class HealthWriter:
     def exited(self, name: str, reason: str) -> None:
         from services.adapters import stage_health
 
-        self._write(lambda conn: stage_health.record_error(conn, name, reason))
+        self._write(lambda conn: stage_health.record_exit(conn, name, reason))
 
     def close(self) -> None:
         if self._conn is not None:

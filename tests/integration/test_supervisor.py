@@ -229,12 +229,13 @@ def test_health_and_status_show_each_stage_lag_and_last_error(stack: UpStack) ->
         assert stages[name]["pid"], (name, stages[name])
     victim = stages[VICTIM]
     assert victim["restarts"] >= 10 and victim["pid"] == stack.pid(VICTIM)
-    assert "killed by SIGKILL" in victim["last_error"] and victim["last_error_at"]
-    assert stages["api"]["last_error"] is None
+    assert "killed by SIGKILL" in victim["last_exit"] and victim["last_exit_at"]
+    assert victim["last_error"] and victim["last_error_at"]  # its exit, or a warning of its own since
+    assert stages["api"]["last_exit"] is None
     s = stack.cli("status", timeout=60)
     assert s.returncode == 0, s.stderr
     line = next(x for x in s.stdout.splitlines() if x.strip().startswith(VICTIM))
-    assert "lag=0" in line and "last_error@" in line and "killed by SIGKILL" in line, s.stdout
+    assert "lag=0" in line and "last_error@" in line and "killed by SIGKILL" in line, s.stdout  # error or exit
     relay = next(x for x in s.stdout.splitlines() if x.strip().startswith("relay "))
     assert "lag=0" in relay and "running" in relay, s.stdout
 
@@ -293,6 +294,35 @@ async def test_a_replay_swapped_in_under_a_running_consumer_is_continued_from_it
     reference = unique_id("sup_ref").replace("-", "_").lower()
     await run_to_idle(registry.build("traceability"), db, bootstrap, topic, schema=reference)
     assert differences({"v": dump(db, schema)}, {"v": dump(db, reference)}) == {}
+
+
+def test_a_stage_records_the_errors_it_survives(stack: UpStack) -> None:
+    """What `rxtrail run` installs (services.bootstrap.run_service): the stage's own warnings become its last_error,
+    and the supervisor's record of its exits stays apart (last_exit)."""
+    import logging
+
+    from services.adapters.stage_health import ErrorRecorder
+
+    recorder = ErrorRecorder(stack.database_url, "projection:traceability", interval_s=0.1)
+    logger = logging.getLogger("services.test_supervisor")
+    logger.addHandler(recorder)
+    try:
+        logger.warning("the record does not hold v%d of %s yet; the batch waits", 3, "abc")
+        logging.getLogger("aiokafka.consumer").warning("not one of rxtrail's: never recorded")
+
+        def recorded() -> dict[str, Any] | None:
+            stage = httpx.get(f"{stack.api_url}/health", timeout=10).json()["stages"]["projection:traceability"]
+            return stage if "the batch waits" in (stage["last_error"] or "") else None
+
+        stage = wait_until(recorded, timeout=15, interval=0.2, what="the warning to be recorded")
+    finally:
+        logger.removeHandler(recorder)
+    assert stage["last_error"] == "WARNING services.test_supervisor: the record does not hold v3 of abc yet; " \
+                                  "the batch waits"
+    assert "killed by SIGKILL" in stage["last_exit"]  # killed in the replay test; the exit is kept apart
+    s = stack.cli("status", timeout=60)
+    line = next(x for x in s.stdout.splitlines() if x.strip().startswith("projection:traceability"))
+    assert "the batch waits" in line and "last_exit@" in line and "killed by SIGKILL" in line, s.stdout
 
 
 def test_sigkill_of_the_supervisor_takes_every_child_down(stack: UpStack) -> None:

@@ -257,3 +257,16 @@ def test_a_stored_event_that_no_longer_decodes_is_passed_not_looped_on(make_data
         row = conn.execute("SELECT version FROM bounds_trace.stream_versions WHERE aggregate_id = %s",
                            (visit.originator_id,)).fetchone()
         assert row == (2,)
+
+
+def test_an_event_too_large_for_a_message_is_refused_before_saving(database: str, actors: Actors, cast: Cast,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Belt and braces behind the types: the application measures every event before saving it."""
+    import services.application.service as service
+
+    monkeypatch.setattr(service, "EVENT_SIZE_MAX", 200)  # every real event is larger than this
+    before = _event_count(database)
+    r = actors.post(actors.hospital, "/hospital/visits", visit_body(cast))
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == "InvalidCommand" and "at most 200 bytes" in r.json()["reason"]
+    assert _event_count(database) == before

@@ -15,11 +15,7 @@ from tests.faults.harness import REGION, Traffic, check_end_state, register_cast
 
 pytestmark = pytest.mark.faults
 
-UNAVAILABLE = ("issue 12 items 2/3: with PostgreSQL down the API hangs or answers 500 (no 503 + Retry-After); "
-               "no handler maps a lost database to 503")
 
-
-@pytest.mark.xfail(strict=True, reason=UNAVAILABLE)
 def test_postgres_restart_under_load(make_stack) -> None:  # type: ignore[no-untyped-def]
     stack = make_stack()
     cast = register_cast(stack)

@@ -146,7 +146,9 @@ def backoff_s(settings: Settings, failures: int) -> float:
     return float(min(s.backoff_max_s, s.backoff_initial_s * 2.0 ** min(failures, 30)))
 
 
-_ERROR_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Timeout|Failed|Fault)\w*)(:.*)?$")
+_ERROR_LINE = re.compile(r"^\s*(?:[A-Za-z_]\w*\.)*(?:[A-Z][a-z]\w*: \S.*|"
+                         r"[A-Z]\w*(?:Error|Exception|Exit|Interrupt|Timeout|Failed|Fault)\w*(?::.*)?)$")
+"""The last line of a Python traceback (also as Rich prints it): ``pkg.SomeError: message``, ``AdminShutdown: ...``."""
 
 
 def exit_reason(code: int | None, log_file: Path) -> str:
@@ -165,22 +167,31 @@ def exit_reason(code: int | None, log_file: Path) -> str:
 
 class HealthWriter:
     """Writes starts and exits to ``rxtrail_stage_health``; never fails the supervisor (PostgreSQL may be the
-    part that is down): a write that fails is logged and dropped."""
+    part that is down): writes that fail are kept (the latest 200) and tried again with the next write or
+    ``retry()``, in order."""
 
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
         self._conn: Any = None
+        self._pending: list[Any] = []
 
     def _write(self, action: Any) -> None:
+        self._pending = [*self._pending, action][-200:]
+        self.retry()
+
+    def retry(self) -> None:
         import psycopg
 
-        try:
-            if self._conn is None or self._conn.closed:
-                self._conn = psycopg.connect(self.database_url, autocommit=True, connect_timeout=2)
-            action(self._conn)
-        except psycopg.Error as exc:
-            log.debug("stage health not recorded: %s", exc)
-            self.close()
+        while self._pending:
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = psycopg.connect(self.database_url, autocommit=True, connect_timeout=2)
+                self._pending[0](self._conn)
+            except psycopg.Error as exc:
+                log.debug("stage health not recorded yet: %s", exc)
+                self.close()
+                return
+            self._pending.pop(0)
 
     def started(self, name: str, pid: int | None, restarts: int) -> None:
         from services.adapters import stage_health
@@ -207,6 +218,8 @@ class Stack:
     settings: Settings
     postgres: EmbeddedPostgres | None = None
     kafka: Tansu | None = None
+    apache: Any = None
+    """The Apache Kafka cluster (``services.infra.apache_kafka.ApacheKafka``) when ``kafka_launcher`` is apache."""
     children: dict[str, Child] = field(default_factory=dict)
     database_url: str = ""
     bootstrap: str = ""
@@ -247,7 +260,9 @@ class Stack:
         else:
             self.database_url = str(s.database_url)
             _check_database(self.database_url)
-        if s.embedded_kafka:
+        if s.embedded_kafka and s.kafka_launcher == "apache":
+            self.bootstrap = self.start_apache()
+        elif s.embedded_kafka:
             self.kafka = Tansu(self.data_dir, s.kafka_port, timeout_s=s.start_timeout_s)
             self.bootstrap = self.kafka.start()
         else:
@@ -255,6 +270,20 @@ class Stack:
             wait_for_kafka(self.bootstrap, s.start_timeout_s)
         ensure_topics(self.bootstrap, CORE_TOPICS, s.partitions)
         prepare_database(s.model_copy(update={"database_url": self.database_url}))
+
+    def start_apache(self) -> str:
+        """Apache Kafka 4.x brokers on loopback (``services.infra.apache_kafka``): the first on ``kafka_port``, the
+        others on free ports; with 3 brokers the topics get replication 3 and the brokers min.insync.replicas 2.
+        Their pids go to ``apache-kafka.pids`` for the reaper (the JVMs run in sessions of their own)."""
+        from services.infra.apache_kafka import ApacheKafka
+        from services.infra.ports import free_ports
+
+        s = self.settings
+        ports = [s.kafka_port, *free_ports(s.kafka_brokers - 1)] if s.kafka_brokers > 1 else [s.kafka_port]
+        self.apache = ApacheKafka().start(brokers=s.kafka_brokers, base_dir=self.data_dir / "kafka", ports=ports,
+                                          partitions=s.partitions, timeout_s=max(s.start_timeout_s, 90.0))
+        (self.data_dir / "apache-kafka.pids").write_text("".join(f"{n.proc.pid}\n" for n in self.apache.nodes))
+        return str(self.apache.bootstrap)
 
     def child_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -299,7 +328,8 @@ class Stack:
             "services": {n: (c.pid if c.alive() else None) for n, c in self.children.items()},
             "restarts": {n: c.restarts for n, c in self.children.items()},
             "last_exit": {n: c.last_exit for n, c in self.children.items() if c.last_exit},
-            "embedded": {"postgres": self.postgres is not None, "kafka": self.kafka is not None},
+            "embedded": {"postgres": self.postgres is not None,
+                         "kafka": self.kafka is not None or self.apache is not None},
         }
         tmp = self.state_file.with_name(f".stack.json.{os.getpid()}")
         tmp.write_text(json.dumps(state, indent=2))
@@ -308,14 +338,35 @@ class Stack:
     def supervise(self) -> None:
         """Restart every child that exits, after its backoff, for as long as the stack runs (see the module doc)."""
         env = self.child_env()
+        parts_retry_at = 0.0
         while not self._stop.wait(self.settings.supervisor.poll_s):
             self.check_children(env)
-            if self.kafka is not None and self.kafka.running_pid() is None:
-                log.error("kafka (tansu) died; its log tail:\n%s", log_tail(self.kafka.log_file))
-                self.kafka.proc = None
-                self.bootstrap = self.kafka.start()
-                ensure_topics(self.bootstrap, CORE_TOPICS, self.settings.partitions)
-                log.warning("kafka (tansu) restarted empty; the relay republishes from the event store")
+            if time.monotonic() < parts_retry_at:
+                continue
+            try:
+                self.check_parts()
+            except Exception as exc:  # a part that cannot start now is tried again; the supervisor stays
+                log.error("restarting an embedded part failed (%s); trying again in %.0fs", exc,
+                          self.settings.supervisor.backoff_max_s)
+                parts_retry_at = time.monotonic() + self.settings.supervisor.backoff_max_s
+
+    def check_parts(self) -> None:
+        """Restart the embedded PostgreSQL or Tansu when it died (the services reconnect on their own)."""
+        if self.postgres is not None and self.postgres.running_pid() is None:
+            log.error("postgres died; its log tail:\n%s", log_tail(self.postgres.log_file))
+            self.postgres.start()
+            log.warning("postgres restarted")
+        if self.kafka is not None and self.kafka.running_pid() is None:
+            log.error("kafka (tansu) died; its log tail:\n%s", log_tail(self.kafka.log_file))
+            self.kafka.proc = None
+            self.bootstrap = self.kafka.start()
+            ensure_topics(self.bootstrap, CORE_TOPICS, self.settings.partitions)
+            log.warning("kafka (tansu) restarted empty; the relay republishes from the event store")
+        for i, node in enumerate(self.apache.nodes if self.apache is not None else []):
+            if not node.alive():  # its data is on disk: it rejoins the cluster and catches up from the others
+                log.error("kafka broker %d (apache) died; restarting it", node.node_id)
+                self.apache.restart_broker(i)
+                (self.data_dir / "apache-kafka.pids").write_text("".join(f"{n.proc.pid}\n" for n in self.apache.nodes))
 
     def check_children(self, env: dict[str, str]) -> None:
         """One round: note children that exited (and schedule their restart), start those whose backoff is over."""
@@ -346,6 +397,8 @@ class Stack:
                 changed = True
         if changed:
             self.write_state(ready=True)
+        elif self.health is not None:
+            self.health.retry()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -364,6 +417,9 @@ class Stack:
             self.health.close()
         if self.kafka is not None:
             self.kafka.stop()
+        if self.apache is not None:
+            self.apache.stop()
+            (self.data_dir / "apache-kafka.pids").unlink(missing_ok=True)
         if self.postgres is not None:
             self.postgres.stop()
         self.state_file.unlink(missing_ok=True)

@@ -325,6 +325,30 @@ def test_a_stage_records_the_errors_it_survives(stack: UpStack) -> None:
     assert "the batch waits" in line and "last_exit@" in line and "killed by SIGKILL" in line, s.stdout
 
 
+def test_the_embedded_postgres_killed_is_restarted_and_every_stage_recovers(stack: UpStack) -> None:
+    pidfile = stack.data / "postgres" / "postmaster.pid"
+    first = int(pidfile.read_text().splitlines()[0])
+    os.kill(first, signal.SIGKILL)
+
+    def healthy() -> dict[str, Any] | None:
+        pid = int(pidfile.read_text().splitlines()[0])
+        if pid == first or not _alive(pid):
+            return None
+        r = httpx.get(f"{stack.api_url}/health", timeout=10)
+        body = r.json() if r.status_code == 200 else {}
+        return body if body.get("database") is True else None
+
+    wait_until(healthy, timeout=60, interval=0.5, ignore=(OSError, ValueError, IndexError, httpx.HTTPError),
+               what="the supervisor to restart PostgreSQL and the API to see it")
+    cast = harness.register_cast(stack)  # type: ignore[arg-type]  # new events after the restart
+    assert cast.keys
+    wait_until(lambda: all(v == 0 for k, v in _lag(stack).items() if k == "relay" or k.startswith("projection:")),
+               timeout=90, interval=0.5, ignore=(httpx.HTTPError, KeyError),
+               what=lambda: f"every stage to catch up after the restart: {_lag(stack)}")
+    wait_until(lambda: all(stack.pid(name) for name in stack.state()["services"]), timeout=30, interval=0.3,
+               ignore=(OSError, ValueError), what=lambda: f"every service to run again: {stack.state()}")
+
+
 def test_sigkill_of_the_supervisor_takes_every_child_down(stack: UpStack) -> None:
     state = stack.state()
     children = [int(p) for p in state["services"].values() if p]

@@ -253,7 +253,7 @@ def run_demo(prescriptions: int = 20, api: str | None = None, settings: Settings
             return issued <= queued
 
         _wait("the review queue to show the issued prescriptions (is the projections service running? see "
-              "<data dir>/logs/projections.log)", in_queue, timeout_s)
+              "<data dir>/logs/projection-traceability.log)", in_queue, timeout_s)
         report.steps["seen in review queue"] = len(queued & issued)
         reject_at = 1 if len(rxs) > 2 else -1
         for rx in rxs:
@@ -313,7 +313,7 @@ def run_demo(prescriptions: int = 20, api: str | None = None, settings: Settings
             report.trail = http.get(reg, f"/regulator/prescriptions/{shown.prescription_id}/trail")
             return any(e["event_type"] == "PrescriptionSettled" for e in report.trail.get("events", []))
 
-        _wait("the regulator's trail to show the settlement (see <data dir>/logs/projections.log)", traced, timeout_s)
+        _wait("the regulator's trail to show the settlement (see <data dir>/logs/projection-traceability.log)", traced, timeout_s)
     finally:
         http.close()
     report.elapsed_s = time.monotonic() - started

@@ -63,7 +63,11 @@ def build_application(
     max_overflow: int = 10,
     max_attempts: int = 8,
 ) -> RxTrail:
-    """One per process: the event store, the patient vault and the command handlers."""
+    """One per process: the event store, the patient vault and the command handlers (with ``settings.shards``:
+    a ``ShardRouter`` over one event store per region shard, see ``build_sharded_application``)."""
+    if settings.shards:
+        return build_sharded_application(settings, clock=clock, rules=rules, snapshot_interval=snapshot_interval,
+                                         pool_size=pool_size, max_overflow=max_overflow, max_attempts=max_attempts)
     store = open_store(settings.resolved_database_url(), snapshot_interval=snapshot_interval, pool_size=pool_size,
                        max_overflow=max_overflow)
     return RxTrail(store, build_vault(settings), clock=clock, rules=rules, max_attempts=max_attempts)
@@ -97,6 +101,48 @@ def _open_application(settings: Settings, attempts: int = 5) -> RxTrail:
             log.warning("opening the event store failed (%s); retrying", exc)
             time.sleep(attempt)
     raise AssertionError("unreachable")
+
+
+def build_sharded_application(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    rules: RuleConfig = DEFAULT_RULES,
+    snapshot_interval: int = DEFAULT_SNAPSHOT_INTERVAL,
+    pool_size: int = 5,
+    max_overflow: int = 10,
+    max_attempts: int = 8,
+) -> RxTrail:
+    """Region shards (``settings.shards``: pooling region -> database URL): one event store per region for its
+    visits and prescriptions; registries, trace codes (R8 stays platform-wide), the shard directory and regions
+    without a shard of their own in ``database_url``. A region mapped to ``database_url`` shares that store."""
+    from services.adapters.shard_directory import PostgresShardDirectory
+    from services.application.sharding import ShardRouter
+
+    global_url = settings.resolved_database_url()
+    opened: dict[str, RxTrailStore] = {}
+
+    def store_at(url: str) -> RxTrailStore:
+        if url not in opened:
+            opened[url] = open_store(url, snapshot_interval=snapshot_interval, pool_size=pool_size,
+                                     max_overflow=max_overflow)
+        return opened[url]
+
+    global_store = store_at(global_url)
+    regions = {region: store_at(url) for region, url in settings.shards.items() if url != global_url}
+    return ShardRouter(global_store=global_store, region_stores=regions,
+                       directory=PostgresShardDirectory(global_url), vault=build_vault(settings), clock=clock,
+                       rules=rules, max_attempts=max_attempts, closers=[s.close for s in opened.values()])
+
+
+def shard_database_urls(settings: Settings) -> dict[str, str]:
+    """Every event store of the write side: ``{"global": database_url, <region>: <its URL>, ...}`` (one entry
+    without shards). Each has its own relay, position table and notification ids."""
+    from services.application.sharding import GLOBAL
+
+    urls = {GLOBAL: settings.resolved_database_url()}
+    urls.update({region: url for region, url in settings.shards.items() if url not in urls.values()})
+    return urls
 
 
 # --- the API --------------------------------------------------------------------------------------------------
@@ -143,7 +189,7 @@ def relay_config(settings: Settings, **overrides: Any) -> RelayConfig:
                          name=r.name, partitions=settings.partitions, batch_size=r.batch_size,
                          poll_interval_s=r.poll_interval_s, check_interval_s=r.check_interval_s,
                          max_backoff_s=r.max_backoff_s, logs=tuple(r.logs), topic=settings.events_topic,
-                         commit_delay_s=r.commit_delay_s)
+                         commit_delay_s=r.commit_delay_s, idempotence=r.idempotence)
     return replace(config, **overrides)
 
 
@@ -319,8 +365,18 @@ def _api(settings: Settings, _arg: str | None) -> Service:
 
 
 def _relay(settings: Settings, _arg: str | None) -> Service:
+    from services.application.sharding import GLOBAL
     from services.relay.core import run_relay
 
+    if settings.shards:  # one relay per event store, all into the one events topic
+        configs = [relay_config(settings, database_url=url, name=settings.relay.name if shard == GLOBAL
+                                else f"{settings.relay.name}-{shard}")
+                   for shard, url in shard_database_urls(settings).items()]
+
+        async def run_all(stop: asyncio.Event) -> None:
+            await asyncio.gather(*(run_relay(config, stop) for config in configs))
+
+        return Service("relay", run_all)
     return Service("relay", lambda stop: run_relay(relay_config(settings), stop))
 
 

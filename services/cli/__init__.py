@@ -54,13 +54,27 @@ def run(
 def up(
     detach: bool = typer.Option(False, "--detach", "-d", help="run in the background; stop with `rxtrail down`"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
+    kafka: str | None = typer.Option(None, "--kafka", help="embedded broker: tansu (default) | apache (Apache Kafka "
+                                                          "4.x from Maven jars; RXTRAIL_KAFKA_LAUNCHER)"),
+    brokers: int | None = typer.Option(None, "--brokers", min=1, max=5, help="with --kafka apache: brokers "
+                                       "(3 = replication 3, min.insync.replicas 2; RXTRAIL_KAFKA_BROKERS)"),
 ) -> None:
     """Start PostgreSQL and Kafka (embedded unless RXTRAIL_DATABASE_URL / RXTRAIL_KAFKA_BOOTSTRAP are set),
     create schemas and topics, run every service; print one ready line. Ctrl-C stops everything."""
+    import os
+
     from services.infra import stack
 
     _logging(verbose)
+    if kafka is not None:  # through the environment, so a detached `rxtrail up` and the children see it too
+        if kafka not in ("tansu", "apache"):
+            raise typer.BadParameter("tansu or apache", param_hint="--kafka")
+        os.environ["RXTRAIL_KAFKA_LAUNCHER"] = kafka
+    if brokers is not None:
+        os.environ["RXTRAIL_KAFKA_BROKERS"] = str(brokers)
     settings = Settings()
+    if settings.kafka_brokers > 1 and settings.kafka_launcher != "apache":
+        raise typer.BadParameter("several brokers need --kafka apache", param_hint="--brokers")
     started = time.monotonic()
     try:
         if detach:

@@ -41,7 +41,18 @@ def wait_for_kafka(bootstrap: str, timeout_s: float) -> None:
         raise InfraError(f"kafka: no metadata answer from {bootstrap} within {timeout_s:.0f}s ({exc!r})") from exc
 
 
-async def ensure_topics_async(bootstrap: str, names: Iterable[str], partitions: int, replication: int = 1) -> None:
+MAX_REPLICATION = 3
+"""Replicas per topic on a cluster of three brokers or more (with min.insync.replicas 2 on the brokers)."""
+
+
+def default_replication(brokers: int) -> int:
+    """Replicas for a topic we create: every broker up to three (1 on the embedded broker, 3 on a cluster)."""
+    return max(1, min(brokers, MAX_REPLICATION))
+
+
+async def ensure_topics_async(bootstrap: str, names: Iterable[str], partitions: int,
+                              replication: int | None = None) -> None:
+    """Create the topics that do not exist yet; ``replication`` None = ``default_replication`` of the cluster."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
@@ -52,6 +63,8 @@ async def ensure_topics_async(bootstrap: str, names: Iterable[str], partitions: 
         wanted = [n for n in dict.fromkeys(names) if n not in existing]
         if not wanted:
             return
+        if replication is None:
+            replication = default_replication(len((await admin.describe_cluster())["brokers"]))
         try:
             resp = await admin.create_topics(
                 [NewTopic(n, num_partitions=partitions, replication_factor=replication) for n in wanted]
@@ -66,5 +79,5 @@ async def ensure_topics_async(bootstrap: str, names: Iterable[str], partitions: 
         await admin.close()
 
 
-def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, replication: int = 1) -> None:
+def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, replication: int | None = None) -> None:
     _run(ensure_topics_async(bootstrap, list(names), partitions, replication))

@@ -65,6 +65,13 @@ def _process_named(pid: int, word: str) -> bool:
         return False
 
 
+def _lines(path: Path) -> list[str]:
+    try:
+        return [line.strip() for line in path.read_text().splitlines()]
+    except OSError:
+        return []
+
+
 def _pid_from(path: Path) -> int | None:
     try:
         return int(path.read_text().splitlines()[0].strip())
@@ -79,6 +86,13 @@ def reap(data_dir: Path, *, postgres: bool, kafka: bool, wait_s: float = 15.0) -
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    if kafka:  # Apache Kafka brokers (`kafka_launcher=apache`): each JVM leads a process group of its own
+        for line in _lines(data_dir / "apache-kafka.pids"):
+            if line.isdigit() and _process_named(int(line), "kafka.Kafka"):
+                try:
+                    os.killpg(int(line), signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
     if postgres and (pid := _pid_from(data_dir / "postgres" / "postmaster.pid")) and _process_named(pid, "postgres"):
         try:
             os.kill(pid, signal.SIGINT)  # fast shutdown: sessions are cut, data is safe

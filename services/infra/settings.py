@@ -12,6 +12,7 @@ import os
 import secrets
 from decimal import Decimal
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -63,6 +64,9 @@ class RelaySection(Section):
     logs: tuple[str, ...] = Field(default=(), description="event tables to relay; empty = every *_events table")
     commit_delay_s: float = Field(default=0.0, ge=0, description="fault injection for tests only: pause between "
                                                                    "the broker's ack and the position commit")
+    idempotence: Literal["auto", "required"] = Field(
+        default="auto", description="auto: idempotent producer (acks=all always) when the broker grants one; "
+                                    "required: refuse to relay without it (production, Apache Kafka)")
 
 
 class RouterSection(Section):
@@ -113,7 +117,12 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="postgresql://user:pass@host:port/db; unset = embedded PostgreSQL"
     )
-    kafka_bootstrap: str | None = Field(default=None, description="host:port[,host:port]; unset = embedded Tansu")
+    kafka_bootstrap: str | None = Field(default=None, description="host:port[,host:port]; unset = embedded broker")
+    kafka_launcher: Literal["tansu", "apache"] = Field(
+        default="tansu", description="the embedded broker `rxtrail up` starts when kafka_bootstrap is unset: Tansu, "
+                                     "or Apache Kafka 4.x from Maven Central jars (needs Java 17+ and Maven)")
+    kafka_brokers: int = Field(default=1, ge=1, le=5, description="Apache Kafka launcher: brokers in the cluster "
+                                                                  "(3 = replication 3, min.insync.replicas 2)")
     data_dir: Path = Field(default=Path(".rxtrail"), description="embedded parts keep their data here")
     postgres_port: int = Field(default=55432, ge=1, le=65535)
     kafka_port: int = Field(default=59092, ge=1, le=65535)
@@ -129,6 +138,10 @@ class Settings(BaseSettings):
     checkpoint_interval_s: float = Field(default=300.0, gt=0, description="seconds between signed checkpoints")
     checkpoints_topic: str = Field(default=topics.CHECKPOINTS, description="where signed checkpoints are published")
     log_level: str = Field(default="INFO", description="logging level of every process")
+    shards: dict[str, str] = Field(
+        default_factory=dict, description='region shards of the write side, JSON {"<pooling region>": "<database '
+        'URL>"}; each region\'s visits and prescriptions go to its own event store, the rest (registries, trace '
+        'codes, the shard directory, other regions) to database_url; unset = one shard (deploy/SCALING.md)')
 
     settlement: SettlementSection = SettlementSection()
     projections: ProjectionsSection = ProjectionsSection()

@@ -40,6 +40,7 @@ from events import topics
 from events.contracts import dead_letter_headers, dead_letter_value
 from events.envelope import record_headers
 from services.adapters.event_log import discover_logs_async, read_after_async
+from services.infra.kafka_admin import default_replication
 from services.relay import positions as pos
 
 log = logging.getLogger("rxtrail.relay")
@@ -74,6 +75,8 @@ class RelayConfig:
     send_timeout_s: float = 30.0
     commit_delay_s: float = 0.0
     """Fault injection for tests only: pause between broker ack and position commit."""
+    idempotence: str = "auto"
+    """"auto": idempotent producer when the broker grants one; "required": refuse to run without it."""
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> RelayConfig:
@@ -110,8 +113,9 @@ class BrokerLostData(Exception):
 _idempotence_by_bootstrap: dict[str, bool] = {}
 
 
-async def start_producer(bootstrap: str, stats: RelayStats) -> AIOKafkaProducer:
-    """An idempotent acks=all producer when the broker grants a producer id, else a plain acks=all one.
+async def start_producer(bootstrap: str, stats: RelayStats, idempotence: str = "auto") -> AIOKafkaProducer:
+    """An idempotent acks=all producer when the broker grants a producer id, else a plain acks=all one
+    (``idempotence="required"``: a broker that refuses is an error, never a silent fallback).
 
     The probe runs once per bootstrap address per process: Tansu answers InitProducerId with UnknownError.
     """
@@ -120,7 +124,7 @@ async def start_producer(bootstrap: str, stats: RelayStats) -> AIOKafkaProducer:
         "request_timeout_ms": 15000, "retry_backoff_ms": 200,
     }
     known = _idempotence_by_bootstrap.get(bootstrap)
-    if known is not False:
+    if known is not False or idempotence == "required":
         producer = AIOKafkaProducer(enable_idempotence=True, **common)
         sender_log = logging.getLogger("aiokafka.producer.sender")
         level = sender_log.level
@@ -129,6 +133,9 @@ async def start_producer(bootstrap: str, stats: RelayStats) -> AIOKafkaProducer:
             await asyncio.wait_for(producer.start(), 20)
         except BrokerResponseError as exc:
             await producer.stop()
+            if idempotence == "required":
+                raise RuntimeError(f"relay: broker {bootstrap} refused an idempotent producer ({type(exc).__name__})"
+                                   " and RXTRAIL_RELAY__IDEMPOTENCE=required") from exc
             _idempotence_by_bootstrap[bootstrap] = False
             log.info("relay: broker %s refused an idempotent producer (%s); using acks=all without idempotence",
                      bootstrap, type(exc).__name__)
@@ -187,7 +194,8 @@ class BrokerView:
 
     async def create_topic(self, topic: str, partitions: int) -> None:
         with suppress(TopicAlreadyExistsError):
-            await asyncio.wait_for(self.admin.create_topics([NewTopic(topic, partitions, 1)]), 15)
+            replicas = default_replication(len((await self.admin.describe_cluster())["brokers"]))
+            await asyncio.wait_for(self.admin.create_topics([NewTopic(topic, partitions, replicas)]), 15)
 
     async def recreate_topic(self, topic: str, partitions: int) -> None:
         await asyncio.wait_for(self.admin.delete_topics([topic]), 15)
@@ -281,7 +289,7 @@ class Relay:
             await view.start()
             state = await self._check_broker(conn, view, state, logs, at_start=True)
 
-            producer = await start_producer(cfg.bootstrap, self.stats)
+            producer = await start_producer(cfg.bootstrap, self.stats, cfg.idempotence)
             stack.push_async_callback(producer.stop)
             log.info("relay %s: relaying %s → %s from %s (idempotent producer: %s)", cfg.name,
                      ", ".join(logs) or "(no event tables yet)", cfg.topic,

@@ -34,6 +34,10 @@ from services.infra.runtime import on_stop_signals
 
 DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
 POM = DEPLOY_DIR / "pom.xml"
+TOOLS_POM = DEPLOY_DIR / "tools" / "pom.xml"
+"""Kafka's command-line tools (``kafka-tools``), fetched apart from the broker's jars (see ``ensure_tool_jars``)."""
+CONSOLE_CONSUMER = "org.apache.kafka.tools.consumer.ConsoleConsumer"
+"""The main class of ``kafka-console-consumer.sh`` (Kafka 4.x; ``kafka.tools.ConsoleConsumer`` is gone)."""
 LOG4J2_CONFIG = DEPLOY_DIR / "log4j2.properties"
 JAVA_MISSING = "Java not found: install a JDK 17+ or use the embedded Tansu broker"
 MVN_MISSING = "Maven (mvn) not found: install Maven 3.8+ to fetch the Apache Kafka jars, or use the embedded Tansu broker"
@@ -74,24 +78,25 @@ def check_java_version(java: str) -> None:
         )
 
 
-def ensure_jars(cache_dir: Path | None = None) -> Path:
+def ensure_jars(cache_dir: Path | None = None, *, pom: Path = POM, name: str = "jars",
+                main_jar: str = "kafka_2.13-*.jar") -> Path:
     """Fetch the broker's runtime classpath once per pom version; returns the directory of jars."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     find_java()
-    if not POM.is_file():
-        raise InfraError(f"Apache Kafka pom not found at {POM}: run from a checkout of rxtrail")
-    digest = hashlib.sha256(POM.read_bytes()).hexdigest()
-    jar_dir, marker = cache_dir / "jars", cache_dir / "jars.complete"
+    if not pom.is_file():
+        raise InfraError(f"Apache Kafka pom not found at {pom}: run from a checkout of rxtrail")
+    digest = hashlib.sha256(pom.read_bytes()).hexdigest()
+    jar_dir, marker = cache_dir / name, cache_dir / f"{name}.complete"
     cache_dir.mkdir(parents=True, exist_ok=True)
     with open(cache_dir / ".lock", "w") as lock:
         # several test sessions may share the cache; one fetches, the others wait and reuse
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if _read(marker) == digest and any(jar_dir.glob("kafka_2.13-*.jar")):
+        if _read(marker) == digest and any(jar_dir.glob(main_jar)):
             return jar_dir
         mvn = shutil.which("mvn")
         if mvn is None:
             raise InfraError(MVN_MISSING)
-        staging = cache_dir / f"jars.tmp-{os.getpid()}"
+        staging = cache_dir / f"{name}.tmp-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         cmd = [
             mvn,
@@ -99,7 +104,7 @@ def ensure_jars(cache_dir: Path | None = None) -> Path:
             "-B",
             "-Dstyle.color=never",
             "-f",
-            str(POM),
+            str(pom),
             "dependency:copy-dependencies",
             "-DincludeScope=runtime",
             f"-DoutputDirectory={staging}",
@@ -110,7 +115,7 @@ def ensure_jars(cache_dir: Path | None = None) -> Path:
             )
         except subprocess.TimeoutExpired as exc:
             raise InfraError("mvn did not fetch the Apache Kafka jars within 900 s") from exc
-        if res.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):
+        if res.returncode != 0 or not any(staging.glob(main_jar)):
             shutil.rmtree(staging, ignore_errors=True)
             tail = _tail_text(res.stdout + res.stderr, 30)
             raise InfraError(f"mvn failed fetching the Apache Kafka jars (exit {res.returncode}):\n{tail}")
@@ -119,6 +124,17 @@ def ensure_jars(cache_dir: Path | None = None) -> Path:
         staging.rename(jar_dir)
         marker.write_text(digest)
         return jar_dir
+
+
+def ensure_tool_jars(cache_dir: Path | None = None) -> Path:
+    """Kafka's command-line tools (console consumer, topics, ...): their own pom and cache directory, so fetching
+    them never replaces the broker's jars under running brokers. Use with ``tools_classpath``."""
+    return ensure_jars(cache_dir, pom=TOOLS_POM, name="tool-jars", main_jar="kafka-tools-*.jar")
+
+
+def tools_classpath(cache_dir: Path | None = None) -> str:
+    """``java -cp`` for Kafka's tools: the tools' jars, then the broker's (``java -cp CP <main class> ...``)."""
+    return f"{ensure_tool_jars(cache_dir) / '*'}{os.pathsep}{ensure_jars(cache_dir) / '*'}"
 
 
 def new_cluster_id() -> str:
@@ -462,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fetch_only:
         try:
             print(f"apache-kafka jars: {ensure_jars()}", flush=True)
+            print(f"apache-kafka tool jars: {ensure_tool_jars()}", flush=True)
         except InfraError as exc:
             print(f"apache-kafka failed: {exc}", file=sys.stderr)
             return 1

@@ -265,7 +265,10 @@ def ensure_schema(conn: psycopg.Connection[Any], projection: Projection, schema:
     conn.execute(sql.SQL(
         "CREATE TABLE IF NOT EXISTS {}.kafka_offsets (topic text, partition int, next_offset bigint NOT NULL, "
         "incarnation text, PRIMARY KEY (topic, partition))").format(s))
-    conn.execute(sql.SQL("ALTER TABLE {}.kafka_offsets ADD COLUMN IF NOT EXISTS incarnation text").format(s))
+    if not conn.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = %s AND table_name = "
+                        "'kafka_offsets' AND column_name = 'incarnation'", (schema,)).fetchone():
+        # offsets stored before incarnations existed (no ALTER, so no exclusive lock, when the column is there)
+        conn.execute(sql.SQL("ALTER TABLE {}.kafka_offsets ADD COLUMN IF NOT EXISTS incarnation text").format(s))
     conn.execute(sql.SQL(
         "CREATE TABLE IF NOT EXISTS {}.stream_versions (aggregate_id uuid PRIMARY KEY, version int NOT NULL)"
     ).format(s))

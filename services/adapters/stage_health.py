@@ -100,6 +100,17 @@ def consumer_stages(settings: Settings) -> dict[str, str]:
     return stages
 
 
+def shard_stores(settings: Settings) -> dict[str, str]:
+    """The write side's other event stores (``settings.shards``: region -> database URL, one entry per database
+    besides the main one, as ``services.bootstrap.shard_database_urls`` has them); each has its own relay."""
+    main = settings.resolved_database_url()
+    stores: dict[str, str] = {}
+    for region, url in settings.shards.items():
+        if url != main and url not in stores.values():
+            stores[region] = url
+    return stores
+
+
 def relay_lag(conn: psycopg.Connection[Any], relay: str = "relay", schema: str = "public") -> int | None:
     """Stored events the relay has not published yet (None: no relay ever ran here)."""
     if not _exists(conn, "relay_position"):
@@ -144,21 +155,33 @@ def stage_rows(conn: psycopg.Connection[Any]) -> dict[str, dict[str, Any]]:
                    "updated_at": _iso(r[8])} for r in rows}
 
 
-def stage_report(conn: psycopg.Connection[Any], consumers: Mapping[str, str], *, relay: str = "relay"
-                 ) -> dict[str, dict[str, Any]]:
+def stage_report(conn: psycopg.Connection[Any], consumers: Mapping[str, str], *, relay: str = "relay",
+                 shards: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
     """Per stage: pid, started_at, restarts, last_error(_at) (an error it survived, or its exit), last_exit(_at)
     (how its process last ended), updated_at (what was recorded) and ``lag`` (events the stage has still to publish
     or apply; None when it cannot be told)."""
     report = stage_rows(conn)
     empty = {"pid": None, "started_at": None, "restarts": 0, "last_error": None, "last_error_at": None,
              "last_exit": None, "last_exit_at": None, "updated_at": None}
-    store = stored_events(conn)
-    report.setdefault("relay", dict(empty))["lag"] = relay_lag(conn, relay)
+    store: int | None = stored_events(conn)
+    relayed = relay_lag(conn, relay)
+    for region, url in (shards or {}).items():  # sharded write side: every store and its relay count
+        count: int | None = None
+        lag: int | None = None
+        try:
+            with psycopg.connect(url, connect_timeout=2) as shard:
+                count, lag = stored_events(shard), relay_lag(shard, f"{relay}-{region}")
+        except psycopg.Error:  # a shard that does not answer: the lags cannot be told
+            pass
+        store = None if store is None or count is None else store + count
+        relayed = None if relayed is None or lag is None else relayed + lag
+    report.setdefault("relay", dict(empty))["lag"] = relayed
     for stage, schema in consumers.items():
         applied = applied_events(conn, schema)
         if applied is None and stage not in report:
             continue  # neither running nor ever run here
-        report.setdefault(stage, dict(empty))["lag"] = None if applied is None else max(0, store - applied)
+        behind = None if applied is None or store is None else max(0, store - applied)
+        report.setdefault(stage, dict(empty))["lag"] = behind
     for entry in report.values():
         entry.setdefault("lag", None)
     return dict(sorted(report.items()))
@@ -232,4 +255,4 @@ def _iso(value: datetime | None) -> str | None:
 
 
 __all__ = ["TABLE", "ErrorRecorder", "applied_events", "clear", "consumer_stages", "ensure_table", "record_error",
-           "record_exit", "record_start", "relay_lag", "stage_report", "stage_rows", "stored_events"]
+           "record_exit", "record_start", "relay_lag", "shard_stores", "stage_report", "stage_rows", "stored_events"]

@@ -103,7 +103,7 @@ def status() -> None:
     import psutil
     import psycopg
 
-    from services.adapters.stage_health import consumer_stages, stage_report
+    from services.adapters.stage_health import consumer_stages, shard_stores, stage_report
     from services.infra.stack import read_state
 
     settings = Settings()
@@ -116,7 +116,7 @@ def status() -> None:
     stages: dict[str, dict[str, Any]] = {}
     try:
         with psycopg.connect(settings.resolved_database_url(), connect_timeout=3) as conn:
-            stages = stage_report(conn, consumer_stages(settings))
+            stages = stage_report(conn, consumer_stages(settings), shards=shard_stores(settings))
     except psycopg.Error as exc:
         err.print(f"lag and errors unknown: the database does not answer ({type(exc).__name__})", markup=False)
     restarts = state.get("restarts", {})

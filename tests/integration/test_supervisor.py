@@ -296,6 +296,34 @@ async def test_a_replay_swapped_in_under_a_running_consumer_is_continued_from_it
     assert differences({"v": dump(db, schema)}, {"v": dump(db, reference)}) == {}
 
 
+def test_lag_counts_every_event_store_of_a_sharded_write_side(stack: UpStack) -> None:
+    """With ``settings.shards`` each region's store has its own relay (``relay-<region>``): the relay's lag and the
+    consumers' lag count every store; a shard that does not answer makes the lags unknown, not zero."""
+    import psycopg
+
+    from services.adapters.stage_health import consumer_stages, shard_stores, stage_report
+    from services.infra.settings import Settings
+
+    shard_db = f"rxtrail_shard_{os.getpid()}_{time.monotonic_ns() % 10**6}"
+    with psycopg.connect(stack.database_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{shard_db}"')
+    shard_url = stack.database_url.rsplit("/", 1)[0] + f"/{shard_db}"
+    with psycopg.connect(shard_url, autocommit=True) as shard:
+        shard.execute("CREATE TABLE region_events (notification_id bigint PRIMARY KEY)")
+        shard.execute("INSERT INTO region_events SELECT generate_series(1, 5)")
+        shard.execute("CREATE TABLE relay_position (name text, log text, position bigint, PRIMARY KEY (name, log))")
+        shard.execute("INSERT INTO relay_position VALUES ('relay-990000', 'region_events', 2)")
+    settings = Settings(database_url=stack.database_url, shards={"990000": shard_url, "990100": shard_url})
+    assert shard_stores(settings) == {"990000": shard_url}  # one relay per database, as bootstrap runs them
+    with psycopg.connect(stack.database_url) as conn:
+        alone = stage_report(conn, consumer_stages(settings))
+        sharded = stage_report(conn, consumer_stages(settings), shards=shard_stores(settings))
+        unreachable = stage_report(conn, consumer_stages(settings), shards={"990000": "postgresql://u@127.0.0.1:1/x"})
+    assert sharded["relay"]["lag"] == alone["relay"]["lag"] + 3
+    assert sharded["projection:traceability"]["lag"] == alone["projection:traceability"]["lag"] + 5
+    assert unreachable["relay"]["lag"] is None and unreachable["projection:traceability"]["lag"] is None
+
+
 def test_a_stage_records_the_errors_it_survives(stack: UpStack) -> None:
     """What `rxtrail run` installs (services.bootstrap.run_service): the stage's own warnings become its last_error,
     and the supervisor's record of its exits stays apart (last_exit)."""

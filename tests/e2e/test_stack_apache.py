@@ -4,7 +4,8 @@
 the fault tests use: KRaft, replication 3, min.insync.replicas 2); then a demo day (`rxtrail demo`), its trail in
 the traceability projection, `rxtrail verify --kafka` INTACT, and `rx.events` read with Apache Kafka's own console
 consumer (from the launcher's Maven jars, `java -cp`): every stored event is there once, keyed by its aggregate,
-with the relay's headers. `rxtrail down` always runs. Slow (three JVMs): about a minute.
+with the relay's headers; last, one broker SIGKILLed is restarted by the supervisor and a second demo day runs.
+`rxtrail down` always runs. Slow (three JVMs): about 75 s.
 """
 
 from __future__ import annotations
@@ -188,3 +189,38 @@ def test_console_consumer_reads_keys_and_headers(apache_stack: dict[str, str], d
     assert [t for _, t in trail][:4] == ["PrescriptionIssued", "PrescriptionApproved", "PrescriptionRouted",
                                          "PrescriptionAccepted"], trail
     assert trail[-1][1] == "PrescriptionSettled", trail
+
+
+def test_a_killed_broker_is_restarted_and_the_platform_goes_on(apache_stack: dict[str, str],
+                                                               demo_day: dict[str, str]) -> None:
+    """Last in this module (it disturbs the cluster): SIGKILL one broker; the supervisor starts it again on its
+    ports and data, the cluster reports three brokers, and a second demo day runs through every stage."""
+    import signal
+
+    from services.infra.apache_kafka import metadata_broker_ids
+
+    pids_file = Path(apache_stack["RXTRAIL_DATA_DIR"]) / "apache-kafka.pids"
+    pids = [int(p) for p in pids_file.read_text().split()]
+    assert len(pids) == 3
+    os.killpg(pids[1], signal.SIGKILL)
+
+    def restarted() -> list[int] | None:
+        now = [int(p) for p in pids_file.read_text().split()]
+        return now if now[1] != pids[1] and now[0] == pids[0] and now[2] == pids[2] else None
+
+    _eventually("the supervisor to start the killed broker again", restarted, timeout_s=90)
+    host, port = apache_stack["BOOTSTRAP"].split(",")[1].split(":")
+
+    def three() -> list[int] | None:
+        try:
+            ids = metadata_broker_ids(host, int(port))
+        except OSError:
+            return None
+        return ids if len(ids) == 3 else None
+
+    _eventually("the restarted broker to answer with three brokers", three, timeout_s=90)
+    demo = subprocess.run([*CLI, "demo", "--prescriptions", "2"], env=apache_stack, capture_output=True, text=True,
+                          timeout=180)
+    assert demo.returncode == 0, f"demo after the broker restart failed:\n{demo.stdout}\n{demo.stderr}"
+    state = json.loads((Path(apache_stack["RXTRAIL_DATA_DIR"]) / "stack.json").read_text())
+    assert all(pid is not None for pid in state["services"].values()), state["services"]

@@ -39,7 +39,7 @@ from services.infra.settings import Settings
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from projections.base import Projection, ProjectionConsumer
+    from projections.base import MissingEvents, Projection, ProjectionConsumer
     from services.application.statements import StatementDesk
     from services.relay.core import RelayConfig
     from services.workers.expiry import ExpiryConfig
@@ -145,6 +145,16 @@ def shard_database_urls(settings: Settings) -> dict[str, str]:
     return urls
 
 
+def missing_events(settings: Settings) -> MissingEvents:
+    """Where consumers read versions the topic skipped: the event store, or every shard's (``settings.shards``)."""
+    from services.adapters.missing_events import StoreEvents
+    from services.adapters.shard_events import ShardedStoreEvents
+
+    if settings.shards:
+        return ShardedStoreEvents(shard_database_urls(settings).values())
+    return StoreEvents(settings.resolved_database_url())
+
+
 # --- the API --------------------------------------------------------------------------------------------------
 
 
@@ -233,14 +243,13 @@ def build_settlement(settings: Settings, application: RxTrail, *, config: Settle
     """The settlement worker inside the shared consumer loop (its state and offsets in its own schema);
     ``overrides``: ``ProjectionConsumer`` fields (group_id=, schema=, max_records=, ...)."""
     from projections.base import ProjectionConsumer
-    from services.adapters.missing_events import StoreEvents
     from services.workers.settlement import SettlementWorker
 
     s = settings.settlement
     worker = SettlementWorker(application, config or settlement_config(settings))
     options: dict[str, Any] = {"schema": s.schema_name, "group_id": s.group_id, "max_records": s.max_records,
                                "topic": settings.events_topic, "dlq_topic": settings.dlq_topic,
-                               "missing": StoreEvents(settings.resolved_database_url()), **overrides}
+                               "missing": missing_events(settings), **overrides}
     return ProjectionConsumer(worker, settings.resolved_database_url(), settings.resolved_kafka_bootstrap(), **options)
 
 
@@ -296,7 +305,6 @@ async def run_projections(names: Sequence[str], settings: Settings, stop: asynci
     one of them fails."""
     from projections import registry
     from projections.base import ProjectionConsumer
-    from services.adapters.missing_events import StoreEvents
     from services.infra.kafka_admin import ensure_topics_async
 
     p = settings.projections
@@ -305,7 +313,7 @@ async def run_projections(names: Sequence[str], settings: Settings, stop: asynci
     await ensure_topics_async(bootstrap, [topic, dlq_topic], partitions=settings.partitions)
     consumers = [ProjectionConsumer(build_projection(n, settings), database_url, bootstrap, topic=topic,
                                     dlq_topic=dlq_topic, schema=registry.get(n).schema,
-                                    missing=StoreEvents(database_url),
+                                    missing=missing_events(settings),
                                     group_id=registry.get(n).group_id(p.group_prefix), max_records=p.max_records)
                  for n in names]
     tasks = [asyncio.create_task(c.run(stop), name=f"projection:{c.projection.name}") for c in consumers]

@@ -279,7 +279,8 @@ class Stack:
         from services.infra.ports import free_ports
 
         s = self.settings
-        ports = [s.kafka_port, *free_ports(s.kafka_brokers - 1)] if s.kafka_brokers > 1 else [s.kafka_port]
+        others = [p for p in free_ports(s.kafka_brokers) if p != s.kafka_port]  # n free, never kafka_port
+        ports = [s.kafka_port, *others[: s.kafka_brokers - 1]]
         self.apache = ApacheKafka().start(brokers=s.kafka_brokers, base_dir=self.data_dir / "kafka", ports=ports,
                                           partitions=s.partitions, timeout_s=max(s.start_timeout_s, 90.0))
         (self.data_dir / "apache-kafka.pids").write_text("".join(f"{n.proc.pid}\n" for n in self.apache.nodes))

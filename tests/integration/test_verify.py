@@ -12,6 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from events import topics
 from services.integrity import create_checkpoint, export_trail, stored_event_hash, verify, verify_bundle
 from services.integrity.checkpoint import load_or_create_key
 from services.relay import RelayStats, run_relay
@@ -43,7 +44,7 @@ async def test_edited_row_is_reported_by_aggregate_and_version(
     aggregates = [uuid.uuid4() for _ in range(5)]
     for a in aggregates:
         store.append(a, 6)
-    topic = unique_topic("rx.events")
+    topic = unique_topic(topics.EVENTS)
     stop, stats = asyncio.Event(), RelayStats()
     task = asyncio.create_task(run_relay(config(store.url, kafka_bootstrap, topic), stop, stats))
     try:

@@ -193,6 +193,12 @@ class ShardedStore:
             found.update(store.recorded_outcomes(command_ids))
         return found
 
+    @property
+    def recorder(self) -> _RoutingRecorder:
+        """``select_events(aggregate_id)`` from the store that holds the aggregate (the integrity check of the API's
+        reads goes through the store's recorder)."""
+        return _RoutingRecorder(self)
+
     def save(self, *objs: Any, **kwargs: Any) -> Any:
         homes = {id(self.store_of(a.id)) for a in objs if isinstance(a, REGION_BOUND)}
         if homes:
@@ -224,6 +230,15 @@ class RegionRxTrail(RxTrail):
         held = {code for lines in (rx.dispenses.values() if rx is not None else ()) for ln in lines
                 for code in ln.trace_codes}
         return ids.get("trace_code") not in held
+
+
+class _RoutingRecorder:
+    def __init__(self, sharded: ShardedStore) -> None:
+        self.sharded = sharded
+
+    def select_events(self, aggregate_id: UUID, **kwargs: Any) -> Any:
+        return self.sharded.store_of(aggregate_id).recorder.select_events(  # type: ignore[attr-defined]
+            aggregate_id, **kwargs)
 
 
 def _prescription_target(command: c.Command) -> UUID | None:

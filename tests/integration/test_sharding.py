@@ -281,8 +281,9 @@ async def test_relays_per_shard_and_projections_equal_the_union(app: RxTrail, ca
     urls = shard_database_urls(live)
     assert set(urls) == {GLOBAL, CHANGCHUN, JINAN}
     stop = asyncio.Event()
-    tasks = [asyncio.create_task(run_relay(relay_config(live, database_url=url, name=f"relay-{shard}"), stop))
-             for shard, url in urls.items()]
+    tasks: list[asyncio.Task[Any]] = [
+        asyncio.create_task(run_relay(relay_config(live, database_url=url, name=f"relay-{shard}"), stop))
+        for shard, url in urls.items()]
     settlement = build_settlement(live, app, group_id=unique_id("settle"), schema=unique_id("settle").lower())
     tasks.append(asyncio.create_task(settlement.run(stop)))
     tasks.append(asyncio.create_task(run_projections(registry.NAMES, live, stop)))
@@ -313,3 +314,39 @@ async def test_relays_per_shard_and_projections_equal_the_union(app: RxTrail, ca
     with psycopg.connect(shards[GLOBAL]) as conn:
         regions = {r[0] for r in conn.execute("SELECT DISTINCT pooling_region FROM traceability.visits")}
     assert {CHANGCHUN, JINAN} <= regions
+
+
+# --- the API over the shards -----------------------------------------------------------------------------------
+
+
+def test_the_api_writes_each_region_to_its_shard_and_refuses_a_code_across_regions(
+        app: RxTrail, casts: dict[str, Cast], settings: Settings, shards: dict[str, str]) -> None:
+    from fastapi.testclient import TestClient
+
+    from services.api import create_app
+    from tests.support.flows import Actors, api_keys, dispense_body
+
+    actors = {}
+    live = build_application(settings)  # on the system clock, as the HTTP bodies are dated today
+    try:
+        with TestClient(create_app(settings, application=live)) as client:
+            for region, cast in casts.items():
+                keys = api_keys(shards[GLOBAL], f"hospital:{cast.hospital}", f"pharmacist:{cast.pharmacist}",
+                                f"pharmacy:{cast.pharmacy}", f"agency:{region}", "regulator:REG1")
+                actors[region] = Actors(client, cast, keys)
+            first, second = actors[CHANGCHUN].accepted(), actors[JINAN].accepted()
+            assert streams_in(shards[CHANGCHUN], UUID(first)) > 0 and streams_in(shards[JINAN], UUID(first)) == 0
+            assert streams_in(shards[JINAN], UUID(second)) > 0 and streams_in(shards[CHANGCHUN], UUID(second)) == 0
+            codes = trace_codes(4)
+            cc, jn = actors[CHANGCHUN], actors[JINAN]
+            r = cc.post(cc.pharmacy, f"/pharmacy/prescriptions/{first}/dispenses", dispense_body(4, codes))
+            assert r.status_code == 201, r.text
+            r = jn.post(jn.pharmacy, f"/pharmacy/prescriptions/{second}/dispenses", dispense_body(4, codes))
+            assert r.status_code == 409 and r.json()["rule"] == "R8", r.text
+            # reads across shards: each pharmacy sees its own prescription (read from its region's store)
+            assert jn.get(jn.pharmacy, f"/pharmacy/prescriptions/{second}").json()["status"] == "accepted"
+            assert cc.get(cc.pharmacy, f"/pharmacy/prescriptions/{first}").json()["status"] == "dispensed"
+    finally:
+        live.close()
+    flags = [e for e in events_of(shards[JINAN], UUID(second)) if isinstance(e, RuleFlagged)]
+    assert [f.rule_id for f in flags] == ["R8"]

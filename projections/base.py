@@ -218,6 +218,15 @@ class MissingEvents(Protocol):
     def read(self, aggregate_id: UUID, after_version: int, before_version: int) -> Sequence[Delivered]: ...
 
 
+class Misplaced(RuntimeError):
+    """A partition whose incarnation is still to be learned delivered a first record that is not the one at its
+    beginning (it was positioned by someone else, or records before it were skipped): position it again."""
+
+    def __init__(self, partition: int, offset: int, expected: int | None) -> None:
+        super().__init__(f"partition {partition}: first record read at offset {offset}, expected {expected}")
+        self.partition = partition
+
+
 class GapNotFilled(RuntimeError):
     """An event arrived after a version the record does not hold yet: the batch must wait, not skip."""
 
@@ -595,6 +604,9 @@ class ProjectionConsumer:
         self._incarnations: dict[int, str | None] = {}
         """Per assigned partition: the incarnation its position belongs to (None: learn it from the first record
         consumed)."""
+        self._expect: dict[int, int] = {}
+        """Per partition still to learn: the offset its first record must have (the partition's beginning)."""
+        self._bounced: dict[int, int] = {}
         self._epoch: int | None = None
         """The schema's epoch the positions were read under (``EPOCHS_TABLE``)."""
 
@@ -663,6 +675,10 @@ class ProjectionConsumer:
                     idle_since = loop.time()
                     try:
                         await self._handle(conn, producer, messages)
+                    except Misplaced as exc:
+                        log.warning("%s: %s; positioning it again", self.projection.name, exc)
+                        unpositioned.add(TopicPartition(self.topic, exc.partition))
+                        continue
                     except GapNotFilled as exc:
                         self.stats.gap_waits += 1
                         log.warning("%s: %s; the batch waits and is read again from the stored offsets",
@@ -710,7 +726,8 @@ class ProjectionConsumer:
             partitions.update(consumer.assignment())  # the view was rebuilt: every partition to its new offsets
         self._epoch = epoch
         assigned = consumer.assignment()
-        todo = [tp for tp in partitions if tp in assigned]
+        snapshot = set(partitions)  # assignments landing during the awaits below stay for the next round
+        todo = [tp for tp in snapshot if tp in assigned]
         positions = {tp: stored.get(tp.partition, Position(0, None)) for tp in todo}
         try:
             seen = await probe.observe({tp: fingerprint_offset(p.incarnation) if p.incarnation else None
@@ -722,15 +739,17 @@ class ProjectionConsumer:
             position = positions[tp]
             reason, incarnation = verdict(position, seen[tp])
             if reason is not None:
-                self._reset(tp, reason)
+                self._reset(tp, reason, seen[tp].beginning)
                 await consumer.seek_to_beginning(tp)
             elif tp.partition in stored:
                 self._incarnations[tp.partition] = incarnation
+                self._expect[tp.partition] = max(position.next_offset, seen[tp].beginning)
                 consumer.seek(tp, position.next_offset)
             else:
                 self._incarnations[tp.partition] = None
+                self._expect[tp.partition] = seen[tp].beginning
                 await consumer.seek_to_beginning(tp)
-        partitions.clear()
+        partitions.difference_update(snapshot)
         return True
 
     async def _check(self, consumer: Any, probe: TopicProbe) -> None:
@@ -748,16 +767,34 @@ class ProjectionConsumer:
                 continue  # still to learn from the first record consumed
             reason, _ = verdict(position, seen[tp])
             if reason is not None:
-                self._reset(tp, reason)
+                self._reset(tp, reason, seen[tp].beginning)
                 await consumer.seek_to_beginning(tp)
 
-    def _reset(self, tp: Any, reason: str) -> None:
+    def _reset(self, tp: Any, reason: str, beginning: int) -> None:
         self.stats.incarnation_resets += 1
         self._incarnations[tp.partition] = None
+        self._expect[tp.partition] = beginning
         log.warning("%s: %s[%d] is not the topic its offsets were stored for (%s): reading it again from the "
                     "beginning", self.projection.name, tp.topic, tp.partition, reason)
 
+    def _check_first_records(self, messages: list[Any]) -> None:
+        """An incarnation is only learned from the record at the partition's beginning: a first record elsewhere
+        means records before it were not read (Misplaced). The same first offset twice is the log's real start
+        (offsets a broker leaves unused, e.g. transaction markers)."""
+        first: dict[int, int] = {}
+        for m in messages:
+            first.setdefault(m.partition, m.offset)
+        for partition, offset in first.items():
+            if self._incarnations.get(partition) is not None:
+                continue
+            expected = self._expect.get(partition)
+            if offset == expected or self._bounced.get(partition) == offset:
+                continue
+            self._bounced[partition] = offset
+            raise Misplaced(partition, offset, expected)
+
     async def _handle(self, conn: psycopg.Connection[Any], producer: Any, messages: list[Any]) -> None:
+        self._check_first_records(messages)
         good: list[Delivered] = []
         offsets: dict[tuple[str, int], int] = {}
         learned: dict[tuple[str, int], str] = {}

@@ -115,8 +115,8 @@ async def test_offsets_stored_for_an_old_topic_are_not_used_on_its_successor(
     """Offsets stored, the topic deleted and recreated with more (other) records: seeking to the stored offsets would
     skip the new topic's first records; the consumer notices on start and reads it from the beginning."""
     db = make_database()
-    first, _ = _trails(8, seed=11)
-    second, _ = _trails(20, seed=12)
+    first, _ = _trails(6, seed=11)
+    second, _ = _trails(30, seed=12)  # several times more per partition: the old offsets lie inside the new topic
     store(db, first + second)
     topic = unique_topic("events")
     await ensure_topics_async(kafka_bootstrap, [topic, topic + ".dlq"], partitions=PARTITIONS)

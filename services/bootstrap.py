@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from projections.base import MissingEvents, Projection, ProjectionConsumer
+    from services.application.ports import PartyDirectory
     from services.application.statements import StatementDesk
     from services.relay.core import RelayConfig
     from services.workers.expiry import ExpiryConfig
@@ -86,7 +87,12 @@ def build_statement_desk(settings: Settings, *, clock: Clock | None = None) -> t
 
     url = settings.resolved_database_url()
     store = open_store(url, pool_size=2, max_overflow=2)
-    return StatementDesk(store, ProjectionFigures(url), EventStoreDirectory(url), clock or SystemClock()), store
+    directory: PartyDirectory = EventStoreDirectory(url)
+    if settings.shards:  # hospitals' regions come from their visits, in the region shards
+        from services.adapters.shard_directory import PartyRegionsAcrossStores
+
+        directory = PartyRegionsAcrossStores([EventStoreDirectory(u) for u in shard_database_urls(settings).values()])
+    return StatementDesk(store, ProjectionFigures(url), directory, clock or SystemClock()), store
 
 
 def _open_application(settings: Settings, attempts: int = 5) -> RxTrail:

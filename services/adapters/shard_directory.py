@@ -8,11 +8,14 @@ finds the shard by id with one indexed read; a placement never changes, so each 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable, Sequence
 from uuid import UUID
 
 from psycopg_pool import ConnectionPool
 
+from events.statement import PartyKind
 from services.adapters.pool import CONNECT_TIMEOUT_S, POOL_TIMEOUT_S
+from services.application.ports import PartyDirectory
 
 TABLE = "rxtrail_shard_directory"
 CREATE = (
@@ -75,3 +78,21 @@ class PostgresShardDirectory:
 
     def close(self) -> None:
         self._pool.close()
+
+
+class PartyRegionsAcrossStores:
+    """``services.application.ports.PartyDirectory`` over several event stores (statements with region shards): a
+    hospital's region comes from its visits, which live in the region shards; pharmacies' from the global store."""
+
+    def __init__(self, directories: Sequence[PartyDirectory]) -> None:
+        self.directories = list(directories)
+
+    def regions(self, parties: Iterable[tuple[PartyKind, str]]) -> dict[tuple[PartyKind, str], str]:
+        wanted = list(dict.fromkeys(parties))
+        found: dict[tuple[PartyKind, str], str] = {}
+        for directory in self.directories:
+            missing = [p for p in wanted if p not in found]
+            if not missing:
+                break
+            found.update(directory.regions(missing))
+        return found

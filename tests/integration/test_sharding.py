@@ -350,3 +350,23 @@ def test_the_api_writes_each_region_to_its_shard_and_refuses_a_code_across_regio
         live.close()
     flags = [e for e in events_of(shards[JINAN], UUID(second)) if isinstance(e, RuleFlagged)]
     assert [f.rule_id for f in flags] == ["R8"]
+
+
+def test_statements_find_each_party_region_across_shards(app: RxTrail, casts: dict[str, Cast],
+                                                         settings: Settings) -> None:
+    from events.statement import PartyKind
+    from services.bootstrap import build_statement_desk
+
+    for cast in casts.values():
+        ok(app.handle(cast.visit()))  # a hospital's region comes from its visits, which live in its region shard
+    desk, store = build_statement_desk(settings)
+    try:
+        wanted = [(PartyKind.HOSPITAL, cast.hospital) for cast in casts.values()]
+        wanted += [(PartyKind.PHARMACY, cast.pharmacy) for cast in casts.values()]
+        found = desk.directory.regions(wanted)
+    finally:
+        store.close()
+    assert found == {(PartyKind.HOSPITAL, casts[CHANGCHUN].hospital): CHANGCHUN,
+                     (PartyKind.HOSPITAL, casts[JINAN].hospital): JINAN,
+                     (PartyKind.PHARMACY, casts[CHANGCHUN].pharmacy): CHANGCHUN,
+                     (PartyKind.PHARMACY, casts[JINAN].pharmacy): JINAN}

@@ -370,3 +370,20 @@ def test_statements_find_each_party_region_across_shards(app: RxTrail, casts: di
                      (PartyKind.HOSPITAL, casts[JINAN].hospital): JINAN,
                      (PartyKind.PHARMACY, casts[CHANGCHUN].pharmacy): CHANGCHUN,
                      (PartyKind.PHARMACY, casts[JINAN].pharmacy): JINAN}
+
+
+def test_rxtrail_run_relay_starts_one_relay_per_store(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from services import bootstrap
+    from services.relay import core
+
+    started: list[tuple[str, str]] = []
+
+    async def fake_run_relay(config: Any, stop: asyncio.Event) -> None:
+        started.append((config.name, config.database_url))
+
+    monkeypatch.setattr(core, "run_relay", fake_run_relay)
+    service = bootstrap.build_service("relay", settings)
+    asyncio.run(service.run(asyncio.Event()))  # type: ignore[arg-type]
+    assert sorted(started) == sorted([(settings.relay.name, settings.resolved_database_url()),
+                                      (f"{settings.relay.name}-{CHANGCHUN}", settings.shards[CHANGCHUN]),
+                                      (f"{settings.relay.name}-{JINAN}", settings.shards[JINAN])])

@@ -27,7 +27,9 @@ def build_broker(bootstrap: str, metadata_max_age_ms: int = 30_000, *, logger: l
                  ) -> KafkaBroker:
     # The pattern subscription sees a new rx.inbound.<hospital> topic only at a metadata refresh: every 30 s,
     # not Kafka's default 5 minutes, so a newly onboarded hospital is heard promptly.
-    return KafkaBroker(bootstrap, client_id=INTAKE_GROUP, logger=logger, metadata_max_age_ms=metadata_max_age_ms)
+    # "a:9092,b:9092,c:9092" is three servers: faststream takes one string as ONE host ("a:9092,b:9092,c" port 9092)
+    servers = [s.strip() for s in bootstrap.split(",") if s.strip()]
+    return KafkaBroker(servers, client_id=INTAKE_GROUP, logger=logger, metadata_max_age_ms=metadata_max_age_ms)
 
 
 def declare_publishers(broker: KafkaBroker) -> None:

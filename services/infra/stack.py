@@ -283,8 +283,15 @@ class Stack:
         ports = [s.kafka_port, *others[: s.kafka_brokers - 1]]
         self.apache = ApacheKafka().start(brokers=s.kafka_brokers, base_dir=self.data_dir / "kafka", ports=ports,
                                           partitions=s.partitions, timeout_s=max(s.start_timeout_s, 90.0))
-        (self.data_dir / "apache-kafka.pids").write_text("".join(f"{n.proc.pid}\n" for n in self.apache.nodes))
+        self.write_broker_pids()
         return str(self.apache.bootstrap)
+
+    def write_broker_pids(self) -> None:
+        """``apache-kafka.pids`` (one pid a line), replaced atomically: the reaper and tests never read half."""
+        path = self.data_dir / "apache-kafka.pids"
+        tmp = path.with_name(f".apache-kafka.pids.{os.getpid()}")
+        tmp.write_text("".join(f"{n.proc.pid}\n" for n in self.apache.nodes if n.proc is not None))
+        os.replace(tmp, path)
 
     def child_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -367,7 +374,7 @@ class Stack:
             if not node.alive():  # its data is on disk: it rejoins the cluster and catches up from the others
                 log.error("kafka broker %d (apache) died; restarting it", node.node_id)
                 self.apache.restart_broker(i)
-                (self.data_dir / "apache-kafka.pids").write_text("".join(f"{n.proc.pid}\n" for n in self.apache.nodes))
+                self.write_broker_pids()
 
     def check_children(self, env: dict[str, str]) -> None:
         """One round: note children that exited (and schedule their restart), start those whose backoff is over."""

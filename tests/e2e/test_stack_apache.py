@@ -139,6 +139,10 @@ def test_demo_day_on_three_brokers(apache_stack: dict[str, str], demo_day: dict[
 
     out = _eventually("rxtrail verify --kafka to find the store and rx.events INTACT", intact, timeout_s=60)
     assert "0 not yet relayed" in out, out
+    # every stage ran through the day on the 3-broker bootstrap list without a restart (the intake once could not
+    # read "a:1,b:2,c:3" and exited every few seconds while the demo, which does not use it, still passed)
+    state = json.loads((Path(apache_stack["RXTRAIL_DATA_DIR"]) / "stack.json").read_text())
+    assert set(state["restarts"].values()) == {0}, (state["restarts"], state.get("last_exit"))
 
 
 def _stored(database_url: str) -> set[tuple[str, int, str]]:
@@ -206,7 +210,7 @@ def test_a_killed_broker_is_restarted_and_the_platform_goes_on(apache_stack: dic
 
     def restarted() -> list[int] | None:
         now = [int(p) for p in pids_file.read_text().split()]
-        return now if now[1] != pids[1] and now[0] == pids[0] and now[2] == pids[2] else None
+        return now if len(now) == 3 and now[1] != pids[1] and now[0] == pids[0] and now[2] == pids[2] else None
 
     _eventually("the supervisor to start the killed broker again", restarted, timeout_s=90)
     host, port = apache_stack["BOOTSTRAP"].split(",")[1].split(":")
@@ -222,5 +226,10 @@ def test_a_killed_broker_is_restarted_and_the_platform_goes_on(apache_stack: dic
     demo = subprocess.run([*CLI, "demo", "--prescriptions", "2"], env=apache_stack, capture_output=True, text=True,
                           timeout=180)
     assert demo.returncode == 0, f"demo after the broker restart failed:\n{demo.stdout}\n{demo.stderr}"
-    state = json.loads((Path(apache_stack["RXTRAIL_DATA_DIR"]) / "stack.json").read_text())
-    assert all(pid is not None for pid in state["services"].values()), state["services"]
+
+    def all_running() -> dict[str, Any] | None:  # a stage that exited meanwhile is back after its backoff
+        state: dict[str, Any] = json.loads((Path(apache_stack["RXTRAIL_DATA_DIR"]) / "stack.json").read_text())
+        return state if all(pid is not None for pid in state["services"].values()) else None
+
+    state = _eventually("every stage to run", all_running, timeout_s=60)
+    print(f"restarts during the broker outage: {state['restarts']}; last exits: {state.get('last_exit', {})}")

@@ -151,6 +151,22 @@ def shard_database_urls(settings: Settings) -> dict[str, str]:
     return urls
 
 
+def release_stranded_reservations(settings: Settings, application: RxTrail, *, older_than_s: float = 300.0
+                                  ) -> list[Any]:
+    """Repair job for region shards: release trace codes reserved by a sale whose region write never happened (the
+    writer stopped in between; ``services.application.sharding``). Only sales older than ``older_than_s`` (by the
+    application's clock) are considered, so no writer can still be between its two writes. Returns released ids."""
+    from datetime import timedelta
+
+    from services.adapters.shard_directory import held_for_prescriptions
+    from services.application.sharding import ShardRouter
+
+    if not isinstance(application, ShardRouter):
+        return []
+    cutoff = application.clock.now() - timedelta(seconds=older_than_s)
+    return application.release_stranded(held_for_prescriptions(settings.resolved_database_url(), cutoff))
+
+
 def missing_events(settings: Settings) -> MissingEvents:
     """Where consumers read versions the topic skipped: the event store, or every shard's (``settings.shards``)."""
     from services.adapters.missing_events import StoreEvents

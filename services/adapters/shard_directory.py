@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from uuid import UUID
 
+import psycopg
 from psycopg_pool import ConnectionPool
 
 from events.statement import PartyKind
@@ -96,3 +98,22 @@ class PartyRegionsAcrossStores:
                 break
             found.update(directory.regions(missing))
         return found
+
+
+_HELD = (
+    "SELECT e.originator_id, (convert_from(e.state, 'UTF8')::jsonb ->> 'prescription_id')::uuid"
+    " FROM rxtrail_events e JOIN (SELECT originator_id, max(originator_version) AS v FROM rxtrail_events"
+    "  WHERE topic LIKE 'events.trace_code:%%' GROUP BY originator_id) h"
+    " ON h.originator_id = e.originator_id AND h.v = e.originator_version"
+    " WHERE e.topic = 'events.trace_code:TraceCodeSold'"
+    " AND convert_from(e.state, 'UTF8')::jsonb ->> 'prescription_id' IS NOT NULL"
+    " AND (convert_from(e.state, 'UTF8')::jsonb ->> 'timestamp')::timestamptz < %s"
+)
+
+
+def held_for_prescriptions(database_url: str, sold_before: datetime) -> list[tuple[UUID, UUID]]:
+    """(trace-code stream id, prescription id) of every code in the global store whose last event is a sale for a
+    prescription made before ``sold_before`` — the candidates of ``ShardRouter.release_stranded`` (a full scan of
+    the trace-code streams: a repair job, not a hot path)."""
+    with psycopg.connect(database_url) as conn:
+        return [(UUID(str(r[0])), UUID(str(r[1]))) for r in conn.execute(_HELD, (sold_before,)).fetchall()]

@@ -23,8 +23,9 @@ touches both is saved in an order that keeps R8 correct without a distributed tr
 - a **return** (TraceCodeReturned, a withdrawn dispense) writes the prescription first, then the codes (rolled
   forward until written: only this prescription holds them, so nobody else can change them in between).
 
-Left open (documented in SCALING.md): a process that dies between the global and the region write of a sale
-leaves the codes sold without a dispense in the region (refused elsewhere — safe, never sold twice) until released.
+A process that dies between the global and the region write of a sale leaves the codes sold without a dispense in
+the region (refused elsewhere — safe, never sold twice) until the repair job releases them
+(``ShardRouter.release_stranded``; ``bootstrap.release_stranded_reservations``; deploy/SCALING.md).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ GLOBAL = "global"
 REGION_BOUND: tuple[type[Aggregate], ...] = (Encounter, Prescription)
 _REGION_PROJECTORS: tuple[Projector, ...] = (project_encounter, project_prescription)
 RELEASE_REASON = "reservation released: the dispense was not recorded in its region (cross-shard sale lost a race)"
+STRANDED_REASON = "reservation released: its dispense was never recorded in its region (the writer stopped between)"
 
 
 class ShardDirectory(Protocol):
@@ -133,13 +135,13 @@ class RegionStore:
     def _release(self, sold: Sequence[TraceCodeSold]) -> None:
         """Undo a reservation whose region write failed: return each code still held by that prescription."""
         for event in sold:
-            self._settle_code(event.originator_id, event.prescription_id, event.business_type, RELEASE_REASON)
+            self.return_if_held(event.originator_id, event.prescription_id, event.business_type, RELEASE_REASON)
 
     def _roll_forward(self, returned: Sequence[TraceCodeReturned]) -> None:
         for event in returned:
-            self._settle_code(event.originator_id, event.prescription_id, event.business_type, event.reason)
+            self.return_if_held(event.originator_id, event.prescription_id, event.business_type, event.reason)
 
-    def _settle_code(self, code_id: UUID, prescription_id: UUID | None, business_type: Any, reason: str) -> None:
+    def return_if_held(self, code_id: UUID, prescription_id: UUID | None, business_type: Any, reason: str) -> None:
         for _ in range(self.attempts):
             code = self.global_store.load(TraceCode, code_id, project_trace_code)
             if code is None or not code.sold or code.prescription_id != prescription_id:
@@ -319,6 +321,35 @@ class ShardRouter(RxTrail):
     def history(self, aggregate_id: UUID, *, up_to: int | None = None) -> list[Any]:
         return list(self.store.events_of(aggregate_id, lte=up_to))
 
+    # --- repair ------------------------------------------------------------------------------------
+    def release_stranded(self, held: Iterable[tuple[UUID, UUID]]) -> list[UUID]:
+        """Release reservations a writer left behind (it stopped between the global and the region write of a sale).
+
+        ``held``: (trace-code stream id, prescription id) of codes whose last event is a sale for a prescription,
+        old enough that no writer can still be between its two writes (the caller picks the age). A code is
+        released when its prescription lives in a region shard and no dispense of it lists the code. Returns the
+        released code ids."""
+        released: list[UUID] = []
+        for code_id, prescription_id in held:
+            shard = self.directory.shard_of(prescription_id)
+            if shard not in self.regions:
+                continue  # a sale inside one store is atomic: nothing can be stranded there
+            region_store = self.regions[shard].store
+            if not isinstance(region_store, RegionStore):
+                continue
+            rx = region_store.home.load(Prescription, prescription_id, project_prescription)
+            code = region_store.global_store.load(TraceCode, code_id, project_trace_code)
+            if code is None or not code.sold or code.prescription_id != prescription_id:
+                continue
+            if rx is not None and code.code in {c for lines in rx.dispenses.values() for ln in lines
+                                                for c in ln.trace_codes}:
+                continue
+            sale = region_store.global_store.events_of(code_id)[-1]
+            region_store.return_if_held(code_id, prescription_id, getattr(sale, "business_type", None),
+                                      STRANDED_REASON)
+            released.append(code_id)
+        return released
+
     def close(self) -> None:
         for close in reversed(self._closers):
             close()
@@ -326,5 +357,5 @@ class ShardRouter(RxTrail):
         self.directory.close()
 
 
-__all__ = ["GLOBAL", "REGION_BOUND", "RELEASE_REASON", "RegionRxTrail", "RegionStore", "ShardDirectory", "ShardRouter",
-           "ShardedStore"]
+__all__ = ["GLOBAL", "REGION_BOUND", "RELEASE_REASON", "STRANDED_REASON", "RegionRxTrail", "RegionStore",
+           "ShardDirectory", "ShardRouter", "ShardedStore"]

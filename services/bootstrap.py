@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from services.adapters.patient_keys import PostgresPatientKeyStore
-from services.adapters.store import DEFAULT_SNAPSHOT_INTERVAL, RxTrailStore, open_store
+from services.adapters.store import DEFAULT_SNAPSHOT_INTERVAL, FAIL_FAST_POOL_WAIT_S, POOL_WAIT_S, RxTrailStore, open_store
 from services.application import RxTrail
 from services.application.claims import SettlementConfig
 from services.application.privacy import PatientVault
@@ -63,14 +63,16 @@ def build_application(
     pool_size: int = 5,
     max_overflow: int = 10,
     max_attempts: int = 8,
+    pool_wait_s: float = POOL_WAIT_S,
 ) -> RxTrail:
     """One per process: the event store, the patient vault and the command handlers (with ``settings.shards``:
     a ``ShardRouter`` over one event store per region shard, see ``build_sharded_application``)."""
     if settings.shards:
         return build_sharded_application(settings, clock=clock, rules=rules, snapshot_interval=snapshot_interval,
-                                         pool_size=pool_size, max_overflow=max_overflow, max_attempts=max_attempts)
+                                         pool_size=pool_size, max_overflow=max_overflow, max_attempts=max_attempts,
+                                         pool_wait_s=pool_wait_s)
     store = open_store(settings.resolved_database_url(), snapshot_interval=snapshot_interval, pool_size=pool_size,
-                       max_overflow=max_overflow)
+                       max_overflow=max_overflow, pool_wait_s=pool_wait_s)
     return RxTrail(store, build_vault(settings), clock=clock, rules=rules, max_attempts=max_attempts)
 
 
@@ -118,6 +120,7 @@ def build_sharded_application(
     pool_size: int = 5,
     max_overflow: int = 10,
     max_attempts: int = 8,
+    pool_wait_s: float = POOL_WAIT_S,
 ) -> RxTrail:
     """Region shards (``settings.shards``: pooling region -> database URL): one event store per region for its
     visits and prescriptions; registries, trace codes (R8 stays platform-wide), the shard directory and regions
@@ -131,7 +134,7 @@ def build_sharded_application(
     def store_at(url: str) -> RxTrailStore:
         if url not in opened:
             opened[url] = open_store(url, snapshot_interval=snapshot_interval, pool_size=pool_size,
-                                     max_overflow=max_overflow)
+                                     max_overflow=max_overflow, pool_wait_s=pool_wait_s)
         return opened[url]
 
     global_store = store_at(global_url)
@@ -185,7 +188,8 @@ def build_api(settings: Settings, *, application: RxTrail | None = None, pool_si
     from services.api import create_app
 
     return create_app(settings, application=application, pool_size=pool_size,
-                      application_factory=lambda: build_application(settings, pool_size=pool_size))
+                      application_factory=lambda: build_application(settings, pool_size=pool_size,
+                                                                     pool_wait_s=FAIL_FAST_POOL_WAIT_S))
 
 
 async def serve_api(settings: Settings, stop: asyncio.Event, *, application: RxTrail | None = None) -> None:

@@ -79,12 +79,15 @@ class RxTrailStore(Application[Any]):
         return self.outcome_recorder.select_outcomes(command_ids)
 
 
-POOL_WAIT_S = 0.1
+POOL_WAIT_S = 2.0
 """How long one attempt waits for a pooled connection (the store's psycopg pool ``timeout``; eventsourcing's own
 setting, POSTGRES_CONNECT_TIMEOUT, takes whole seconds, default 5). eventsourcing retries every read and write
-10 times, 0.2 s apart, so a caller waits about 10 × (0.1 + 0.2) = 3 s for a connection before the error reaches
-it: under load that is a queue; while PostgreSQL is down or restarting it bounds the wait (the API then answers
-503). With the default a request hung ~50 s."""
+10 times, 0.2 s apart. Workers, the CLI and batch callers queue: a burst of threads larger than the open connections
+waits while the pool opens more (under load that takes longer than a tenth of a second)."""
+
+FAIL_FAST_POOL_WAIT_S = 0.25
+"""The API's wait: about 10 × (0.25 + 0.2) ≈ 4.5 s before an outage reaches the caller as 503 with Retry-After
+(with eventsourcing's default a request hung ~50 s); after the first, the API's gate answers 503 at once."""
 
 
 def store_env(database_url: str, *, pool_size: int = 5, max_overflow: int = 10, **extra: str) -> dict[str, str]:
@@ -99,10 +102,11 @@ def store_env(database_url: str, *, pool_size: int = 5, max_overflow: int = 10, 
 
 
 def open_store(
-    database_url: str, *, snapshot_interval: int = DEFAULT_SNAPSHOT_INTERVAL, **env: Any
+    database_url: str, *, snapshot_interval: int = DEFAULT_SNAPSHOT_INTERVAL, pool_wait_s: float = POOL_WAIT_S,
+    **env: Any
 ) -> RxTrailStore:
     store = RxTrailStore(env=store_env(database_url, **env), snapshot_interval=snapshot_interval)
     pool = getattr(getattr(store.recorder, "datastore", None), "pool", None)  # one pool for events and snapshots
     if pool is not None:
-        pool.timeout = POOL_WAIT_S
+        pool.timeout = pool_wait_s
     return store

@@ -28,7 +28,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from events.base import RealNameMethod
-from services.adapters.store import EVENTS_TABLE, OUTCOMES_TABLE
+from services.adapters.store import EVENTS_TABLE, FAIL_FAST_POOL_WAIT_S, OUTCOMES_TABLE
 from services.api import create_app
 from services.application import RxTrail
 from services.application import commands as c
@@ -284,7 +284,7 @@ def own_postgres() -> Iterator[Any]:
 
 def test_postgres_restart_under_load_answers_503_then_recovers_with_nothing_half_written(own_postgres: Any) -> None:
     url = own_postgres.url
-    app = open_application(url)
+    app = open_application(url, pool_wait_s=FAIL_FAST_POOL_WAIT_S)  # as `rxtrail run api` builds it
     cast = register_cast(app)
     token = api_keys(url, f"hospital:{cast.hospital}")[f"hospital:{cast.hospital}"]
     results: list[tuple[float, str, int, float, str | None]] = []  # (at, visit_ref, status, seconds, retry-after)

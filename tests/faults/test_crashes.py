@@ -20,16 +20,10 @@ from tests.faults.harness import (
 
 pytestmark = pytest.mark.faults
 
-STILL_FLAKY = ("issue 12 item 1 (consumers that cannot skip) holds only sometimes: on 6ef1599 under a busier machine the "
-               "projections (12-14 streams), the router (3 approved) stayed behind for good while rx.events was complete; "
-               "passed at 2dade26 on a quiet machine. Non-strict until it holds every time, then remove this mark")
-
-
 def _traffic(stack: FaultStack, **kw: object) -> Traffic:
     return Traffic(stack, register_cast(stack), **kw).start()  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(strict=False, reason=STILL_FLAKY)
 def test_republish_then_broker_loss_loses_nothing(make_stack) -> None:  # type: ignore[no-untyped-def]
     """The repeatable case of issue 12: `rxtrail relay --republish --from <max-120> --once` while the stack runs,
     then the broker dies (comes back empty) while traffic runs → afterwards nothing lost."""

@@ -48,6 +48,7 @@ Two promises, kept here once for every consumer:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -262,6 +263,19 @@ class Position(NamedTuple):
 
     next_offset: int
     incarnation: str | None
+
+
+async def in_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn`` in a worker thread, as ``asyncio.to_thread``, except that a cancelled caller still waits for the thread
+    to finish before the cancellation goes on: a consumer cancelled mid-batch must not close its connection under a
+    transaction that is still running in the thread (the transaction then ends by its own commit or rollback)."""
+    future = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await future
+        raise
 
 
 def _connect(database_url: str) -> psycopg.Connection[Any]:
@@ -612,11 +626,14 @@ class ProjectionConsumer:
 
     async def run(self, stop: asyncio.Event, idle_timeout_s: float | None = None) -> RunnerStats:
         """Run until `stop` is set (or, with idle_timeout_s, until nothing arrived for that long)."""
-        conn = await asyncio.to_thread(_connect, self.database_url)
+        conn = await in_thread(_connect, self.database_url)
         try:
-            with conn.transaction():
-                ensure_schema(conn, self.projection, self.schema)
-            ensure_epoch(conn, self.schema)
+            def prepare() -> None:  # off the event loop: DDL may wait for another session's transaction
+                with conn.transaction():
+                    ensure_schema(conn, self.projection, self.schema)
+                ensure_epoch(conn, self.schema)
+
+            await in_thread(prepare)
             consumer = AIOKafkaConsumer(
                 bootstrap_servers=self.bootstrap, group_id=self.group_id, enable_auto_commit=False,
                 auto_offset_reset="earliest", session_timeout_ms=self.session_timeout_ms,
@@ -669,7 +686,7 @@ class ProjectionConsumer:
                             break
                         if loop.time() - epoch_checked >= EPOCH_CHECK_IDLE_S:  # a replay swapped in while idle
                             epoch_checked = loop.time()
-                            if await asyncio.to_thread(read_epoch, conn, self.schema, lock=False) != self._epoch:
+                            if await in_thread(read_epoch, conn, self.schema, lock=False) != self._epoch:
                                 unpositioned.update(consumer.assignment())
                         continue
                     idle_since = loop.time()
@@ -704,7 +721,7 @@ class ProjectionConsumer:
                 await probe.stop()
                 await producer.stop()
         finally:
-            await asyncio.to_thread(conn.close)
+            await in_thread(conn.close)
         return self.stats
 
     async def _pause(self, stop: asyncio.Event) -> None:
@@ -721,7 +738,7 @@ class ProjectionConsumer:
             # the epoch first, then the offsets (a swap between the two makes the next batch position again)
             return read_epoch(conn, self.schema, lock=False), stored_positions(conn, self.schema, self.topic)
 
-        epoch, stored = await asyncio.to_thread(read)
+        epoch, stored = await in_thread(read)
         if self._epoch is not None and epoch != self._epoch:
             partitions.update(consumer.assignment())  # the view was rebuilt: every partition to its new offsets
         self._epoch = epoch
@@ -820,7 +837,7 @@ class ProjectionConsumer:
                 return apply_batch(conn, self.projection, self.schema, good, offsets, missing=self.missing,
                                    incarnations=learned, tally=tally)
 
-        applied = await asyncio.to_thread(write)
+        applied = await in_thread(write)
         for d, error in tally.poisoned:  # committed without them; the stage goes on (stats.dead_lettered says so)
             source = record_source(d.topic, d.partition, d.offset) if d.offset >= 0 else None
             raw = to_json(d.event) if d.event is not None else json.dumps(

@@ -76,7 +76,7 @@ def test_openapi_properties(database: str, application: RxTrail) -> None:
                     # runs within this iteration, so the loop variables it reads are the current ones
                     nonlocal calls
                     calls += 1
-                    response = case.call(base_url=base, headers=headers, timeout=30)  # noqa: B023
+                    response = case.call(base_url=base, headers=headers, timeout=60)  # noqa: B023  (above the feed's 30 s long poll)
                     try:
                         case.validate_response(response, checks=CHECKS)
                     except (Exception, BaseExceptionGroup) as exc:

@@ -85,8 +85,8 @@ setting, POSTGRES_CONNECT_TIMEOUT, takes whole seconds, default 5). eventsourcin
 10 times, 0.2 s apart. Workers, the CLI and batch callers queue: a burst of threads larger than the open connections
 waits while the pool opens more (under load that takes longer than a tenth of a second)."""
 
-FAIL_FAST_POOL_WAIT_S = 0.25
-"""The API's wait: about 10 × (0.25 + 0.2) ≈ 4.5 s before an outage reaches the caller as 503 with Retry-After
+FAIL_FAST_POOL_WAIT_S = 0.1
+"""The API's wait: about 10 × (0.1 + 0.2) ≈ 3 s before an outage reaches the caller as 503 with Retry-After
 (with eventsourcing's default a request hung ~50 s); after the first, the API's gate answers 503 at once."""
 
 

@@ -204,7 +204,7 @@ class ShardedStore:
     def save(self, *objs: Any, **kwargs: Any) -> Any:
         homes = {id(self.store_of(a.id)) for a in objs if isinstance(a, REGION_BOUND)}
         if homes:
-            raise NotImplementedError("write region-bound aggregates through ShardRouter.handle")
+            raise TypeError("region-bound aggregates are written through ShardRouter.handle, which picks their store")
         return self.global_store.save(*objs, **kwargs)
 
     def close(self) -> None:

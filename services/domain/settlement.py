@@ -1,12 +1,17 @@
 """Settlement split: what the pooled fund (统筹基金), the personal account (个人账户) and the patient (自费) pay.
 
 A pure function of the claim, the insured region's policy, the treatment region's catalog and the
-patient's year-to-date figures. Money is ``Decimal`` yuan; the only rounding is :func:`to_fen`
-(ROUND_HALF_UP to the fen), applied once per line to the fund's share. Every other line amount is a
-sum or difference of two-place amounts, and the self-pay share is the remainder, so
-``fund + personal_account + self_pay == total`` holds exactly, line by line and in total. Within a
-claim the deductible is consumed exactly; the year-to-date counter it reports (``deductible_applied``)
-is rounded once per claim by the same rule (it is a counter, not money paid).
+patient's year-to-date figures. Money is ``Decimal`` yuan.
+
+**The one rounding rule** (DOMAIN.md, Settlement): the fund's share is worked out exactly on the claim's
+eligible (policy-range) amounts, line by line, and the claim's fund total is rounded **once**, half up to the
+fen (分); whatever the fund does not pay is the patient's (personal account, then self-pay). Ten lines of 0.03
+at an 85% ratio pay 0.26 from the fund (10 × 0.0255 = 0.255 → 0.26), not ten times round(0.0255) = 0.30.
+Lines show how the rounded total falls on them (largest remainder, in claim order on ties), so the lines still
+add up: ``fund + personal_account + self_pay == total`` holds exactly, line by line and in total. The annual
+cap (最高支付限额) bounds the rounded total. Within a claim the deductible is consumed exactly; the
+year-to-date counter it reports (``deductible_applied``) is rounded once per claim by the same rule (it is a
+counter, not money paid), and ``fund_cap_applied`` is what the annual cap took off the fund.
 
 Per line, in claim order:
 
@@ -17,7 +22,8 @@ Per line, in claim order:
 3. Category B (乙) lines first leave ``category_b_first_self_pay`` of the settled amount to the patient
    (先行自付); the rest, and the whole of a category A (甲) line, is the policy-range amount.
 4. The policy-range amount first fills what is left of the deductible (起付线), then the fund pays
-   ``fund_ratio`` of the remainder, rounded once, but never beyond the annual fund cap (最高支付限额).
+   ``fund_ratio`` of the remainder (exactly; the claim's total is rounded once, see above), never beyond the
+   annual fund cap (最高支付限额).
    No fund payment for a diagnosis outside the insured region's disease scope (000 §四(二)).
 5. An employee's personal account pays the patient's share of covered lines (002 §三(四); 001 art. 13),
    plus what the policy allows (R7 excess at non-public institutions; out-of-catalog lines only if the
@@ -32,7 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal, localcontext
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, localcontext
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Protocol
 
@@ -226,6 +232,7 @@ class Split(BaseModel):
     personal_account: Money
     self_pay: Money
     deductible_applied: Money
+    fund_cap_applied: Money = ZERO
     rules_applied: tuple[str, ...]
 
     @model_validator(mode="after")
@@ -252,6 +259,21 @@ class _Running:
     balance: Decimal
 
 
+@dataclass
+class _Draft:
+    """A line after the first pass: what it is, and the fund's exact (unrounded) share of it."""
+
+    line: ClaimLine
+    category: CatalogCategory
+    covered: bool
+    total: Decimal
+    settled: Decimal
+    excess: Decimal
+    exact_fund: Decimal
+    reasons: list[LineReason]
+    fund: Decimal = ZERO
+
+
 def split(
     claim: Claim, policy: RegionPolicy, treatment_catalog: TreatmentCatalog, year_to_date: YearToDate
 ) -> Split:
@@ -270,11 +292,22 @@ def split(
     in_scope = policy.disease_scope.covers(claim.diagnosis_code)
     with localcontext() as ctx:
         ctx.prec = 50
-        lines = tuple(
-            _split_line(line, treatment_catalog.category(line.drug_code), claim, terms, in_scope, running)
+        drafts = [
+            _draft_line(line, treatment_catalog.category(line.drug_code), claim, terms, in_scope, running)
             for line in claim.lines
-        )
+        ]
         deductible_applied = to_fen(deductible_before - running.deductible)
+        exact = sum((d.exact_fund for d in drafts), ZERO)
+        fund_total = to_fen(exact)  # the one rounding of the fund's share
+        cap_applied = ZERO
+        if fund_total > running.fund_cap:
+            cap_applied = fund_total - running.fund_cap
+            fund_total = running.fund_cap
+            for d in drafts:
+                if d.exact_fund:
+                    d.reasons.append(LineReason.ANNUAL_CAP)
+        _allocate(drafts, fund_total, exact)
+    lines = tuple(_finish_line(d, claim, terms, running) for d in drafts)
 
     drugs_total = sum((line.total for line in lines), ZERO)
     fund = sum((line.fund for line in lines), ZERO)
@@ -293,18 +326,45 @@ def split(
         personal_account=personal_account,
         self_pay=lines_self_pay + claim.delivery_fee,
         deductible_applied=deductible_applied,
+        fund_cap_applied=cap_applied,
         rules_applied=_rules_applied(claim, lines),
     )
 
 
-def _split_line(
+def _allocate(drafts: list[_Draft], fund_total: Decimal, exact: Decimal) -> None:
+    """Show the claim's rounded fund total on its lines: each line's exact share scaled to the total, floored to
+    the fen, the fen left over to the lines with the largest remainders (claim order on ties). A line never gets
+    more than its settled amount."""
+    if fund_total <= ZERO or exact <= ZERO:
+        return
+    scale = fund_total / exact
+    shares = [d.exact_fund * scale for d in drafts]
+    floors = [share.quantize(CENT, rounding=ROUND_DOWN) for share in shares]
+    for d, floor in zip(drafts, floors, strict=True):
+        d.fund = min(floor, d.settled)
+    left = fund_total - sum((d.fund for d in drafts), ZERO)
+    order = sorted(range(len(drafts)), key=lambda i: (-(shares[i] - floors[i]), i))
+    while left > ZERO:
+        moved = False
+        for i in order:
+            if left <= ZERO:
+                break
+            if drafts[i].exact_fund and drafts[i].fund + CENT <= drafts[i].settled:
+                drafts[i].fund += CENT
+                left -= CENT
+                moved = True
+        if not moved:  # cannot happen: the fund's exact share never exceeds what the lines settle
+            raise ValueError("fund share exceeds the settled amounts")
+
+
+def _draft_line(
     line: ClaimLine,
     category: CatalogCategory,
     claim: Claim,
     terms: InsuranceTerms,
     in_scope: bool,
     running: _Running,
-) -> SplitLine:
+) -> _Draft:
     reasons: list[LineReason] = []
     if category is not line.category:
         reasons.append(LineReason.CATEGORY_FROM_CATALOG)
@@ -326,32 +386,35 @@ def _split_line(
     if excess:
         reasons.append(LineReason.ABOVE_PRICE_CAP)
 
-    fund = ZERO
+    exact_fund = ZERO
     if covered and claim.suspended_for_fraud:
         reasons.append(LineReason.SUSPENDED_FOR_FRAUD)
     elif covered and not in_scope:
         reasons.append(LineReason.OUT_OF_DISEASE_SCOPE)
     elif covered:
-        fund = _fund_share(category, settled, terms, running, reasons)
+        exact_fund = _fund_share(category, settled, terms, running, reasons)
+    return _Draft(line, category, covered, total, settled, excess, exact_fund, reasons)
 
-    payable = _account_payable(covered, claim, terms, total - fund, excess)
+
+def _finish_line(d: _Draft, claim: Claim, terms: InsuranceTerms, running: _Running) -> SplitLine:
+    payable = _account_payable(d.covered, claim, terms, d.total - d.fund, d.excess)
     personal_account = min(payable, running.balance)
     running.balance -= personal_account
     if personal_account:
-        reasons.append(LineReason.PERSONAL_ACCOUNT)
+        d.reasons.append(LineReason.PERSONAL_ACCOUNT)
     return SplitLine(
-        drug_code=line.drug_code,
-        category=category,
-        quantity=line.quantity,
-        unit_price=line.unit_price,
-        price_cap=line.price_cap,
-        total=total,
-        settled_amount=settled,
-        excess_over_cap=excess,
-        fund=fund,
+        drug_code=d.line.drug_code,
+        category=d.category,
+        quantity=d.line.quantity,
+        unit_price=d.line.unit_price,
+        price_cap=d.line.price_cap,
+        total=d.total,
+        settled_amount=d.settled,
+        excess_over_cap=d.excess,
+        fund=d.fund,
         personal_account=personal_account,
-        self_pay=total - fund - personal_account,
-        reasons=tuple(reasons),
+        self_pay=d.total - d.fund - personal_account,
+        reasons=tuple(d.reasons),
     )
 
 
@@ -373,12 +436,7 @@ def _fund_share(
     above_deductible = policy_range - towards_deductible
     if above_deductible and terms.fund_ratio < 1:
         reasons.append(LineReason.COINSURANCE)
-    fund = to_fen(above_deductible * terms.fund_ratio)
-    if fund > running.fund_cap:
-        fund = running.fund_cap
-        reasons.append(LineReason.ANNUAL_CAP)
-    running.fund_cap -= fund
-    return fund
+    return above_deductible * terms.fund_ratio  # exact: the claim's total is rounded once (split)
 
 
 def _account_payable(

@@ -29,13 +29,17 @@ __all__ = [
     "DiseaseScope",
     "InstitutionLevel",
     "InsuranceTerms",
+    "PayeeKind",
     "PersonalAccountUse",
     "PolicyNotFound",
+    "ProviderTerms",
     "RegionPolicy",
     "ScopedDisease",
     "available_regions",
     "load_policy",
     "policy_versions",
+    "provider_terms",
+    "provider_terms_versions",
 ]
 
 
@@ -155,12 +159,50 @@ class RegionPolicy(BaseModel):
         return self.employee if insurance_type is InsuranceType.EMPLOYEE else self.resident
 
 
+class PayeeKind(StrEnum):
+    """Who the agency pays for the drugs of prescriptions routed to a retail pharmacy (DOMAIN.md, Settlement)."""
+
+    PHARMACY = "pharmacy"
+    DELIVERY_ENTERPRISE = "delivery_enterprise"  # Jinan: the supply/delivery enterprise (004 §六)
+
+
+class ConsultationTrigger(StrEnum):
+    """When a follow-up's consultation fee is settled (R15: only a visit that issued a prescription is paid)."""
+
+    FIRST_PRESCRIPTION_APPROVED = "first_prescription_approved"
+
+
+class ProviderTerms(BaseModel):
+    """How the region's agency pays its providers, in effect from ``effective_from`` until the next entry.
+
+    ``hospital_deposit_rate``: the performance deposit (履约保证金) withheld from the monthly payment to a physical
+    institution (003 art. 20, Jinan: 5%; 0 where the region's policy withholds none); pharmacies and delivery
+    enterprises are always paid in full. ``pharmacy_payee``: whom the agency pays for circulated drugs.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    effective_from: date
+    hospital_deposit_rate: Ratio
+    pharmacy_payee: PayeeKind
+    consultation_settles_on: ConsultationTrigger = ConsultationTrigger.FIRST_PRESCRIPTION_APPROVED
+    illustrative: bool
+    sources: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _rate(self) -> ProviderTerms:
+        if self.hospital_deposit_rate >= 1:
+            raise ValueError("hospital_deposit_rate must lie in [0, 1)")
+        return self
+
+
 class _PolicyFile(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     region_code: str = Field(pattern=r"^\d{6}$")
     name: str = Field(min_length=1)
     versions: tuple[dict[str, Any], ...] = Field(min_length=1)
+    provider_terms: tuple[ProviderTerms, ...] = Field(min_length=1)
 
 
 class PolicyNotFound(LookupError):
@@ -177,14 +219,35 @@ def available_regions() -> tuple[str, ...]:
 
 
 @cache
-def policy_versions(region_code: str) -> tuple[RegionPolicy, ...]:
-    """Every version of a region's policy, oldest first (validated: unique versions, rising dates)."""
+def _document(region_code: str) -> _PolicyFile:
     resource = resources.files(__name__) / f"{region_code}.json"
     if not resource.is_file():
         raise PolicyNotFound(region_code, "no policy file")
     document = _PolicyFile.model_validate(json.loads(resource.read_text(encoding="utf-8")))
     if document.region_code != region_code:
         raise ValueError(f"{region_code}.json declares region_code {document.region_code}")
+    for earlier, later in pairwise(document.provider_terms):
+        if later.effective_from <= earlier.effective_from:
+            raise ValueError(f"{region_code}.json: provider_terms must be listed by rising effective_from")
+    return document
+
+
+def provider_terms_versions(region_code: str) -> tuple[ProviderTerms, ...]:
+    return _document(region_code).provider_terms
+
+
+def provider_terms(region_code: str, as_of: date) -> ProviderTerms:
+    """The region's provider-payment terms in effect on ``as_of`` (China-time day)."""
+    in_effect = [t for t in provider_terms_versions(region_code) if t.effective_from <= as_of]
+    if not in_effect:
+        raise PolicyNotFound(region_code, f"no provider terms in effect on {as_of}")
+    return in_effect[-1]
+
+
+@cache
+def policy_versions(region_code: str) -> tuple[RegionPolicy, ...]:
+    """Every version of a region's policy, oldest first (validated: unique versions, rising dates)."""
+    document = _document(region_code)
     versions = tuple(
         RegionPolicy.model_validate({"region_code": document.region_code, "name": document.name, **entry})
         for entry in document.versions

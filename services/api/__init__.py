@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from services.adapters.pool import open_pool
 from services.api.console import router as console_router
+from services.api.console.docs import router as docs_router
 from services.api.deps import Runtime
 from services.api.errors import install_error_handlers
 from services.api.limits import BodyLimit
@@ -55,7 +56,8 @@ def create_app(settings: Settings | None = None, *, application: RxTrail | None 
             if owned:
                 rx_app.close()
 
-    app = FastAPI(title="rxtrail", version="0.1.0", lifespan=lifespan, description=DESCRIPTION)
+    app = FastAPI(title="rxtrail", version="0.1.0", lifespan=lifespan, description=DESCRIPTION,
+                  docs_url=None, redoc_url=None)  # served offline by docs_router
     app.state.database_url = database_url
     app.state.settings = settings
     install_error_handlers(app)
@@ -63,4 +65,5 @@ def create_app(settings: Settings | None = None, *, application: RxTrail | None 
     for router in ROUTERS:
         app.include_router(router)
     app.include_router(console_router)  # GET /console: the regulator console page
+    app.include_router(docs_router)  # GET /docs, /redoc: Swagger UI and ReDoc from local assets
     return app

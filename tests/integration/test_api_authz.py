@@ -98,6 +98,8 @@ ENDPOINTS = (
     Endpoint("GET", "/regulator/prescriptions/{rx}/verification", "regulator", state="issued", tenant_scoped=False),
     Endpoint("GET", "/regulator/flags", "regulator", tenant_scoped=False),
     Endpoint("GET", "/regulator/queries", "regulator", tenant_scoped=False),
+    Endpoint("GET", "/regulator/dashboard", "regulator", tenant_scoped=False),
+    Endpoint("GET", "/regulator/statements", "regulator", tenant_scoped=False),
 )
 
 

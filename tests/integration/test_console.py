@@ -3,6 +3,8 @@ what it shows, and renders in a real headless browser (when /usr/bin/chromium is
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import re
 import subprocess
@@ -84,7 +86,7 @@ def test_page_is_html_without_a_key_and_holds_no_data(client: TestClient) -> Non
 def test_page_calls_only_documented_endpoints_with_documented_parameters(api: object) -> None:
     script = script_of(PAGE)
     table = endpoints()
-    assert set(table) == {"search", "trail", "verification", "flags", "queries"}
+    assert {"search", "trail", "verification", "flags", "queries", "dashboard", "statements"} <= set(table)
     for path in table.values():
         openapi_get(api, path)
     # no path is spelled anywhere else in the script: every call goes through the one table and one fetch
@@ -99,10 +101,70 @@ def test_page_calls_only_documented_endpoints_with_documented_parameters(api: ob
     assert {"rule", "after", "limit"} <= params
     params = {p["name"] for p in openapi_get(api, table["queries"])["parameters"]}  # type: ignore[index]
     assert {"regulator_id", "limit"} <= params
+    params = {p["name"] for p in openapi_get(api, table["dashboard"])["parameters"]}  # type: ignore[index]
+    assert {"days", "region"} <= params
+    params = {p["name"] for p in openapi_get(api, table["statements"])["parameters"]}  # type: ignore[index]
+    assert {"region", "month"} <= params
     rule_pattern = next(p for p in openapi_get(api, table["flags"])["parameters"]  # type: ignore[attr-defined]
                         if p["name"] == "rule")["schema"]["anyOf"][0]["pattern"]
     for rule in re.findall(r'<option value="(R\d+)">', PAGE):
         assert re.match(rule_pattern, rule)
+
+
+def test_chart_library_is_served_locally_and_pinned(client: TestClient) -> None:
+    """The dashboard's Chart.js comes from this API (vendored file), pinned by its SRI hash; no other host."""
+    html = client.get("/console").text
+    srcs = re.findall(r'<script src="([^"]+)" integrity="([^"]+)"', html)
+    assert srcs == [("/console/chart.umd.min.js", srcs[0][1])]
+    r = client.get(srcs[0][0])
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/javascript")
+    assert srcs[0][1] == "sha384-" + base64.b64encode(hashlib.sha384(r.content).digest()).decode()
+    assert b"Chart.js v4" in r.content[:200]
+    assert "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html
+    csp = client.get("/console").headers["content-security-policy"]
+    assert "script-src 'self' 'sha256-" in csp and "connect-src 'self'" in csp
+
+
+def test_page_declares_a_cjk_font_stack() -> None:
+    style = re.search(r"<style>(.*?)</style>", PAGE, re.S).group(1)  # type: ignore[union-attr]
+    for family in ("Noto Sans CJK SC", "WenQuanYi Micro Hei", "PingFang SC", "Microsoft YaHei"):
+        assert family in style
+
+
+def test_docs_and_redoc_load_only_local_assets(client: TestClient) -> None:
+    """/docs and /redoc name only this API's own asset URLs (no CDN, no Google fonts), and each of them loads."""
+    for page in ("/docs", "/redoc"):
+        r = client.get(page)
+        assert r.status_code == 200, page
+        urls = re.findall(r'(?:src|href)\s*=\s*["\']([^"\']+)["\']', r.text)
+        urls += re.findall(r"(?:url|spec-url)\s*[:=]\s*['\"]([^'\"]+)['\"]", r.text)
+        assert urls, page
+        for url in urls:
+            assert url.startswith("/"), f"{page} loads {url} from another host"
+            assert client.get(url).status_code == 200, url
+        assert "cdn." not in r.text and "fonts.googleapis" not in r.text
+    assert "/docs-assets/swagger-ui-bundle.js" in client.get("/docs").text
+    assert "/docs-assets/redoc.standalone.js" in client.get("/redoc").text
+    assert client.get("/docs-assets/../../etc/passwd").status_code == 404
+    assert client.get("/docs-assets/core.py").status_code == 404
+
+
+def test_dashboard_and_statements_answer_a_regulator(actors: Actors, database: str) -> None:
+    rx = actors.accepted()
+    actors.post(actors.pharmacy, f"/pharmacy/prescriptions/{rx}/dispenses", dispense_body(2))
+    wait_caught_up(database)
+    r = actors.get(actors.regulator, "/regulator/dashboard", days=7)
+    assert r.status_code == 200, r.text
+    days = r.json()["days"]
+    assert any(d["region"] == actors.cast.region and d["issued"] >= 1 for d in days), days
+    for d in days:
+        assert {"fund", "personal_account", "self_pay", "total", "settled", "flags"} <= set(d)
+    assert actors.get(actors.regulator, "/regulator/dashboard", days=0).status_code == 422
+    r = actors.get(actors.regulator, "/regulator/statements")
+    assert r.status_code == 200, r.text
+    assert actors.cast.region in [page["pooling_region"] for page in r.json()]
+    assert actors.get(actors.regulator, "/regulator/statements", region="37").status_code == 422
+    assert actors.get(actors.hospital, "/regulator/dashboard").status_code == 403
 
 
 def test_page_endpoints_answer_a_regulator_key(actors: Actors, database: str) -> None:

@@ -6,6 +6,8 @@ const ENDPOINTS = {
   verification: "/regulator/prescriptions/{prescription_id}/verification",
   flags: "/regulator/flags",
   queries: "/regulator/queries",
+  dashboard: "/regulator/dashboard",
+  statements: "/regulator/statements",
 };
 const KEY = "rxtrail.console.key", REG = "rxtrail.console.regulator";
 const $ = (id) => document.getElementById(id);
@@ -30,6 +32,17 @@ function when(iso) {
   return isNaN(d) ? String(iso) : d.toLocaleString("zh-CN", CN_TIME) + " (UTC+8)";
 }
 function short(id) { return String(id).slice(0, 8); }
+function yuan(v) {                                 // money arrives as a decimal string; shown with two decimals
+  if (v == null || v === "") return "—";
+  const n = Number(v);
+  return isNaN(n) ? String(v) : "¥" + n.toLocaleString("zh-CN", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+}
+function splitOf(o) {                              // the fund / personal account / self-pay split, as badges
+  return el("span", { class: "split" },
+    el("span", { class: "money fund", text: "统筹基金 fund " + yuan(o.fund) }),
+    el("span", { class: "money personal", text: "个人账户 personal " + yuan(o.personal_account) }),
+    el("span", { class: "money selfpay", text: "自费 self-pay " + yuan(o.self_pay) }));
+}
 
 function key() { return sessionStorage.getItem(KEY) || ""; }
 function regulatorId() { return sessionStorage.getItem(REG) || ""; }
@@ -48,7 +61,9 @@ async function api(name, pathParams, query) {
   if (!r.ok) {
     const why = body && (body.reason || body.detail) ? (body.reason || JSON.stringify(body.detail)) : r.statusText;
     const rule = body && body.rule ? " [" + body.rule + "]" : "";
-    throw new Error("HTTP " + r.status + rule + ": " + why);
+    const err = new Error("HTTP " + r.status + rule + ": " + why);
+    err.status = r.status;
+    throw err;
   }
   return body;
 }
@@ -90,7 +105,10 @@ async function search(after) {
         el("td", { text: rx.physician_id }),
         el("td", { text: rx.dispenser_id || "—" }),
         el("td", { class: "mono", text: short(rx.patient_ref) + "…", title: rx.patient_ref }),
-        el("td", { text: rx.total == null ? "—" : rx.total }),
+        el("td", { class: "num", text: yuan(rx.total) }),
+        el("td", { class: "num", text: yuan(rx.fund) }),
+        el("td", { class: "num", text: yuan(rx.personal_account) }),
+        el("td", { class: "num", text: yuan(rx.self_pay) }),
         el("td", {}, ...(rx.flags || []).map((f) => el("span", { class: "badge bad", text: f })))));
     }
     $("search-more").classList.toggle("hidden", page.next_cursor == null);
@@ -122,6 +140,58 @@ function renderVerification(v, target) {
     target.append(list);
   }
 }
+// A dispense is one step: the TraceCodeSold / TraceCodeReturned events of the codes it lists are folded into it
+// (a 60-pack sale is one row with its 60 codes behind a disclosure), never 60 rows.
+function groupTrail(events) {
+  const steps = [], byCode = new Map();
+  for (const ev of events) {
+    if (ev.event_type === "PrescriptionDispensed") {
+      const step = { ev: ev, codes: [] };
+      for (const line of (ev.data.lines || [])) {
+        for (const code of (line.trace_codes || [])) byCode.set(code, step);
+      }
+      steps.push(step);
+    }
+  }
+  const out = [];
+  for (const ev of events) {
+    if (ev.aggregate_type === "TraceCode" && byCode.has((ev.data || {}).code)) {
+      byCode.get(ev.data.code).codes.push(ev);
+    } else if (ev.event_type === "PrescriptionDispensed") {
+      out.push(steps.find((s) => s.ev === ev));
+    } else {
+      out.push({ ev: ev, codes: null });
+    }
+  }
+  return out;
+}
+function dispenseBody(step) {
+  const ev = step.ev, box = el("div");
+  const table = el("table", { class: "lines" });
+  table.append(el("tr", {}, el("th", { text: "药品 Drug" }), el("th", { class: "num", text: "数量 Qty" }),
+                          el("th", { class: "num", text: "单价 Unit price" }), el("th", { class: "num", text: "追溯码 Codes" })));
+  for (const line of (ev.data.lines || [])) {
+    table.append(el("tr", {}, el("td", { class: "mono", text: line.drug_code }),
+                            el("td", { class: "num", text: line.quantity }),
+                            el("td", { class: "num", text: yuan(line.unit_price) }),
+                            el("td", { class: "num", text: (line.trace_codes || []).length })));
+  }
+  box.append(table);
+  const sold = step.codes.filter((c) => c.event_type === "TraceCodeSold").length;
+  const returned = step.codes.filter((c) => c.event_type === "TraceCodeReturned").length;
+  const total = (ev.data.lines || []).reduce((n, l) => n + (l.trace_codes || []).length, 0);
+  const list = el("ol", { class: "mono" });
+  for (const line of (ev.data.lines || [])) {
+    for (const code of (line.trace_codes || [])) {
+      const states = step.codes.filter((c) => c.data.code === code).map((c) => c.event_type === "TraceCodeSold" ? "售出 sold" : "退回 returned");
+      list.append(el("li", { text: code + " · " + (states.length ? states.join(", ") : "未登记 no sale recorded") }));
+    }
+  }
+  box.append(el("details", { class: "codes" },
+    el("summary", { text: total + " 个追溯码 trace codes (" + sold + " 售出 sold" + (returned ? ", " + returned + " 退回 returned" : "") + ")" }),
+    list));
+  return box;
+}
 async function openTrail(id) {
   id = String(id).trim();
   $("trail-id").value = id;
@@ -130,21 +200,31 @@ async function openTrail(id) {
     const t = await api("trail", { prescription_id: id });
     $("trail-head").textContent = "处方 Prescription " + t.prescription_id + " · 状态 status: " + t.status;
     const list = clear($("trail-events"));
-    for (const ev of t.events) {
+    clear($("trail-money"));
+    for (const step of groupTrail(t.events)) {
+      const ev = step.ev;
       const flagged = ev.event_type.endsWith("Flagged");
-      list.append(el("li", { class: ev.aggregate_type + (flagged ? " flagged" : "") },
-        el("div", { class: "ev-head" },
-          el("span", { class: "ev-type", text: ev.event_type }),
-          flagged && ev.data.rule_id ? el("span", { class: "badge bad", text: ev.data.rule_id }) : null,
-          el("span", { class: "ev-meta", text: when(ev.at) }),
-          el("span", { class: "ev-meta", text: "执行方 actor: " + actorOf(ev) })),
-        el("div", { class: "ev-meta mono",
-                    text: "事件 event: " + ev.aggregate_type + " " + ev.aggregate_id + " v" + ev.version }),
-        el("details", {}, el("summary", { text: "数据 data" }),
-                          el("pre", { text: JSON.stringify(ev.data, null, 2) }))));
+      const head = el("div", { class: "ev-head" },
+        el("span", { class: "ev-type", text: ev.event_type + (ev.data.dispense_no ? " #" + ev.data.dispense_no : "") }),
+        flagged && ev.data.rule_id ? el("span", { class: "badge bad", text: ev.data.rule_id }) : null,
+        step.codes ? el("span", { class: "badge warn", text: step.codes.length + " codes folded" }) : null,
+        el("span", { class: "ev-meta", text: when(ev.at) }),
+        el("span", { class: "ev-meta", text: "执行方 actor: " + actorOf(ev) }));
+      const item = el("li", { class: ev.aggregate_type + (flagged ? " flagged" : "") + (step.codes ? " dispense" : "") }, head);
+      if (step.codes) item.append(dispenseBody(step));
+      if (ev.event_type === "PrescriptionSettled" || ev.event_type === "ConsultationSettled") {
+        item.append(el("div", {}, el("span", { class: "money", text: "合计 total " + yuan(ev.data.total) }), " ", splitOf(ev.data)));
+        if (ev.event_type === "PrescriptionSettled") $("trail-money").append(splitOf(ev.data));
+      }
+      item.append(el("div", { class: "ev-meta mono",
+                              text: "事件 event: " + ev.aggregate_type + " " + ev.aggregate_id + " v" + ev.version }),
+                  el("details", {}, el("summary", { text: "数据 data" }),
+                                    el("pre", { text: JSON.stringify(ev.data, null, 2) })));
+      list.append(item);
     }
     renderVerification(t.verification, $("verification"));
     say("trail-status", t.events.length + " 个事件 events");
+    $("trail").scrollIntoView();
   } catch (e) { say("trail-status", e.message, true); }
   refreshQueries();
 }
@@ -181,6 +261,171 @@ async function loadFlags(after) {
     $("flags-more").dataset.after = page.next_cursor == null ? "" : page.next_cursor;
     say("flags-status", tbody.children.length + " 条标记 flags");
   } catch (e) { say("flags-status", e.message, true); }
+  refreshQueries();
+}
+
+// --- dashboard ---------------------------------------------------------------------------------
+const charts = {};
+const PALETTE = ["#0b5cad", "#c77700", "#12784a", "#6b4fbb", "#b3261e", "#00838f"];
+function drawChart(id, config) {
+  if (typeof Chart === "undefined") return;        // the vendored library did not load: tables still show
+  if (charts[id]) charts[id].destroy();
+  charts[id] = new Chart($(id), config);
+}
+async function loadDashboard() {
+  const form = $("dash-form");
+  say("dash-status", "加载中 loading…");
+  try {
+    const d = await api("dashboard", null, { days: form.elements.days.value, region: form.elements.region.value.trim() });
+    const tbody = clear($("dash-rows"));
+    const sum = { issued: 0, settled: 0, fund: 0, personal_account: 0, self_pay: 0, flags: 0 };
+    const days = [...new Set(d.days.map((r) => r.day))].sort();
+    const regions = [...new Set(d.days.map((r) => r.region))].sort();
+    for (const r of d.days) {
+      for (const k of Object.keys(sum)) sum[k] += Number(r[k]);
+      tbody.append(el("tr", {}, el("td", { text: r.day }), el("td", { text: r.region }),
+        el("td", { class: "num", text: r.issued }), el("td", { class: "num", text: r.settled }),
+        el("td", { class: "num", text: yuan(r.fund) }), el("td", { class: "num", text: yuan(r.personal_account) }),
+        el("td", { class: "num", text: yuan(r.self_pay) }), el("td", { class: "num", text: yuan(r.total) }),
+        el("td", { class: "num", text: r.flags })));
+    }
+    if (!d.days.length) tbody.append(el("tr", {}, el("td", { colspan: 9, class: "empty", text: "无数据 no activity since " + d.since })));
+    const tiles = clear($("dash-totals"));
+    for (const [label, v] of [["开具 issued", sum.issued], ["结算 settled", sum.settled], ["统筹基金 fund", yuan(sum.fund)],
+                              ["个人账户 personal", yuan(sum.personal_account)], ["自费 self-pay", yuan(sum.self_pay)],
+                              ["标记 flags", sum.flags]]) {
+      tiles.append(el("div", { class: "tile" }, el("b", { text: v }), el("span", { text: label })));
+    }
+    const cell = (region, day, k) => { const r = d.days.find((x) => x.region === region && x.day === day); return r ? Number(r[k]) : 0; };
+    drawChart("chart-fund", { type: "bar", options: { animation: false, responsive: true,
+        scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true } } },
+      data: { labels: days, datasets: regions.map((reg, i) => ({ label: reg, backgroundColor: PALETTE[i % PALETTE.length],
+        data: days.map((day) => cell(reg, day, "fund")) })) } });
+    drawChart("chart-count", { type: "line", options: { animation: false, responsive: true, scales: { y: { beginAtZero: true } } },
+      data: { labels: days, datasets: [
+        { label: "开具 issued", borderColor: PALETTE[0], backgroundColor: PALETTE[0],
+          data: days.map((day) => regions.reduce((n, reg) => n + cell(reg, day, "issued"), 0)) },
+        { label: "结算 settled", borderColor: PALETTE[2], backgroundColor: PALETTE[2],
+          data: days.map((day) => regions.reduce((n, reg) => n + cell(reg, day, "settled"), 0)) }] } });
+    say("dash-status", days.length + " 天 days, " + regions.length + " 个统筹区 regions" + (typeof Chart === "undefined" ? " (图表库未加载 charts unavailable)" : ""));
+  } catch (e) { say("dash-status", e.message, true); }
+  refreshQueries();
+}
+
+// --- findings (the fraud analytics projection) ----------------------------------------------------
+function findingLinks(f) {                         // every prescription a finding names, as links into its trail
+  const ids = new Set(f.prescription_ids || []);
+  for (const e of (f.evidence || [])) if (e.prescription_id) ids.add(e.prescription_id);
+  return [...ids];
+}
+function showFinding(f) {
+  const box = clear($("finding-detail"));
+  box.classList.remove("hidden");
+  box.append(el("h2", {}, el("span", { class: "badge sev-" + f.severity, text: f.severity }), " ",
+                          f.pattern || f.rule || "", " ", el("span", { class: "en mono", text: f.finding_id || "" })));
+  box.append(el("p", { text: f.explanation || f.summary || "" }));
+  const subjects = Object.entries(f.subjects || {}).map(([k, v]) => k + ": " + v).join(", ");
+  if (subjects) box.append(el("p", { class: "mono", text: "对象 subjects: " + subjects }));
+  const links = findingLinks(f);
+  box.append(el("h2", {}, "证据 ", el("span", { class: "en", text: "Evidence" })));
+  const list = el("ol", { class: "evidence" });
+  for (const e of (f.evidence || [])) {
+    const rx = e.prescription_id;
+    list.append(el("li", { class: "mono" },
+      (e.event_type || "event") + " · " + (e.aggregate_id || "") + (e.version != null ? " v" + e.version : "") +
+      (e.at ? " · " + when(e.at) : "") + " ",
+      rx ? el("button", { class: "link", text: "轨迹 trail " + short(rx), title: rx, onclick: () => openTrail(rx) }) : null));
+  }
+  if (!(f.evidence || []).length) list.append(el("li", { class: "empty", text: "无事件证据 no event evidence listed" }));
+  box.append(list);
+  if (links.length) {
+    box.append(el("div", { class: "row" }, ...links.map((rx) => el("button", { class: "ghost", text: "打开轨迹 open trail " + short(rx),
+                                                                         title: rx, onclick: () => openTrail(rx) }))));
+  }
+}
+async function loadFindings(after) {
+  const form = $("findings-form");
+  const tbody = $("finding-results");
+  if (!after) clear(tbody);
+  if (!ENDPOINTS.findings) {
+    tbody.append(el("tr", {}, el("td", { colspan: 6, class: "empty",
+      text: "疑点分析尚未提供 findings are not available from this API yet" })));
+    say("findings-status", "");
+    return;
+  }
+  say("findings-status", "加载中 loading…");
+  try {
+    const query = { limit: 100, after: after || "" };
+    for (const name of ["pattern", "severity", "subject"]) query[name] = form.elements[name].value.trim();
+    const page = await api("findings", null, query);
+    for (const f of page.items) {
+      const links = findingLinks(f);
+      const subjects = Object.entries(f.subjects || {}).map(([k, v]) => k + ": " + v).join(", ");
+      tbody.append(el("tr", {},
+        el("td", { text: when(f.at) }),
+        el("td", {}, el("span", { class: "badge sev-" + f.severity, text: f.severity })),
+        el("td", { class: "mono", text: f.pattern || f.rule || "" }),
+        el("td", { text: f.explanation || f.summary || "" }),
+        el("td", { class: "mono", text: subjects }),
+        el("td", {}, el("button", { class: "link finding-open", text: "证据 evidence (" + (f.evidence || []).length + ")",
+                                    onclick: () => showFinding(f) }),
+                     ...links.slice(0, 3).map((rx) => el("button", { class: "link mono", text: " " + short(rx), title: rx,
+                                                                   onclick: () => openTrail(rx) })))));
+    }
+    if (!tbody.children.length) tbody.append(el("tr", {}, el("td", { colspan: 6, class: "empty", text: "没有线索 no findings" })));
+    $("findings-more").classList.toggle("hidden", page.next_cursor == null);
+    $("findings-more").dataset.after = page.next_cursor == null ? "" : page.next_cursor;
+    say("findings-status", page.items.length + " 条线索 findings");
+  } catch (e) {
+    if (e.status === 404) {
+      tbody.append(el("tr", {}, el("td", { colspan: 6, class: "empty", text: "疑点分析尚未运行 the findings projection has no data yet" })));
+      say("findings-status", "");
+    } else say("findings-status", e.message, true);
+  }
+  refreshQueries();
+}
+
+// --- statements and settlement issues per region ------------------------------------------------
+const STATEMENT_SHOWN = ["fund", "personal_account", "self_pay", "refused", "clawed_back", "payable"];
+async function loadStatements() {
+  const form = $("statements-form");
+  const region = form.elements.region.value.trim(), month = form.elements.month.value.trim();
+  say("statements-status", "加载中 loading…");
+  try {
+    const pages = await api("statements", null, { region: region, month: month });
+    const tbody = clear($("statement-rows"));
+    let n = 0;
+    for (const page of pages) {
+      for (const s of page.items) {
+        n += 1;
+        const other = Object.entries(s.figures).filter(([k]) => !STATEMENT_SHOWN.includes(k)).map(([k, v]) => k + "=" + v).join(", ");
+        tbody.append(el("tr", {}, el("td", { text: page.pooling_region }),
+          el("td", { class: "mono", text: s.party_kind + " " + s.party_id }), el("td", { text: s.month }),
+          ...STATEMENT_SHOWN.map((k) => el("td", { class: "num", text: yuan(s.figures[k]) })),
+          el("td", { class: "mono small", text: other })));
+      }
+    }
+    if (!n) tbody.append(el("tr", {}, el("td", { colspan: 10, class: "empty", text: "没有对账单 no statements" })));
+    say("statements-status", n + " 份对账单 statements, " + pages.length + " 个统筹区 regions");
+  } catch (e) { say("statements-status", e.message, true); }
+  const issues = clear($("issue-rows"));
+  if (!ENDPOINTS.settlementIssues) {
+    issues.append(el("tr", {}, el("td", { colspan: 5, class: "empty", text: "结算问题尚未提供 settlement issues are not available from this API yet" })));
+  } else {
+    try {
+      const page = await api("settlementIssues", null, { region: region });
+      for (const i of (page.items || page)) {
+        const details = Object.entries(i.details || {}).map(([k, v]) => k + "=" + v).join(", ");
+        issues.append(el("tr", {}, el("td", { text: when(i.at) }), el("td", { text: i.region || i.pooling_region || "" }),
+          el("td", { text: i.issue || i.kind || i.reason || "" }),
+          el("td", {}, i.prescription_id ? el("button", { class: "link mono", text: short(i.prescription_id), title: i.prescription_id,
+                                                       onclick: () => openTrail(i.prescription_id) }) : "—"),
+          el("td", { class: "mono", text: details })));
+      }
+      if (!issues.children.length) issues.append(el("tr", {}, el("td", { colspan: 5, class: "empty", text: "没有结算问题 no settlement issues" })));
+      say("issues-status", "");
+    } catch (e) { say("issues-status", e.message, true); }
+  }
   refreshQueries();
 }
 
@@ -234,10 +479,16 @@ document.addEventListener("DOMContentLoaded", () => {
   $("flags-form").addEventListener("submit", (e) => { e.preventDefault(); loadFlags(); });
   $("flags-more").addEventListener("click", (e) => loadFlags(e.target.dataset.after));
   $("refresh-queries").addEventListener("click", refreshQueries);
+  $("dash-form").addEventListener("submit", (e) => { e.preventDefault(); loadDashboard(); });
+  $("findings-form").addEventListener("submit", (e) => { e.preventDefault(); loadFindings(); });
+  $("findings-more").addEventListener("click", (e) => loadFindings(e.target.dataset.after));
+  $("statements-form").addEventListener("submit", (e) => { e.preventDefault(); loadStatements(); });
   const start = new URLSearchParams(location.search);   // ?rx=<id> opens a trail, ?rule=R8 lists flags
   if (/^R\d{1,2}$/.test(start.get("rule") || "")) $("flag-rule").value = start.get("rule");
   if (!key()) return;
   if (start.get("rx")) openTrail(start.get("rx"));
   if (start.get("rule")) loadFlags();
+  loadDashboard();
+  loadFindings();
   if (!start.get("rx") && !start.get("rule")) refreshQueries();
 });

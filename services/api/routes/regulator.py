@@ -1,13 +1,18 @@
-"""Regulators (read-only, every query recorded): search, a prescription's trail and its verification, rule flags."""
+"""Regulators (read-only, every query recorded): search, a prescription's trail and its verification, rule flags,
+the dashboard's figures per day and region, and any region's statements."""
 
 from __future__ import annotations
 
+from datetime import datetime, time, timedelta
 from typing import Annotated
+from zoneinfo import ZoneInfo
 
+import psycopg
 from fastapi import APIRouter, Query
 
 from services.adapters.api_keys import regulator_queries
 from services.api import models as m
+from services.api.console.dashboard import CHINA, figures, known_regions
 from services.api.deps import After, Limit, Regulator, Rt, RxId
 from services.api.routes.common import ERRORS, prescription_public
 
@@ -58,3 +63,35 @@ def queries(party: Regulator, rt: Rt, regulator_id: Annotated[str | None, Query(
     with rt.pool.connection() as conn:
         rows = regulator_queries(conn, limit=limit, regulator_id=regulator_id)
     return [m.RegulatorQueryPublic(**r) for r in rows]
+
+
+@router.get("/dashboard", response_model=m.DashboardPublic,
+            summary="Prescriptions issued and settled, fund / personal account / self-pay outflow and flags per day "
+                    "and pooling region")
+def dashboard(party: Regulator, rt: Rt, days: Annotated[int, Query(ge=1, le=366)] = 30,
+              region: Annotated[str | None, Query(pattern=r"^\d{6}$")] = None) -> m.DashboardPublic:
+    today = rt.clock().astimezone(ZoneInfo(CHINA)).date()
+    since_day = today - timedelta(days=days - 1)
+    since = datetime.combine(since_day, time(0), tzinfo=ZoneInfo(CHINA))
+    try:
+        with rt.pool.connection() as conn:
+            rows = figures(conn, rt.reads.traceability, since, region)
+    except psycopg.errors.UndefinedTable:  # the projection has not created its tables yet
+        rows = []
+    return m.DashboardPublic(since=since_day, days=[m.DashboardDayPublic(**r) for r in rows])
+
+
+@router.get("/statements", response_model=list[m.StatementPage],
+            summary="Monthly statements per pooling region (what each region's agency sees); every region when none "
+                    "is named")
+def statements(party: Regulator, rt: Rt, region: Annotated[str | None, Query(pattern=r"^\d{6}$")] = None,
+               month: Annotated[str | None, Query(pattern=r"^\d{4}-\d{2}$")] = None) -> list[m.StatementPage]:
+    if region is not None:
+        regions = [region]
+    else:
+        try:
+            with rt.pool.connection() as conn:
+                regions = known_regions(conn, rt.reads.traceability)
+        except psycopg.errors.UndefinedTable:
+            regions = []
+    return [m.StatementPage(pooling_region=r, items=rt.reads.region_statements(r, month)) for r in regions]

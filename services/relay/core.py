@@ -8,8 +8,11 @@ One loop per process (composition root: ``run_relay``):
 
 A kill between 2 and 3 re-sends that batch on restart: consumers drop duplicates by the ``event_id`` header.
 It wakes on LISTEN/NOTIFY and polls as a fallback. A database or broker that goes away is retried with
-capped exponential backoff. When the broker lost data (a partition ends below what it acknowledged to us, or
-the topic is gone), positions reset to 0 and everything is published again, with a WARNING.
+capped exponential backoff. When the broker lost data (a partition ends below what it acknowledged to us, the
+topic is gone, or a record it acknowledged to us is no longer at its offset), positions reset to 0 and everything
+is published again, with a WARNING. The last test reads our own records back (``positions.py``, ``marks``): with
+several relays on one topic (region shards) the others' records can lift a truncated partition's end back above
+ours, and only the records themselves tell.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from aiokafka.errors import (
     BrokerResponseError,
     KafkaError,
     MessageSizeTooLargeError,
+    OffsetOutOfRangeError,
     RecordTooLargeError,
     TopicAlreadyExistsError,
 )
@@ -38,7 +42,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from events import topics
 from events.contracts import dead_letter_headers, dead_letter_value
-from events.envelope import record_headers
+from events.envelope import EVENT_ID, event_id, header, record_headers
 from services.adapters.event_log import discover_logs_async, read_after_async
 from services.infra.kafka_admin import default_replication
 from services.relay import positions as pos
@@ -161,6 +165,7 @@ class BrokerView:
     """Admin + offsets client: does the topic exist, with how many partitions, ending where."""
 
     def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
         self.admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
         self.consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                          request_timeout_ms=10000, metadata_max_age_ms=5000)
@@ -192,6 +197,42 @@ class BrokerView:
         ends = await asyncio.wait_for(self.consumer.end_offsets(tps), 15)
         return {tp.partition: int(o) for tp, o in ends.items()}
 
+    async def read_at(self, topic: str, wanted: dict[int, int], timeout_s: float = 10.0
+                      ) -> dict[int, tuple[int, str | None]]:
+        """The first record at or after each wanted offset: partition → (its offset, its ``event_id`` header).
+
+        A partition is left out when the broker no longer keeps that offset (retention moved the partition's start
+        past it: not a loss) or sent nothing in time (the check is inconclusive, never a loss)."""
+        if not wanted:
+            return {}
+        reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                                  auto_offset_reset="none", request_timeout_ms=10000, fetch_max_wait_ms=100,
+                                  max_partition_fetch_bytes=64 * 1024)
+        await asyncio.wait_for(reader.start(), 20)
+        try:
+            tps = {TopicPartition(topic, p): o for p, o in wanted.items()}
+            starts = await asyncio.wait_for(reader.beginning_offsets(list(tps)), 15)
+            tps = {tp: o for tp, o in tps.items() if int(starts.get(tp, 0)) <= o}
+            reader.assign(list(tps))
+            for tp, o in tps.items():
+                reader.seek(tp, o)
+            found: dict[int, tuple[int, str | None]] = {}
+            deadline = time.monotonic() + timeout_s
+            while len(found) < len(tps) and time.monotonic() < deadline:
+                waiting = [tp for tp in tps if tp.partition not in found]
+                try:
+                    batch = await reader.getmany(*waiting, timeout_ms=500)
+                except OffsetOutOfRangeError:
+                    break  # moved out of reach while we asked: leave those partitions out
+                for tp, records in batch.items():
+                    if records and tp.partition not in found:
+                        first = min(records, key=lambda r: r.offset)
+                        found[tp.partition] = (first.offset, header(first.headers, EVENT_ID))
+            return found
+        finally:
+            with suppress(Exception):
+                await reader.stop()
+
     async def create_topic(self, topic: str, partitions: int) -> None:
         with suppress(TopicAlreadyExistsError):
             replicas = default_replication(len((await self.admin.describe_cluster())["brokers"]))
@@ -217,6 +258,24 @@ def find_loss(floors: dict[int, int], partitions: int | None, ends: dict[int, in
             return f"partition {p} is gone (the topic has {partitions} partitions)"
         if ends.get(p, 0) < floor + 1:
             return f"partition {p} ends at offset {ends.get(p, 0)} but the broker acknowledged offset {floor}"
+    return None
+
+
+def find_displaced(expected: dict[int, tuple[int, str]], ends: dict[int, int],
+                   found: dict[int, tuple[int, str | None]]) -> str | None:
+    """Why records the broker acknowledged to us are not where it put them, or None (``expected``: partition →
+    (offset, event id) of our record; ``found``: ``BrokerView.read_at``, a partition missing there is unknown)."""
+    for p, (offset, eid) in sorted(expected.items()):
+        if ends.get(p, 0) <= offset:
+            return f"partition {p} ends at offset {ends.get(p, 0)}, at or below our event {eid} at offset {offset}"
+        got = found.get(p)
+        if got is None or got == (offset, eid):
+            continue
+        if got[0] == offset:
+            return (f"partition {p} holds event {got[1]} at offset {offset}, where the broker acknowledged our "
+                    f"event {eid}")
+        return (f"partition {p} has no record at offset {offset} (the next is at {got[0]}), where the broker "
+                f"acknowledged our event {eid}")
     return None
 
 
@@ -314,15 +373,15 @@ class Relay:
                     except BrokerLostData as lost:
                         state = await self._on_loss(conn, view, logs, lost.reason)
                         return  # a fresh session: new producer, topic checked again
-                if moved:
-                    continue
                 now = time.monotonic()
-                if now - last_check >= cfg.check_interval_s:
+                if now - last_check >= cfg.check_interval_s:  # busy or not: others may hide a loss from us
                     before = state.generation
                     state = await self._check_broker(conn, view, state, logs, at_start=False)
                     last_check = now
                     if state.generation != before:
                         return
+                if moved:
+                    continue
                 if not cfg.logs and now - last_discovery >= max(5.0, cfg.poll_interval_s):
                     last_discovery = now
                     found = await discover_logs_async(conn, cfg.schema)
@@ -397,8 +456,9 @@ class Relay:
             await self._dead_letter(conn, producer, table, refused)
         offsets = dict(state.next_offsets)
         floors = dict(state.floors)
-        batch_floor: dict[int, int] = {}
-        for md in results:
+        floor_ids = dict(state.floor_ids)
+        batch_floor: dict[int, tuple[int, str]] = {}
+        for row, md in zip(sent_rows, results, strict=True):
             if isinstance(md, BaseException):
                 continue
             p, o = md.partition, md.offset
@@ -407,15 +467,18 @@ class Relay:
                 raise BrokerLostData(f"partition {p} acknowledged offset {o} but had already acknowledged up to "
                                      f"{known - 1}: the partition was emptied")
             offsets[p] = max(offsets.get(p, 0), o + 1)
-            batch_floor[p] = min(batch_floor.get(p, o), o)
-        floors.update(batch_floor)
+            if p not in batch_floor or o < batch_floor[p][0]:
+                batch_floor[p] = (o, event_id(row[1], row[2]))
+        floors.update({p: o for p, (o, _) in batch_floor.items()})
+        floor_ids.update({p: eid for p, (_, eid) in batch_floor.items()})
         if cfg.commit_delay_s:
             await asyncio.sleep(cfg.commit_delay_s)
         last = rows[-1][0]
-        await pos.commit_batch(conn, cfg.name, table, last, state.generation, offsets, floors, len(rows))
+        await pos.commit_batch(conn, cfg.name, table, last, state.generation, offsets, floors, len(rows), floor_ids)
         state.positions[table] = last
         state.next_offsets = offsets
         state.floors = floors
+        state.floor_ids = floor_ids
         state.published += len(rows)
         self.stats.published += len(rows)
         self.stats.batches += 1
@@ -458,6 +521,8 @@ class Relay:
         partitions = await view.partition_count(cfg.topic)
         ends = await view.end_offsets(cfg.topic, partitions) if partitions else {}
         reason = find_loss(state.floors, partitions, ends)
+        if reason is None and partitions is not None:
+            reason = await self._read_back(conn, view, state, partitions, ends)
         if reason is not None:
             return await self._on_loss(conn, view, logs, reason)
         if partitions is None:
@@ -467,6 +532,32 @@ class Relay:
             log.warning("relay %s: topic %s has %d partitions, configuration says %d; leaving it as it is",
                         cfg.name, cfg.topic, partitions, cfg.partitions)
         return state
+
+    async def _read_back(self, conn: AsyncConnection, view: BrokerView, state: pos.RelayState, partitions: int,
+                         ends: dict[int, int]) -> str | None:
+        """Are our records still where the broker put them? First the ones the last check found (``checked``:
+        acknowledged before it, so a loss since then shows even when our later batches moved the floors onto
+        records written after the loss), then the current floors. The floors found in place become ``checked``."""
+        cfg = self.config
+        earlier = {p: mark for p, mark in state.checked.items() if p < partitions}
+        floors = {p: (state.floors[p], eid) for p, eid in state.floor_ids.items()
+                  if p in state.floors and p < partitions and state.checked.get(p) != (state.floors[p], eid)}
+        confirmed: dict[int, tuple[int, str]] = {}
+        for expected in (earlier, floors):
+            if not expected:
+                continue
+            found = await view.read_at(cfg.topic, {p: o for p, (o, _) in expected.items()})
+            reason = find_displaced(expected, ends, found)
+            if reason is not None:
+                return reason
+            if len(found) < len(expected):
+                log.info("relay %s: %d of %d partitions did not show our records in time (or retention passed "
+                         "them); checking them again later", cfg.name, len(expected) - len(found), len(expected))
+            confirmed.update({p: mark for p, mark in expected.items() if found.get(p) == mark})
+        checked = {**state.checked, **{p: mark for p, mark in confirmed.items() if p in floors}}
+        if checked != state.checked and await pos.save_checked(conn, cfg.name, state.generation, checked):
+            state.checked = checked
+        return None
 
     async def _on_loss(self, conn: AsyncConnection, view: BrokerView, logs: list[str], reason: str
                        ) -> pos.RelayState:

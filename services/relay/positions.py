@@ -10,6 +10,14 @@ offset below ``floor + 1``, means the partition lost data. (Tansu reports the ba
 batch + 1 as a partition's end offset, not the high watermark; ``floor + 1`` is a bound both brokers respect.)
 ``generation`` changes whenever positions are reset (republish, broker data loss), so a running relay notices
 a reset made by another process and never overwrites it with an older position.
+
+``relay_broker.marks``: which of *our* records sit where, so a loss stays visible when other relays write the same
+partitions (region shards: one relay per event store, one topic). An end offset alone cannot tell: another relay's
+records, or its republish after the same loss, lift a truncated partition back above our floors. ``floor``: per
+partition, the event id of the record at our floor offset; ``checked``: per partition ``[offset, event id]`` of a
+floor record the last broker check read back and found in place. The relay reads both back at each check
+(``core.Relay._check_broker``); ``checked`` only moves at a check, so a loss between two checks is seen at the
+next one even when our later batches moved the floors onto records written after the loss.
 """
 
 from __future__ import annotations
@@ -33,13 +41,18 @@ CREATE = (
         "CREATE TABLE IF NOT EXISTS relay_broker ("
         " name text PRIMARY KEY, topic text NOT NULL, generation bigint NOT NULL DEFAULT 0,"
         " next_offsets jsonb NOT NULL DEFAULT '{}'::jsonb, published bigint NOT NULL DEFAULT 0,"
-        " updated_at timestamptz NOT NULL DEFAULT now())"
+        " updated_at timestamptz NOT NULL DEFAULT now(), marks jsonb NOT NULL DEFAULT '{}'::jsonb)"
     ),
     (
         "CREATE TABLE IF NOT EXISTS relay_dead_letters ("
         " name text NOT NULL, log text NOT NULL, notification_id bigint NOT NULL, aggregate_id text NOT NULL,"
         " version int NOT NULL, size int NOT NULL, error text NOT NULL, at timestamptz NOT NULL DEFAULT now(),"
         " PRIMARY KEY (name, log, notification_id))"
+    ),
+    (  # relay_broker as created before ``marks`` existed: add it (no table lock when it is there already)
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()"
+        " AND table_name = 'relay_broker' AND column_name = 'marks') THEN"
+        " ALTER TABLE relay_broker ADD COLUMN marks jsonb NOT NULL DEFAULT '{}'::jsonb; END IF; END $$"
     ),
 )
 
@@ -56,6 +69,10 @@ class RelayState:
     next_offsets: dict[int, int] = field(default_factory=dict)
     floors: dict[int, int] = field(default_factory=dict)
     published: int = 0
+    floor_ids: dict[int, str] = field(default_factory=dict)
+    """Per partition: the event id of our record at ``floors[p]``."""
+    checked: dict[int, tuple[int, str]] = field(default_factory=dict)
+    """Per partition: (offset, event id) of our record the last broker check found in place."""
 
 
 async def ensure_tables(conn: AsyncConnection) -> None:
@@ -76,19 +93,19 @@ async def load_state(conn: AsyncConnection, name: str, topic: str, logs: list[st
                 "INSERT INTO relay_position (name, log) VALUES (%s, %s) ON CONFLICT DO NOTHING", (name, log)
             )
         cur = await conn.execute(
-            "SELECT generation, next_offsets, published, topic FROM relay_broker WHERE name = %s", (name,)
+            "SELECT generation, next_offsets, published, topic, marks FROM relay_broker WHERE name = %s", (name,)
         )
         row = await cur.fetchone()
         assert row is not None
-        generation, offsets, published, stored_topic = row
+        generation, offsets, published, stored_topic, marks = row
         if stored_topic != topic:
             # A relay renamed onto another topic knows nothing about the new topic's contents.
             await conn.execute(
-                "UPDATE relay_broker SET topic = %s, next_offsets = '{}'::jsonb, published = 0,"
+                "UPDATE relay_broker SET topic = %s, next_offsets = '{}'::jsonb, published = 0, marks = '{}'::jsonb,"
                 " generation = generation + 1, updated_at = now() WHERE name = %s",
                 (topic, name),
             )
-            offsets, published, generation = {}, 0, generation + 1
+            offsets, published, generation, marks = {}, 0, generation + 1, {}
         cur = await conn.execute("SELECT log, position FROM relay_position WHERE name = %s", (name,))
         positions = {log: int(pos) for log, pos in await cur.fetchall()}
     offsets = dict(offsets)
@@ -98,6 +115,8 @@ async def load_state(conn: AsyncConnection, name: str, topic: str, logs: list[st
         next_offsets={int(p): int(v[1]) for p, v in offsets.items()},
         floors={int(p): int(v[0]) for p, v in offsets.items()},
         published=int(published),
+        floor_ids={int(p): str(i) for p, i in (marks or {}).get("floor", {}).items()},
+        checked={int(p): (int(v[0]), str(v[1])) for p, v in (marks or {}).get("checked", {}).items()},
     )
 
 
@@ -120,6 +139,7 @@ async def commit_batch(
     next_offsets: dict[int, int],
     floors: dict[int, int],
     published_delta: int,
+    floor_ids: dict[int, str] | None = None,
 ) -> None:
     async with conn.transaction():
         cur = await conn.execute(
@@ -133,11 +153,23 @@ async def commit_batch(
             (position, name, log),
         )
         await conn.execute(
-            "UPDATE relay_broker SET next_offsets = %s::jsonb, published = published + %s, updated_at = now()"
-            " WHERE name = %s",
+            "UPDATE relay_broker SET next_offsets = %s::jsonb, published = published + %s, updated_at = now(),"
+            " marks = jsonb_set(marks, '{floor}', %s::jsonb) WHERE name = %s",
             (json.dumps({str(p): [floors.get(p, o - 1), o] for p, o in sorted(next_offsets.items())}),
-             published_delta, name),
+             published_delta, json.dumps({str(p): i for p, i in sorted((floor_ids or {}).items())}), name),
         )
+
+
+async def save_checked(conn: AsyncConnection, name: str, generation: int, checked: dict[int, tuple[int, str]]
+                       ) -> bool:
+    """Record the floor records a broker check found in place (``RelayState.checked``), unless positions were
+    reset since (another generation). Returns whether it was recorded."""
+    cur = await conn.execute(
+        "UPDATE relay_broker SET marks = jsonb_set(marks, '{checked}', %s::jsonb), updated_at = now()"
+        " WHERE name = %s AND generation = %s RETURNING 1",
+        (json.dumps({str(p): [o, i] for p, (o, i) in sorted(checked.items())}), name, generation),
+    )
+    return await cur.fetchone() is not None
 
 
 async def reset_positions(
@@ -155,7 +187,7 @@ async def reset_positions(
             "UPDATE relay_position SET position = %s, updated_at = now() WHERE name = %s",
             (from_notification_id, name),
         )
-        extra = ", next_offsets = '{}'::jsonb, published = 0" if broker_lost_data else ""
+        extra = ", next_offsets = '{}'::jsonb, published = 0, marks = '{}'::jsonb" if broker_lost_data else ""
         cur = await conn.execute(
             SQL("UPDATE relay_broker SET generation = generation + 1, updated_at = now(){}"
                 " WHERE name = %s RETURNING generation").format(SQL(extra)),

@@ -145,6 +145,7 @@ def test_docs_and_redoc_load_only_local_assets(client: TestClient) -> None:
         assert "cdn." not in r.text and "fonts.googleapis" not in r.text
     assert "/docs-assets/swagger-ui-bundle.js" in client.get("/docs").text
     assert "/docs-assets/redoc.standalone.js" in client.get("/redoc").text
+    assert b"cdn.redoc.ly/redoc/logo-mini.svg" not in client.get("/docs-assets/redoc.standalone.js").content
     assert client.get("/docs-assets/../../etc/passwd").status_code == 404
     assert client.get("/docs-assets/core.py").status_code == 404
 

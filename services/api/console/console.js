@@ -314,34 +314,42 @@ async function loadDashboard() {
 
 // --- findings (the fraud analytics projection) ----------------------------------------------------
 function findingLinks(f) {                         // every prescription a finding names, as links into its trail
-  const ids = new Set(f.prescription_ids || []);
-  for (const e of (f.evidence || [])) if (e.prescription_id) ids.add(e.prescription_id);
-  return [...ids];
+  return [...new Set(f.prescription_ids || [])];
+}
+function findingPeriod(f) {
+  return f.first_at && f.last_at && f.first_at !== f.last_at ? when(f.first_at) + " – " + when(f.last_at) : when(f.first_at || f.last_at);
 }
 function showFinding(f) {
   const box = clear($("finding-detail"));
   box.classList.remove("hidden");
   box.append(el("h2", {}, el("span", { class: "badge sev-" + f.severity, text: f.severity }), " ",
-                          f.pattern || f.rule || "", " ", el("span", { class: "en mono", text: f.finding_id || "" })));
-  box.append(el("p", { text: f.explanation || f.summary || "" }));
-  const subjects = Object.entries(f.subjects || {}).map(([k, v]) => k + ": " + v).join(", ");
-  if (subjects) box.append(el("p", { class: "mono", text: "对象 subjects: " + subjects }));
-  const links = findingLinks(f);
-  box.append(el("h2", {}, "证据 ", el("span", { class: "en", text: "Evidence" })));
+                          el("span", { class: "mono", text: f.pattern }), f.rule ? el("span", { class: "badge bad", text: f.rule }) : null,
+                          " ", el("span", { class: "en mono", text: f.finding_id })));
+  box.append(el("p", { text: f.explanation }));
+  box.append(el("p", { class: "muted", text: "时间 period: " + findingPeriod(f) }));
+  if ((f.parties || []).length) box.append(el("p", { class: "mono", text: "当事方 parties: " + f.parties.join(", ") }));
+  const links = new Set(findingLinks(f));
+  box.append(el("h2", {}, "证据 ", el("span", { class: "en", text: "Evidence (events that prove it)" })));
   const list = el("ol", { class: "evidence" });
   for (const e of (f.evidence || [])) {
-    const rx = e.prescription_id;
+    const rx = links.has(e.aggregate_id) ? e.aggregate_id : null;
     list.append(el("li", { class: "mono" },
-      (e.event_type || "event") + " · " + (e.aggregate_id || "") + (e.version != null ? " v" + e.version : "") +
-      (e.at ? " · " + when(e.at) : "") + " ",
-      rx ? el("button", { class: "link", text: "轨迹 trail " + short(rx), title: rx, onclick: () => openTrail(rx) }) : null));
+      e.event_type + " · " + e.aggregate_id + " v" + e.version + " · " + when(e.at) + " ",
+      rx ? el("button", { class: "link evidence-trail", text: "轨迹 trail " + short(rx), title: rx, onclick: () => openTrail(rx) }) : null));
   }
   if (!(f.evidence || []).length) list.append(el("li", { class: "empty", text: "无事件证据 no event evidence listed" }));
   box.append(list);
-  if (links.length) {
-    box.append(el("div", { class: "row" }, ...links.map((rx) => el("button", { class: "ghost", text: "打开轨迹 open trail " + short(rx),
-                                                                         title: rx, onclick: () => openTrail(rx) }))));
+  if (links.size) {
+    box.append(el("div", { class: "row" }, ...[...links].map((rx) => el("button", { class: "ghost", text: "打开轨迹 open trail " + short(rx),
+                                                                             title: rx, onclick: () => openTrail(rx) }))));
   }
+  box.scrollIntoView();
+}
+async function openFinding(id) {
+  say("findings-status", "加载中 loading…");
+  try { showFinding(await api("finding", { finding_id: id })); say("findings-status", ""); }
+  catch (e) { say("findings-status", e.message, true); }
+  refreshQueries();
 }
 async function loadFindings(after) {
   const form = $("findings-form");
@@ -356,26 +364,25 @@ async function loadFindings(after) {
   say("findings-status", "加载中 loading…");
   try {
     const query = { limit: 100, after: after || "" };
-    for (const name of ["pattern", "severity", "subject"]) query[name] = form.elements[name].value.trim();
+    for (const name of ["pattern", "severity", "party", "patient_ref"]) query[name] = form.elements[name].value.trim();
     const page = await api("findings", null, query);
     for (const f of page.items) {
       const links = findingLinks(f);
-      const subjects = Object.entries(f.subjects || {}).map(([k, v]) => k + ": " + v).join(", ");
-      tbody.append(el("tr", {},
-        el("td", { text: when(f.at) }),
+      tbody.append(el("tr", { class: "finding" },
+        el("td", { text: findingPeriod(f) }),
         el("td", {}, el("span", { class: "badge sev-" + f.severity, text: f.severity })),
-        el("td", { class: "mono", text: f.pattern || f.rule || "" }),
-        el("td", { text: f.explanation || f.summary || "" }),
-        el("td", { class: "mono", text: subjects }),
+        el("td", { class: "mono" }, f.pattern, f.rule ? el("span", { class: "badge bad", text: f.rule }) : null),
+        el("td", { text: f.explanation }),
+        el("td", { class: "mono", text: (f.parties || []).join(", ") }),
         el("td", {}, el("button", { class: "link finding-open", text: "证据 evidence (" + (f.evidence || []).length + ")",
-                                    onclick: () => showFinding(f) }),
+                                    onclick: () => openFinding(f.finding_id) }),
                      ...links.slice(0, 3).map((rx) => el("button", { class: "link mono", text: " " + short(rx), title: rx,
                                                                    onclick: () => openTrail(rx) })))));
     }
     if (!tbody.children.length) tbody.append(el("tr", {}, el("td", { colspan: 6, class: "empty", text: "没有线索 no findings" })));
     $("findings-more").classList.toggle("hidden", page.next_cursor == null);
     $("findings-more").dataset.after = page.next_cursor == null ? "" : page.next_cursor;
-    say("findings-status", page.items.length + " 条线索 findings");
+    say("findings-status", tbody.querySelectorAll("tr.finding").length + " 条线索 findings");
   } catch (e) {
     if (e.status === 404) {
       tbody.append(el("tr", {}, el("td", { colspan: 6, class: "empty", text: "疑点分析尚未运行 the findings projection has no data yet" })));
@@ -490,5 +497,6 @@ document.addEventListener("DOMContentLoaded", () => {
   if (start.get("rule")) loadFlags();
   loadDashboard();
   loadFindings();
+  loadStatements();
   if (!start.get("rx") && !start.get("rule")) refreshQueries();
 });

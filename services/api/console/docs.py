@@ -4,6 +4,7 @@ from another host (no Google fonts, no online validator badge), so both render o
 
 from __future__ import annotations
 
+from functools import cache
 from importlib.resources import files
 
 from fastapi import APIRouter, HTTPException, Request
@@ -18,6 +19,8 @@ ASSETS = {  # the only files served, with their media types
     "favicon.png": "image/png",
 }
 OAUTH2_REDIRECT = "/docs/oauth2-redirect"
+# ReDoc's bundle shows a "powered by" logo it loads from its vendor's CDN; served from here instead
+REDOC_CDN_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
 
 router = APIRouter(include_in_schema=False)
 
@@ -49,9 +52,16 @@ def redoc(request: Request) -> HTMLResponse:
                           redoc_favicon_url=f"{root}{ASSETS_PATH}/favicon.png", with_google_fonts=False)
 
 
+@cache
+def _asset_body(name: str) -> bytes:
+    body = files("fastapi_offline").joinpath("static", name).read_bytes()
+    if name == "redoc.standalone.js":
+        body = body.replace(REDOC_CDN_LOGO, f"{ASSETS_PATH}/favicon.png".encode())
+    return body
+
+
 @router.get(ASSETS_PATH + "/{name}")
 def asset(name: str) -> Response:
     if name not in ASSETS:
         raise HTTPException(404, "no such documentation asset")
-    body = files("fastapi_offline").joinpath("static", name).read_bytes()
-    return Response(body, media_type=ASSETS[name], headers={"Cache-Control": "public, max-age=86400"})
+    return Response(_asset_body(name), media_type=ASSETS[name], headers={"Cache-Control": "public, max-age=86400"})

@@ -56,8 +56,9 @@ class Runtime:
 
     def execute(self, party: Party, command: c.Command) -> Outcome:
         """Check the party may send the command, apply it, and raise ``Refused`` unless it was accepted."""
-        self.gate.check(party, command)
-        outcome = self.application.handle(command)
+        unit = self.application.unit_for(command)  # every aggregate the command needs, in one round trip
+        self.gate.check(party, command, unit)
+        outcome = self.application.handle(command, unit=unit)  # the same loaded state: each loaded once
         if not outcome.ok:
             raise Refused(outcome)
         return outcome

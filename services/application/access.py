@@ -100,21 +100,22 @@ class Gate:
         self.store = store
 
     # --- loading ---------------------------------------------------------------------------------
-    def _load(self, cls: type[Encounter | Prescription | Pharmacist], aggregate_id: UUID) -> object:
+    def _load(self, cls: type[Encounter | Prescription | Pharmacist], aggregate_id: UUID,
+              unit: UnitOfWork | None = None) -> object:
         try:
-            return UnitOfWork(self.store).get(cls, aggregate_id)
+            return (unit or UnitOfWork(self.store)).get(cls, aggregate_id)
         except DomainError:  # the id names an aggregate of another kind
             return None
 
-    def prescription(self, party: Party, prescription_id: UUID) -> Prescription:
+    def prescription(self, party: Party, prescription_id: UUID, unit: UnitOfWork | None = None) -> Prescription:
         """The prescription if the party may see it; ``PrescriptionNotFound`` otherwise (whether or not it exists)."""
-        rx = self._load(Prescription, prescription_id)
-        if not isinstance(rx, Prescription) or not self.may_see(party, rx):
+        rx = self._load(Prescription, prescription_id, unit)
+        if not isinstance(rx, Prescription) or not self.may_see(party, rx, unit):
             raise PrescriptionNotFound(prescription_id)
         return rx
 
-    def encounter(self, party: Party, encounter_id: UUID) -> Encounter:
-        enc = self._load(Encounter, encounter_id)
+    def encounter(self, party: Party, encounter_id: UUID, unit: UnitOfWork | None = None) -> Encounter:
+        enc = self._load(Encounter, encounter_id, unit)
         visible = isinstance(enc, Encounter) and (
             party.kind is PartyKind.REGULATOR
             or (party.kind is PartyKind.HOSPITAL and enc.hospital_id == party.id)
@@ -124,12 +125,12 @@ class Gate:
             raise EncounterNotFound(encounter_id)
         return cast(Encounter, enc)
 
-    def pharmacist(self, party: Party) -> Pharmacist | None:
-        found = self._load(Pharmacist, Pharmacist.id_for(party.id))
+    def pharmacist(self, party: Party, unit: UnitOfWork | None = None) -> Pharmacist | None:
+        found = self._load(Pharmacist, Pharmacist.id_for(party.id), unit)
         return found if isinstance(found, Pharmacist) else None
 
     # --- decisions -------------------------------------------------------------------------------
-    def may_see(self, party: Party, rx: Prescription) -> bool:
+    def may_see(self, party: Party, rx: Prescription, unit: UnitOfWork | None = None) -> bool:
         match party.kind:
             case PartyKind.REGULATOR:
                 return True
@@ -140,12 +141,15 @@ class Gate:
             case PartyKind.AGENCY:
                 return rx.pooling_region == party.id
             case PartyKind.PHARMACIST:
-                pharmacist = self.pharmacist(party)
+                pharmacist = self.pharmacist(party, unit)
                 return pharmacist is not None and (pharmacist.third_party or pharmacist.employer_id == rx.hospital_id)
         return False
 
-    def check(self, party: Party, command: c.Command) -> None:
-        """Raise ``Forbidden``, ``SenderMismatch`` or a ``NotFound`` unless ``party`` may send ``command``."""
+    def check(self, party: Party, command: c.Command, unit: UnitOfWork | None = None) -> None:
+        """Raise ``Forbidden``, ``SenderMismatch`` or a ``NotFound`` unless ``party`` may send ``command``.
+
+        ``unit``: read the aggregates from this unit (``RxTrail.unit_for(command)``, loaded in one round trip) and
+        hand it to ``RxTrail.handle(command, unit=unit)``, so a request loads each aggregate once."""
         if type(command) not in COMMANDS_BY_PARTY[party.kind]:
             raise Forbidden(party, f"send {type(command).__name__}")
         for field in ("hospital_id", "pharmacist_id", "dispenser_id"):
@@ -153,10 +157,10 @@ class Gate:
             if given is not None and given != party.id:
                 raise SenderMismatch(field, given, party.id)
         if isinstance(command, c.IssuePrescription):
-            self.encounter(party, command.encounter_id)
+            self.encounter(party, command.encounter_id, unit)
         prescription_id = getattr(command, "prescription_id", None)
         if isinstance(prescription_id, UUID):
-            self.prescription(party, prescription_id)
+            self.prescription(party, prescription_id, unit)
 
 
 def scoped_command_id(party: Party, key: str | None) -> str | None:

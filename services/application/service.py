@@ -77,14 +77,22 @@ class RxTrail:
         self.vault.close()
 
     # --- entry points -----------------------------------------------------------------------------
-    def handle(self, command: c.Command) -> Outcome:
+    def unit_for(self, command: c.Command, *, careful: bool = False) -> UnitOfWork:
+        """A unit with every aggregate ``command`` addresses or creates loaded in one round trip (the access
+        check reads from it, and ``handle(command, unit=...)`` applies the command on the same loaded state)."""
+        uow = UnitOfWork(self.store, careful=careful)
+        _prefetch(uow, [command])
+        return uow
+
+    def handle(self, command: c.Command, *, unit: UnitOfWork | None = None) -> Outcome:
         """Apply one command; a refusal is an ``Outcome`` with status "rejected", never an exception.
 
         A keyed command is not looked up first: its outcome row is inserted in the same transaction as its
         events, so a repeat fails on the outcome table's primary key, rolls back, and returns the first outcome.
+        ``unit``: the first attempt's unit, already loaded (``unit_for``); a retry always loads afresh.
         """
         for attempt in range(1, self.max_attempts + 1):
-            uow = UnitOfWork(self.store, careful=attempt > 1)
+            uow = unit if attempt == 1 and unit is not None else self.unit_for(command, careful=attempt > 1)
             try:
                 aggregate_id = self._run(command, uow)
             except (DomainError, ValidationError) as err:
@@ -503,7 +511,7 @@ def _rejected(command: c.Command, err: Exception, uow: UnitOfWork | None = None)
 
 
 def _prefetch(uow: UnitOfWork, commands: Sequence[c.Command]) -> None:
-    """One round trip per aggregate type for everything a batch addresses or creates (so creations are
+    """One round trip for everything a batch (or one command) addresses or creates (so creations are
     checked for duplicates without a read each)."""
     prescriptions: list[UUID] = []
     encounters: list[UUID] = []
@@ -531,11 +539,15 @@ def _prefetch(uow: UnitOfWork, commands: Sequence[c.Command]) -> None:
             pharmacists.append(cmd.pharmacist_id)
         if isinstance(cmd, c.RoutePrescription) and cmd.pharmacy_id is not None:
             pharmacies.append(cmd.pharmacy_id)
-    uow.prefetch(Prescription, prescriptions)
-    uow.prefetch(Encounter, encounters)
-    uow.prefetch(Physician, [Physician.id_for(p) for p in physicians])
-    uow.prefetch(Pharmacist, [Pharmacist.id_for(p) for p in pharmacists])
-    uow.prefetch(Pharmacy, [Pharmacy.id_for(p) for p in pharmacies])
+    uow.prefetch_all({
+        Prescription: prescriptions,
+        Encounter: encounters,
+        Physician: [Physician.id_for(p) for p in physicians],
+        Pharmacist: [Pharmacist.id_for(p) for p in pharmacists],
+        Pharmacy: [Pharmacy.id_for(p) for p in pharmacies],
+        TraceCode: [TraceCode.id_for(code) for cmd in commands if isinstance(cmd, c.DispensePrescription)
+                    for line in cmd.lines for code in line.trace_codes],
+    })  # one round trip for the whole batch
 
 
 def _addressed(command: c.Command) -> UUID | None:

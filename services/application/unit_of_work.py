@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from itertools import chain
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -96,6 +97,26 @@ class UnitOfWork:
         if not wanted:
             return
         self._loaded.update(self.store.load_many(wanted, PROJECTORS[cls]))
+
+    def prefetch_all(self, wanted: Mapping[type[Aggregate], Iterable[UUID]]) -> None:
+        """Load aggregates of several kinds in ONE round trip (full streams): each stream is folded by the
+        projector of the kind it was asked for (the first kind, if an id is asked for twice)."""
+        kinds: dict[UUID, type[Aggregate]] = {}
+        for cls, aggregate_ids in wanted.items():
+            for aggregate_id in aggregate_ids:
+                if aggregate_id not in self._loaded:
+                    kinds.setdefault(aggregate_id, cls)
+        if not kinds:
+            return
+
+        def fold(state: Any, events: Iterable[Any]) -> Any:
+            stream = iter(events)
+            first = next(stream, None)
+            if first is None:
+                return state
+            return PROJECTORS[kinds[first.originator_id]](state, chain((first,), stream))
+
+        self._loaded.update(self.store.load_many(list(kinds), fold))
 
     def get_many(self, cls: type[A], aggregate_ids: Iterable[UUID]) -> dict[UUID, A | None]:
         ids = list(aggregate_ids)

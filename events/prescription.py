@@ -199,6 +199,9 @@ class DeliveryArranged(PrescriptionEvent):
 
     delivery_enterprise_id: Id
     delivery_fee: Money
+    address_ref: PatientRef | None = Field(
+        default=None, description="keyed pseudonym of the delivery address (never the address itself); None = not given"
+    )
 
 
 class PrescriptionDelivered(PrescriptionEvent):

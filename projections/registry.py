@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Protocol
 
 from projections.base import GROUP_PREFIX, Projection
+from projections.fraud import Fraud
 from projections.hospital_settlement import DEFAULT_DEPOSIT_RATE, HospitalSettlement
 from projections.pharmacy_settlement import PharmacySettlement
 from projections.traceability import Traceability
@@ -59,6 +60,7 @@ PROJECTIONS: tuple[Registered, ...] = (
     Registered("pharmacy_settlement",
                lambda o: PharmacySettlement(settle_with_delivery_enterprise=o.settle_with_delivery_enterprise)),
     Registered("traceability", lambda o: Traceability()),
+    Registered("fraud", lambda o: Fraud()),
 )
 
 NAMES: tuple[str, ...] = tuple(p.name for p in PROJECTIONS)

@@ -157,6 +157,8 @@ class DeliveryCreate(PrescriptionBody):
     delivery_enterprise_id: Id
     delivery_fee: Fee
     fee_disclosed: bool = Field(description="R6: the fee was stated to the patient in advance")
+    delivery_address: Text | None = Field(default=None, description="where the drugs go; only its keyed pseudonym "
+                                          "is recorded (fraud analytics: many patients to one address)")
 
 
 class DeliveredCreate(PrescriptionBody):

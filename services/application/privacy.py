@@ -98,6 +98,11 @@ class PatientVault:
     def patient_ref(self, national_id: str) -> str:
         return pseudonym(self._secret, national_id)
 
+    def address_ref(self, address: str) -> str:
+        """A delivery address's keyed pseudonym (case and spacing normalised; a separate domain from patients),
+        so deliveries to one address can be counted without the address ever being recorded."""
+        return pseudonym(self._secret, "address:" + " ".join(address.split()).casefold())
+
     def seal(self, patient_ref: str, fields: Mapping[str, str]) -> str:
         unknown = set(fields) - set(PERSONAL_FIELDS)
         if unknown:

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from projections.registry import NAMES as PROJECTION_NAMES
+from services.cli.investigate import investigate
 from services.cli.rules import rules
 from services.infra.errors import InfraError
 from services.infra.runtime import configure_logging
@@ -421,6 +422,7 @@ def _resolved() -> Settings:
 keys_app = typer.Typer(help="API keys per party (stored hashed).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.command("rules")(rules)
+app.command("investigate")(investigate)
 
 
 @keys_app.command("create")

@@ -399,7 +399,8 @@ class Prescription(Aggregate):
 
     # --- hand-over ------------------------------------------------------------------------------
     def arrange_delivery(
-        self, *, clock: Clock, delivery_enterprise_id: str, delivery_fee: Decimal | str, fee_disclosed: bool
+        self, *, clock: Clock, delivery_enterprise_id: str, delivery_fee: Decimal | str, fee_disclosed: bool,
+        address_ref: str | None = None,
     ) -> None:
         """R6: the delivery fee is stated to the patient in advance and is always self-pay."""
         self._require("arrange_delivery", S.DISPENSED)
@@ -413,6 +414,7 @@ class Prescription(Aggregate):
             business_type=self.business_type,
             delivery_enterprise_id=delivery_enterprise_id,
             delivery_fee=fee,
+            address_ref=address_ref,
         )
 
     def deliver(self, *, clock: Clock, delivery_enterprise_id: str) -> None:

@@ -1,0 +1,711 @@
+"""Fraud analytics: patterns that hide *between* trails, each a finding with a severity, its pattern (and rule) id,
+the parties, one sentence of explanation and links to the events that prove it.
+
+Patterns (``PATTERNS``):
+- ``FR-TC-REPEAT`` (R8): a trace code someone tried to sell again after its sale (every refused attempt is a
+  ``RuleFlagged`` R8 on the prescription that attempted it);
+- ``FR-TC-DUPSALE`` (R8): a trace code sold twice with no return in between (must never happen: critical);
+- ``FR-DOCTOR-SHOP``: one patient holding overlapping supplies of the same generic from different physicians
+  (overlap of at least ``Thresholds.overlap_days``); honest repeats by the same physician never count;
+- ``FR-SUSPENDED-ACTIVE``: events by a physician, pharmacist, pharmacy, institution or delivery enterprise after
+  its suspension (and before a reinstatement) on the registry;
+- ``FR-R5-RATE`` / ``FR-R7-RATE``: a physician whose prescriptions are flagged R5 at a high rate; a dispenser
+  selling above the cap (R7) at a high rate; ``FR-AT-CAP``: a dispenser pricing (nearly) every line exactly at the cap;
+- ``FR-VOLUME``: a party's daily volume far above its own history (median + k·MAD of the previous days);
+- ``FR-ADDRESS``: deliveries of many patients' drugs to one address (its keyed pseudonym ``address_ref``).
+
+How it stays replayable: the events are kept as small fact tables; after each batch every finding whose inputs
+changed (its *subject*: a code, a patient, an actor, a party, an address) is computed again from the facts and
+upserted, and findings of that subject that no longer hold are deleted. A finding is therefore a function of the
+set of events applied, not of their arrival order or batch boundaries: a replay (or an as-of replay) gives the
+same rows. Finding ids are derived from pattern and subject (``FR-DOCTOR-SHOP-<12 hex>``), so they are stable.
+
+Patients appear only as their keyed pseudonym (``patient_ref``); addresses only as ``address_ref``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg import sql
+
+from events.encounter import FollowUpVisitRecorded
+from events.prescription import (
+    DeliveryArranged,
+    DispenseWithdrawn,
+    PrescriptionAccepted,
+    PrescriptionApproved,
+    PrescriptionDispensed,
+    PrescriptionIssued,
+    PrescriptionRejected,
+    PrescriptionRouted,
+    RuleFlagged,
+)
+from events.trace_code import TraceCodeReturned, TraceCodeSold
+from projections.base import Delivered
+
+TC_REPEAT = "FR-TC-REPEAT"
+TC_DUPSALE = "FR-TC-DUPSALE"
+DOCTOR_SHOP = "FR-DOCTOR-SHOP"
+SUSPENDED_ACTIVE = "FR-SUSPENDED-ACTIVE"
+R5_RATE = "FR-R5-RATE"
+R7_RATE = "FR-R7-RATE"
+AT_CAP = "FR-AT-CAP"
+VOLUME = "FR-VOLUME"
+ADDRESS = "FR-ADDRESS"
+
+PATTERNS: dict[str, str] = {
+    TC_REPEAT: "a trace code tried again after its sale (R8 refusals)",
+    TC_DUPSALE: "a trace code sold twice without a return in between",
+    DOCTOR_SHOP: "overlapping supply of the same generic for one patient from different physicians",
+    SUSPENDED_ACTIVE: "a suspended physician, pharmacist, pharmacy, institution or enterprise still active",
+    R5_RATE: "a physician's follow-up prescriptions flagged R5 at a high rate",
+    R7_RATE: "a dispenser selling above the price cap (R7) at a high rate",
+    AT_CAP: "a dispenser pricing nearly every line exactly at the price cap",
+    VOLUME: "a party's daily volume far above its own history (median + k·MAD)",
+    ADDRESS: "many patients' drugs delivered to one address",
+}
+
+
+def _rule(number: int) -> str:
+    """A rule id of the catalogue (``services/domain/rules.py``) by its number: projections import only ``events/``,
+    so they cannot import the catalogue's constants; ``tests/unit/test_fraud_patterns.py`` checks each one against
+    the catalogue."""
+    return f"R{number}"
+
+
+R5, R7, R8 = _rule(5), _rule(7), _rule(8)
+RULE_OF: dict[str, str] = {TC_REPEAT: R8, TC_DUPSALE: R8, R5_RATE: R5, R7_RATE: R7, AT_CAP: R7}
+SEVERITIES = ("low", "medium", "high", "critical")
+EVIDENCE_MAX = 200
+"""At most this many event links per finding (the newest are kept; the explanation states the full count)."""
+
+CHINA = timedelta(hours=8)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The numbers the patterns use (every finding's explanation names the ones that applied)."""
+
+    overlap_days: int = 3
+    rate_min_count: int = 5
+    r5_rate: float = 0.5
+    r7_rate: float = 0.2
+    at_cap_min_lines: int = 20
+    at_cap_share: float = 0.9
+    volume_window_days: int = 28
+    volume_min_history_days: int = 7
+    volume_k: float = 5.0
+    volume_min_count: int = 5
+    address_patients: int = 5
+
+
+def china_day(at: datetime) -> date:
+    """The calendar day in China time (UTC+8) of an aware timestamp."""
+    return (at.astimezone(UTC) + CHINA).date()
+
+
+def finding_id(pattern: str, subject: str) -> str:
+    return f"{pattern}-{hashlib.sha256(f'{pattern}|{subject}'.encode()).hexdigest()[:12]}"
+
+
+@dataclass
+class Finding:
+    pattern: str
+    subject: str
+    severity: str
+    parties: list[str]
+    explanation: str
+    evidence: list[dict[str, Any]]
+    patient_ref: str | None = None
+    prescription_ids: list[UUID] | None = None
+
+    @property
+    def id(self) -> str:
+        return finding_id(self.pattern, self.subject)
+
+
+def _link(event_id: str, aggregate_id: Any, version: int, event_type: str, at: datetime) -> dict[str, Any]:
+    return {"event_id": event_id, "aggregate_id": str(aggregate_id), "version": int(version),
+            "event_type": event_type, "at": at.isoformat()}
+
+
+def _short(ref: str | None) -> str:
+    return (ref or "?")[:12]
+
+
+_REGISTRY_KINDS = (("DeliveryEnterprise", "delivery_enterprise", "enterprise_id"),
+                   ("Physician", "physician", "physician_id"), ("Pharmacist", "pharmacist", "pharmacist_id"),
+                   ("Pharmacy", "pharmacy", "pharmacy_id"), ("Institution", "institution", "institution_id"))
+_SUSPEND = re.compile(r"(Suspended|Revoked|AgreementEnded|Deregistered)$")
+_LIFT = re.compile(r"(Reinstated|Restored|Resumed|AgreementRestored)$")
+
+
+def _registry_kind(event_type: str) -> tuple[str, str] | None:
+    for prefix, kind, attr in _REGISTRY_KINDS:
+        if event_type.startswith(prefix):
+            return kind, attr
+    return None
+
+
+class Fraud:
+    """The fraud analytics projection (schema ``fraud``)."""
+
+    name = "fraud"
+
+    def __init__(self, thresholds: Thresholds | None = None) -> None:
+        self.t = thresholds or Thresholds()
+
+    # --- tables ----------------------------------------------------------------------------------------------
+
+    def create_tables(self, conn: psycopg.Connection[Any], schema: str) -> None:
+        s = sql.Identifier(schema)
+        for ddl in (
+            ("CREATE TABLE IF NOT EXISTS {s}.rx (prescription_id uuid PRIMARY KEY, patient_ref text NOT NULL,"
+             " physician_id text NOT NULL, hospital_id text NOT NULL, physical_institution_id text NOT NULL,"
+             " dispenser_id text, items jsonb NOT NULL, issued_at timestamptz NOT NULL, day date NOT NULL,"
+             " version int NOT NULL, event_id text NOT NULL)"),
+            "CREATE INDEX IF NOT EXISTS rx_patient ON {s}.rx (patient_ref)",
+            "CREATE INDEX IF NOT EXISTS rx_physician ON {s}.rx (physician_id)",
+            ("CREATE TABLE IF NOT EXISTS {s}.lines (prescription_id uuid, dispense_no int, line_no int,"
+             " dispenser_id text NOT NULL, drug_code text NOT NULL, quantity int NOT NULL,"
+             " unit_price numeric(16,2) NOT NULL, price_cap numeric(16,2), at timestamptz NOT NULL,"
+             " day date NOT NULL, version int NOT NULL, event_id text NOT NULL, withdrawn boolean NOT NULL DEFAULT false,"
+             " PRIMARY KEY (prescription_id, dispense_no, line_no))"),
+            "CREATE INDEX IF NOT EXISTS lines_dispenser ON {s}.lines (dispenser_id)",
+            "CREATE INDEX IF NOT EXISTS lines_drug ON {s}.lines (drug_code)",
+            ("CREATE TABLE IF NOT EXISTS {s}.flags (prescription_id uuid, version int, rule_id text NOT NULL,"
+             " trace_code text, at timestamptz NOT NULL, event_id text NOT NULL, PRIMARY KEY (prescription_id, version))"),
+            "CREATE INDEX IF NOT EXISTS flags_code ON {s}.flags (trace_code) WHERE trace_code IS NOT NULL",
+            ("CREATE TABLE IF NOT EXISTS {s}.code_events (stream_id uuid, version int, code text NOT NULL,"
+             " event_type text NOT NULL, seller_id text, prescription_id uuid, at timestamptz NOT NULL,"
+             " event_id text NOT NULL, PRIMARY KEY (stream_id, version))"),
+            "CREATE INDEX IF NOT EXISTS code_events_code ON {s}.code_events (code)",
+            ("CREATE TABLE IF NOT EXISTS {s}.actors (aggregate_id uuid PRIMARY KEY, kind text NOT NULL,"
+             " actor_id text NOT NULL)"),
+            ("CREATE TABLE IF NOT EXISTS {s}.registry_changes (aggregate_id uuid, version int, change text NOT NULL,"
+             " event_type text NOT NULL, at timestamptz NOT NULL, event_id text NOT NULL,"
+             " PRIMARY KEY (aggregate_id, version))"),
+            ("CREATE TABLE IF NOT EXISTS {s}.activity (actor_id text, aggregate_id uuid, version int,"
+             " event_type text NOT NULL, at timestamptz NOT NULL, event_id text NOT NULL,"
+             " PRIMARY KEY (actor_id, aggregate_id, version))"),
+            "CREATE TABLE IF NOT EXISTS {s}.drugs (drug_code text PRIMARY KEY, generic_code text NOT NULL)",
+            ("CREATE TABLE IF NOT EXISTS {s}.deliveries (prescription_id uuid, version int, address_ref text NOT NULL,"
+             " at timestamptz NOT NULL, event_id text NOT NULL, PRIMARY KEY (prescription_id, version))"),
+            "CREATE INDEX IF NOT EXISTS deliveries_address ON {s}.deliveries (address_ref)",
+            ("CREATE TABLE IF NOT EXISTS {s}.findings (finding_id text PRIMARY KEY, pattern text NOT NULL,"
+             " rule_id text, severity text NOT NULL, subject text NOT NULL, parties text[] NOT NULL,"
+             " patient_ref text, prescription_ids uuid[] NOT NULL, explanation text NOT NULL,"
+             " first_at timestamptz NOT NULL, last_at timestamptz NOT NULL, evidence jsonb NOT NULL,"
+             " seq bigint GENERATED BY DEFAULT AS IDENTITY)"),
+            "CREATE UNIQUE INDEX IF NOT EXISTS findings_seq ON {s}.findings (seq)",
+            "CREATE INDEX IF NOT EXISTS findings_subject ON {s}.findings (pattern, subject)",
+            "CREATE INDEX IF NOT EXISTS findings_parties ON {s}.findings USING gin (parties)",
+            "CREATE INDEX IF NOT EXISTS findings_patient ON {s}.findings (patient_ref, seq)",
+            "CREATE INDEX IF NOT EXISTS findings_prescriptions ON {s}.findings USING gin (prescription_ids)",
+        ):
+            conn.execute(sql.SQL(ddl).format(s=s))
+
+    # --- facts -----------------------------------------------------------------------------------------------
+
+    def apply(self, conn: psycopg.Connection[Any], schema: str, batch: Sequence[Delivered]) -> None:
+        s = sql.Identifier(schema)
+        rx_rows: list[tuple[Any, ...]] = []
+        dispensers: list[tuple[Any, ...]] = []
+        lines: list[tuple[Any, ...]] = []
+        withdrawals: list[tuple[Any, ...]] = []
+        flags: list[tuple[Any, ...]] = []
+        code_events: list[tuple[Any, ...]] = []
+        actors: list[tuple[Any, ...]] = []
+        changes: list[tuple[Any, ...]] = []
+        activity: list[tuple[Any, ...]] = []
+        drugs: list[tuple[Any, ...]] = []
+        deliveries: list[tuple[Any, ...]] = []
+        touched: dict[str, set[str]] = defaultdict(set)
+        rx_in_batch: dict[UUID, tuple[str, str]] = {}
+
+        for d in batch:
+            e = d.event
+            if e is None:
+                continue
+
+            def act(actor_id: str | None, d: Delivered = d) -> None:
+                if actor_id:
+                    activity.append((actor_id, d.aggregate_id, d.version, d.event_type, d.timestamp, d.event_id))
+                    touched["actor"].add(actor_id)
+
+            match e:
+                case PrescriptionIssued():
+                    items: dict[str, list[int]] = {}
+                    for item in e.items:
+                        q, days = items.get(item.drug_code, [0, 0])
+                        items[item.drug_code] = [q + item.quantity, max(days, item.days_supply)]
+                    rx_rows.append((d.aggregate_id, e.patient_ref, e.physician_id, e.hospital_id,
+                                    e.physical_institution_id, json.dumps(items), d.timestamp,
+                                    china_day(d.timestamp), d.version, d.event_id))
+                    rx_in_batch[d.aggregate_id] = (e.patient_ref, e.physician_id)
+                    touched["physician"].add(e.physician_id)
+                    touched["patient"].add(e.patient_ref)
+                    for actor in {e.physician_id, e.hospital_id, e.physical_institution_id}:
+                        act(actor)
+                case FollowUpVisitRecorded():
+                    for actor in {e.physician_id, e.hospital_id, e.physical_institution_id}:
+                        act(actor)
+                case PrescriptionApproved() | PrescriptionRejected():
+                    act(e.pharmacist_id)
+                case PrescriptionRouted():
+                    dispensers.append((d.aggregate_id, e.dispenser_id))
+                case PrescriptionAccepted():
+                    act(e.dispenser_id)
+                case PrescriptionDispensed():
+                    act(e.dispenser_id)
+                    touched["dispenser"].add(e.dispenser_id)
+                    touched["rx"].add(str(d.aggregate_id))
+                    for n, line in enumerate(e.lines, 1):
+                        lines.append((d.aggregate_id, e.dispense_no, n, e.dispenser_id, line.drug_code, line.quantity,
+                                      line.unit_price, line.price_cap, d.timestamp, china_day(d.timestamp), d.version,
+                                      d.event_id))
+                case DispenseWithdrawn():
+                    withdrawals.append((d.aggregate_id, e.dispense_no))
+                    touched["rx"].add(str(d.aggregate_id))
+                case RuleFlagged():
+                    code = e.details.get("trace_code") if e.rule_id == R8 else None
+                    flags.append((d.aggregate_id, d.version, e.rule_id, code, d.timestamp, d.event_id))
+                    if code:
+                        touched["code"].add(code)
+                    if e.rule_id == R5:
+                        touched["rx_physician"].add(str(d.aggregate_id))
+                    if e.rule_id == R7:
+                        touched["rx"].add(str(d.aggregate_id))
+                case DeliveryArranged():
+                    act(e.delivery_enterprise_id)
+                    address = getattr(e, "address_ref", None)
+                    if address:
+                        deliveries.append((d.aggregate_id, d.version, address, d.timestamp, d.event_id))
+                        touched["address"].add(address)
+                case TraceCodeSold():
+                    code_events.append((d.aggregate_id, d.version, e.code, d.event_type, e.seller_id,
+                                        e.prescription_id, d.timestamp, d.event_id))
+                    touched["code"].add(e.code)
+                case TraceCodeReturned():
+                    code_events.append((d.aggregate_id, d.version, e.code, d.event_type, None, e.prescription_id,
+                                        d.timestamp, d.event_id))
+                    touched["code"].add(e.code)
+                case _:
+                    self._registry(d, actors, changes, drugs, touched)
+
+        with conn.cursor() as cur:
+            def insert(table: str, columns: str, rows: list[tuple[Any, ...]], conflict: str = "DO NOTHING") -> None:
+                if rows:
+                    marks = ", ".join(["%s"] * len(rows[0]))
+                    cur.executemany(sql.SQL("INSERT INTO {}.{} (" + columns + ") VALUES (" + marks + ") ON CONFLICT "
+                                            + conflict).format(s, sql.Identifier(table)), rows)
+
+            insert("rx", "prescription_id, patient_ref, physician_id, hospital_id, physical_institution_id, items,"
+                   " issued_at, day, version, event_id", rx_rows)
+            if dispensers:
+                cur.executemany(sql.SQL("UPDATE {}.rx SET dispenser_id = %s WHERE prescription_id = %s").format(s),
+                                [(dispenser, rx) for rx, dispenser in dispensers])
+            insert("lines", "prescription_id, dispense_no, line_no, dispenser_id, drug_code, quantity, unit_price,"
+                   " price_cap, at, day, version, event_id", lines)
+            if withdrawals:
+                cur.executemany(sql.SQL("UPDATE {}.lines SET withdrawn = true WHERE prescription_id = %s"
+                                        " AND dispense_no = %s").format(s), withdrawals)
+            insert("flags", "prescription_id, version, rule_id, trace_code, at, event_id", flags)
+            insert("code_events", "stream_id, version, code, event_type, seller_id, prescription_id, at, event_id",
+                   code_events)
+            insert("actors", "aggregate_id, kind, actor_id", actors)
+            insert("registry_changes", "aggregate_id, version, change, event_type, at, event_id", changes)
+            insert("activity", "actor_id, aggregate_id, version, event_type, at, event_id", activity)
+            insert("drugs", "drug_code, generic_code", drugs, "(drug_code) DO UPDATE SET generic_code = "
+                   "excluded.generic_code")
+            insert("deliveries", "prescription_id, version, address_ref, at, event_id", deliveries)
+
+        self._expand(conn, s, touched, actors, changes, drugs)
+        self._recompute(conn, schema, touched)
+
+    def _registry(self, d: Delivered, actors: list[tuple[Any, ...]], changes: list[tuple[Any, ...]],
+                  drugs: list[tuple[Any, ...]], touched: dict[str, set[str]]) -> None:
+        """Registry events, read by name and field so new registry events of the same shape are understood:
+        ``<Kind>Registered``/``Designated`` name the actor; ``…Suspended`` / ``…Reinstated`` (or an ``active`` /
+        ``suspended`` / ``agreement_active`` field) change its standing; a drug listing names its generic."""
+        e, event_type = d.event, d.event_type
+        generic = getattr(e, "generic_code", None)
+        drug = getattr(e, "drug_code", None)
+        if isinstance(generic, str) and isinstance(drug, str):
+            drugs.append((drug, generic))
+            touched["drug"].add(drug)
+        kind = _registry_kind(event_type)
+        if kind is None:
+            return
+        actor_id = getattr(e, kind[1], None)
+        if isinstance(actor_id, str):
+            actors.append((d.aggregate_id, kind[0], actor_id))
+        change = None
+        if _SUSPEND.search(event_type):
+            change = "suspended"
+        elif _LIFT.search(event_type):
+            change = "reinstated"
+        else:
+            for field_name, active_when in (("suspended", False), ("active", True), ("agreement_active", True)):
+                value = getattr(e, field_name, None)
+                if isinstance(value, bool):
+                    change = "reinstated" if value == active_when else "suspended"
+                    break
+            if change is not None and d.version == 1 and change == "reinstated":
+                change = None  # a registration that is active from the start changes no standing
+        if change is not None:
+            changes.append((d.aggregate_id, d.version, change, event_type, d.timestamp, d.event_id))
+            touched["registry_aggregate"].add(str(d.aggregate_id))
+
+    def _expand(self, conn: psycopg.Connection[Any], s: sql.Identifier, touched: dict[str, set[str]],
+                actors: list[tuple[Any, ...]], changes: list[tuple[Any, ...]], drugs: list[tuple[Any, ...]]) -> None:
+        """Turn what the batch touched into the subjects whose findings are computed again."""
+        if touched.get("registry_aggregate"):
+            rows = conn.execute(sql.SQL("SELECT actor_id FROM {}.actors WHERE aggregate_id = ANY(%s)").format(s),
+                                ([UUID(a) for a in touched["registry_aggregate"]],)).fetchall()
+            touched["actor"].update(r[0] for r in rows)
+        rx_ids = [UUID(r) for r in touched.get("rx", set()) | touched.get("rx_physician", set())]
+        if rx_ids:
+            for patient, physician, dispenser in conn.execute(sql.SQL(
+                    "SELECT patient_ref, physician_id, dispenser_id FROM {}.rx WHERE prescription_id = ANY(%s)"
+                    ).format(s), (rx_ids,)):
+                touched["patient"].add(patient)
+                touched["physician"].add(physician)
+                if dispenser:
+                    touched["dispenser"].add(dispenser)
+            for (dispenser,) in conn.execute(sql.SQL(
+                    "SELECT DISTINCT dispenser_id FROM {}.lines WHERE prescription_id = ANY(%s)").format(s), (rx_ids,)):
+                touched["dispenser"].add(dispenser)
+        if touched.get("drug"):
+            for (patient,) in conn.execute(sql.SQL(
+                    "SELECT DISTINCT r.patient_ref FROM {s}.lines l JOIN {s}.rx r USING (prescription_id)"
+                    " WHERE l.drug_code = ANY(%s)").format(s=s), (list(touched["drug"]),)):
+                touched["patient"].add(patient)
+
+    # --- findings --------------------------------------------------------------------------------------------
+
+    def _recompute(self, conn: psycopg.Connection[Any], schema: str, touched: dict[str, set[str]]) -> None:
+        s = sql.Identifier(schema)
+        work: list[tuple[tuple[str, ...], set[str], Any]] = [
+            ((TC_REPEAT, TC_DUPSALE), touched.get("code", set()), self._codes),
+            ((DOCTOR_SHOP,), touched.get("patient", set()), self._doctor_shopping),
+            ((SUSPENDED_ACTIVE,), touched.get("actor", set()), self._suspended),
+            ((R5_RATE,), touched.get("physician", set()), self._r5_rates),
+            ((R7_RATE, AT_CAP), touched.get("dispenser", set()), self._prices),
+            ((VOLUME,), {f"physician:{p}" for p in touched.get("physician", set())}
+             | {f"dispenser:{p}" for p in touched.get("dispenser", set())}
+             | {f"patient:{p}" for p in touched.get("patient", set())}, self._volumes),
+            ((ADDRESS,), touched.get("address", set()), self._addresses),
+        ]
+        for patterns, subjects, compute in work:
+            if not subjects:
+                continue
+            keys = sorted(subjects)
+            found: list[Finding] = compute(conn, s, keys)
+            self._store(conn, s, patterns, keys, found)
+
+    def _store(self, conn: psycopg.Connection[Any], s: sql.Identifier, patterns: tuple[str, ...], keys: list[str],
+               found: list[Finding]) -> None:
+        """Upsert the findings of these subjects and delete the ones that no longer hold. ``subject`` is the key the
+        finding was computed for (volume findings: ``<key>|<day>``, keyed by the part before ``|``)."""
+        keep = [f.id for f in found]
+        conn.execute(sql.SQL("DELETE FROM {}.findings WHERE pattern = ANY(%s) AND split_part(subject, '|', 1) = ANY(%s)"
+                             " AND NOT finding_id = ANY(%s)").format(s), (list(patterns), keys, keep))
+        if not found:
+            return
+        rows = []
+        for f in found:
+            evidence = sorted(f.evidence, key=lambda x: (x["at"], x["event_id"]))
+            first_at, last_at = evidence[0]["at"], evidence[-1]["at"]
+            rows.append((f.id, f.pattern, RULE_OF.get(f.pattern), f.severity, f.subject, sorted(set(f.parties)),
+                         f.patient_ref, sorted(set(f.prescription_ids or ()), key=str), f.explanation, first_at, last_at,
+                         json.dumps(evidence[-EVIDENCE_MAX:])))
+        with conn.cursor() as cur:
+            cur.executemany(sql.SQL(
+                "INSERT INTO {}.findings (finding_id, pattern, rule_id, severity, subject, parties, patient_ref,"
+                " prescription_ids, explanation, first_at, last_at, evidence)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (finding_id) DO UPDATE SET severity = excluded.severity, parties = excluded.parties,"
+                " patient_ref = excluded.patient_ref, prescription_ids = excluded.prescription_ids,"
+                " explanation = excluded.explanation, first_at = excluded.first_at, last_at = excluded.last_at,"
+                " evidence = excluded.evidence").format(s), rows)
+
+    # trace codes ------------------------------------------------------------------------------------------------
+
+    def _codes(self, conn: psycopg.Connection[Any], s: sql.Identifier, codes: list[str]) -> list[Finding]:
+        events: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+        for row in conn.execute(sql.SQL(
+                "SELECT code, stream_id, version, event_type, seller_id, prescription_id, at, event_id"
+                " FROM {}.code_events WHERE code = ANY(%s) ORDER BY at, stream_id, version").format(s), (codes,)):
+            events[row[0]].append(row[1:])
+        attempts: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+        for row in conn.execute(sql.SQL(
+                "SELECT f.trace_code, f.prescription_id, f.version, f.at, f.event_id, r.dispenser_id, r.patient_ref"
+                " FROM {s}.flags f LEFT JOIN {s}.rx r USING (prescription_id)"
+                " WHERE f.trace_code = ANY(%s) ORDER BY f.at, f.prescription_id, f.version").format(s=s), (codes,)):
+            attempts[row[0]].append(row[1:])
+        out: list[Finding] = []
+        for code in codes:
+            sales = [e for e in events.get(code, []) if e[2] == "TraceCodeSold"]
+            links = [_link(e[6], e[0], e[1], e[2], e[5]) for e in sales]
+            tries = attempts.get(code, [])
+            if tries:
+                rx_ids = {t[0] for t in tries} | {e[4] for e in sales if e[4]}
+                parties = {f"pharmacy:{t[4]}" for t in tries if t[4]} | {f"seller:{e[3]}" for e in sales if e[3]}
+                sellers = sorted({e[3] for e in sales if e[3]})
+                severity = "high" if len(tries) >= 2 or len({t[0] for t in tries}) >= 2 else "medium"
+                sold = (f"sold by {', '.join(sellers)} on {sales[0][5]:%Y-%m-%d}" if sales
+                        else "with no sale recorded here")
+                out.append(Finding(
+                    TC_REPEAT, code, severity, sorted(parties),
+                    f"trace code {code}, {sold}, was presented again {len(tries)} time(s) on "
+                    f"{len({t[0] for t in tries})} prescription(s) and refused under R8 each time.",
+                    links + [_link(t[3], t[0], t[1], "RuleFlagged", t[2]) for t in tries],
+                    prescription_ids=sorted(rx_ids, key=str)))
+            live: tuple[Any, ...] | None = None
+            doubles: list[tuple[Any, ...]] = []
+            for e in events.get(code, []):
+                if e[2] == "TraceCodeSold":
+                    if live is not None:
+                        doubles.extend([live, e] if live not in doubles else [e])
+                    live = e
+                else:
+                    live = None
+            if doubles:
+                out.append(Finding(
+                    TC_DUPSALE, code, "critical", sorted({f"seller:{e[3]}" for e in doubles if e[3]}),
+                    f"trace code {code} was sold {len(doubles)} times with no return in between "
+                    f"(by {', '.join(sorted({str(e[3]) for e in doubles}))}).",
+                    [_link(e[6], e[0], e[1], e[2], e[5]) for e in doubles],
+                    prescription_ids=sorted({e[4] for e in doubles if e[4]}, key=str)))
+        return out
+
+    # doctor shopping ---------------------------------------------------------------------------------------------
+
+    def _doctor_shopping(self, conn: psycopg.Connection[Any], s: sql.Identifier, patients: list[str]) -> list[Finding]:
+        supplies: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        for (rx_id, dispense_no, drug, generic, qty, at, version, event_id, patient, physician, hospital,
+             raw_items) in conn.execute(sql.SQL(
+                "SELECT l.prescription_id, l.dispense_no, l.drug_code, coalesce(d.generic_code, l.drug_code),"
+                " l.quantity, l.at, l.version, l.event_id, r.patient_ref, r.physician_id, r.hospital_id, r.items"
+                " FROM {s}.lines l JOIN {s}.rx r USING (prescription_id) LEFT JOIN {s}.drugs d USING (drug_code)"
+                " WHERE r.patient_ref = ANY(%s) AND NOT l.withdrawn"
+                " ORDER BY l.at, l.prescription_id, l.dispense_no, l.line_no").format(s=s), (patients,)):
+            items = raw_items if isinstance(raw_items, dict) else json.loads(raw_items)
+            prescribed, days = items.get(drug, [qty, 0])
+            supply_days = math.ceil(days * qty / prescribed) if prescribed else 0
+            if supply_days <= 0:
+                continue
+            supplies[(patient, generic)].append({
+                "rx": rx_id, "start": at, "end": at + timedelta(days=supply_days), "physician": physician,
+                "hospital": hospital, "link": _link(event_id, rx_id, version, "PrescriptionDispensed", at),
+                "dispense": (rx_id, dispense_no)})
+        out: list[Finding] = []
+        need = timedelta(days=self.t.overlap_days)
+        for (patient, generic), rows in sorted(supplies.items()):
+            involved: set[int] = set()
+            longest = timedelta(0)
+            for i, a in enumerate(rows):
+                for j in range(i + 1, len(rows)):
+                    b = rows[j]
+                    if a["physician"] == b["physician"]:
+                        continue
+                    overlap = min(a["end"], b["end"]) - max(a["start"], b["start"])
+                    if overlap >= need:
+                        involved.update((i, j))
+                        longest = max(longest, overlap)
+            if not involved:
+                continue
+            chosen = [rows[i] for i in sorted(involved)]
+            physicians = sorted({r["physician"] for r in chosen})
+            hospitals = sorted({r["hospital"] for r in chosen})
+            severity = "high" if len(physicians) >= 3 or len(hospitals) >= 2 else "medium"
+            out.append(Finding(
+                DOCTOR_SHOP, f"{patient}|{generic}", severity,
+                [f"patient:{patient}", *(f"physician:{p}" for p in physicians), *(f"hospital:{h}" for h in hospitals)],
+                f"patient {_short(patient)} held overlapping supplies of generic {generic} from {len(physicians)} "
+                f"physicians at {len(hospitals)} hospital(s), overlapping by up to {longest.days} days "
+                f"(threshold {self.t.overlap_days}) between {chosen[0]['start']:%Y-%m-%d} and "
+                f"{max(r['end'] for r in chosen):%Y-%m-%d}.",
+                [r["link"] for r in chosen], patient_ref=patient, prescription_ids=[r["rx"] for r in chosen]))
+        return out
+
+    # suspended actors --------------------------------------------------------------------------------------------
+
+    def _suspended(self, conn: psycopg.Connection[Any], s: sql.Identifier, actor_ids: list[str]) -> list[Finding]:
+        changes: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+        for actor, kind, aggregate, version, change, event_type, at, event_id in conn.execute(sql.SQL(
+                "SELECT a.actor_id, a.kind, c.aggregate_id, c.version, c.change, c.event_type, c.at, c.event_id"
+                " FROM {s}.registry_changes c JOIN {s}.actors a USING (aggregate_id)"
+                " WHERE a.actor_id = ANY(%s) ORDER BY c.aggregate_id, c.version").format(s=s), (actor_ids,)):
+            changes[actor].append((kind, aggregate, version, change, event_type, at, event_id))
+        if not changes:
+            return []
+        activity: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+        for actor, aggregate, version, event_type, at, event_id in conn.execute(sql.SQL(
+                "SELECT actor_id, aggregate_id, version, event_type, at, event_id FROM {}.activity"
+                " WHERE actor_id = ANY(%s) ORDER BY at, aggregate_id, version").format(s), (list(changes),)):
+            activity[actor].append((aggregate, version, event_type, at, event_id))
+        out: list[Finding] = []
+        for actor, rows in sorted(changes.items()):
+            kind = rows[0][0]
+            periods: list[tuple[tuple[Any, ...], datetime | None]] = []
+            for row in rows:
+                if row[3] == "suspended":
+                    if not periods or periods[-1][1] is not None:
+                        periods.append((row, None))
+                elif periods and periods[-1][1] is None:
+                    periods[-1] = (periods[-1][0], row[5])
+            for start, end in periods:
+                during = [a for a in activity.get(actor, []) if a[3] > start[5] and (end is None or a[3] < end)]
+                if not during:
+                    continue
+                rx_ids = sorted({a[0] for a in during if a[2].startswith("Prescription")}, key=str)
+                out.append(Finding(
+                    SUSPENDED_ACTIVE, f"{actor}|{start[1]}:{start[2]}", "critical" if len(during) >= 3 else "high",
+                    [f"{kind}:{actor}"],
+                    f"{kind} {actor} was suspended on {start[5]:%Y-%m-%d %H:%M} UTC ({start[4]}) and still took part "
+                    f"in {len(during)} event(s) after it, the last on {during[-1][3]:%Y-%m-%d %H:%M} UTC.",
+                    [_link(start[6], start[1], start[2], start[4], start[5]),
+                     *(_link(a[4], a[0], a[1], a[2], a[3]) for a in during)],
+                    prescription_ids=rx_ids))
+        return out
+
+    # R5 / R7 patterns --------------------------------------------------------------------------------------------
+
+    def _r5_rates(self, conn: psycopg.Connection[Any], s: sql.Identifier, physicians: list[str]) -> list[Finding]:
+        out: list[Finding] = []
+        rows = conn.execute(sql.SQL(
+            "SELECT r.physician_id, count(*), count(*) FILTER (WHERE EXISTS (SELECT 1 FROM {s}.flags f"
+            "   WHERE f.prescription_id = r.prescription_id AND f.rule_id = %s))"
+            " FROM {s}.rx r WHERE r.physician_id = ANY(%s) GROUP BY r.physician_id").format(s=s),
+            (R5, physicians)).fetchall()
+        for physician, total, flagged in rows:
+            if total < self.t.rate_min_count or flagged / total < self.t.r5_rate:
+                continue
+            links = [_link(r[3], r[0], r[1], "RuleFlagged", r[2]) for r in conn.execute(sql.SQL(
+                "SELECT f.prescription_id, f.version, f.at, f.event_id FROM {s}.flags f JOIN {s}.rx r"
+                " USING (prescription_id) WHERE r.physician_id = %s AND f.rule_id = %s"
+                " ORDER BY f.at, f.prescription_id, f.version").format(s=s), (physician, R5))]
+            out.append(Finding(
+                R5_RATE, physician, "high" if flagged / total >= 0.8 else "medium", [f"physician:{physician}"],
+                f"physician {physician} added drugs beyond the first visit without justification (R5) on {flagged} of "
+                f"{total} prescriptions ({flagged / total:.0%}; threshold {self.t.r5_rate:.0%} of at least "
+                f"{self.t.rate_min_count}).", links, prescription_ids=sorted({UUID(l_["aggregate_id"]) for l_ in links},
+                                                                            key=str)))
+        return out
+
+    def _prices(self, conn: psycopg.Connection[Any], s: sql.Identifier, dispensers: list[str]) -> list[Finding]:
+        out: list[Finding] = []
+        per: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+        for row in conn.execute(sql.SQL(
+                "SELECT dispenser_id, prescription_id, version, event_id, at, drug_code, unit_price, price_cap"
+                " FROM {}.lines WHERE dispenser_id = ANY(%s) AND NOT withdrawn"
+                " ORDER BY at, prescription_id, dispense_no, line_no").format(s), (dispensers,)):
+            per[row[0]].append(row[1:])
+        for dispenser, rows in sorted(per.items()):
+            capped = [r for r in rows if r[6] is not None]  # lines with a cap on record
+            total = len(capped)
+            above = [r for r in capped if Decimal(r[5]) > Decimal(r[6])]
+            at_cap = [r for r in capped if Decimal(r[5]) == Decimal(r[6])]
+            if total >= self.t.rate_min_count and above and len(above) / total >= self.t.r7_rate:
+                out.append(Finding(
+                    R7_RATE, dispenser, "high" if len(above) / total >= 0.5 else "medium", [f"pharmacy:{dispenser}"],
+                    f"{dispenser} sold {len(above)} of {total} dispensed lines above the price cap "
+                    f"({len(above) / total:.0%}; threshold {self.t.r7_rate:.0%}).",
+                    [_link(r[2], r[0], r[1], "PrescriptionDispensed", r[3]) for r in above],
+                    prescription_ids=sorted({r[0] for r in above}, key=str)))
+            drugs = {r[4] for r in at_cap}
+            if (total >= self.t.at_cap_min_lines and len(at_cap) / total >= self.t.at_cap_share and len(drugs) >= 3):
+                out.append(Finding(
+                    AT_CAP, dispenser, "medium" if len(at_cap) < total else "high", [f"pharmacy:{dispenser}"],
+                    f"{dispenser} priced {len(at_cap)} of {total} dispensed lines ({len(drugs)} drugs) exactly at the "
+                    f"price cap ({len(at_cap) / total:.0%}; threshold {self.t.at_cap_share:.0%} of at least "
+                    f"{self.t.at_cap_min_lines} lines).",
+                    [_link(r[2], r[0], r[1], "PrescriptionDispensed", r[3]) for r in at_cap],
+                    prescription_ids=sorted({r[0] for r in at_cap}, key=str)))
+        return out
+
+    # volume --------------------------------------------------------------------------------------------------------
+
+    def _volumes(self, conn: psycopg.Connection[Any], s: sql.Identifier, keys: list[str]) -> list[Finding]:
+        by_kind: dict[str, list[str]] = defaultdict(list)
+        for key in keys:
+            kind, _, party = key.partition(":")
+            by_kind[kind].append(party)
+        events: dict[str, dict[date, list[tuple[Any, ...]]]] = defaultdict(lambda: defaultdict(list))
+        queries = {
+            "physician": ("SELECT physician_id, day, prescription_id, version, event_id, issued_at,"
+                          " 'PrescriptionIssued' FROM {}.rx WHERE physician_id = ANY(%s)"),
+            "patient": ("SELECT patient_ref, day, prescription_id, version, event_id, issued_at, 'PrescriptionIssued'"
+                        " FROM {}.rx WHERE patient_ref = ANY(%s)"),
+            "dispenser": ("SELECT DISTINCT dispenser_id, day, prescription_id, version, event_id, at,"
+                          " 'PrescriptionDispensed' FROM {}.lines WHERE dispenser_id = ANY(%s) AND NOT withdrawn"),
+        }
+        for kind, parties in by_kind.items():
+            for party, day, *rest in conn.execute(sql.SQL(queries[kind]).format(s), (parties,)):
+                events[f"{kind}:{party}"][day].append(tuple(rest))
+        out: list[Finding] = []
+        verb = {"physician": "issued", "patient": "received", "dispenser": "dispensed"}
+        for key, days in sorted(events.items()):
+            kind, _, party = key.partition(":")
+            first = min(days)
+            for day in sorted(days):
+                start = max(first, day - timedelta(days=self.t.volume_window_days))
+                history = [len(days.get(start + timedelta(days=i), ())) for i in range((day - start).days)]
+                count = len(days[day])
+                if len(history) < self.t.volume_min_history_days or count < self.t.volume_min_count:
+                    continue
+                median = statistics.median(history)
+                mad = statistics.median([abs(x - median) for x in history])
+                threshold = median + self.t.volume_k * max(1.4826 * mad, 1.0)
+                if count <= threshold:
+                    continue
+                rows = sorted(days[day], key=lambda r: (r[3], str(r[0]), r[1]))
+                party_label = "pharmacy" if kind == "dispenser" else kind
+                out.append(Finding(
+                    VOLUME, f"{key}|{day.isoformat()}", "high" if count > 2 * threshold else "medium",
+                    [f"{party_label}:{party}"],
+                    f"{party_label} {_short(party) if kind == 'patient' else party} {verb[kind]} {count} prescriptions "
+                    f"on {day.isoformat()} (China time) against a median of {median:g} a day (MAD {mad:g}) over its "
+                    f"previous {len(history)} days, above median + {self.t.volume_k:g}·MAD (threshold {threshold:.1f}).",
+                    [_link(r[2], r[0], r[1], r[4], r[3]) for r in rows],
+                    patient_ref=party if kind == "patient" else None,
+                    prescription_ids=sorted({r[0] for r in rows}, key=str)))
+        return out
+
+    # addresses -----------------------------------------------------------------------------------------------------
+
+    def _addresses(self, conn: psycopg.Connection[Any], s: sql.Identifier, addresses: list[str]) -> list[Finding]:
+        per: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+        for row in conn.execute(sql.SQL(
+                "SELECT d.address_ref, d.prescription_id, d.version, d.at, d.event_id, r.patient_ref"
+                " FROM {s}.deliveries d JOIN {s}.rx r USING (prescription_id) WHERE d.address_ref = ANY(%s)"
+                " ORDER BY d.at, d.prescription_id, d.version").format(s=s), (addresses,)):
+            per[row[0]].append(row[1:])
+        out: list[Finding] = []
+        for address, rows in sorted(per.items()):
+            patients = {r[4] for r in rows}
+            if len(patients) < self.t.address_patients:
+                continue
+            out.append(Finding(
+                ADDRESS, address, "high" if len(patients) >= 2 * self.t.address_patients else "medium",
+                [f"address:{address}"],
+                f"drugs of {len(patients)} different patients were delivered to one address ({_short(address)}, "
+                f"pseudonymised) in {len(rows)} deliveries (threshold {self.t.address_patients} patients).",
+                [_link(r[3], r[0], r[1], "DeliveryArranged", r[2]) for r in rows],
+                prescription_ids=sorted({r[0] for r in rows}, key=str)))
+        return out

@@ -183,17 +183,22 @@ def missing_events(settings: Settings) -> MissingEvents:
 # --- the API --------------------------------------------------------------------------------------------------
 
 
-def build_api(settings: Settings, *, application: RxTrail | None = None, pool_size: int = 10) -> FastAPI:
+def build_api(settings: Settings, *, application: RxTrail | None = None, pool_size: int | None = None) -> FastAPI:
     """The HTTP API; its write side is ``application`` (left open) or one built when the server starts."""
     from services.api import create_app
 
+    pool_size = pool_size or settings.api_pool_size
     return create_app(settings, application=application, pool_size=pool_size,
                       application_factory=lambda: build_application(settings, pool_size=pool_size,
                                                                      pool_wait_s=FAIL_FAST_POOL_WAIT_S))
 
 
 async def serve_api(settings: Settings, stop: asyncio.Event, *, application: RxTrail | None = None) -> None:
-    """Serve the API with uvicorn on ``api_host:api_port`` until ``stop`` is set."""
+    """Serve the API with uvicorn on ``api_host:api_port`` until ``stop`` is set: ``api_workers`` processes (one
+    per core by default; one when ``application`` is given) accept on one listening socket, each with its own
+    write side and pools of ``api_pool_size``. The extra workers die with this process (parent-death signal)."""
+    import multiprocessing
+
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -201,14 +206,42 @@ async def serve_api(settings: Settings, stop: asyncio.Event, *, application: RxT
         def capture_signals(self) -> Iterator[None]:  # signals are ours (services.infra.runtime)
             yield
 
-    server = Server(uvicorn.Config(build_api(settings, application=application), host=settings.api_host,
-                                   port=settings.api_port, log_level="warning", lifespan="on"))
-    serving = asyncio.create_task(server.serve())
+    config = uvicorn.Config(build_api(settings, application=application), host=settings.api_host,
+                            port=settings.api_port, log_level="warning", lifespan="on")
+    sock = config.bind_socket()
+    workers = 1 if application is not None else settings.resolved_api_workers
+    spawn = multiprocessing.get_context("spawn")
+    children = [spawn.Process(target=_api_worker, args=(settings, sock), name=f"rxtrail-api-{n}", daemon=True)
+                for n in range(1, workers)]
+    for child in children:
+        child.start()
+    server = Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
     stopping = asyncio.create_task(stop.wait())
-    await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    server.should_exit = True
-    stopping.cancel()
-    await serving
+    try:
+        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        server.should_exit = True
+        stopping.cancel()
+        for child in children:
+            child.terminate()  # SIGTERM: uvicorn finishes the requests in flight
+        await serving
+        for child in children:
+            await asyncio.to_thread(child.join, 10)
+        sock.close()
+
+
+def _api_worker(settings: Settings, sock: Any) -> None:
+    """One extra API process (``serve_api``): serves on the inherited socket until SIGTERM or its parent dies."""
+    import ctypes
+    import signal
+
+    import uvicorn
+
+    with contextlib.suppress(OSError, AttributeError):  # Linux: SIGTERM when the parent dies, even by SIGKILL
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    configure_logging(settings.log_level)
+    uvicorn.Server(uvicorn.Config(build_api(settings), log_level="warning", lifespan="on")).run(sockets=[sock])
 
 
 # --- the relay ------------------------------------------------------------------------------------------------

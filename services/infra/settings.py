@@ -128,6 +128,10 @@ class Settings(BaseSettings):
     kafka_port: int = Field(default=59092, ge=1, le=65535)
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8700, ge=1, le=65535)
+    api_workers: int = Field(default=0, ge=0, le=64, description="API processes sharing the port (one write-side "
+                                                                 "pool each); 0 = one per CPU core")
+    api_pool_size: int = Field(default=10, ge=1, le=200, description="database connections per API process (the "
+                                                                     "event store's pool and the read pool each)")
     partitions: int = Field(default=12, ge=1, le=1000)
     events_topic: str = Field(default=topics.EVENTS, description="the topic the relay fills and the workers read")
     dlq_topic: str = Field(default=topics.DLQ, description="where consumers dead-letter what they cannot decode")
@@ -151,6 +155,10 @@ class Settings(BaseSettings):
     intake: IntakeSection = IntakeSection()
     expiry: ExpirySection = ExpirySection()
     supervisor: SupervisorSection = SupervisorSection()
+
+    @property
+    def resolved_api_workers(self) -> int:
+        return self.api_workers or os.cpu_count() or 1
 
     @property
     def embedded_postgres(self) -> bool:

@@ -184,12 +184,70 @@ async def intake_load(database_url: str, bootstrap: str, application: Any, parti
             "commands_per_s": round((stats.ok + stats.rejected) / span, 1) if span else None}
 
 
+def check_after(database_url: str, bootstrap: str, env: dict[str, str]) -> dict[str, Any]:
+    """After the load: the record is intact, no trace code was sold twice, and the projections the live consumers
+    built (relay → rx.events → ``rxtrail run projection all``, started after the load) equal a rebuild from the
+    event store. Any failure makes the bench exit non-zero."""
+    import psycopg
+
+    from projections.base import stored_offsets
+    from projections.registry import NAMES
+    from services.integrity.verify import verify
+    from services.replay import end_offsets, replay
+    from tests.support.trails import dump
+
+    stages = [subprocess.Popen([sys.executable, "-m", "services.cli", "run", *service], env=env, cwd=ROOT)
+              for service in (["relay"], ["projection", "all"])]
+    try:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            deadline = time.monotonic() + 600
+            while True:  # caught up: every projection's stored offsets are the topic's ends, the relay is done
+                time.sleep(1)
+                relayed = conn.execute("SELECT count(*) FROM rxtrail_events").fetchone()
+                ends = {p: o for p, o in asyncio.run(end_offsets(bootstrap, "rx.events")).items() if o}
+                try:
+                    done = [{p: o for p, o in stored_offsets(conn, name, "rx.events").items() if o} for name in NAMES]
+                except psycopg.Error:  # a consumer has not made its schema yet
+                    continue
+                if relayed and sum(ends.values()) >= relayed[0] and all(d == ends for d in done):
+                    break
+                if time.monotonic() > deadline:
+                    raise SystemExit("projections did not catch up in 600 s")
+    finally:
+        for stage in stages:
+            stage.terminate()
+            stage.wait(30)
+    report = verify(database_url, bootstrap)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        twice = conn.execute(
+            "SELECT count(*) FROM (SELECT originator_id FROM rxtrail_events WHERE topic LIKE '%%:TraceCodeSold' "
+            "GROUP BY originator_id HAVING count(*) > 1 + (SELECT count(*) FROM rxtrail_events r WHERE "
+            "r.originator_id = rxtrail_events.originator_id AND r.topic LIKE '%%:TraceCodeReturned')) t"
+        ).fetchone()
+        sales = conn.execute("SELECT count(*) FROM rxtrail_events WHERE topic LIKE '%%:TraceCodeSold'").fetchone()
+    differing = []
+    for name in NAMES:
+        replay(name, database_url, None, from_store=True, schema=f"{name}_check", progress=False)
+        live, rebuilt = dump(database_url, name), dump(database_url, f"{name}_check")
+        if live != rebuilt:
+            differing.append(name)
+    checks = {"verify_intact": report.exit_code == 0, "verify_events": report.events,
+              "trace_code_sales": sales[0] if sales else 0, "codes_sold_twice": twice[0] if twice else None,
+              "projections_differing_from_rebuild": differing}
+    if report.exit_code != 0 or (twice and twice[0]) or differing:
+        print(json.dumps(checks, indent=2))
+        raise SystemExit(f"after the load the checks failed: {checks}; findings: {report.findings[:5]}")
+    return checks
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=200.0, help="HTTP requests per second (open loop)")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--commands", type=int, default=5000, help="Kafka intake commands")
     parser.add_argument("--batch", type=int, default=500, help="intake max_records per batch")
+    parser.add_argument("--no-check", dest="check", action="store_false",
+                        help="skip the checks after the load (verify, R8, projections = rebuild)")
     args = parser.parse_args()
 
     import logging
@@ -224,8 +282,13 @@ def main() -> int:
         asyncio.run(http_load(base, tokens, parties, 20, 2))  # warm-up (pools, caches)
         http = asyncio.run(http_load(base, tokens, parties, args.rate, args.seconds))
         intake = asyncio.run(intake_load(database_url, bootstrap, app, parties, args.commands, args.batch))
-        report = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        api.terminate()
+        api.wait(10)
+        api = None
+        checks = check_after(database_url, bootstrap, env) if args.check else {"skipped": True}
+        report = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "shared": True},
                   "http_issue_to_dispense": {"target_rps": args.rate, **http}, "kafka_intake": intake,
+                  "checks_after_load": checks,
                   "at": datetime.now(UTC).isoformat(timespec="seconds")}
         print(json.dumps(report, indent=2))
     finally:

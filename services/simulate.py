@@ -240,9 +240,12 @@ CATALOG_METFORMIN = "XA10BAA001A001030101"  # in the reference catalog (category
 
 
 def visit_body(hospital_id: str, physician_id: str, region: str, *, visit_ref: str | None = None,
-               national_id: str | None = None, original_diagnosis_date: date | None = None) -> dict[str, Any]:
-    """``POST /hospital/visits``: a follow-up visit of an insured patient of ``region``."""
-    return {
+               national_id: str | None = None, original_diagnosis_date: date | None = None,
+               original_institution_id: str = "OFFLINE-1", consultation_fee: str = "20.00",
+               registry_facts: bool = True) -> dict[str, Any]:
+    """``POST /hospital/visits``: a follow-up visit of an insured patient of ``region``. ``registry_facts=False``
+    leaves out what the platform reads from the registries (R17: institution, ownership, regions, insurance type)."""
+    body = {
         "visit_ref": visit_ref or f"V-{uuid.uuid4().hex[:12]}",
         "physical_institution_id": f"PI-{hospital_id}",
         "institution_ownership": "public",
@@ -256,10 +259,15 @@ def visit_body(hospital_id: str, physician_id: str, region: str, *, visit_ref: s
         "diagnosis_name": "type 2 diabetes",
         "original_diagnosis_code": "E11.9",
         "original_diagnosis_date": (original_diagnosis_date or date.today() - timedelta(days=30)).isoformat(),
-        "original_institution_id": "OFFLINE-1",
+        "original_institution_id": original_institution_id,
         "verification_method": "e_voucher",
-        "consultation_fee": "20.00",
+        "consultation_fee": consultation_fee,
     }
+    if not registry_facts:
+        for name in ("physical_institution_id", "institution_ownership", "pooling_region", "insured_region",
+                     "insurance_type"):
+            del body[name]
+    return body
 
 
 def prescription_body(encounter_id: str, *, days: int = 28, quantity: int = 4,
@@ -285,3 +293,197 @@ def dispense_body(quantity: int = 4, codes: Sequence[str] | None = None) -> dict
     return {"lines": [{"drug_code": CATALOG_METFORMIN, "quantity": quantity, "unit_price": "11.00",
                        "price_cap": "11.25",
                        "trace_codes": list(codes) if codes is not None else random_trace_codes(quantity)}]}
+
+
+# --- a demo day: parties, patients and what each of them does, with planted misbehaviour ------------------------
+# ``plan_day(seed, size)`` is pure and deterministic: the same seed and size give the same day (ids, patients,
+# prescriptions, trace codes, keys). ``services.cli.demo`` carries it out through the HTTP API and the Kafka intake.
+
+DAY_REGIONS = ("370100", "220100")  # Jinan and Changchun (reference regions with policies)
+DAY_DRUGS = {  # diagnosis -> drugs of the reference catalog prescribed for it (category A, national caps)
+    ("E11.9", "type 2 diabetes"): ("XA10BAA001A001030101", "XA10BBA002A001280101"),
+    ("I10", "essential hypertension"): ("XC08CAA009A001020101", "XC08CAB009A002030101"),
+}
+CHRONIC_DISEASES = (("E11", "diabetes mellitus type 2"), ("I10", "essential hypertension"))
+
+# The planted misbehaviour: what is done, and how the platform must answer (a refusal's rule id, or a finding /
+# flag that appears afterwards).
+PLANTS = {
+    "reused_trace_code": ("a pharmacy scans a trace code another sale already used", "refused", "R8"),
+    "suspended_physician": ("a physician the agency suspended this morning issues a prescription", "refused", "R2"),
+    "long_rx_no_emergency": ("84 days' supply with no public-health emergency declared", "refused", "R4"),
+    "no_offline_diagnosis": ("a follow-up whose 'original diagnosis' was made at the internet hospital itself",
+                             "refused", "R16"),
+    "doctor_shopping": ("one patient gets the same drug from two physicians of two hospitals, supplies overlapping",
+                        "finding", "FR-DOCTOR-SHOP"),
+    "price_above_cap": ("a retail pharmacy charges above the drug's price cap", "flag", "R7"),
+}
+
+
+@dataclass(frozen=True)
+class DayHospital:
+    hospital_id: str
+    physical_id: str
+    region: str
+    name: str
+    physicians: tuple[str, ...]
+    pharmacist_id: str
+
+
+@dataclass(frozen=True)
+class DayPharmacy:
+    pharmacy_id: str
+    region: str
+    name: str
+
+
+@dataclass(frozen=True)
+class DayPatient:
+    national_id: str
+    name: str
+    insured_region: str
+    insurance_type: str  # employee / resident
+    treated_region: str  # where the patient lives now and is treated (off-site when not the insured region)
+    filed_for: str | None  # 长期异地就医备案 for the treatment region (off-site patients), else None
+    diagnosis: tuple[str, str]
+
+
+@dataclass(frozen=True)
+class DayItem:
+    drug_code: str
+    quantity: int
+    days_supply: int
+
+
+@dataclass
+class DayRx:
+    key: str
+    patient: int  # index into DayPlan.patients
+    hospital_id: str
+    physician_id: str
+    visit_ref: str
+    prescription_ref: str
+    items: tuple[DayItem, ...]
+    original_institution_id: str
+    channel: str = "http"  # "http" or "kafka" (rx.inbound.<hospital>)
+    preferred_pharmacy_id: str | None = None
+    collect: bool = False
+    plant: str | None = None
+    over_cap: bool = False
+    reuse_code_of: str | None = None  # key of the prescription whose first code this dispense scans again
+    trace_codes: tuple[str, ...] = ()
+
+
+@dataclass
+class DayPlan:
+    seed: int
+    size: int
+    tag: str
+    hospitals: list[DayHospital]
+    pharmacies: list[DayPharmacy]
+    enterprise_id: str
+    patients: list[DayPatient]
+    prescriptions: list[DayRx]
+
+    def hospital(self, hospital_id: str) -> DayHospital:
+        return next(h for h in self.hospitals if h.hospital_id == hospital_id)
+
+    def planted(self, plant: str) -> list[DayRx]:
+        return [rx for rx in self.prescriptions if rx.plant == plant]
+
+
+def physician_key(tag: str, physician_id: str) -> Any:
+    """The physician's Ed25519 signing key, derived from the day's tag (deterministic; a demo's HIS holds it)."""
+    import hashlib
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.from_private_bytes(hashlib.sha256(f"rxtrail-demo/{tag}/{physician_id}".encode()).digest())
+
+
+def suspended_physician(tag: str) -> str:
+    """The first hospital's physician the agency suspends in the morning (no honest patient sees them)."""
+    return f"DR-{tag}-JN1-S"
+
+
+def _codes(rng: random.Random, n: int) -> tuple[str, ...]:
+    return tuple(str(rng.randrange(10**19, 10**20)) for _ in range(n))
+
+
+def _national_id(rng: random.Random, region: str, i: int) -> str:
+    born = date(1940, 1, 1) + timedelta(days=rng.randrange(0, 365 * 60))
+    return f"{region[:4]}{rng.randrange(10, 99)}{born:%Y%m%d}{i % 1000:03d}{rng.randrange(0, 10)}"
+
+
+def plan_day(seed: int, size: int) -> DayPlan:
+    """A day of ``size`` patients over three internet hospitals on three physical institutions in two regions,
+    ``max(4, min(20, size // 5))`` pharmacies split across the regions, one delivery enterprise; employee and
+    resident patients, some treated off-site (with and without 备案), a quarter of the visits and prescriptions sent
+    over the Kafka intake; and one of each planted misbehaviour (``PLANTS``)."""
+    if size < 8:
+        raise ValueError("a demo day needs at least 8 patients")
+    rng = random.Random(seed)
+    tag = f"D{seed}N{size}"
+    a, b = DAY_REGIONS
+    hospitals = [
+        DayHospital(f"IH-{tag}-JN1", f"PI-{tag}-JN1", a, "济南第一互联网医院",
+                    tuple(f"DR-{tag}-JN1-{i}" for i in range(4)), f"PHM-{tag}-JN1"),
+        DayHospital(f"IH-{tag}-JN2", f"PI-{tag}-JN2", a, "泉城互联网医院",
+                    tuple(f"DR-{tag}-JN2-{i}" for i in range(3)), f"PHM-{tag}-JN2"),
+        DayHospital(f"IH-{tag}-CC1", f"PI-{tag}-CC1", b, "长春互联网医院",
+                    tuple(f"DR-{tag}-CC1-{i}" for i in range(3)), f"PHM-{tag}-CC1"),
+    ]
+    n_pharmacies = max(4, min(20, size // 5))
+    pharmacies = [DayPharmacy(f"PY-{tag}-{i:02d}", a if i % 5 < 3 else b, f"大药房 {i:02d}")
+                  for i in range(n_pharmacies)]
+    patients: list[DayPatient] = []
+    for i in range(size + len(PLANTS) + 1):  # the planted misbehaviour has patients of its own (local, Jinan)
+        planted = i >= size
+        treated = a if planted or rng.random() < 0.6 else b
+        other = b if treated == a else a
+        offsite = not planted and (i < 2 or rng.random() < 0.08)  # at least one with 备案 and one without
+        insured = other if offsite else treated
+        filed = treated if offsite and (i == 0 or (i > 1 and rng.random() < 0.5)) else None
+        diagnosis = rng.choice(sorted(DAY_DRUGS))
+        patients.append(DayPatient(_national_id(rng, insured, i), f"患者{i:04d}", insured,
+                                   "employee" if rng.random() < 0.65 else "resident", treated, filed, diagnosis))
+    by_region = {r: [h for h in hospitals if h.region == r] for r in DAY_REGIONS}
+    prescriptions: list[DayRx] = []
+
+    def rx(key: str, patient: int, hospital: DayHospital, physician: str, **kw: Any) -> DayRx:
+        p = patients[patient]
+        drugs = DAY_DRUGS[p.diagnosis]
+        items = kw.pop("items", None) or (DayItem(rng.choice(drugs), rng.randint(1, 3), 28),)
+        packs = sum(i.quantity for i in items)
+        made = DayRx(key=key, patient=patient, hospital_id=hospital.hospital_id, physician_id=physician,
+                     visit_ref=f"V-{tag}-{key}", prescription_ref=f"RX-{tag}-{key}", items=items,
+                     original_institution_id=kw.pop("original_institution_id", hospital.physical_id),
+                     trace_codes=_codes(rng, packs), **kw)
+        prescriptions.append(made)
+        return made
+
+    for i, p in enumerate(patients[:size]):
+        hospital = rng.choice(by_region[p.treated_region])
+        local = [ph for ph in pharmacies if ph.region == p.treated_region]
+        rx(f"P{i:05d}", i, hospital, rng.choice(hospital.physicians),
+           channel="kafka" if rng.random() < 0.25 else "http",
+           preferred_pharmacy_id=rng.choice(local).pharmacy_id if rng.random() < 0.5 else None,
+           collect=rng.random() < 0.15)
+    # the planted misbehaviour, each on a patient of its own treated in Jinan
+    h1, h2 = hospitals[0], hospitals[1]
+    own = iter(range(size, len(patients)))
+    first = next(r for r in prescriptions if r.hospital_id == h1.hospital_id and r.channel == "http")
+    rx("X-REUSE", next(own), h1, h1.physicians[0], plant="reused_trace_code", reuse_code_of=first.key)
+    rx("X-SUSPENDED", next(own), h1, suspended_physician(tag), plant="suspended_physician")
+    long_patient = next(own)
+    rx("X-LONG", long_patient, h1, h1.physicians[0], plant="long_rx_no_emergency",
+       items=(DayItem(DAY_DRUGS[patients[long_patient].diagnosis][0], 3, 84),))
+    rx("X-NO-OFFLINE", next(own), h1, h1.physicians[1], plant="no_offline_diagnosis",
+       original_institution_id=h1.hospital_id)
+    shop_patient = next(own)
+    drug = DAY_DRUGS[patients[shop_patient].diagnosis][0]
+    rx("X-SHOP-1", shop_patient, h1, h1.physicians[2], plant="doctor_shopping", items=(DayItem(drug, 1, 21),))
+    rx("X-SHOP-2", shop_patient, h2, h2.physicians[0], plant="doctor_shopping", items=(DayItem(drug, 1, 21),))
+    rx("X-OVER-CAP", next(own), h1, h1.physicians[1], plant="price_above_cap", over_cap=True,
+       preferred_pharmacy_id=next(ph.pharmacy_id for ph in pharmacies if ph.region == a))
+    return DayPlan(seed, size, tag, hospitals, pharmacies, f"DE-{tag}", patients, prescriptions)

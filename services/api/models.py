@@ -447,3 +447,34 @@ class DashboardDayPublic(_Public):
 class DashboardPublic(_Public):
     since: date
     days: list[DashboardDayPublic]
+
+
+# --- fraud findings (projections/fraud; services/api/routes/findings.py) ------------------------------------------
+class FindingEvidencePublic(_Public):
+    event_id: str
+    aggregate_id: UUID
+    version: int
+    event_type: str
+    at: datetime
+
+
+class FindingPublic(_Public):
+    cursor: int
+    finding_id: str = Field(description="stable id: pattern + a digest of its subject")
+    pattern: str = Field(description="FR-TC-REPEAT, FR-TC-DUPSALE, FR-DOCTOR-SHOP, FR-SUSPENDED-ACTIVE, FR-R5-RATE, "
+                                     "FR-R7-RATE, FR-AT-CAP, FR-VOLUME, FR-ADDRESS")
+    rule: str | None = Field(description="the rule it concerns, when one does")
+    severity: str = Field(description="low | medium | high | critical")
+    subject: str = Field(description="what it is about: a trace code, a party, patient|generic, party|day, …")
+    parties: list[str] = Field(description="kind:id of every party concerned (patients and addresses as pseudonyms)")
+    patient_ref: str | None
+    prescription_ids: list[UUID]
+    explanation: str
+    first_at: datetime
+    last_at: datetime
+    evidence: list[FindingEvidencePublic] = Field(description="the events that prove it")
+
+
+class FindingPage(_Public):
+    items: list[FindingPublic]
+    next_cursor: int | None

@@ -98,6 +98,8 @@ ENDPOINTS = (
     Endpoint("GET", "/regulator/prescriptions/{rx}/verification", "regulator", state="issued", tenant_scoped=False),
     Endpoint("GET", "/regulator/flags", "regulator", tenant_scoped=False),
     Endpoint("GET", "/regulator/queries", "regulator", tenant_scoped=False),
+    Endpoint("GET", "/regulator/findings", "regulator", tenant_scoped=False),
+    Endpoint("GET", "/regulator/findings/FR-TC-REPEAT-000000000000", "regulator", ok=404, tenant_scoped=False),
     Endpoint("GET", "/regulator/dashboard", "regulator", tenant_scoped=False),
     Endpoint("GET", "/regulator/statements", "regulator", tenant_scoped=False),
 )
@@ -123,7 +125,8 @@ def test_every_endpoint_is_in_the_matrix() -> None:
     served = {(method.upper(), path) for path, ops in spec["paths"].items() for method in ops
               if not path.startswith(("/health", "/asyncapi", "/rules"))}  # public: see test_rules_are_public
     covered = {(e.method, e.path.replace("{rx}", "{prescription_id}").replace("{visit}", "{visit_id}")
-                .replace("/dispenses/1/", "/dispenses/{dispense_no}/")) for e in ENDPOINTS}
+                .replace("/dispenses/1/", "/dispenses/{dispense_no}/")
+                .replace("/findings/FR-TC-REPEAT-000000000000", "/findings/{finding_id}")) for e in ENDPOINTS}
     assert served == covered
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -79,9 +79,9 @@ def test_r8_a_code_sold_twice_without_a_return_is_critical(built: Built) -> None
 
 
 def test_doctor_shopping_across_physicians_and_hospitals_is_found(built: Built) -> None:
-    shopper, rx_ids = built.planted.expect["shopper"]
+    shopper, rx_ids, generic = built.planted.expect["shopper"]
     [f] = _findings(built.db, pattern="FR-DOCTOR-SHOP")
-    assert f["patient_ref"] == shopper and f["subject"] == f"{shopper}|G-METFORMIN"
+    assert f["patient_ref"] == shopper and f["subject"] == f"{shopper}|{generic}"
     assert {str(x) for x in f["prescription_ids"]} == {str(x) for x in rx_ids}
     assert {p for p in f["parties"] if p.startswith("hospital:")} == {f"hospital:{built.planted.id('H1')}",
                                                                       f"hospital:{built.planted.id('H2')}"}
@@ -156,3 +156,41 @@ async def test_as_of_replay_shows_the_findings_as_they_stood(built: Built, kafka
         then = {f["pattern"] for f in finding_page(conn, result.schema, limit=1000)}
     assert "FR-TC-REPEAT" in then and "FR-TC-DUPSALE" in then
     assert not then & {"FR-DOCTOR-SHOP", "FR-SUSPENDED-ACTIVE", "FR-VOLUME", "FR-AT-CAP"}
+
+
+def test_regulators_read_findings_over_http_with_filters_and_by_id(built: Built) -> None:
+    from fastapi.testclient import TestClient
+
+    from services.adapters.api_keys import create_key, ensure_schema, parse_party
+    from services.api import create_app
+    from services.bootstrap import build_application
+    from services.infra.settings import Settings
+
+    settings = Settings(database_url=built.db, pseudonym_secret=b"fraud-test-pseudonym-secret-32b!".decode())
+    with psycopg.connect(built.db, autocommit=True) as conn:
+        ensure_schema(conn)
+        regulator = create_key(conn, parse_party("regulator:REG-F"), datetime.now(UTC), label="test")
+        pharmacy = create_key(conn, parse_party("pharmacy:PH-F"), datetime.now(UTC), label="test")
+    application = build_application(settings)
+    try:
+        with TestClient(create_app(settings, application=application)) as client:
+            def get(path: str, token: str = regulator, **params: Any) -> Any:
+                return client.get(path, params=params, headers={"Authorization": f"Bearer {token}"})
+
+            physician = built.planted.expect["suspended"][0]
+            page = get("/regulator/findings", concerns=f"physician:{physician}").json()
+            assert [f["pattern"] for f in page["items"]] == ["FR-SUSPENDED-ACTIVE"]
+            one = page["items"][0]
+            assert get(f"/regulator/findings/{one['finding_id']}").json() == one
+            assert one["evidence"][0]["event_type"] == "PhysicianSuspended"
+            r8 = get("/regulator/findings", rule="R8", limit=1).json()
+            assert len(r8["items"]) == 1 and r8["next_cursor"] == r8["items"][0]["cursor"]
+            rest = get("/regulator/findings", rule="R8", after=r8["next_cursor"]).json()
+            assert {f["pattern"] for f in r8["items"] + rest["items"]} == {"FR-TC-REPEAT", "FR-TC-DUPSALE"}
+            assert [f["severity"] for f in get("/regulator/findings", severity="critical").json()["items"]] == [
+                "critical"]
+            assert get("/regulator/findings/FR-VOLUME-000000000000").status_code == 404
+            assert get("/regulator/findings", pattern="FR-NOPE").status_code == 422
+            assert get("/regulator/findings", token=pharmacy).status_code == 403
+    finally:
+        application.close()

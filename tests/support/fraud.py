@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from events import registries
 from events.base import BusinessType, CatalogCategory, DomainEvent, InsuranceType, Ownership
 from events.prescription import (
     DeliveryArranged,
@@ -18,7 +19,7 @@ from events.prescription import (
     PrescriptionItem,
     RuleFlagged,
 )
-from events.registries import DrugListed, PhysicianRegistered, PhysicianSuspended
+from events.registries import PhysicianRegistered, PhysicianSuspended
 from events.trace_code import TraceCodeSold
 from services.simulate import REGION, Chain
 
@@ -27,8 +28,13 @@ T0 = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)  # 10:00 China time
 
 
 def _registry(cls: type[Any], chain: Chain, at: datetime, **fields: Any) -> Any:
-    """A registry event with the fields every registry event carries (who changed it, from when)."""
-    return chain.add(cls, at, changed_by="agency:370100", effective_from=at.date(), **fields)
+    """A registry event with the fields registry events carry (who changed it, from when) where its class has them."""
+    extra = {"changed_by": "agency:370100", "effective_from": at.date()}
+    return chain.add(cls, at, **{k: v for k, v in extra.items() if k in cls.model_fields}, **fields)
+
+
+DrugListed: Any = getattr(registries, "DrugListed", None)
+"""The drug registry's listing (with its generic), where the registry has one."""
 
 
 @dataclass
@@ -76,18 +82,21 @@ def plant(base: datetime = T0) -> Planted:
     day = timedelta(days=1)
     h1, h2 = p.id("H1"), p.id("H2")
 
-    # drug listings: X and Y are the same generic
-    for drug, generic in ((DRUG_X, "G-METFORMIN"), (DRUG_Y, "G-METFORMIN"), (DRUG_Z, "G-ENALAPRIL")):
-        p.events.append(_registry(DrugListed, Chain(), base - 30 * day, drug_code=drug, generic_code=generic,
-                                  name="drug", category=CatalogCategory.A))
+    # drug listings: X and Y are the same generic (without a drug registry, a drug code is its own generic)
+    second, generic = DRUG_X, DRUG_X
+    if DrugListed is not None:
+        for drug, listed in ((DRUG_X, "G-METFORMIN"), (DRUG_Y, "G-METFORMIN"), (DRUG_Z, "G-ENALAPRIL")):
+            p.events.append(_registry(DrugListed, Chain(), base - 30 * day, drug_code=drug, generic_code=listed,
+                                      name="drug", category=CatalogCategory.A))
+        second, generic = DRUG_Y, "G-METFORMIN"
 
     # doctor shopping: X from DOC1 at H1 (30 days), 5 days later Y (same generic) from DOC2 at H2 (30 days)
     shopper = p.patient("shop")
     a = p.issue(base, physician=p.id("DOC1"), hospital=h1, patient=shopper, items=((DRUG_X, 2, 30),))
     p.dispense(a, base + timedelta(hours=2), dispenser=p.id("PHA"), lines=((DRUG_X, 2, "10.00", "12.00"),))
-    b = p.issue(base + 5 * day, physician=p.id("DOC2"), hospital=h2, patient=shopper, items=((DRUG_Y, 2, 30),))
-    p.dispense(b, base + 5 * day + timedelta(hours=2), dispenser=p.id("PHB"), lines=((DRUG_Y, 2, "10.00", "12.00"),))
-    p.expect["shopper"] = (shopper, {a.id, b.id})
+    b = p.issue(base + 5 * day, physician=p.id("DOC2"), hospital=h2, patient=shopper, items=((second, 2, 30),))
+    p.dispense(b, base + 5 * day + timedelta(hours=2), dispenser=p.id("PHB"), lines=((second, 2, "10.00", "12.00"),))
+    p.expect["shopper"] = (shopper, {a.id, b.id}, generic)
 
     # honest: the same physician renews before the supply ends; another physician takes over after it ran out
     honest = p.patient("honest")

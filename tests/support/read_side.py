@@ -42,12 +42,14 @@ def read_side_settings(database_url: str, bootstrap: str, **overrides: Any) -> S
                                            feed_prefix=unique_topic("api.pharmacy") + "."), **overrides)
 
 
-async def run_read_side(settings: Settings, stop: asyncio.Event) -> None:
-    """The relay, the traceability projection and the gateway until ``stop`` is set (or one of them fails)."""
+async def run_read_side(settings: Settings, stop: asyncio.Event, projections: tuple[str, ...] = ("traceability",)
+                        ) -> None:
+    """The relay, the projections (the traceability one unless told) and the gateway until ``stop`` is set (or one
+    of them fails)."""
     bootstrap = settings.resolved_kafka_bootstrap()
     await ensure_topics_async(bootstrap, [settings.events_topic, settings.dlq_topic], partitions=settings.partitions)
     tasks = [asyncio.create_task(run_relay(relay_config(settings), stop)),
-             asyncio.create_task(run_projections(["traceability"], settings, stop)),
+             asyncio.create_task(run_projections(list(projections), settings, stop)),
              asyncio.create_task(run_gateway(gateway_config(settings), stop))]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -59,7 +61,8 @@ async def run_read_side(settings: Settings, stop: asyncio.Event) -> None:
 
 
 @contextmanager
-def read_side(database_url: str, bootstrap: str, **overrides: Any) -> Iterator[Settings]:
+def read_side(database_url: str, bootstrap: str, projections: tuple[str, ...] = ("traceability",),
+              **overrides: Any) -> Iterator[Settings]:
     """Run the read side in a thread of its own for the ``with`` block; yields the settings to build the API with."""
     settings = read_side_settings(database_url, bootstrap, **overrides)
     loop = asyncio.new_event_loop()
@@ -69,7 +72,7 @@ def read_side(database_url: str, bootstrap: str, **overrides: Any) -> Iterator[S
     def body() -> None:
         asyncio.set_event_loop(loop)
         try:
-            loop.run_until_complete(run_read_side(settings, stop))
+            loop.run_until_complete(run_read_side(settings, stop, projections))
         except BaseException as exc:  # reported when the block ends
             failure.append(exc)
         finally:

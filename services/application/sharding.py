@@ -45,6 +45,7 @@ from services.application.outcomes import Outcome
 from services.application.ports import EventStore, Projector
 from services.application.privacy import PatientVault
 from services.application.service import RxTrail
+from services.application.unit_of_work import PROJECTORS, UnitOfWork
 from services.domain.aggregate import Aggregate
 from services.domain.clock import Clock, SystemClock
 from services.domain.encounter import Encounter, project_encounter
@@ -62,6 +63,11 @@ GLOBAL = "global"
 """The shard key of the global store (registries, trace codes, and regions without a shard of their own)."""
 REGION_BOUND: tuple[type[Aggregate], ...] = (Encounter, Prescription)
 _REGION_PROJECTORS: tuple[Projector, ...] = (project_encounter, project_prescription)
+
+
+def _one_kind(projector: Projector) -> bool:
+    """Whether ``projector`` folds one aggregate kind (not ``UnitOfWork.prefetch_all``'s fold over several)."""
+    return projector in PROJECTORS.values()
 RELEASE_REASON = "reservation released: the dispense was not recorded in its region (cross-shard sale lost a race)"
 STRANDED_REASON = "reservation released: its dispense was never recorded in its region (the writer stopped between)"
 
@@ -99,8 +105,15 @@ class RegionStore:
         return self._store_for(cls).load(cls, aggregate_id, projector)
 
     def load_many(self, aggregate_ids: Sequence[UUID], projector: Projector) -> dict[UUID, Any]:
-        store = self.home if projector in _REGION_PROJECTORS else self.global_store
-        return store.load_many(aggregate_ids, projector)
+        if projector in _REGION_PROJECTORS:
+            return self.home.load_many(aggregate_ids, projector)
+        if _one_kind(projector):
+            return self.global_store.load_many(aggregate_ids, projector)
+        # a fold over several kinds (UnitOfWork.prefetch_all): each aggregate is in one of the two stores
+        found = self.global_store.load_many(aggregate_ids, projector)
+        found.update({i: state for i, state in self.home.load_many(aggregate_ids, projector).items()
+                      if state is not None})
+        return found
 
     def events_of(self, aggregate_id: UUID, *, lte: int | None = None) -> list[DomainEvent]:
         return self.home.events_of(aggregate_id, lte=lte) or self.global_store.events_of(aggregate_id, lte=lte)
@@ -179,11 +192,15 @@ class ShardedStore:
         return store.load(cls, aggregate_id, projector)
 
     def load_many(self, aggregate_ids: Sequence[UUID], projector: Projector) -> dict[UUID, Any]:
-        if projector not in _REGION_PROJECTORS:
+        if projector not in _REGION_PROJECTORS and _one_kind(projector):
             return self.global_store.load_many(aggregate_ids, projector)
-        found: dict[UUID, Any] = {}
+        by_store: dict[int, tuple[EventStore, list[UUID]]] = {}  # the directory places each region-bound id
         for aggregate_id in aggregate_ids:
-            found.update(self.store_of(aggregate_id).load_many([aggregate_id], projector))
+            store = self.store_of(aggregate_id)
+            by_store.setdefault(id(store), (store, []))[1].append(aggregate_id)
+        found: dict[UUID, Any] = {}
+        for store, ids in by_store.values():
+            found.update(store.load_many(ids, projector))
         return found
 
     def events_of(self, aggregate_id: UUID, *, lte: int | None = None) -> list[DomainEvent]:
@@ -290,8 +307,12 @@ class ShardRouter(RxTrail):
         return self.regions.get(shard, self.global_app)
 
     # --- RxTrail ----------------------------------------------------------------------------------
-    def handle(self, command: c.Command) -> Outcome:
-        return self.app_for(self.shard_for(command)).handle(command)
+    def unit_for(self, command: c.Command, *, careful: bool = False) -> UnitOfWork:
+        """The unit of the command's shard (its ``RegionStore``), so ``handle(command, unit=...)`` saves there."""
+        return self.app_for(self.shard_for(command)).unit_for(command, careful=careful)
+
+    def handle(self, command: c.Command, *, unit: UnitOfWork | None = None) -> Outcome:
+        return self.app_for(self.shard_for(command)).handle(command, unit=unit)
 
     def apply_batch(self, commands: Sequence[c.Command]) -> list[Outcome]:
         """Consecutive commands of one shard go as one batch of that shard; a sale or return of trace codes in a

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from projections.base import MissingEvents, Projection, ProjectionConsumer
     from services.application.ports import PartyDirectory
     from services.application.statements import StatementDesk
+    from services.integrity.checkpoint import Checkpoint
     from services.relay.core import RelayConfig
     from services.workers.expiry import ExpiryConfig
     from services.workers.gateway import GatewayConfig
@@ -180,6 +181,12 @@ def missing_events(settings: Settings) -> MissingEvents:
     return StoreEvents(settings.resolved_database_url())
 
 
+def _shard_gaps(settings: Settings) -> MissingEvents | None:
+    """A worker config's ``missing``: every store's when sharded; None = run_worker's default, the store at the
+    config's own ``database_url``."""
+    return missing_events(settings) if settings.shards else None
+
+
 # --- the API --------------------------------------------------------------------------------------------------
 
 
@@ -273,7 +280,7 @@ def router_config(settings: Settings, **overrides: Any) -> RouterConfig:
     r = settings.router
     config = RouterConfig(settings.resolved_database_url(), settings.resolved_kafka_bootstrap(), group_id=r.group_id,
                           schema=r.schema_name, partitions=settings.partitions, max_records=r.max_records,
-                          topic=settings.events_topic, dlq_topic=settings.dlq_topic)
+                          topic=settings.events_topic, dlq_topic=settings.dlq_topic, missing=_shard_gaps(settings))
     return replace(config, **overrides)
 
 
@@ -286,7 +293,7 @@ def gateway_config(settings: Settings, **overrides: Any) -> GatewayConfig:
     config = GatewayConfig(settings.resolved_database_url(), settings.resolved_kafka_bootstrap(), group_id=g.group_id,
                            schema=g.schema_name, feed_prefix=g.feed_prefix, feed_partitions=g.feed_partitions,
                            partitions=settings.partitions, max_records=g.max_records, topic=settings.events_topic,
-                           dlq_topic=settings.dlq_topic)
+                           dlq_topic=settings.dlq_topic, missing=_shard_gaps(settings))
     return replace(config, **overrides)
 
 
@@ -335,7 +342,7 @@ def expiry_config(settings: Settings, **overrides: Any) -> ExpiryConfig:
     config = ExpiryConfig(settings.resolved_database_url(), settings.resolved_kafka_bootstrap(), group_id=e.group_id,
                           schema=e.schema_name, partitions=settings.partitions, max_records=e.max_records,
                           interval_s=e.interval_s, grace_s=e.grace_s, sweep_limit=e.sweep_limit,
-                          topic=settings.events_topic, dlq_topic=settings.dlq_topic)
+                          topic=settings.events_topic, dlq_topic=settings.dlq_topic, missing=_shard_gaps(settings))
     return replace(config, **overrides)
 
 
@@ -393,18 +400,27 @@ async def run_projections(names: Sequence[str], settings: Settings, stop: asynci
 # --- checkpoints ----------------------------------------------------------------------------------------------
 
 
-async def run_checkpoints(settings: Settings, stop: asyncio.Event) -> None:
-    """Sign the head of the event log now and every ``checkpoint_interval_s`` until ``stop`` is set; publish each
-    to ``rx.checkpoints`` (one not published for want of Kafka goes with the next)."""
+def checkpoint_stores(settings: Settings) -> dict[str, Checkpoint]:
+    """Sign a checkpoint of each event store (``shard_database_urls``), in its own database; with region shards
+    the payload names the store (``services.integrity.checkpoint``)."""
     from services.integrity.checkpoint import create_checkpoint
+
+    return {name: create_checkpoint(url, settings.data_dir, store=name if settings.shards else None)
+            for name, url in shard_database_urls(settings).items()}
+
+
+async def run_checkpoints(settings: Settings, stop: asyncio.Event) -> None:
+    """Sign the head of the event log (each store's, with region shards) now and every ``checkpoint_interval_s``
+    until ``stop`` is set; publish each to ``rx.checkpoints`` (one not published for want of Kafka goes with the
+    next)."""
     from services.integrity.witness import publish_pending
 
     while not stop.is_set():
-        checkpoint = await asyncio.to_thread(create_checkpoint, settings.resolved_database_url(), settings.data_dir)
-        log.info("checkpoint %s", checkpoint)
+        for name, checkpoint in (await asyncio.to_thread(checkpoint_stores, settings)).items():
+            log.info("checkpoint %s%s", f"{name} " if settings.shards else "", checkpoint)
         try:
-            await publish_pending(settings.resolved_database_url(), settings.resolved_kafka_bootstrap(),
-                                  settings.checkpoints_topic)
+            for url in shard_database_urls(settings).values():
+                await publish_pending(url, settings.resolved_kafka_bootstrap(), settings.checkpoints_topic)
         except Exception:  # Kafka down: the database keeps it unpublished until the next round
             log.warning("checkpoint copies not published to %s", settings.checkpoints_topic, exc_info=True)
         with contextlib.suppress(TimeoutError):

@@ -10,6 +10,10 @@
   read, and stored as the schema's offsets:
   everything before them was published from events already in the store, anything after is consumed live
   (and anything read twice is dropped by the per-aggregate versions).
+- Region shards (``stores``: every event store by name, ``bootstrap.shard_database_urls``): from the store, each
+  store is read in turn (the global one first; one snapshot per store, no order across them, as on the topic) and
+  the result counts what came from each (``ReplayResult.stores``); from Kafka, versions the topic lacks are read
+  from every store. The rebuilt views live in ``database_url`` (the global database, the read side).
 - A full rebuild is built into ``<schema>__rebuild`` and swapped in with one transaction at the end, so readers
   keep the old view until the new one is complete.
 - ``as_of``: only events with ``timestamp <= as_of`` are applied, into ``<name>_asof_<yyyymmddhhmmss>`` (UTC), a
@@ -21,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Self
@@ -54,6 +58,7 @@ from projections.base import (
 from projections.registry import ProjectionOptions
 from services.adapters.event_log import count_events, discover_logs, pages
 from services.adapters.missing_events import StoreEvents
+from services.adapters.shard_events import ShardedStoreEvents
 
 log = logging.getLogger("rxtrail.replay")
 
@@ -78,6 +83,8 @@ class ReplayResult:
     events_filled: int = 0
     seconds: float = 0.0
     offsets: dict[int, int] = field(default_factory=dict)
+    stores: dict[str, int] = field(default_factory=dict)
+    """From the store: events read from each event store, by name (one entry, ``""``, without shards)."""
 
     @property
     def events_per_s(self) -> float:
@@ -106,17 +113,20 @@ def as_of_schema(name: str, as_of: datetime) -> str:
 def replay(name: str, database_url: str, bootstrap: str | None = None, *, as_of: datetime | None = None,
            from_store: bool = False, progress: bool = True, topic: str = DEFAULT_TOPIC, schema: str | None = None,
            store_schema: str = "public", batch_size: int = 5000, settings: ProjectionOptions | None = None,
-           console: Any = None, missing: MissingEvents | None = None) -> list[ReplayResult]:
+           console: Any = None, missing: MissingEvents | None = None,
+           stores: Mapping[str, str] | None = None) -> list[ReplayResult]:
     """Rebuild projection ``name`` (or ``"all"``) and return one result per projection; see the module doc.
 
     ``bootstrap`` may be None only with ``from_store`` (then no Kafka offsets are stored and the live consumer
     reads the topic from the start, dropping what it already has). ``schema`` overrides the target schema of a
     single projection (default: the projection's name, or the as-of schema). ``missing``: where versions the
-    topic lacks are read (default: the event store in ``store_schema``).
+    topic lacks are read (default: the event store in ``store_schema``, or every one of ``stores``). ``stores``:
+    every event store by name when the write side is sharded.
     """
     return asyncio.run(replay_async(name, database_url, bootstrap, as_of=as_of, from_store=from_store,
                                     progress=progress, topic=topic, schema=schema, store_schema=store_schema,
-                                    batch_size=batch_size, settings=settings, console=console, missing=missing))
+                                    batch_size=batch_size, settings=settings, console=console, missing=missing,
+                                    stores=stores))
 
 
 @dataclass
@@ -131,7 +141,8 @@ async def replay_async(name: str, database_url: str, bootstrap: str | None = Non
                        from_store: bool = False, progress: bool = True, topic: str = DEFAULT_TOPIC,
                        schema: str | None = None, store_schema: str = "public", batch_size: int = 5000,
                        settings: ProjectionOptions | None = None, console: Any = None,
-                       missing: MissingEvents | None = None) -> list[ReplayResult]:
+                       missing: MissingEvents | None = None,
+                       stores: Mapping[str, str] | None = None) -> list[ReplayResult]:
     """The coroutine behind :func:`replay` (for callers already inside an event loop)."""
     names = registry.resolve(name)
     if schema is not None and len(names) != 1:
@@ -149,7 +160,8 @@ async def replay_async(name: str, database_url: str, bootstrap: str | None = Non
                                building, ReplayResult(n, final, source, as_of)))
 
     owned = missing is None
-    reader: MissingEvents = missing if missing is not None else StoreEvents(database_url, store_schema)
+    reader: MissingEvents = missing if missing is not None else (
+        ShardedStoreEvents(stores.values(), store_schema) if stores else StoreEvents(database_url, store_schema))
     conn: psycopg.Connection[Any] = await asyncio.to_thread(lambda: psycopg.connect(database_url, autocommit=True))
     try:
         for t in targets:
@@ -164,7 +176,8 @@ async def replay_async(name: str, database_url: str, bootstrap: str | None = Non
         with _Progress(progress, console) as bar:
             if from_store:
                 ends = await _positions_or_none(bootstrap, topic) if as_of is None else None
-                await asyncio.to_thread(_from_store, conn, database_url, targets, store_schema, as_of, batch_size, bar)
+                await asyncio.to_thread(_from_store, conn, stores or {"": database_url}, targets, store_schema,
+                                        as_of, batch_size, bar)
                 if ends is not None:
                     offsets = {(topic, p): o for p, (o, _) in ends.items()}
                     incarnations = {(topic, p): i for p, (_, i) in ends.items() if i is not None}
@@ -190,7 +203,7 @@ async def replay_async(name: str, database_url: str, bootstrap: str | None = Non
         return [t.result for t in targets]
     finally:
         await asyncio.to_thread(conn.close)  # also releases the advisory locks
-        if owned and isinstance(reader, StoreEvents):
+        if owned and isinstance(reader, StoreEvents | ShardedStoreEvents):
             reader.close()
 
 
@@ -342,29 +355,37 @@ async def _from_kafka(conn: psycopg.Connection[Any], targets: Sequence[_Target],
 # --- from the event store ----------------------------------------------------------------------------------------
 
 
-def _from_store(conn: psycopg.Connection[Any], database_url: str, targets: Sequence[_Target], store_schema: str,
-                as_of: datetime | None, batch_size: int, bar: _Progress) -> None:
-    tables = discover_logs(conn, store_schema)
-    total = sum(count_events(conn, table, store_schema) for table in tables)
-    bar.start(f"event store ({', '.join(tables) or 'no event tables'}) → "
-              f"{', '.join(t.final_schema for t in targets)}", total)
-    reader = psycopg.connect(database_url)
-    try:
-        reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")  # one snapshot of all logs
-        for table in tables:
-            for rows in pages(reader, table, batch_size, schema=store_schema):
-                batch: list[Delivered] = []
-                undecodable = 0
-                for row in rows:
-                    try:
-                        batch.append(decode_stored(*row))
-                    except Undecodable as exc:
-                        undecodable += 1
-                        log.warning("replay: %s notification %s undecodable, skipped: %s", table, row[0], exc)
-                _apply(conn, targets, batch, len(rows), undecodable, as_of, None)
-                bar.advance(len(rows))
-    finally:
-        reader.close()
+def _from_store(conn: psycopg.Connection[Any], stores: Mapping[str, str], targets: Sequence[_Target],
+                store_schema: str, as_of: datetime | None, batch_size: int, bar: _Progress) -> None:
+    """Every event of every store (``stores``: name → database URL), one store after the other."""
+    for name, database_url in stores.items():
+        reader = psycopg.connect(database_url)
+        try:
+            reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")  # one snapshot of its logs
+            tables = discover_logs(reader, store_schema)
+            total = sum(count_events(reader, table, store_schema) for table in tables)
+            where = f"event store {name} " if name else "event store "
+            bar.start(f"{where}({', '.join(tables) or 'no event tables'}) → "
+                      f"{', '.join(t.final_schema for t in targets)}", total)
+            for t in targets:
+                t.result.stores[name] = 0
+            for table in tables:
+                for rows in pages(reader, table, batch_size, schema=store_schema):
+                    batch: list[Delivered] = []
+                    undecodable = 0
+                    for row in rows:
+                        try:
+                            batch.append(decode_stored(*row))
+                        except Undecodable as exc:
+                            undecodable += 1
+                            log.warning("replay: %s%s notification %s undecodable, skipped: %s",
+                                        f"{name}/" if name else "", table, row[0], exc)
+                    _apply(conn, targets, batch, len(rows), undecodable, as_of, None)
+                    for t in targets:
+                        t.result.stores[name] += len(rows)
+                    bar.advance(len(rows))
+        finally:
+            reader.close()
 
 
 # --- progress and summary -------------------------------------------------------------------------------------------

@@ -202,6 +202,7 @@ def verify(
                 err.print(escape(f"bundle {bundle}: {finding.location}: {finding.reason}"), style="red",
                           highlight=False)
         raise typer.Exit(report.exit_code)
+    from services.bootstrap import shard_database_urls
     from services.integrity.verify import verify as run_verify
     from services.integrity.witness import load_witness
 
@@ -209,7 +210,8 @@ def verify(
     report = run_verify(settings.database_url, settings.kafka_bootstrap if kafka else None,
                         data_dir=settings.data_dir, checkpoint_copies=settings.kafka_bootstrap,
                         checkpoints_topic=settings.checkpoints_topic,
-                        witness=load_witness(witness) if witness is not None else ())
+                        witness=load_witness(witness) if witness is not None else (),
+                        stores=shard_database_urls(settings) if settings.shards else None)
     for finding in report.findings:
         err.print(escape(str(finding)), style="red", highlight=False, soft_wrap=True)
     for note in report.notes:
@@ -234,10 +236,11 @@ def checkpoint(
     export: Path | None = typer.Option(None, "--export", help="then write every checkpoint to this file (JSON list "
                                                                 "a regulator keeps; `verify --checkpoints FILE`)"),
 ) -> None:
-    """Sign the head of the whole event log (Ed25519), store the checkpoint and publish it to `rx.checkpoints`."""
+    """Sign the head of the whole event log (Ed25519), store the checkpoint and publish it to `rx.checkpoints`
+    (with region shards: of each event store, in its own database)."""
     import asyncio
 
-    from services.integrity.checkpoint import create_checkpoint
+    from services.bootstrap import checkpoint_stores, shard_database_urls
     from services.integrity.witness import export_checkpoints, publish_pending
 
     settings = Settings()
@@ -245,16 +248,18 @@ def checkpoint(
         from services.bootstrap import run_service
 
         raise typer.Exit(run_service("checkpoint", settings.model_copy(update={"checkpoint_interval_s": every})))
-    cp = create_checkpoint(settings.resolved_database_url(), settings.data_dir)
-    console.print(f"checkpoint {cp}", highlight=False, markup=False)
+    urls = shard_database_urls(settings)
+    for store, cp in checkpoint_stores(settings).items():
+        console.print(f"checkpoint {store + ' ' if settings.shards else ''}{cp}", highlight=False, markup=False)
     try:
-        asyncio.run(publish_pending(settings.resolved_database_url(), settings.resolved_kafka_bootstrap(),
-                                    settings.checkpoints_topic, timeout_s=15.0))
+        for url in urls.values():
+            asyncio.run(publish_pending(url, settings.resolved_kafka_bootstrap(), settings.checkpoints_topic,
+                                        timeout_s=15.0))
     except Exception as exc:  # Kafka down: published by the next checkpoint
         err.print(f"not published to {settings.checkpoints_topic} ({type(exc).__name__}); the next checkpoint "
                   "publishes it", style="yellow", markup=False, highlight=False)
     if export is not None:
-        path, count = export_checkpoints(settings.resolved_database_url(), export)
+        path, count = export_checkpoints(list(urls.values()), export)
         console.print(f"wrote {count} checkpoints to {path}", highlight=False, markup=False)
 
 
@@ -356,15 +361,19 @@ def replay(
     _logging(False)
     settings = _resolved()
     when = as_of.replace(tzinfo=UTC) if as_of is not None and as_of.tzinfo is None else as_of
+    from services.bootstrap import shard_database_urls
+
     try:
         results = do_replay(projection, str(settings.database_url), settings.kafka_bootstrap, as_of=when,
-                            from_store=from_store, console=console)
+                            from_store=from_store, console=console,
+                            stores=shard_database_urls(settings) if settings.shards else None)
     except (KeyError, ValueError) as exc:
         err.print(f"[bold red]replay failed:[/] {exc}")
         raise typer.Exit(2) from exc
     for r in results:
+        per_store = "; " + ", ".join(f"{n} from store {s}" for s, n in r.stores.items()) if settings.shards else ""
         console.print(f"{r.projection}: {r.applied} events applied into schema {r.schema} from {r.source} "
-                      f"({r.read} read, {r.duplicates} duplicates, {r.undecodable} undecodable) "
+                      f"({r.read} read, {r.duplicates} duplicates, {r.undecodable} undecodable{per_store}) "
                       f"in {r.seconds:.1f}s", highlight=False)
 
 

@@ -10,7 +10,10 @@ A checkpoint signs (Ed25519) a small JSON payload:
   by (log, aggregate id): leaf = sha256(0x00 || canonical JSON [log, id, version, hash]), node = sha256(0x01 ||
   left || right), an odd node moves up unchanged. A bundle carries one leaf's path to the root, so one
   prescription's trail is proven covered without the rest of the log;
-- the previous checkpoint's payload hash (``previous``), so checkpoints chain too.
+- the previous checkpoint's payload hash (``previous``), so checkpoints chain too;
+- with region shards (``RXTRAIL_SHARDS``), ``store``: which event store the chain belongs to (``global`` or a pooling
+  region). Each store keeps its own chain in its own database; the copies of all of them share ``rx.checkpoints``
+  and a witness file, and ``belongs_to`` sorts them back. Without shards the field is absent (the format before).
 
 Tables: ``checkpoints`` (one row per checkpoint, the exact signed bytes and the signature; ``published_at`` once
 its copy is on ``rx.checkpoints``, see ``services.integrity.witness``), ``checkpoint_heads`` (the heads as of the
@@ -242,8 +245,9 @@ def heads_and_leaves(conn: psycopg.Connection[Any]) -> tuple[list[tuple[str, str
 
 
 def create_checkpoint(database_url: str, data_dir: str | Path, *, logs: Sequence[str] | None = None,
-                      schema: str = "public") -> Checkpoint:
-    """Sign the current head of every log. Incremental: reads only events after the previous checkpoint."""
+                      schema: str = "public", store: str | None = None) -> Checkpoint:
+    """Sign the current head of every log. Incremental: reads only events after the previous checkpoint.
+    ``store``: the shard's name when the write side is sharded (signed into the payload)."""
     key = load_or_create_key(data_dir)
     with psycopg.connect(database_url) as conn:
         ensure_tables(conn)
@@ -296,6 +300,8 @@ def create_checkpoint(database_url: str, data_dir: str | Path, *, logs: Sequence
                 "leaf_count": len(leaves),
                 "previous": hashlib.sha256(previous.payload).hexdigest() if previous else None,
             }
+            if store is not None:
+                body["store"] = store
             payload = canonical_json(body)
             signature = key.sign(payload)
             conn.execute(
@@ -304,6 +310,12 @@ def create_checkpoint(database_url: str, data_dir: str | Path, *, logs: Sequence
                 (seq, body["created_at"], body["key_id"], payload, signature, body["merkle_root"], len(leaves)),
             )
     return Checkpoint(seq, payload, signature)
+
+
+def belongs_to(checkpoint: Checkpoint, store: str, *, global_store: str = "global") -> bool:
+    """Whether ``checkpoint`` is of ``store``'s chain. A checkpoint without ``store`` was signed before the write
+    side was sharded: it belongs to the store that was then the only one, the global store."""
+    return checkpoint.body.get("store", global_store) == store
 
 
 # --- checking checkpoints against the log -----------------------------------------------------------------------

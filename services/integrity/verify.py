@@ -6,12 +6,17 @@ Every path runs the one chain check (``services.integrity.chain.check_stream``) 
 the whole store (``verify_store``), one aggregate through the application's store (``verify_aggregate``, what the
 regulator API shows), what ``rx.events`` carries against the store (``verify_messages``), and offline bundles
 (``services.integrity.bundle.verify_bundle``).
+
+With region shards (``stores``: every event store by name, ``bootstrap.shard_database_urls``) each store is checked
+against its own checkpoint chain, and a ``ShardedReport`` keeps each store's report; every finding and note names
+its store (``370100/store``, ``global/checkpoint``). ``rx.events`` is checked once against the union of the stores.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 from collections import defaultdict
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -25,7 +30,7 @@ from events.envelope import AGGREGATE_ID, AGGREGATE_VERSION, EVENT_TYPE, NOTIFIC
 from services.adapters.event_log import discover_logs, iter_streams, stored_stream
 from services.adapters.store import RxTrailStore
 from services.integrity.chain import Finding, Report, check_stream
-from services.integrity.checkpoint import Checkpoint, Copy, key_id, load_public_key, verify_checkpoints
+from services.integrity.checkpoint import Checkpoint, Copy, belongs_to, key_id, load_public_key, verify_checkpoints
 
 T = TypeVar("T")
 
@@ -59,6 +64,42 @@ def verify_store(database_url: str, *, data_dir: str | Path | None = None, logs:
                         for r in rows:
                             keep[(aggregate_id, r.version)] = r.state
             verify_checkpoints(conn, names, report, data_dir=data_dir, schema=schema, copies=copies)
+    return report
+
+
+@dataclasses.dataclass
+class ShardedReport(Report):
+    """A verification over several event stores (region shards): the totals, and each store's own report."""
+
+    stores: dict[str, Report] = dataclasses.field(default_factory=dict)
+
+    def add(self, name: str, part: Report) -> None:
+        """Count ``part`` (store ``name``'s report) in; its findings and notes name the store."""
+        self.stores[name] = part
+        for counter in ("streams", "events", "unchained_events", "checkpoints", "uncovered_events",
+                        "uncovered_streams"):
+            setattr(self, counter, getattr(self, counter) + getattr(part, counter))
+        for where, n in part.checkpoint_copies.items():
+            self.checkpoint_copies[where] = self.checkpoint_copies.get(where, 0) + n
+        self.findings += [dataclasses.replace(f, source=f"{name}/{f.source}") for f in part.findings]
+        self.notes += [f"{name}: {note}" for note in part.notes]
+
+    def coverage(self) -> str:
+        return "; ".join(f"{name}: {part.coverage()}" for name, part in self.stores.items())
+
+    def summary(self) -> str:
+        where = f"in {len(self.stores)} event stores ({', '.join(self.stores)})"
+        return super().summary().replace("in the event store", where, 1)
+
+
+def verify_stores(stores: Mapping[str, str], *, data_dir: str | Path | None = None, logs: Sequence[str] | None = None,
+                  schema: str = "public", keep: StoredBytes | None = None, copies: Sequence[Copy] = (),
+                  report: ShardedReport | None = None) -> ShardedReport:
+    """``verify_store`` on each event store by name, each against the copies of its own checkpoint chain."""
+    report = report if report is not None else ShardedReport()
+    for name, url in stores.items():
+        own = [(where, c) for where, c in copies if belongs_to(c, name)]
+        report.add(name, verify_store(url, data_dir=data_dir, logs=logs, schema=schema, keep=keep, copies=own))
     return report
 
 
@@ -164,8 +205,12 @@ def _header(message: Any, name: str, default: str) -> str:
 def verify(database_url: str | None, bootstrap: str | None = None, *, topic: str = topics.EVENTS,
            data_dir: str | Path | None = None, logs: Sequence[str] | None = None,
            checkpoint_copies: str | None = None, checkpoints_topic: str = topics.CHECKPOINTS,
-           witness: Sequence[Checkpoint] = (), copies_timeout_s: float = 20.0) -> Report:
+           witness: Sequence[Checkpoint] = (), copies_timeout_s: float = 20.0,
+           stores: Mapping[str, str] | None = None) -> Report:
     """What `rxtrail verify` runs. ``report.exit_code``: 0 intact, 1 tampered.
+
+    ``stores``: every event store by name when the write side is sharded (``database_url`` is then the global
+    one, among them); each is checked against its own checkpoint chain (``verify_stores``).
 
     ``bootstrap``: also check what ``topic`` (``rx.events``) carries against the store. ``checkpoint_copies``
     (default: ``bootstrap``): the broker whose ``checkpoints_topic`` holds the published copies of the
@@ -173,7 +218,7 @@ def verify(database_url: str | None, bootstrap: str | None = None, *, topic: str
     ``witness``: checkpoints a regulator kept (``services.integrity.witness.load_witness``)."""
     from services.integrity.witness import KAFKA_SOURCE, WITNESS_SOURCE, read_copies_or_note
 
-    report = Report()
+    report = ShardedReport() if stores else Report()
     copies: list[Copy] = [(WITNESS_SOURCE, c) for c in witness]
     copies_from = checkpoint_copies or bootstrap
     if database_url and copies_from:
@@ -181,7 +226,9 @@ def verify(database_url: str | None, bootstrap: str | None = None, *, topic: str
         copies += [(KAFKA_SOURCE, c) for c in read_copies_or_note(copies_from, checkpoints_topic, mine,
                                                                   copies_timeout_s, report.notes)]
     stored: StoredBytes | None = {} if database_url and bootstrap else None
-    if database_url:
+    if stores and isinstance(report, ShardedReport):
+        verify_stores(stores, data_dir=data_dir, logs=logs, keep=stored, copies=copies, report=report)
+    elif database_url:
         verify_store(database_url, data_dir=data_dir, logs=logs, keep=stored, copies=copies, report=report)
     if bootstrap:
         verify_messages(run_coroutine(read_topic(bootstrap, topic)), stored, report)

@@ -43,18 +43,23 @@ def from_record(value: Any) -> Checkpoint:
 
 
 def message_key(checkpoint: Checkpoint) -> bytes:
-    """The logs the checkpoint covers (``rxtrail_events``)."""
-    return ",".join(sorted(checkpoint.body.get("logs", {}))).encode()
+    """The logs the checkpoint covers (``rxtrail_events``), after its store's name when sharded (``370100:...``)."""
+    logs = ",".join(sorted(checkpoint.body.get("logs", {})))
+    store = checkpoint.body.get("store")
+    return (logs if store is None else f"{store}:{logs}").encode()
 
 
 # --- the witness file ---------------------------------------------------------------------------------------------
 
 
-def export_checkpoints(database_url: str, out: str | Path) -> tuple[Path, int]:
-    """Write every checkpoint the database holds, as a JSON list of records, to ``out``."""
-    with psycopg.connect(database_url) as conn:
-        ensure_tables(conn)
-        checkpoints = all_checkpoints(conn)
+def export_checkpoints(database_url: str | Sequence[str], out: str | Path) -> tuple[Path, int]:
+    """Write every checkpoint the database holds (each database's, for several: region shards), as a JSON list of
+    records, to ``out``."""
+    checkpoints: list[Checkpoint] = []
+    for url in [database_url] if isinstance(database_url, str) else database_url:
+        with psycopg.connect(url) as conn:
+            ensure_tables(conn)
+            checkpoints += all_checkpoints(conn)
     path = Path(out)
     path.write_text(json.dumps([record(c) for c in checkpoints], indent=1, ensure_ascii=False) + "\n")
     return path, len(checkpoints)

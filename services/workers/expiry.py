@@ -29,7 +29,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -45,7 +45,7 @@ from events.prescription import (
     PrescriptionIssued,
     PrescriptionRejected,
 )
-from projections.base import Delivered, ensure_schema
+from projections.base import Delivered, MissingEvents, ensure_schema
 from services.adapters import expiry_state as state
 from services.application.commands import ExpirePrescription
 from services.application.outcomes import Outcome
@@ -161,6 +161,8 @@ class ExpiryConfig:
     interval_s: float = 60.0
     grace_s: float = 60.0
     sweep_limit: int = 500
+    missing: MissingEvents | None = field(default=None, compare=False)
+    """Where version gaps are read (bootstrap: every store's when sharded); None = the store at database_url."""
 
 
 def prepare(database_url: str, expiry: Expiry, schema: str) -> None:
@@ -188,7 +190,7 @@ async def run_expiry(config: ExpiryConfig, stop: asyncio.Event, app: CommandHand
         stats = await run_worker(expiry, config.database_url, config.bootstrap, stop, topic=config.topic,
                                  dlq_topic=config.dlq_topic, group_id=config.group_id, schema=config.schema,
                                  partitions=config.partitions, max_records=config.max_records,
-                                 idle_timeout_s=idle_timeout_s)
+                                 idle_timeout_s=idle_timeout_s, missing=config.missing)
     finally:
         consuming.set()
         await sweeper

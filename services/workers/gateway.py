@@ -34,7 +34,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
@@ -53,7 +53,7 @@ from events.prescription import (
     PrescriptionReturned,
     PrescriptionRouted,
 )
-from projections.base import Delivered, RunnerStats
+from projections.base import Delivered, MissingEvents, RunnerStats
 from services.adapters import gateway_state as state
 from services.infra.kafka_admin import ensure_topics_async
 from services.workers.base import Worker, in_log_order, run_worker
@@ -242,6 +242,8 @@ class GatewayConfig:
     feed_partitions: int = 1
     partitions: int = 12
     max_records: int = 500
+    missing: MissingEvents | None = field(default=None, compare=False)
+    """Where version gaps are read (bootstrap: every store's when sharded); None = the store at database_url."""
 
 
 async def run_gateway(config: GatewayConfig, stop: asyncio.Event, *, idle_timeout_s: float | None = None,
@@ -256,7 +258,7 @@ async def run_gateway(config: GatewayConfig, stop: asyncio.Event, *, idle_timeou
         stats: RunnerStats = await run_worker(
             gateway, config.database_url, config.bootstrap, stop, topic=config.topic, dlq_topic=config.dlq_topic,
             group_id=config.group_id, schema=config.schema, partitions=config.partitions,
-            max_records=config.max_records, idle_timeout_s=idle_timeout_s)
+            max_records=config.max_records, idle_timeout_s=idle_timeout_s, missing=config.missing)
     finally:
         await publisher.stop()
     log.info("gateway: stopped after %d events (%d duplicates); published %d feed messages",

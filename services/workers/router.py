@@ -48,7 +48,7 @@ from events.prescription import (
     PrescriptionRouted,
 )
 from events.registries import PharmacyAgreementSuspended, PharmacyDesignated
-from projections.base import Delivered, RunnerStats
+from projections.base import Delivered, MissingEvents, RunnerStats
 from services.adapters import router_state as state
 from services.application.commands import RoutePrescription
 from services.domain.routing import PharmacyInfo, candidates
@@ -205,6 +205,8 @@ class RouterConfig:
     schema: str = NAME
     partitions: int = 12
     max_records: int = 500
+    missing: MissingEvents | None = field(default=None, compare=False)
+    """Where version gaps are read (bootstrap: every store's when sharded); None = the store at database_url."""
 
 
 async def run_router(config: RouterConfig, stop: asyncio.Event, app: CommandHandler, *,
@@ -214,7 +216,7 @@ async def run_router(config: RouterConfig, stop: asyncio.Event, app: CommandHand
     stats: RunnerStats = await run_worker(
         router, config.database_url, config.bootstrap, stop, topic=config.topic, dlq_topic=config.dlq_topic,
         group_id=config.group_id, schema=config.schema, partitions=config.partitions,
-        max_records=config.max_records, idle_timeout_s=idle_timeout_s)
+        max_records=config.max_records, idle_timeout_s=idle_timeout_s, missing=config.missing)
     log.info("router: stopped after %d events (%d duplicates); routed %d, unroutable %d, held %d",
              stats.applied, stats.duplicates, router.routing.routed, router.routing.unroutable, router.routing.held)
     return router

@@ -423,3 +423,68 @@ def test_a_reservation_left_by_a_writer_that_stopped_is_released_by_the_repair_j
     assert isinstance(last, TraceCodeReturned) and last.reason == STRANDED_REASON
     assert isinstance(events_of(shards[GLOBAL], trace_code_id_for(kept[0]))[-1], TraceCodeSold)
     ok(cast.dispense(stranded, line(METFORMIN, 4, codes=lost)))  # the pharmacy can now record its dispense
+
+
+# --- workers read version gaps from every store ----------------------------------------------------------------
+
+
+async def test_workers_read_a_gap_on_a_region_shard_from_that_shard(app: RxTrail, casts: dict[str, Cast],
+                                                                    settings: Settings, shards: dict[str, str],
+                                                                    kafka_bootstrap: str) -> None:
+    """A Jinan prescription's first event never reached the topic. The router meets the gap at the approval and
+    reads the missing version from Jinan's store (bootstrap gives the router, gateway and expiry configs every
+    store's ``MissingEvents`` when sharded; before, they read the global store only and waited for good) and
+    applies both versions."""
+    from events.envelope import event_id
+    from services.adapters.shard_events import ShardedStoreEvents
+    from services.bootstrap import expiry_config, gateway_config, router_config
+    from services.workers.router import run_router
+    from tests.support.kafka import header, read_all
+    from tests.support.pipeline import copy_topic
+
+    rx = await asyncio.to_thread(casts[JINAN].approved, item(METFORMIN, 2))
+    assert app.directory.shard_of(rx) == JINAN  # type: ignore[attr-defined]
+    source, gapped = unique_topic("rx.events.full"), unique_topic("rx.events.gap")
+    live = settings.model_copy(update={"kafka_bootstrap": kafka_bootstrap, "events_topic": source,
+                                       "dlq_topic": source + ".dlq", "partitions": 3})
+    await ensure_topics_async(kafka_bootstrap, [source, source + ".dlq", gapped + ".dlq"], partitions=3)
+    urls = shard_database_urls(live)
+    stop = asyncio.Event()
+    relays = [asyncio.create_task(run_relay(relay_config(live, database_url=url, name=unique_id("relay")), stop))
+              for url in urls.values()]
+    expect = stored_versions(list(urls.values()))  # one record per stored event
+    try:
+        for _ in range(120):  # every stored event on the source topic
+            if len({header(r, "event_id") for r in await read_all(kafka_bootstrap, source)}) >= expect:
+                break
+            await asyncio.sleep(0.5)
+    finally:
+        stop.set()
+        await asyncio.gather(*relays)
+    lost = event_id(rx, 1)
+    copied = await copy_topic(kafka_bootstrap, source, gapped, keep=lambda r: header(r, "event_id") != lost)
+    assert copied >= expect - 1
+
+    gapped_settings = live.model_copy(update={"events_topic": gapped, "dlq_topic": gapped + ".dlq"})
+    config = router_config(gapped_settings, group_id=unique_id("router"), schema=unique_id("router").lower())
+    for worker_config in (config, gateway_config(gapped_settings), expiry_config(gapped_settings)):
+        assert isinstance(worker_config.missing, ShardedStoreEvents)
+        assert {r.database_url for r in worker_config.missing.readers} == set(urls.values())
+    stop = asyncio.Event()
+    router = asyncio.create_task(run_router(config, stop, app))
+
+    def applied() -> int:  # the router's own record of the prescription's versions
+        with psycopg.connect(shards[GLOBAL]) as conn:
+            try:
+                row = conn.execute(f'SELECT version FROM "{config.schema}".stream_versions WHERE aggregate_id = %s',
+                                   (rx,)).fetchone()
+            except psycopg.errors.UndefinedTable:  # the router has not made its tables yet
+                return 0
+        return int(row[0]) if row else 0
+
+    try:  # v1 read from Jinan's store, then the approval (v2) applied
+        await wait_until_async(lambda: asyncio.to_thread(applied), timeout=60, interval=0.5)
+        assert await asyncio.to_thread(applied) == 2
+    finally:
+        stop.set()
+        await router

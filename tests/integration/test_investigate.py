@@ -1,0 +1,134 @@
+"""`rxtrail investigate` as a regulator runs it, against a real PostgreSQL event store and the traceability and fraud
+projections rebuilt from it: --trace-code shows the sale and every refused attempt, --json for tools, --as-of, patient
+lookups by national id that never print it, and --bundle verified offline (and refused once tampered with)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.application.privacy import pseudonym
+from services.integrity.checkpoint import PUBLIC_KEY_FILE
+from services.replay import replay
+from tests.support.fraud import T0, Planted, plant
+from tests.support.trails import store
+
+SECRET = b"investigate-test-pseudonym-secret-32"
+NATIONAL_ID = "370102198801017777"
+
+
+@pytest.fixture(scope="module")
+def world(make_database: Callable[[], str], tmp_path_factory: pytest.TempPathFactory
+          ) -> tuple[Planted, dict[str, str]]:
+    planted = plant()
+    patient = pseudonym(SECRET, NATIONAL_ID)
+    for i in range(2):
+        rx = planted.issue(T0 + timedelta(days=i), physician=planted.id("DOC1"), hospital=planted.id("H1"),
+                           patient=patient)
+        planted.dispense(rx, T0 + timedelta(days=i, hours=1), dispenser=planted.id("PHA"))
+    planted.events.sort(key=lambda e: e.timestamp)
+    db = make_database()
+    store(db, planted.events)
+    for name in ("traceability", "fraud"):
+        [result] = replay(name, db, None, from_store=True, progress=False)
+        assert result.applied == len(planted.events)
+    data = tmp_path_factory.mktemp("rxtrail-investigate")
+    env = {**os.environ, "RXTRAIL_DATABASE_URL": db, "RXTRAIL_DATA_DIR": str(data),
+           "RXTRAIL_PSEUDONYM_SECRET": SECRET.decode(), "COLUMNS": "220"}
+    return planted, env
+
+
+def rxtrail(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "services.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=180)
+
+
+def investigate_json(env: dict[str, str], *args: str) -> dict[str, Any]:
+    r = rxtrail(env, "investigate", *args, "--json")
+    assert r.returncode == 0, r.stderr
+    return dict(json.loads(r.stdout))
+
+
+def test_trace_code_shows_the_sale_and_every_refused_attempt(world: tuple[Planted, dict[str, str]]) -> None:
+    planted, env = world
+    code, sold_on, tried_on = planted.expect["code"]
+    report = investigate_json(env, "--trace-code", code)
+    shown = report["trace_code"]
+    assert [(s["event_type"], s["prescription_id"]) for s in shown["sales"]] == [("TraceCodeSold", str(sold_on))]
+    assert [a["aggregate_id"] for a in shown["refused_attempts"]] == [str(tried_on)] * 2
+    assert {rx["prescription_id"] for rx in report["prescriptions"]} == {str(sold_on), str(tried_on)}
+    assert [f["pattern"] for f in report["findings"]] == ["FR-TC-REPEAT"]
+    table = rxtrail(env, "investigate", "--trace-code", code)
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.count("refused (R8)") == 2 and "TraceCodeSold" in table.stdout
+    assert "FR-TC-REPEAT" in table.stdout
+
+
+def test_as_of_shows_only_what_had_happened(world: tuple[Planted, dict[str, str]]) -> None:
+    planted, env = world
+    code, _, _ = planted.expect["code"]
+    between = T0 + timedelta(days=1, minutes=90)  # after the first refused attempt, before the second
+    report = investigate_json(env, "--trace-code", code, "--as-of", between.isoformat())
+    assert len(report["trace_code"]["refused_attempts"]) == 1
+    assert report["as_of"] == between.isoformat()
+
+
+def test_patients_are_found_by_national_id_and_shown_only_as_their_pseudonym(
+        world: tuple[Planted, dict[str, str]]) -> None:
+    _, env = world
+    r = rxtrail(env, "investigate", "--patient", NATIONAL_ID, "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    ref = pseudonym(SECRET, NATIONAL_ID)
+    assert report["query"] == {"patient": ref}
+    assert len(report["prescriptions"]) == 2 and {rx["patient_ref"] for rx in report["prescriptions"]} == {ref}
+    table = rxtrail(env, "investigate", "--patient", NATIONAL_ID)
+    assert NATIONAL_ID not in r.stdout + r.stderr + table.stdout + table.stderr
+
+
+def test_physician_investigation_shows_the_suspension_finding(world: tuple[Planted, dict[str, str]]) -> None:
+    planted, env = world
+    physician, before, after, _ = planted.expect["suspended"]
+    report = investigate_json(env, "--physician", physician)
+    assert {rx["prescription_id"] for rx in report["prescriptions"]} == {str(before), str(after)}
+    assert [f["pattern"] for f in report["findings"]] == ["FR-SUSPENDED-ACTIVE"]
+
+
+def test_bundle_of_everything_shown_verifies_offline_and_fails_once_tampered(
+        world: tuple[Planted, dict[str, str]], tmp_path: Path) -> None:
+    planted, env = world
+    code, sold_on, tried_on = planted.expect["code"]
+    bundle = tmp_path / "evidence.json"
+    r = rxtrail(env, "investigate", "--trace-code", code, "--bundle", str(bundle))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(bundle.read_text())
+    assert doc["format"] == "rxtrail.investigation/1"
+    proven = {t["aggregate_id"] for t in doc["trails"]}
+    assert {str(sold_on), str(tried_on)} <= proven
+    assert {s["aggregate_id"] for s in doc["shown"]["trace_code"]["sales"]} <= proven
+    public_key = Path(env["RXTRAIL_DATA_DIR"]) / PUBLIC_KEY_FILE
+    offline = {k: v for k, v in env.items() if not k.startswith("RXTRAIL_")}  # no database
+    good = rxtrail(offline, "verify", "--bundle", str(bundle), "--public-key", str(public_key))
+    assert good.returncode == 0 and "INTACT" in good.stdout, good.stdout + good.stderr
+
+    shown = json.loads(bundle.read_text())  # the shown report changed: the export signature no longer holds
+    shown["shown"]["trace_code"]["refused_attempts"] = shown["shown"]["trace_code"]["refused_attempts"][:1]
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(shown))
+    bad = rxtrail(offline, "verify", "--bundle", str(edited), "--public-key", str(public_key))
+    assert bad.returncode == 1 and "export signature" in bad.stderr
+
+    dropped = json.loads(bundle.read_text())  # a trail left out: its events are cited but not proven
+    dropped["trails"] = [t for t in dropped["trails"] if t["aggregate_id"] != str(tried_on)]
+    dropped_path = tmp_path / "dropped.json"
+    dropped_path.write_text(json.dumps(dropped))
+    worse = rxtrail(offline, "verify", "--bundle", str(dropped_path), "--public-key", str(public_key))
+    assert worse.returncode == 1 and "does not prove" in worse.stderr

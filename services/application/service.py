@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from events.base import EVENT_SIZE_MAX
 from events.codec import to_json
+from events.registries import UNRECORDED  # step 1 only: the registry commands name their sender next
 from services.application import commands as c
 from services.application.errors import ConcurrencyConflict
 from services.application.ids import encounter_id_for, prescription_id_for
@@ -411,36 +412,39 @@ class RxTrail:
     def _register_physician(self, cmd: c.RegisterPhysician, uow: UnitOfWork) -> UUID:
         aggregate_id = Physician.id_for(cmd.physician_id)
         uow.expect_new(Physician, aggregate_id, "physician", cmd.physician_id)
-        uow.add(Physician.register(clock=self.clock, physician_id=cmd.physician_id, hospital_id=cmd.hospital_id,
+        uow.add(Physician.register(clock=self.clock, changed_by=UNRECORDED,
+                                   physician_id=cmd.physician_id, hospital_id=cmd.hospital_id,
                                    name=cmd.name, qualification_no=cmd.qualification_no))
         return aggregate_id
 
     @handles(c.SuspendPhysician)
     def _suspend_physician(self, cmd: c.SuspendPhysician, uow: UnitOfWork) -> UUID:
         physician = uow.require(Physician, Physician.id_for(cmd.physician_id), key=cmd.physician_id)
-        physician.suspend(clock=self.clock, reason=cmd.reason)
+        physician.suspend(clock=self.clock, changed_by=UNRECORDED, reason=cmd.reason)
         return physician.id
 
     @handles(c.ReinstatePhysician)
     def _reinstate_physician(self, cmd: c.ReinstatePhysician, uow: UnitOfWork) -> UUID:
         physician = uow.require(Physician, Physician.id_for(cmd.physician_id), key=cmd.physician_id)
-        physician.reinstate(clock=self.clock, reason=cmd.reason)
+        physician.reinstate(clock=self.clock, changed_by=UNRECORDED, reason=cmd.reason)
         return physician.id
 
     @handles(c.RegisterPharmacist)
     def _register_pharmacist(self, cmd: c.RegisterPharmacist, uow: UnitOfWork) -> UUID:
         aggregate_id = Pharmacist.id_for(cmd.pharmacist_id)
         uow.expect_new(Pharmacist, aggregate_id, "pharmacist", cmd.pharmacist_id)
-        uow.add(Pharmacist.register(clock=self.clock, pharmacist_id=cmd.pharmacist_id, employer_id=cmd.employer_id,
-                                    name=cmd.name, qualification_no=cmd.qualification_no,
-                                    third_party=cmd.third_party))
+        third = cmd.third_party
+        uow.add(Pharmacist.register(clock=self.clock, changed_by=UNRECORDED, pharmacist_id=cmd.pharmacist_id,
+                                    employer_id=None if third else cmd.employer_id, name=cmd.name,
+                                    qualification_no=cmd.qualification_no, third_party=third,
+                                    company_id=cmd.employer_id if third else None))
         return aggregate_id
 
     @handles(c.DesignatePharmacy)
     def _designate_pharmacy(self, cmd: c.DesignatePharmacy, uow: UnitOfWork) -> UUID:
         aggregate_id = Pharmacy.id_for(cmd.pharmacy_id)
         uow.expect_new(Pharmacy, aggregate_id, "pharmacy", cmd.pharmacy_id)
-        uow.add(Pharmacy.designate(clock=self.clock, pharmacy_id=cmd.pharmacy_id, name=cmd.name,
+        uow.add(Pharmacy.designate(clock=self.clock, changed_by=UNRECORDED, pharmacy_id=cmd.pharmacy_id, name=cmd.name,
                                    pooling_region=cmd.pooling_region, agreement_no=cmd.agreement_no,
                                    ownership=cmd.ownership, drug_codes=cmd.drug_codes))
         return aggregate_id
@@ -448,13 +452,13 @@ class RxTrail:
     @handles(c.SuspendPharmacyAgreement)
     def _suspend_agreement(self, cmd: c.SuspendPharmacyAgreement, uow: UnitOfWork) -> UUID:
         pharmacy = uow.require(Pharmacy, Pharmacy.id_for(cmd.pharmacy_id), key=cmd.pharmacy_id)
-        pharmacy.suspend_agreement(clock=self.clock, reason=cmd.reason)
+        pharmacy.suspend_agreement(clock=self.clock, changed_by=UNRECORDED, reason=cmd.reason)
         return pharmacy.id
 
     @handles(c.SuspendPatientForFraud)
     def _suspend_patient(self, cmd: c.SuspendPatientForFraud, uow: UnitOfWork) -> UUID:
         existing = uow.get(PatientStatus, PatientStatus.id_for(cmd.patient_ref))
-        status = PatientStatus.suspend_for_fraud(existing, clock=self.clock, patient_ref=cmd.patient_ref,
+        status = PatientStatus.suspend_for_fraud(existing, clock=self.clock, changed_by=UNRECORDED, patient_ref=cmd.patient_ref,
                                                  reason=cmd.reason, until=cmd.until)
         uow.add(status)
         return status.id
@@ -462,7 +466,7 @@ class RxTrail:
     @handles(c.ReinstatePatient)
     def _reinstate_patient(self, cmd: c.ReinstatePatient, uow: UnitOfWork) -> UUID:
         status = uow.require(PatientStatus, PatientStatus.id_for(cmd.patient_ref), key=cmd.patient_ref)
-        status.reinstate(clock=self.clock, reason=cmd.reason)
+        status.reinstate(clock=self.clock, changed_by=UNRECORDED, reason=cmd.reason)
         return status.id
 
     # --- helpers ------------------------------------------------------------------------------------

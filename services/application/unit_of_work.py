@@ -14,9 +14,15 @@ from services.application.ports import EventStore
 from services.domain.aggregate import Aggregate
 from services.domain.encounter import Encounter, project_encounter
 from services.domain.errors import (
+    ChronicDiseaseListNotFound,
+    DeliveryEnterpriseNotFound,
+    DrugListingNotFound,
+    EmergencyDeclarationsNotFound,
     EncounterNotFound,
+    InstitutionNotFound,
     InvalidCommand,
     NotFound,
+    PatientInsuranceNotFound,
     PharmacistNotFound,
     PharmacyNotFound,
     PhysicianNotFound,
@@ -25,10 +31,22 @@ from services.domain.errors import (
 )
 from services.domain.prescription import Prescription, project_prescription
 from services.domain.registries import (
+    ChronicDiseaseList,
+    DeliveryEnterprise,
+    DrugListing,
+    EmergencyDeclarations,
+    Institution,
+    PatientInsurance,
     PatientStatus,
     Pharmacist,
     Pharmacy,
     Physician,
+    project_chronic_disease_list,
+    project_delivery_enterprise,
+    project_drug_listing,
+    project_emergency_declarations,
+    project_institution,
+    project_patient_insurance,
     project_patient_status,
     project_pharmacist,
     project_pharmacy,
@@ -46,6 +64,12 @@ PROJECTORS: dict[type[Aggregate], Callable[[Any, Iterable[Any]], Any]] = {
     Pharmacist: project_pharmacist,
     Pharmacy: project_pharmacy,
     PatientStatus: project_patient_status,
+    Institution: project_institution,
+    DeliveryEnterprise: project_delivery_enterprise,
+    PatientInsurance: project_patient_insurance,
+    EmergencyDeclarations: project_emergency_declarations,
+    DrugListing: project_drug_listing,
+    ChronicDiseaseList: project_chronic_disease_list,
 }
 NOT_FOUND: dict[type[Aggregate], type[NotFound]] = {
     Prescription: PrescriptionNotFound,
@@ -55,6 +79,12 @@ NOT_FOUND: dict[type[Aggregate], type[NotFound]] = {
     Pharmacist: PharmacistNotFound,
     Pharmacy: PharmacyNotFound,
     PatientStatus: PatientStatusNotFound,
+    Institution: InstitutionNotFound,
+    DeliveryEnterprise: DeliveryEnterpriseNotFound,
+    PatientInsurance: PatientInsuranceNotFound,
+    EmergencyDeclarations: EmergencyDeclarationsNotFound,
+    DrugListing: DrugListingNotFound,
+    ChronicDiseaseList: ChronicDiseaseListNotFound,
 }
 
 

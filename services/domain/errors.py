@@ -98,3 +98,27 @@ class PharmacistNotFound(NotFound):
 
 class PharmacyNotFound(NotFound):
     kind = "pharmacy"
+
+
+class InstitutionNotFound(NotFound):
+    kind = "institution"
+
+
+class DeliveryEnterpriseNotFound(NotFound):
+    kind = "delivery enterprise"
+
+
+class PatientInsuranceNotFound(NotFound):
+    kind = "patient insurance"
+
+
+class EmergencyDeclarationsNotFound(NotFound):
+    kind = "emergency declarations of region"
+
+
+class DrugListingNotFound(NotFound):
+    kind = "drug"
+
+
+class ChronicDiseaseListNotFound(NotFound):
+    kind = "chronic disease list of region"

@@ -90,6 +90,7 @@ class World:
     def __post_init__(self) -> None:
         self.physician = Physician.register(
             clock=self.clock,
+            changed_by="agency:220100",
             physician_id="DR-001",
             hospital_id=HOSPITAL,
             name="Dr Li",
@@ -97,6 +98,7 @@ class World:
         )
         self.pharmacist = Pharmacist.register(
             clock=self.clock,
+            changed_by="agency:220100",
             pharmacist_id="RPH-001",
             employer_id=HOSPITAL,
             name="Wang",
@@ -104,6 +106,7 @@ class World:
         )
         self.pharmacy = Pharmacy.designate(
             clock=self.clock,
+            changed_by="agency:220100",
             pharmacy_id=PHARMACY,
             name="Kangda",
             pooling_region=CHANGCHUN,

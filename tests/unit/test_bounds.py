@@ -50,7 +50,7 @@ from events.prescription import (
     PrescriptionItem,
     PrescriptionRejected,
 )
-from events.registries import PharmacyDesignated
+from events.registries import PharmacyDesignated, PharmacyDrugsListed
 from services.api import create_app
 from services.api import models as m
 from services.application import commands as c
@@ -183,7 +183,12 @@ def _largest_events() -> dict[str, Any]:
                                                      reasons=(text,) * REASONS_MAX),
         "PharmacyDesignated": PharmacyDesignated(
             originator_id=uuid4(), originator_version=1, timestamp=datetime.now(UTC), prev_hash=GENESIS_HASH,
-            pharmacy_id=ident, name=name, pooling_region="220100", agreement_no=ident,
+            pharmacy_id=ident, name=name, pooling_region="220100", agreement_no=ident, payee_id=ident,
+            changed_by=ident, effective_from=date(2026, 1, 1),
+            drug_codes=tuple(f"X{n:019d}" for n in range(DRUG_CODES_MAX))),
+        "PharmacyDrugsListed": PharmacyDrugsListed(
+            originator_id=uuid4(), originator_version=2, timestamp=datetime.now(UTC), prev_hash="a" * 64,
+            changed_by=ident, effective_from=date(2026, 1, 1),
             drug_codes=tuple(f"X{n:019d}" for n in range(DRUG_CODES_MAX))),
     }
 

@@ -31,20 +31,22 @@ from events.prescription import PrescriptionRejected, RoutingBasis
 from events.statement import DepositReleased, PartyKind, StatementIssued
 from services.domain import PatientStatus, verify_stream
 from tests.support.domain import PATIENT, PHARMACY, T0, World, item, line
+from tests.support.registries import BY, registry_samples
 
 
 def sample_events() -> dict[str, Envelope]:
     """At least one event of every catalogued type, produced by the aggregates where they exist."""
     w = World()
     out: list[Envelope] = [*w.physician.collect_events(), *w.pharmacist.collect_events()]
-    w.physician.suspend(clock=w.clock, reason="review")
-    w.physician.reinstate(clock=w.clock, reason="cleared")
-    w.pharmacy.suspend_agreement(clock=w.clock, reason="audit")
+    w.physician.suspend(clock=w.clock, changed_by=BY, reason="review")
+    w.physician.reinstate(clock=w.clock, changed_by=BY, reason="cleared")
+    w.pharmacy.suspend_agreement(clock=w.clock, changed_by=BY, reason="audit")
     out += w.physician.collect_events() + w.pharmacy.collect_events()
     w = World()
-    patient = PatientStatus.suspend_for_fraud(None, clock=w.clock, patient_ref=PATIENT, reason="fraud")
-    patient.reinstate(clock=w.clock, reason="appeal")
+    patient = PatientStatus.suspend_for_fraud(None, clock=w.clock, changed_by=BY, patient_ref=PATIENT, reason="fraud")
+    patient.reinstate(clock=w.clock, changed_by=BY, reason="appeal")
     out += patient.collect_events()
+    out += registry_samples(w.clock)
 
     enc = w.encounter()
     enc.settle_consultation(

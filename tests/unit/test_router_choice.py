@@ -184,10 +184,11 @@ def test_a_worker_refuses_to_issue_a_command_without_a_key() -> None:
 # --- the fields it reads: schema v2 and the v1 upcasters -----------------------------------------------------
 
 
-def _as_v1(event: PrescriptionIssued | PharmacyDesignated, drop: str) -> dict[str, object]:
-    """The event as schema v1 wrote it (without ``drop``), hashed as written."""
+def _as_v1(event: PrescriptionIssued | PharmacyDesignated, *drop: str) -> dict[str, object]:
+    """The event as schema v1 wrote it (without the fields ``drop``), hashed as written."""
     data = json.loads(to_json(event))
-    data.pop(drop)
+    for name in drop:
+        data.pop(name)
     data.update(schema_version=1, prev_hash=GENESIS_HASH)
     payload = {"event_type": type(event).__name__, **{k: v for k, v in data.items() if k != "hash"}}
     data["hash"] = hashlib.sha256(
@@ -211,10 +212,11 @@ def test_issued_carries_the_patient_choice_and_v1_events_load_without_one() -> N
 
 def test_designated_carries_a_drug_list_and_v1_events_load_without_one() -> None:
     w = World()
-    event = Pharmacy.designate(clock=w.clock, pharmacy_id="PH-7", name="Kangda", pooling_region=REGION,
-                               agreement_no="A-7", drug_codes=[A, B]).collect_events()[0]
+    event = Pharmacy.designate(clock=w.clock, changed_by="agency:220100", pharmacy_id="PH-7", name="Kangda",
+                               pooling_region=REGION, agreement_no="A-7", drug_codes=[A, B]).collect_events()[0]
     assert isinstance(event, PharmacyDesignated)
-    assert event.schema_version == 2 and event.drug_codes == (A, B)
-    old = from_json("PharmacyDesignated", _as_v1(event, "drug_codes"))
-    assert isinstance(old, PharmacyDesignated) and old.drug_codes is None
+    assert event.schema_version == 3 and event.drug_codes == (A, B)  # v3: registry facts and who changed them
+    old = from_json("PharmacyDesignated", _as_v1(event, "drug_codes", "chronic_qualified", "payee_id", "changed_by",
+                                                 "effective_from"))
+    assert isinstance(old, PharmacyDesignated) and old.drug_codes is None and old.changed_by == "unrecorded"
     assert event_hash(old) == old.hash and verify_stream([old]) is None

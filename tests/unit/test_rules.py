@@ -167,19 +167,20 @@ def test_r2_rejects_missing_signature(w: World) -> None:
 
 def test_r2_rejects_suspended_physician_and_allows_after_reinstatement(w: World) -> None:
     enc = w.encounter()
-    w.physician.suspend(clock=w.clock, reason="licence under review")
+    w.physician.suspend(clock=w.clock, changed_by="agency:220100", reason="licence under review")
     with refused("R2"):
         w.issued(encounter=enc)
     with refused("R2"):
         w.encounter()
-    w.physician.reinstate(clock=w.clock, reason="cleared")
+    w.physician.reinstate(clock=w.clock, changed_by="agency:220100", reason="cleared")
     rx = w.issued(encounter=enc)
     assert rx.status == "issued" and rx.physician_id == "DR-001"
 
 
 def test_r2_rejects_physician_registered_at_another_hospital(w: World) -> None:
     other = Physician.register(
-        clock=w.clock, physician_id="DR-001", hospital_id="H-OTHER", name="Dr Li", qualification_no="Q-1"
+        clock=w.clock, changed_by="agency:220100", physician_id="DR-001", hospital_id="H-OTHER",
+        name="Dr Li", qualification_no="Q-1"
     )
     with refused("R2"):
         Encounter.record(**{**_visit_args(w), "physician": other})
@@ -495,7 +496,7 @@ def test_r10_rejects_insurance_paying_for_self_pay_drug(w: World) -> None:
 
 def _suspended(w: World, until: date | None = None) -> PatientStatus:
     return PatientStatus.suspend_for_fraud(
-        None, clock=w.clock, patient_ref=PATIENT, reason="forged receipts", until=until
+        None, clock=w.clock, changed_by="agency:220100", patient_ref=PATIENT, reason="forged receipts", until=until
     )
 
 
@@ -532,7 +533,7 @@ def test_r11_applies_to_consultation_fees(w: World) -> None:
 
 def test_r11_suspension_ends_with_reinstatement_or_after_until_date(w: World) -> None:
     patient = _suspended(w)
-    patient.reinstate(clock=w.clock, reason="appeal upheld")
+    patient.reinstate(clock=w.clock, changed_by="agency:220100", reason="appeal upheld")
     after_reinstatement, after_until = w.collected(), w.collected()
     w.settle(after_reinstatement, patient=patient)
     w.settle(after_until, patient=_suspended(w, until=TODAY - timedelta(days=1)))

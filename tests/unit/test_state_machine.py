@@ -44,7 +44,8 @@ def test_declined_prescription_can_be_routed_again(w: World) -> None:
     rx.decline(clock=w.clock, dispenser_id=PHARMACY, reason="out of stock")
     assert rx.status == "approved" and rx.dispenser_id is None
     other = Pharmacy.designate(
-        clock=w.clock, pharmacy_id="PH-CC-002", name="Yida", pooling_region="220100", agreement_no="A-2"
+        clock=w.clock, changed_by="agency:220100", pharmacy_id="PH-CC-002",
+        name="Yida", pooling_region="220100", agreement_no="A-2"
     )
     rx.route(clock=w.clock, pharmacy=other, basis=RoutingBasis.ROUTING_RULE)
     rx.accept(clock=w.clock, dispenser_id="PH-CC-002")
@@ -299,26 +300,27 @@ def test_wrong_pharmacy_cannot_accept_or_dispense(w: World) -> None:
 def test_routing_refuses_suspended_or_out_of_region_pharmacy(w: World) -> None:
     rx = w.approved()
     far = Pharmacy.designate(
-        clock=w.clock, pharmacy_id="PH-JN", name="Jinan", pooling_region="370100", agreement_no="A-9"
+        clock=w.clock, changed_by="agency:370100", pharmacy_id="PH-JN", name="Jinan", pooling_region="370100", agreement_no="A-9"
     )
     with pytest.raises(PartyNotEligible, match="pooling region"):
         rx.route(clock=w.clock, pharmacy=far, basis=RoutingBasis.PATIENT_CHOICE)
-    w.pharmacy.suspend_agreement(clock=w.clock, reason="audit")
+    w.pharmacy.suspend_agreement(clock=w.clock, changed_by="agency:220100", reason="audit")
     with pytest.raises(PartyNotEligible, match="agreement"):
         _route(w, rx)
 
 
 def test_review_needs_hospital_or_third_party_pharmacist(w: World) -> None:
     outsider = Pharmacist.register(
-        clock=w.clock, pharmacist_id="RPH-9", employer_id="H-OTHER", name="Zhao", qualification_no="Q"
+        clock=w.clock, changed_by="agency:220100", pharmacist_id="RPH-9", employer_id="H-OTHER", name="Zhao", qualification_no="Q"
     )
     rx = w.issued()
     with pytest.raises(PartyNotEligible):
         rx.approve(clock=w.clock, pharmacist=outsider)
     third = Pharmacist.register(
         clock=w.clock,
+        changed_by="agency:220100",
         pharmacist_id="RPH-3",
-        employer_id="Platform",
+        company_id="Platform",
         name="Sun",
         qualification_no="Q",
         third_party=True,

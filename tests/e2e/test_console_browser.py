@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 
 from services.adapters.store import EVENTS_TABLE
 from services.api import create_app
+from services.api.console import endpoints
 from services.application import RxTrail
 from services.infra.settings import Settings
 from tests.support.flows import Actors, api_keys, dispense_body, live_server, register_cast, trace_codes
@@ -34,13 +35,14 @@ CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = Path(os.environ.get("RXTRAIL_ARTIFACTS", Path(__file__).resolve().parents[2] / "artifacts")) / "screenshots"
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1"}
 REGULATOR = "CONSOLE-PW"
+SCHEMAS = ("traceability", "gateway", "fraud")  # what the console reads
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (.ci/run installs it)")
 
 
 @pytest.fixture(scope="module")
 def settings(database: str, kafka_bootstrap: str) -> Iterator[Settings]:
-    with read_side(database, kafka_bootstrap) as settings:
+    with read_side(database, kafka_bootstrap, projections=("traceability", "fraud")) as settings:
         yield settings
 
 
@@ -60,7 +62,8 @@ def actors(database: str, application: RxTrail, api: Any) -> Iterator[Actors]:
 
 @pytest.fixture(scope="module")
 def world(actors: Actors, database: str) -> dict[str, Any]:
-    """A dispensed prescription (its codes), a refused second sale of one of them (R8), and a tampered trail."""
+    """A dispensed prescription (its codes), a refused second sale of one of them (R8: a flag, and the fraud
+    projection's FR-TC-REPEAT finding), and a tampered trail."""
     sold = actors.accepted()
     codes = trace_codes(4)
     r = actors.post(actors.pharmacy, f"/pharmacy/prescriptions/{sold}/dispenses", dispense_body(4, codes))
@@ -77,7 +80,7 @@ def world(actors: Actors, database: str) -> dict[str, Any]:
         doc["pharmacist_id"] = "PHM-FORGED"
         conn.execute(f"UPDATE {EVENTS_TABLE} SET state = %s WHERE originator_id = %s AND originator_version = %s",
                      (json.dumps(doc, ensure_ascii=False).encode(), tampered, row[0]))
-    wait_caught_up(database)
+    wait_caught_up(database, SCHEMAS)
     return {"sold": sold, "codes": codes, "again": again, "tampered": tampered}
 
 
@@ -176,6 +179,26 @@ def test_regulator_searches_a_code_opens_the_trail_and_sees_a_tampered_one_broke
         recorded = actors.get(actors.regulator, "/regulator/queries", regulator_id=REGULATOR, limit=100).json()
         assert {f"/regulator/prescriptions/{world['sold']}/trail", "/regulator/prescriptions",
                 "/regulator/dashboard"} <= {q["path"] for q in recorded}
+    assert unplugged.foreign == [] and unplugged.errors == []
+
+
+def test_regulator_opens_a_finding_and_reaches_its_evidence(
+        api: Any, actors: Actors, world: dict[str, Any], unplugged: Unplugged) -> None:
+    assert "findings" in endpoints(), "the console has no findings endpoint to call"
+    page = unplugged.page
+    with live_server(api) as base:
+        page.goto(f"{base}/console#key={actors.regulator}&regulator={REGULATOR}")
+        page.wait_for_selector("#finding-results tr.finding")
+        unplugged.shot("console-05-findings")
+        page.locator("#finding-results tr.finding button.finding-open").first.click()
+        page.wait_for_selector("#finding-detail ol.evidence li")
+        detail = page.inner_text("#finding-detail")
+        assert "证据" in detail and " v" in detail
+        unplugged.shot("console-06-finding-evidence")
+        link = page.locator("#finding-detail button.evidence-trail").first
+        link.click()
+        page.wait_for_selector("#trail-events li")
+        assert "Prescription" in page.inner_text("#trail-head")
     assert unplugged.foreign == [] and unplugged.errors == []
 
 

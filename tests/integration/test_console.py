@@ -86,7 +86,8 @@ def test_page_is_html_without_a_key_and_holds_no_data(client: TestClient) -> Non
 def test_page_calls_only_documented_endpoints_with_documented_parameters(api: object) -> None:
     script = script_of(PAGE)
     table = endpoints()
-    assert {"search", "trail", "verification", "flags", "queries", "dashboard", "statements"} <= set(table)
+    assert {"search", "trail", "verification", "flags", "queries", "dashboard", "statements", "findings",
+            "finding"} <= set(table)
     for path in table.values():
         openapi_get(api, path)
     # no path is spelled anywhere else in the script: every call goes through the one table and one fetch
@@ -105,6 +106,11 @@ def test_page_calls_only_documented_endpoints_with_documented_parameters(api: ob
     assert {"days", "region"} <= params
     params = {p["name"] for p in openapi_get(api, table["statements"])["parameters"]}  # type: ignore[index]
     assert {"region", "month"} <= params
+    params = {p["name"] for p in openapi_get(api, table["findings"])["parameters"]}  # type: ignore[index]
+    assert {"pattern", "severity", "concerns", "patient_ref", "after", "limit"} <= params
+    openapi_get(api, table["finding"])
+    for name in re.findall(r'<input name="(\w+)"', PAGE.split('id="findings-form"')[1].split("</form>")[0]):
+        assert name in params, name
     rule_pattern = next(p for p in openapi_get(api, table["flags"])["parameters"]  # type: ignore[attr-defined]
                         if p["name"] == "rule")["schema"]["anyOf"][0]["pattern"]
     for rule in re.findall(r'<option value="(R\d+)">', PAGE):

@@ -8,6 +8,8 @@ const ENDPOINTS = {
   queries: "/regulator/queries",
   dashboard: "/regulator/dashboard",
   statements: "/regulator/statements",
+  findings: "/regulator/findings",
+  finding: "/regulator/findings/{finding_id}",
 };
 const KEY = "rxtrail.console.key", REG = "rxtrail.console.regulator";
 const $ = (id) => document.getElementById(id);
@@ -364,7 +366,7 @@ async function loadFindings(after) {
   say("findings-status", "加载中 loading…");
   try {
     const query = { limit: 100, after: after || "" };
-    for (const name of ["pattern", "severity", "party", "patient_ref"]) query[name] = form.elements[name].value.trim();
+    for (const name of ["pattern", "severity", "concerns", "patient_ref"]) query[name] = form.elements[name].value.trim();
     const page = await api("findings", null, query);
     for (const f of page.items) {
       const links = findingLinks(f);
@@ -420,14 +422,15 @@ async function loadStatements() {
     issues.append(el("tr", {}, el("td", { colspan: 5, class: "empty", text: "结算问题尚未提供 settlement issues are not available from this API yet" })));
   } else {
     try {
-      const page = await api("settlementIssues", null, { region: region });
-      for (const i of (page.items || page)) {
-        const details = Object.entries(i.details || {}).map(([k, v]) => k + "=" + v).join(", ");
-        issues.append(el("tr", {}, el("td", { text: when(i.at) }), el("td", { text: i.region || i.pooling_region || "" }),
-          el("td", { text: i.issue || i.kind || i.reason || "" }),
-          el("td", {}, i.prescription_id ? el("button", { class: "link mono", text: short(i.prescription_id), title: i.prescription_id,
-                                                       onclick: () => openTrail(i.prescription_id) }) : "—"),
-          el("td", { class: "mono", text: details })));
+      const page = await api("settlementIssues", null, { region: region, include_resolved: "true" });
+      for (const i of page.items) {
+        const rx = i.subject_kind === "prescription" ? i.subject_id : null;
+        issues.append(el("tr", {}, el("td", { text: when(i.failed_at) }), el("td", { text: i.pooling_region }),
+          el("td", {}, i.rule_id ? el("span", { class: "badge bad", text: i.rule_id }) : null, " " + i.error + ": " + i.reason,
+             el("span", { class: "badge " + (i.open ? "warn" : "ok"), text: i.open ? "未解决 open" : "已处理 resolved" })),
+          el("td", {}, rx ? el("button", { class: "link mono", text: short(rx), title: rx, onclick: () => openTrail(rx) })
+                          : el("span", { class: "mono", text: i.subject_kind + " " + short(i.subject_id) })),
+          el("td", { class: "mono", text: "失败 failures: " + i.failures + " · " + i.trigger })));
       }
       if (!issues.children.length) issues.append(el("tr", {}, el("td", { colspan: 5, class: "empty", text: "没有结算问题 no settlement issues" })));
       say("issues-status", "");

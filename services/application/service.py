@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -121,26 +122,29 @@ class RxTrail:
         outcomes: list[Outcome] = []
         rows: list[tuple[c.Command, Outcome]] = []
         in_batch: dict[str, Outcome] = {}
-        for command in commands:
-            key = command.command_id
-            if key is not None and key in recorded:
-                outcomes.append(recorded[key])
-                continue
-            if key is not None and key in in_batch:
-                outcomes.append(in_batch[key].model_copy(update={"replayed": True}))
-                continue
-            uow.begin()
-            try:
-                aggregate_id = self._run(command, uow)
-                outcome = _ok(command, aggregate_id, uow)
-            except (DomainError, ValidationError) as err:
-                uow.rollback()
-                self._after_rejection(command, err, uow)
-                outcome = _rejected(command, err, uow)
-            outcomes.append(outcome)
-            if key is not None:
-                in_batch[key] = outcome
-                rows.append((command, outcome))
+        patients = [self.vault.patient_ref(cmd.patient.national_id) for cmd in commands
+                    if isinstance(cmd, c.RecordFollowUpVisit) and cmd.command_id not in recorded]
+        with _sealing_keys(self.vault, patients):  # the batch's patient keys in one round trip, not one each
+            for command in commands:
+                key = command.command_id
+                if key is not None and key in recorded:
+                    outcomes.append(recorded[key])
+                    continue
+                if key is not None and key in in_batch:
+                    outcomes.append(in_batch[key].model_copy(update={"replayed": True}))
+                    continue
+                uow.begin()
+                try:
+                    aggregate_id = self._run(command, uow)
+                    outcome = _ok(command, aggregate_id, uow)
+                except (DomainError, ValidationError) as err:
+                    uow.rollback()
+                    self._after_rejection(command, err, uow)
+                    outcome = _rejected(command, err, uow)
+                outcomes.append(outcome)
+                if key is not None:
+                    in_batch[key] = outcome
+                    rows.append((command, outcome))
         try:
             self._write(uow, rows)
         except IntegrityError:
@@ -512,6 +516,12 @@ def _rejected(command: c.Command, err: Exception, uow: UnitOfWork | None = None)
         reason=reason,
         ids=ids,
     )
+
+
+def _sealing_keys(vault: PatientVault, patient_refs: Sequence[str]) -> AbstractContextManager[None]:
+    """The key store's batch scope when it has one (PostgreSQL: ``PostgresPatientKeyStore.batch``), else nothing."""
+    batch = getattr(vault.keys, "batch", None)
+    return batch(patient_refs) if batch is not None and patient_refs else nullcontext()
 
 
 def _prefetch(uow: UnitOfWork, commands: Sequence[c.Command]) -> None:

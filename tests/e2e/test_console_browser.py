@@ -149,6 +149,8 @@ def test_regulator_searches_a_code_opens_the_trail_and_sees_a_tampered_one_broke
         row.wait_for()
         assert page.locator("#search-results tr").count() == 1
         assert "统筹 Fund" in page.inner_text("#search table thead")
+        row.locator("button.verify-row").click()  # the chain status of the trail, in its row
+        row.locator("td.chain .badge.ok").wait_for()
         unplugged.shot("console-02-search-trace-code")
 
         # open the trail: the dispense is ONE step with its four codes folded, the chain intact

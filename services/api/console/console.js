@@ -111,7 +111,9 @@ async function search(after) {
         el("td", { class: "num", text: yuan(rx.fund) }),
         el("td", { class: "num", text: yuan(rx.personal_account) }),
         el("td", { class: "num", text: yuan(rx.self_pay) }),
-        el("td", {}, ...(rx.flags || []).map((f) => el("span", { class: "badge bad", text: f })))));
+        el("td", {}, ...(rx.flags || []).map((f) => el("span", { class: "badge bad", text: f }))),
+        el("td", { class: "chain" }, el("button", { class: "link verify-row", text: "校验 verify",
+                                                   onclick: (e) => verifyRow(rx.prescription_id, e.target.parentNode) }))));
     }
     $("search-more").classList.toggle("hidden", page.next_cursor == null);
     $("search-more").dataset.after = page.next_cursor == null ? "" : page.next_cursor;
@@ -228,6 +230,14 @@ async function openTrail(id) {
     say("trail-status", t.events.length + " 个事件 events");
     $("trail").scrollIntoView();
   } catch (e) { say("trail-status", e.message, true); }
+  refreshQueries();
+}
+async function verifyRow(id, cell) {                // the chain status of one trail, in its search row
+  clear(cell).append(el("span", { class: "muted", text: "…" }));
+  try {
+    const v = await api("verification", { prescription_id: id });
+    clear(cell).append(el("span", { class: "badge " + (v.verified ? "ok" : "bad"), text: v.verified ? "完整 intact" : "断裂 broken" }));
+  } catch (e) { clear(cell).append(el("span", { class: "badge warn", text: e.message })); }
   refreshQueries();
 }
 async function verifyAgain() {

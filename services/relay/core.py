@@ -100,6 +100,8 @@ class RelayStats:
     sessions: int = 0
     dead_lettered: int = 0
     """Stored events the broker refused (too large), recorded in ``relay_dead_letters`` and skipped."""
+    checks: int = 0
+    """Broker checks made (end offsets, and our own records read back)."""
     idempotent: bool | None = None
     on_ack: Callable[[Sequence[tuple[str, int, int]], float], None] | None = field(default=None, repr=False)
     """Called after each acknowledged batch with (log, notification id, aggregate version) per event and the
@@ -518,6 +520,7 @@ class Relay:
     async def _check_broker(self, conn: AsyncConnection, view: BrokerView, state: pos.RelayState,
                             logs: list[str], *, at_start: bool) -> pos.RelayState:
         cfg = self.config
+        self.stats.checks += 1
         partitions = await view.partition_count(cfg.topic)
         ends = await view.end_offsets(cfg.topic, partitions) if partitions else {}
         reason = find_loss(state.floors, partitions, ends)

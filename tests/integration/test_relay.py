@@ -281,6 +281,37 @@ async def test_broker_restart_that_loses_everything_ends_republished(
     assert any("BROKER LOST DATA" in w and topic in w for w in warnings), warnings
 
 
+async def test_a_relay_reading_its_records_back_never_takes_them_for_a_loss(store: TrailStore,
+                                                                           kafka_bootstrap: str) -> None:
+    """The broker checks read the relay's own records back (several relays on one topic: region shards). On a
+    broker that lost nothing, checks after every few batches, while it publishes and while it idles, find every
+    record in place: no reset, and the records they confirmed are kept as the relay's checked marks."""
+    topic = unique_topic(topics.EVENTS)
+    aggregates = [uuid.uuid4() for _ in range(24)]
+    for a in aggregates:
+        store.append(a, 10)
+    stop, stats = asyncio.Event(), RelayStats()
+    task = asyncio.create_task(run_relay(config(store.url, kafka_bootstrap, topic, batch_size=20, poll_interval_s=0.1,
+                                                check_interval_s=0.2), stop, stats))
+    try:
+        await wait_published(stats, 240)
+        for a in aggregates[:12]:
+            store.append(a, 5)
+        await wait_published(stats, 300)
+        checks = stats.checks
+        await wait_until_async(lambda: stats.checks >= checks + 5, timeout=30, what="five more checks")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+    assert stats.resets == 0 and stats.sessions == 1
+    with psycopg.connect(store.url) as conn:
+        row = conn.execute("SELECT next_offsets, marks FROM relay_broker WHERE name = 'relay'").fetchone()
+    assert row is not None
+    floors = {p: v[0] for p, v in row[0].items()}
+    assert row[1]["checked"] == {p: [floor, row[1]["floor"][p]] for p, floor in floors.items()}
+    assert len(floors) == 4
+
+
 async def test_republish_from_a_notification_id_while_running(store: TrailStore, kafka_bootstrap: str) -> None:
     topic = unique_topic(topics.EVENTS)
     a = uuid.uuid4()

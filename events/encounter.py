@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date
 
 from events.base import (
+    ZERO,
     BusinessType,
     DomainEvent,
     Id,
@@ -55,6 +56,8 @@ class ConsultationSettled(DomainEvent):
     self_pay: Money
     policy_version: Id
     settlement_ref: Id
+    deductible_applied: Money = ZERO
+    fund_cap_applied: Money = ZERO
 
 
 ENCOUNTER_EVENTS: tuple[type[DomainEvent], ...] = (FollowUpVisitRecorded, ConsultationSettled)

@@ -16,6 +16,7 @@ from events.base import (
     QUANTITY_MAX,
     REASONS_MAX,
     TRACE_CODES_MAX,
+    ZERO,
     BusinessType,
     CatalogCategory,
     Days,
@@ -228,6 +229,11 @@ class PrescriptionSettled(PrescriptionEvent):
     policy_region: Region
     catalog_region: Region
     settlement_ref: Id
+    payee_id: Id | None = None
+    """Whom the agency pays (money helper): the dispenser, or the delivery enterprise where the region's policy
+    says so (Jinan, 004 §六); None on settlements recorded before it was kept (= ``settled_with``)."""
+    deductible_applied: Money = ZERO
+    fund_cap_applied: Money = ZERO
 
 
 class PrescriptionCancelled(PrescriptionEvent):
@@ -249,6 +255,8 @@ class FeesRefusedInAudit(PrescriptionEvent):
     amount: Money
     reason: Text
     audit_ref: Id
+    acted_by: Id | None = None
+    """The acting agency (e.g. "agency:370100"); None on events recorded before it was kept."""
 
 
 class FeesClawedBack(PrescriptionEvent):
@@ -257,6 +265,8 @@ class FeesClawedBack(PrescriptionEvent):
     amount: Money
     reason: Text
     audit_ref: Id
+    acted_by: Id | None = None
+    """The acting agency (e.g. "agency:370100"); None on events recorded before it was kept."""
 
 
 class RuleFlagged(PrescriptionEvent):

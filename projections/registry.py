@@ -56,9 +56,8 @@ class Registered:
 
 
 PROJECTIONS: tuple[Registered, ...] = (
-    Registered("hospital_settlement", lambda o: HospitalSettlement(deposit_rate=o.deposit_rate)),
-    Registered("pharmacy_settlement",
-               lambda o: PharmacySettlement(settle_with_delivery_enterprise=o.settle_with_delivery_enterprise)),
+    Registered("hospital_settlement", lambda o: HospitalSettlement()),  # deposit: region policy (statements)
+    Registered("pharmacy_settlement", lambda o: PharmacySettlement()),  # payee: on each settlement event
     Registered("traceability", lambda o: Traceability()),
     Registered("fraud", lambda o: Fraud()),
 )

@@ -6,9 +6,11 @@ from projections.hospital_settlement.projection import (
     DEFAULT_DEPOSIT_RATE,
     HospitalSettlement,
     institution_statements,
+    region_institution_statements,
     region_statements,
+    settlement_issues,
     statements,
 )
 
-__all__ = ["DEFAULT_DEPOSIT_RATE", "HospitalSettlement", "institution_statements", "region_statements",
-           "statements"]
+__all__ = ["DEFAULT_DEPOSIT_RATE", "HospitalSettlement", "institution_statements", "region_institution_statements",
+           "region_statements", "settlement_issues", "statements"]

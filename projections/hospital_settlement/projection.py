@@ -7,9 +7,11 @@ consultation fees (``ConsultationSettled``), drugs the hospital dispensed itself
 fees clawed back (booked in the month of the audit event, the month they are deducted from). Delivery fees
 are kept apart: never in the fund share, and not in ``self_pay`` either (that is the drugs' self-pay).
 
-The deposit and payable are derived in the ``statements`` views from the month's totals, rounded once:
-``withheld_deposit = round(max(fund − refused, 0) × rate, 2)`` (half away from zero, PostgreSQL ``round``),
-``payable = fund − refused − clawed_back − withheld_deposit``.
+Also booked: consultation-fee refusals and clawbacks (``ConsultationFeesRefused`` / ``ConsultationFeesClawedBack``)
+and reversals (``SettlementReversed``: fund + personal account given back), in the month of their event. The views
+hold the month's sums and ``insured_net = fund + personal_account − refused − clawed_back − reversed``: what the
+agency owes before the deposit. The deposit is region policy data (``services.reference.policies.provider_terms``),
+so it is applied where the statement is made (``services.domain.statement.amounts_due``), not here.
 
 The same sums are also booked per pooling region (``region_monthly``, view ``region_statements``): what one
 agency's statement of a hospital shows, when the hospital serves several regions. A line's region is the
@@ -40,6 +42,14 @@ from events.prescription import (
     PrescriptionRouted,
     PrescriptionSettled,
 )
+from events.statement import (
+    ConsultationFeesClawedBack,
+    ConsultationFeesRefused,
+    SettlementFailed,
+    SettlementFailureResolved,
+    SettlementReversed,
+    SubjectKind,
+)
 from projections.base import Delivered
 from projections.hospital_settlement.ledger import (
     ZERO,
@@ -50,16 +60,18 @@ from projections.hospital_settlement.ledger import (
 )
 
 DEFAULT_DEPOSIT_RATE = Decimal("0.05")
+"""Unused by the projection (kept for old configuration): the deposit is region policy data."""
 
 MONTHLY_KEYS = ("hospital_id", "physical_institution_id", "month")
 MONTHLY_SUMS = ("consultations", "consultation_fees", "prescriptions", "drug_fees", "fund", "personal_account",
-                "self_pay", "delivery_fees", "refused", "clawed_back")
+                "self_pay", "delivery_fees", "refused", "clawed_back", "reversed")
 _MONTHLY_TYPES = (*(["text"] * len(MONTHLY_KEYS)),
                   *("int" if c in ("consultations", "prescriptions") else "numeric" for c in MONTHLY_SUMS))
 _LOOKUP_COLUMNS = ("hospital_id", "physical_institution_id", "dispenser_kind", "dispenser_id", "settled_kind",
                    "pooling_region")
 REGION_KEYS = ("pooling_region", *MONTHLY_KEYS)
 _RELEVANT_RX = (PrescriptionIssued, PrescriptionRouted, PrescriptionSettled, FeesRefusedInAudit, FeesClawedBack)
+_CASE_EVENTS = (ConsultationFeesRefused, ConsultationFeesClawedBack, SettlementReversed)
 
 
 @dataclass
@@ -93,10 +105,6 @@ class HospitalSettlement:
 
     name = "hospital_settlement"
 
-    def __init__(self, deposit_rate: Decimal = DEFAULT_DEPOSIT_RATE) -> None:
-        if not Decimal(0) <= deposit_rate < 1:
-            raise ValueError(f"deposit rate must be in [0, 1), not {deposit_rate}")
-        self.deposit_rate = deposit_rate
 
     def create_tables(self, conn: psycopg.Connection[Any], schema: str) -> None:
         s = sql.Identifier(schema)
@@ -128,32 +136,44 @@ class HospitalSettlement:
             " personal_account " + money + ", self_pay " + money + ", delivery_fees " + money + ","
             " refused " + money + ", clawed_back " + money + ","
             " PRIMARY KEY (pooling_region, hospital_id, physical_institution_id, month))").format(s))
-        rate = sql.Literal(self.deposit_rate)
         conn.execute(sql.SQL(
-            "CREATE OR REPLACE VIEW {s}.statements AS SELECT hospital_id, physical_institution_id, month,"
-            " consultations, consultation_fees, prescriptions, drug_fees, fund, personal_account, self_pay,"
-            " delivery_fees, refused, clawed_back, {rate}::numeric AS deposit_rate,"
-            " round(greatest(fund - refused, 0) * {rate}, 2) AS withheld_deposit,"
-            " fund - refused - clawed_back - round(greatest(fund - refused, 0) * {rate}, 2) AS payable"
-            " FROM {s}.monthly").format(s=s, rate=rate))
+            "CREATE TABLE IF NOT EXISTS {}.settlement_issues (case_id uuid PRIMARY KEY, subject_kind text NOT NULL,"
+            " subject_id uuid NOT NULL, pooling_region text NOT NULL, open boolean NOT NULL, rule_id text,"
+            " error text NOT NULL, reason text NOT NULL, trigger text NOT NULL, failed_at timestamptz NOT NULL,"
+            " failures int NOT NULL DEFAULT 1, resolution text, resolution_reason text, resolved_by text,"
+            " resolved_at timestamptz)").format(s))
+        conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS settlement_issues_region ON {}.settlement_issues"
+                             " (pooling_region, open, failed_at)").format(s))
+        for table in ("monthly", "region_monthly"):
+            conn.execute(sql.SQL("ALTER TABLE {}.{} ADD COLUMN IF NOT EXISTS reversed " + money).format(
+                s, sql.Identifier(table)))
+        sums = ("consultations, consultation_fees, prescriptions, drug_fees, fund, personal_account, self_pay,"
+                " delivery_fees, refused, clawed_back, reversed,"
+                " fund + personal_account - refused - clawed_back - reversed AS insured_net")
+        for view in ("statements", "region_statements", "institution_statements"):
+            conn.execute(sql.SQL("DROP VIEW IF EXISTS {}.{}").format(s, sql.Identifier(view)))
+        conn.execute(sql.SQL("CREATE VIEW {s}.statements AS SELECT hospital_id, physical_institution_id, month, "
+                             + sums + " FROM {s}.monthly").format(s=s))
+        conn.execute(sql.SQL("CREATE VIEW {s}.region_statements AS SELECT pooling_region, hospital_id,"
+                             " physical_institution_id, month, " + sums + " FROM {s}.region_monthly").format(s=s))
         conn.execute(sql.SQL(
-            "CREATE OR REPLACE VIEW {s}.region_statements AS SELECT pooling_region, hospital_id,"
-            " physical_institution_id, month, consultations, consultation_fees, prescriptions, drug_fees, fund,"
-            " personal_account, self_pay, delivery_fees, refused, clawed_back, {rate}::numeric AS deposit_rate,"
-            " round(greatest(fund - refused, 0) * {rate}, 2) AS withheld_deposit,"
-            " fund - refused - clawed_back - round(greatest(fund - refused, 0) * {rate}, 2) AS payable"
-            " FROM {s}.region_monthly").format(s=s, rate=rate))
-        conn.execute(sql.SQL(
-            "CREATE OR REPLACE VIEW {s}.institution_statements AS SELECT physical_institution_id, month,"
+            "CREATE VIEW {s}.institution_statements AS SELECT physical_institution_id, month,"
             " count(*)::int AS hospitals, sum(consultations)::int AS consultations,"
             " sum(consultation_fees) AS consultation_fees, sum(prescriptions)::int AS prescriptions,"
             " sum(drug_fees) AS drug_fees, sum(fund) AS fund, sum(personal_account) AS personal_account,"
             " sum(self_pay) AS self_pay, sum(delivery_fees) AS delivery_fees, sum(refused) AS refused,"
-            " sum(clawed_back) AS clawed_back, {rate}::numeric AS deposit_rate,"
-            " round(greatest(sum(fund) - sum(refused), 0) * {rate}, 2) AS withheld_deposit,"
-            " sum(fund) - sum(refused) - sum(clawed_back)"
-            " - round(greatest(sum(fund) - sum(refused), 0) * {rate}, 2) AS payable"
-            " FROM {s}.monthly GROUP BY physical_institution_id, month").format(s=s, rate=rate))
+            " sum(clawed_back) AS clawed_back, sum(reversed) AS reversed,"
+            " sum(fund + personal_account - refused - clawed_back - reversed) AS insured_net"
+            " FROM {s}.monthly GROUP BY physical_institution_id, month").format(s=s))
+        conn.execute(sql.SQL(
+            "CREATE VIEW {s}.region_institution_statements AS SELECT pooling_region, physical_institution_id,"
+            " month, count(*)::int AS hospitals, sum(consultations)::int AS consultations,"
+            " sum(consultation_fees) AS consultation_fees, sum(prescriptions)::int AS prescriptions,"
+            " sum(drug_fees) AS drug_fees, sum(fund) AS fund, sum(personal_account) AS personal_account,"
+            " sum(self_pay) AS self_pay, sum(delivery_fees) AS delivery_fees, sum(refused) AS refused,"
+            " sum(clawed_back) AS clawed_back, sum(reversed) AS reversed,"
+            " sum(fund + personal_account - refused - clawed_back - reversed) AS insured_net"
+            " FROM {s}.region_monthly GROUP BY pooling_region, physical_institution_id, month").format(s=s))
 
     def apply(self, conn: psycopg.Connection[Any], schema: str, batch: Sequence[Delivered]) -> None:
         s = sql.Identifier(schema)
@@ -161,6 +181,14 @@ class HospitalSettlement:
         created_enc = {d.aggregate_id for d in batch if isinstance(d.event, FollowUpVisitRecorded)}
         want_rx = {d.aggregate_id for d in batch if isinstance(d.event, _RELEVANT_RX)} - created_rx
         want_enc = {d.aggregate_id for d in batch if isinstance(d.event, ConsultationSettled)} - created_enc
+        for d in batch:
+            if isinstance(d.event, _CASE_EVENTS):
+                if d.event.subject_kind is SubjectKind.PRESCRIPTION:
+                    want_rx.add(d.event.subject_id)
+                else:
+                    want_enc.add(d.event.subject_id)
+        want_rx -= created_rx
+        want_enc -= created_enc
 
         rxs: dict[UUID, _Rx] = {}
         if want_rx:
@@ -188,7 +216,9 @@ class HospitalSettlement:
 
         for d in batch:
             e = d.event
-            if isinstance(e, FollowUpVisitRecorded):
+            if isinstance(e, _CASE_EVENTS):
+                self._case_event(e, d, rxs, encounters, month)
+            elif isinstance(e, FollowUpVisitRecorded):
                 encounters[d.aggregate_id] = new_enc[d.aggregate_id] = (e.hospital_id, e.physical_institution_id,
                                                                         e.pooling_region)
             elif isinstance(e, ConsultationSettled):
@@ -215,6 +245,34 @@ class HospitalSettlement:
                 column = "refused" if isinstance(e, FeesRefusedInAudit) else "clawed_back"
                 month(rx.hospital_id, rx.physical_institution_id, rx.pooling_region, d).add(**{column: e.amount})
 
+        self._write(conn, schema, rxs, changed_rx, new_enc, months)
+        _issues(conn, schema, batch)
+
+    @staticmethod
+    def _case_event(e: ConsultationFeesRefused | ConsultationFeesClawedBack | SettlementReversed, d: Delivered,
+                    rxs: dict[UUID, _Rx], encounters: dict[UUID, tuple[str, str, str | None]],
+                    month: Any) -> None:
+        """A consultation refusal or clawback, or a reversal of a settlement made with the institution."""
+        if e.subject_kind is SubjectKind.PRESCRIPTION:
+            rx = rxs.get(e.subject_id)
+            if rx is None or rx.settled_kind != DispenserKind.HOSPITAL.value:
+                return
+            where = (rx.hospital_id, rx.physical_institution_id, rx.pooling_region)
+        elif (enc := encounters.get(e.subject_id)) is not None:
+            where = enc
+        else:
+            return
+        if isinstance(e, SettlementReversed):
+            month(*where, d).add(reversed=e.fund + e.personal_account)
+        elif isinstance(e, ConsultationFeesRefused):
+            month(*where, d).add(refused=e.amount)
+        else:
+            month(*where, d).add(clawed_back=e.amount)
+
+    @staticmethod
+    def _write(conn: psycopg.Connection[Any], schema: str, rxs: dict[UUID, _Rx], changed_rx: set[UUID],
+               new_enc: dict[UUID, tuple[str, str, str | None]],
+               months: dict[tuple[str, str, str | None, str], _Month]) -> None:
         upsert_rows(conn, schema, "prescriptions", ("prescription_id",), _LOOKUP_COLUMNS,
                     [rxs[i].row(i) for i in changed_rx], ("uuid", *(["text"] * 6)))
         upsert_rows(conn, schema, "encounters", ("encounter_id",),
@@ -250,3 +308,51 @@ def institution_statements(conn: psycopg.Connection[Any], schema: str = Hospital
     """Statements rolled up to the physical designated institution (the deposit is taken on the roll-up)."""
     return select_view(conn, schema, "institution_statements", ("physical_institution_id", "month"),
                        {"month": month, "physical_institution_id": physical_institution_id})
+
+
+def region_institution_statements(conn: psycopg.Connection[Any], schema: str = HospitalSettlement.name, *,
+                                  pooling_region: str, month: str | None = None) -> list[dict[str, Any]]:
+    """One pooling region's lines rolled up to the physical institution (what that region's agency pays)."""
+    return select_view(conn, schema, "region_institution_statements", ("physical_institution_id", "month"),
+                       {"pooling_region": pooling_region, "month": month})
+
+
+def _issues(conn: psycopg.Connection[Any], schema: str, batch: Sequence[Delivered]) -> None:
+    """The agency's queue of settlements that failed: open until resolved (retried, written off, settled)."""
+    s = sql.Identifier(schema)
+    for d in batch:
+        e = d.event
+        if isinstance(e, SettlementFailed):
+            conn.execute(sql.SQL(
+                "INSERT INTO {}.settlement_issues (case_id, subject_kind, subject_id, pooling_region, open, rule_id,"
+                " error, reason, trigger, failed_at) VALUES (%s, %s, %s, %s, true, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (case_id) DO UPDATE SET open = true, rule_id = EXCLUDED.rule_id,"
+                " error = EXCLUDED.error, reason = EXCLUDED.reason, trigger = EXCLUDED.trigger,"
+                " failed_at = EXCLUDED.failed_at, failures = {}.settlement_issues.failures + 1,"
+                " resolution = NULL, resolution_reason = NULL, resolved_by = NULL, resolved_at = NULL").format(s, s),
+                (d.aggregate_id, e.subject_kind.value, e.subject_id, e.pooling_region, e.rule_id, e.error, e.reason,
+                 e.trigger, d.timestamp))
+        elif isinstance(e, SettlementFailureResolved):
+            conn.execute(sql.SQL(
+                "UPDATE {}.settlement_issues SET open = false, resolution = %s, resolution_reason = %s,"
+                " resolved_by = %s, resolved_at = %s WHERE case_id = %s").format(s),
+                (e.resolution.value, e.reason, e.resolved_by, d.timestamp, d.aggregate_id))
+
+
+def settlement_issues(conn: psycopg.Connection[Any], schema: str = HospitalSettlement.name, *,
+                      pooling_region: str | None = None, open_only: bool = True, limit: int = 500
+                      ) -> list[dict[str, Any]]:
+    """Settlement failures of a pooling region (all regions: None), oldest first; open ones only by default."""
+    from psycopg.rows import dict_row
+
+    where = [sql.SQL("true")]
+    args: list[Any] = []
+    if pooling_region is not None:
+        where.append(sql.SQL("pooling_region = %s"))
+        args.append(pooling_region)
+    if open_only:
+        where.append(sql.SQL("open"))
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(sql.SQL("SELECT * FROM {}.settlement_issues WHERE {} ORDER BY failed_at, case_id LIMIT %s").format(
+            sql.Identifier(schema), sql.SQL(" AND ").join(where)), [*args, limit])
+        return cur.fetchall()

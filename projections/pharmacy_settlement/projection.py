@@ -1,11 +1,14 @@
-"""Pharmacy settlement: what the agency owes each designated retail pharmacy for routed prescriptions, per month.
+"""Pharmacy settlement: what the agency owes each designated retail pharmacy — or, where the region's policy says
+so, the supply/delivery enterprise (Jinan, 004 §六) — for routed prescriptions, per month.
 
-Pharmacies (or, Jinan style, the delivery enterprise that supplied and delivered: ``settle_with_delivery_enterprise``)
-are paid the month's circulation drug fees in full: no deposit is withheld (DOMAIN.md, Settlement; 003 art. 20;
-004 §六). Booked per party and settlement month (China Standard Time): drug fees of prescriptions settled with
-``settled_with_kind = pharmacy`` and their split, fees refused in audit and clawed back (in the month of the audit
-event, against the party the prescription was settled with). Delivery fees are shown on their own: never in the
-fund share, nor in ``self_pay`` (the drugs' self-pay). ``payable = fund − refused − clawed_back``.
+The party is the settlement's ``payee_id`` (``PrescriptionSettled``; the settlement worker sets it from the
+treatment region's provider terms): the delivery enterprise when it is the one that delivered, else the pharmacy.
+They are paid the month's circulation drug fees in full, fund + personal account: no deposit is withheld
+(DOMAIN.md, Settlement; 003 art. 20). Booked per party and settlement month (China Standard Time): drug fees of
+prescriptions settled with ``settled_with_kind = pharmacy`` and their split, fees refused in audit, clawed back and
+reversed (``SettlementReversed``) in the month of their event, against the party the prescription was settled with.
+Delivery fees are shown on their own: never in the fund share, nor in ``self_pay`` (the drugs' self-pay).
+``insured_net = fund + personal_account − refused − clawed_back − reversed``.
 
 The same sums are also booked per pooling region (``region_monthly``, view ``region_statements``): a line's region
 is its prescription's ``pooling_region`` (the treatment region, whose agency settles with the pharmacy: see
@@ -32,7 +35,7 @@ from events.prescription import (
     PrescriptionRouted,
     PrescriptionSettled,
 )
-from events.statement import PartyKind
+from events.statement import PartyKind, SettlementReversed, SubjectKind
 from projections.base import Delivered
 from projections.hospital_settlement.ledger import (
     ZERO,
@@ -44,13 +47,14 @@ from projections.hospital_settlement.ledger import (
 
 MONTHLY_KEYS = ("party_id", "party_kind", "month")
 MONTHLY_SUMS = ("prescriptions", "drug_fees", "fund", "personal_account", "self_pay", "delivery_fees", "refused",
-                "clawed_back")
+                "clawed_back", "reversed")
 _MONTHLY_TYPES = (*(["text"] * len(MONTHLY_KEYS)), *("int" if c == "prescriptions" else "numeric" for c in MONTHLY_SUMS))
 _LOOKUP_COLUMNS = ("dispenser_kind", "dispenser_id", "delivery_enterprise_id", "party_id", "party_kind",
                    "pooling_region")
 REGION_KEYS = ("pooling_region", *MONTHLY_KEYS)
 _RELEVANT = (PrescriptionIssued, PrescriptionRouted, DeliveryArranged, PrescriptionSettled, FeesRefusedInAudit,
              FeesClawedBack)
+_CASE_EVENTS = (SettlementReversed,)
 
 
 @dataclass
@@ -72,8 +76,6 @@ class PharmacySettlement:
 
     name = "pharmacy_settlement"
 
-    def __init__(self, settle_with_delivery_enterprise: bool = False) -> None:
-        self.settle_with_delivery_enterprise = settle_with_delivery_enterprise
 
     def create_tables(self, conn: psycopg.Connection[Any], schema: str) -> None:
         s = sql.Identifier(schema)
@@ -87,11 +89,6 @@ class PharmacySettlement:
             " personal_account " + money + ", self_pay " + money + ", delivery_fees " + money + ","
             " refused " + money + ", clawed_back " + money + ", PRIMARY KEY (party_id, party_kind, month))"
         ).format(s))
-        conn.execute(sql.SQL(
-            "CREATE OR REPLACE VIEW {s}.statements AS SELECT party_id, party_kind, month, prescriptions, drug_fees,"
-            " fund, personal_account, self_pay, delivery_fees, refused, clawed_back,"
-            " 0.00::numeric(16,2) AS withheld_deposit, fund - refused - clawed_back AS payable"
-            " FROM {s}.monthly").format(s=s))
         conn.execute(sql.SQL("ALTER TABLE {}.prescriptions ADD COLUMN IF NOT EXISTS pooling_region text").format(s))
         conn.execute(sql.SQL(
             "CREATE TABLE IF NOT EXISTS {}.region_monthly (pooling_region text, party_id text, party_kind text,"
@@ -99,14 +96,22 @@ class PharmacySettlement:
             " personal_account " + money + ", self_pay " + money + ", delivery_fees " + money + ","
             " refused " + money + ", clawed_back " + money + ","
             " PRIMARY KEY (pooling_region, party_id, party_kind, month))").format(s))
-        conn.execute(sql.SQL(
-            "CREATE OR REPLACE VIEW {s}.region_statements AS SELECT pooling_region, party_id, party_kind, month,"
-            " prescriptions, drug_fees, fund, personal_account, self_pay, delivery_fees, refused, clawed_back,"
-            " 0.00::numeric(16,2) AS withheld_deposit, fund - refused - clawed_back AS payable"
-            " FROM {s}.region_monthly").format(s=s))
+        for table in ("monthly", "region_monthly"):
+            conn.execute(sql.SQL("ALTER TABLE {}.{} ADD COLUMN IF NOT EXISTS reversed " + money).format(
+                s, sql.Identifier(table)))
+        sums = ("prescriptions, drug_fees, fund, personal_account, self_pay, delivery_fees, refused, clawed_back,"
+                " reversed, fund + personal_account - refused - clawed_back - reversed AS insured_net")
+        for view in ("statements", "region_statements"):
+            conn.execute(sql.SQL("DROP VIEW IF EXISTS {}.{}").format(s, sql.Identifier(view)))
+        conn.execute(sql.SQL("CREATE VIEW {s}.statements AS SELECT party_id, party_kind, month, " + sums
+                             + " FROM {s}.monthly").format(s=s))
+        conn.execute(sql.SQL("CREATE VIEW {s}.region_statements AS SELECT pooling_region, party_id, party_kind,"
+                             " month, " + sums + " FROM {s}.region_monthly").format(s=s))
 
     def apply(self, conn: psycopg.Connection[Any], schema: str, batch: Sequence[Delivered]) -> None:
         wanted = {d.aggregate_id for d in batch if isinstance(d.event, _RELEVANT)}
+        wanted |= {d.event.subject_id for d in batch
+                   if isinstance(d.event, _CASE_EVENTS) and d.event.subject_kind is SubjectKind.PRESCRIPTION}
         if not wanted:
             return
         rxs: dict[UUID, _Rx] = {}
@@ -118,14 +123,19 @@ class PharmacySettlement:
         changed: set[UUID] = set()
         months: dict[tuple[str, str, str | None, str], dict[str, Any]] = {}
 
-        def month(party_id: str, party_kind: str, d: Delivered) -> dict[str, Any]:
-            key = (party_id, party_kind, rxs[d.aggregate_id].pooling_region, settlement_month(d.timestamp))
+        def month(party_id: str, party_kind: str, d: Delivered, rx_id: UUID | None = None) -> dict[str, Any]:
+            key = (party_id, party_kind, rxs[rx_id or d.aggregate_id].pooling_region, settlement_month(d.timestamp))
             if (m := months.get(key)) is None:
                 m = months[key] = {c: 0 if c == "prescriptions" else ZERO for c in MONTHLY_SUMS}
             return m
 
         for d in batch:
             e = d.event
+            if isinstance(e, SettlementReversed):
+                if e.subject_kind is SubjectKind.PRESCRIPTION and (r := rxs.get(e.subject_id)) is not None \
+                        and r.party_id is not None and r.party_kind is not None:
+                    month(r.party_id, r.party_kind, d, e.subject_id)["reversed"] += e.fund + e.personal_account
+                continue
             if not isinstance(e, _RELEVANT):
                 continue
             rx = rxs.setdefault(d.aggregate_id, _Rx())
@@ -141,7 +151,7 @@ class PharmacySettlement:
             elif isinstance(e, PrescriptionSettled):
                 if e.settled_with_kind is not DispenserKind.PHARMACY:
                     continue
-                if self.settle_with_delivery_enterprise and rx.delivery_enterprise_id:
+                if e.payee_id is not None and e.payee_id == rx.delivery_enterprise_id:
                     rx.party_id, rx.party_kind = rx.delivery_enterprise_id, PartyKind.DELIVERY_ENTERPRISE.value
                 else:
                     rx.party_id, rx.party_kind = e.settled_with, PartyKind.PHARMACY.value

@@ -31,39 +31,53 @@ class ProjectionFigures:
     source: str = "projections"
 
     def month(self, month: str, party_id: str | None = None) -> list[PartyMonth]:
-        from projections.hospital_settlement import institution_statements, statements
-        from projections.pharmacy_settlement import statements as pharmacy_statements
+        return self._read("month", month, party_id)
 
-        with psycopg.connect(self.database_url) as conn:
-            institutions = institution_statements(conn, self.hospital_schema, month=month,
-                                                  physical_institution_id=party_id)
-            hospitals = statements(conn, self.hospital_schema, month=month)
-            pharmacies = pharmacy_statements(conn, self.pharmacy_schema, month=month, party_id=party_id)
-        members: dict[str, list[PartyMonth]] = {}
+    def before(self, month: str, party_id: str | None = None) -> list[PartyMonth]:
+        return self._read("before", month, party_id)
+
+    def _read(self, how: str, month: str, party_id: str | None) -> list[PartyMonth]:
+        """The institutions' roll-ups (with their hospitals as members) and the pharmacy-side parties."""
+        from psycopg.rows import dict_row
+
+        hs, ps = sql.Identifier(self.hospital_schema), sql.Identifier(self.pharmacy_schema)
+        cmp = sql.SQL("=") if how == "month" else sql.SQL("<")
+
+        def party(column: sql.Identifier) -> sql.Composable:
+            return sql.SQL("true") if party_id is None else sql.SQL("{} = %(party)s").format(column)
+        args = {"month": month, "party": party_id}
+        with psycopg.connect(self.database_url) as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(sql.SQL("SELECT * FROM {}.institution_statements WHERE month {} %(month)s AND {}"
+                                " ORDER BY physical_institution_id, month").format(
+                hs, cmp, party(sql.Identifier("physical_institution_id"))), args)
+            institutions = cur.fetchall()
+            cur.execute(sql.SQL("SELECT * FROM {}.statements WHERE month {} %(month)s AND {}"
+                                " ORDER BY hospital_id, month").format(
+                hs, cmp, party(sql.Identifier("physical_institution_id"))), args)
+            hospitals = cur.fetchall()
+            cur.execute(sql.SQL("SELECT * FROM {}.statements WHERE month {} %(month)s AND {}"
+                                " ORDER BY party_id, party_kind, month").format(
+                ps, cmp, party(sql.Identifier("party_id"))), args)
+            pharmacies = cur.fetchall()
+        members: dict[tuple[str, str], list[PartyMonth]] = {}
         for h in hospitals:
-            members.setdefault(h["physical_institution_id"], []).append(_hospital_month(h, PartyKind.HOSPITAL,
-                                                                                        h["hospital_id"]))
-        out = [_hospital_month(r, PartyKind.PHYSICAL_INSTITUTION, r["physical_institution_id"],
-                               tuple(members.get(r["physical_institution_id"], ())))
+            members.setdefault((h["physical_institution_id"], h["month"]), []).append(
+                _month(h, PartyKind.HOSPITAL, h["hospital_id"]))
+        out = [_month(r, PartyKind.PHYSICAL_INSTITUTION, r["physical_institution_id"],
+                      tuple(members.get((r["physical_institution_id"], r["month"]), ())))
                for r in institutions]
-        out += [PartyMonth(
-            party_id=r["party_id"], party_kind=PartyKind(r["party_kind"]), month=r["month"], fund=_money(r["fund"]),
-            refused=_money(r["refused"]), clawed_back=_money(r["clawed_back"]), prescriptions=r["prescriptions"],
-            drug_fees=_money(r["drug_fees"]), personal_account=_money(r["personal_account"]),
-            self_pay=_money(r["self_pay"]), delivery_fees=_money(r["delivery_fees"]),
-            withheld_deposit=_money(r["withheld_deposit"])) for r in pharmacies]
+        out += [_month(r, PartyKind(r["party_kind"]), r["party_id"]) for r in pharmacies]
         return out
 
 
-def _hospital_month(r: dict[str, Any], kind: PartyKind, party_id: str, members: tuple[PartyMonth, ...] = ()
-                    ) -> PartyMonth:
+def _month(r: dict[str, Any], kind: PartyKind, party_id: str, members: tuple[PartyMonth, ...] = ()) -> PartyMonth:
     return PartyMonth(
         party_id=party_id, party_kind=kind, month=r["month"], fund=_money(r["fund"]), refused=_money(r["refused"]),
-        clawed_back=_money(r["clawed_back"]), consultations=r["consultations"],
-        consultation_fees=_money(r["consultation_fees"]), prescriptions=r["prescriptions"],
-        drug_fees=_money(r["drug_fees"]), personal_account=_money(r["personal_account"]),
-        self_pay=_money(r["self_pay"]), delivery_fees=_money(r["delivery_fees"]),
-        withheld_deposit=_money(r["withheld_deposit"]), members=members)
+        clawed_back=_money(r["clawed_back"]), reversed=_money(r.get("reversed")),
+        consultations=r.get("consultations") or 0, consultation_fees=_money(r.get("consultation_fees")),
+        prescriptions=r["prescriptions"], drug_fees=_money(r["drug_fees"]),
+        personal_account=_money(r["personal_account"]), self_pay=_money(r["self_pay"]),
+        delivery_fees=_money(r["delivery_fees"]), members=members)
 
 
 _REGION_SOURCES: dict[PartyKind, list[tuple[str, str]]] = {

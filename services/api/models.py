@@ -192,6 +192,76 @@ class ClawbackCreate(PrescriptionBody):
     audit_ref: Id
 
 
+# --- agency: settlement cases (money, issue 14) ------------------------------------------------------
+
+
+class ConsultationRefusalCreate(_Body):
+    """Consultation fees refused in audit (bounded by what the fund and personal account paid)."""
+
+    amount: Amount
+    reason: Text
+    audit_ref: Id
+
+
+class ConsultationClawbackCreate(_Body):
+    """Consultation fees already paid for a violation are clawed back."""
+
+    amount: Amount
+    reason: Text
+    audit_ref: Id
+
+
+class SettlementRetryCreate(_Body):
+    """Retry a failed settlement (after the registry was fixed)."""
+
+    reason: Text
+
+
+class SettlementWriteOffCreate(_Body):
+    """Close a failed settlement without payment."""
+
+    reason: Text
+
+
+class ReversalCreate(_Body):
+    """Reverse a settlement (default: everything insurance paid and not yet taken back)."""
+
+    fund: Amount | None = Field(default=None, description="fund share to reverse (default: what is left of it)")
+    personal_account: Amount | None = Field(default=None, description="personal-account share (default: the rest)")
+    self_pay_refund: Amount = Decimal("0.00")
+    reason: Text
+    reversal_ref: Id
+
+
+class SettlementIssuePublic(BaseModel):
+    """A settlement that failed (never a silent skip): the agency retries or writes it off."""
+
+    model_config = ConfigDict(frozen=True)
+
+    case_id: UUID
+    subject_kind: str
+    subject_id: UUID
+    pooling_region: str
+    open: bool
+    rule_id: str | None
+    error: str
+    reason: str
+    trigger: str
+    failed_at: datetime
+    failures: int
+    resolution: str | None
+    resolution_reason: str | None
+    resolved_by: str | None
+    resolved_at: datetime | None
+
+
+class SettlementIssuePage(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    pooling_region: str
+    items: list[SettlementIssuePublic]
+
+
 BODIES: dict[type[_Body], tuple[type[c.Command], tuple[str, ...]]] = {
     VisitCreate: (c.RecordFollowUpVisit, ("hospital_id",)),
     PrescriptionCreate: (c.IssuePrescription, ("hospital_id",)),
@@ -206,8 +276,13 @@ BODIES: dict[type[_Body], tuple[type[c.Command], tuple[str, ...]]] = {
     DeliveryCreate: (c.ArrangeDelivery, ("prescription_id",)),
     DeliveredCreate: (c.MarkDelivered, ("prescription_id",)),
     CollectionCreate: (c.MarkCollected, ("prescription_id",)),
-    AuditRefusalCreate: (c.RefuseFeesInAudit, ("prescription_id",)),
-    ClawbackCreate: (c.ClawBackFees, ("prescription_id",)),
+    AuditRefusalCreate: (c.RefuseFeesInAudit, ("prescription_id", "acted_by")),
+    ClawbackCreate: (c.ClawBackFees, ("prescription_id", "acted_by")),
+    ConsultationRefusalCreate: (c.RefuseConsultationFees, ("encounter_id", "acted_by")),
+    ConsultationClawbackCreate: (c.ClawBackConsultationFees, ("encounter_id", "acted_by")),
+    SettlementRetryCreate: (c.RetrySettlement, ("subject_kind", "subject_id", "acted_by")),
+    SettlementWriteOffCreate: (c.WriteOffSettlement, ("subject_kind", "subject_id", "acted_by")),
+    ReversalCreate: (c.ReverseSettlement, ("subject_kind", "subject_id", "acted_by")),
 }
 """Each body and the command it becomes, with the fields the server fills in (a unit test checks that every body
 has exactly the command's other fields, with the same types and constraints)."""

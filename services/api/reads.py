@@ -15,15 +15,20 @@ answer empty.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import date, datetime, timedelta
+from decimal import Decimal
 from typing import Any, TypeVar
 from uuid import UUID
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from events.statement import PartyKind
 from projections.hospital_settlement.projection import HospitalSettlement
-from projections.hospital_settlement.projection import region_statements as hospital_region_statements
+from projections.hospital_settlement.projection import (
+    region_institution_statements as hospital_region_institution_statements,
+)
+from projections.hospital_settlement.projection import settlement_issues as hospital_settlement_issues
 from projections.pharmacy_settlement.projection import PharmacySettlement
 from projections.pharmacy_settlement.projection import region_statements as pharmacy_region_statements
 from projections.traceability import queries as trace
@@ -33,11 +38,14 @@ from services.adapters.gateway_state import feed_page
 from services.api import models as m
 from services.application.ports import EventStore
 from services.application.unit_of_work import UnitOfWork
+from services.domain.aggregate import Aggregate
 from services.domain.encounter import Encounter
 from services.domain.errors import DomainError
 from services.domain.prescription import Prescription, RxStatus
 from services.domain.registries import Pharmacist
+from services.domain.statement import Statement, StatementFigures, amounts_due, project_statement, statement_id
 from services.integrity import verify_aggregate
+from services.reference.policies import provider_terms
 
 T = TypeVar("T")
 
@@ -142,19 +150,57 @@ class Reads:
 
     # --- agencies --------------------------------------------------------------------------------
     def region_statements(self, region: str, month: str | None) -> list[m.StatementPublic]:
-        """The monthly statements of a pooling region's agency: for every hospital, pharmacy or delivery enterprise
-        with lines in the region, only those lines and their totals (the settlement projections' per-region
-        books). A line's region is its visit's or prescription's ``pooling_region`` (the treatment region, whose
-        agency settles with the provider and may read and audit the prescription: see
-        ``projections.hospital_settlement.projection``), so a provider serving several regions shows each agency
-        only its own region's lines."""
-        out = [_statement("hospital", r["hospital_id"], r, {"hospital_id", "month", "pooling_region"})
-               for r in self._read(lambda c: hospital_region_statements(
+        """The monthly statements of a pooling region's agency, per physical institution (its internet hospitals
+        rolled up) and per pharmacy or delivery enterprise the region pays, with only the region's lines (a line's
+        region is its visit's or prescription's ``pooling_region``, the treatment region). A month already closed
+        shows the issued statement (``status: closed``, carried lines included: what ``rxtrail statement``
+        prints); an open month the projections' figures with the deposit the region's policy would withhold
+        (``status: open``). Both by ``services.domain.statement.amounts_due``."""
+        out = [self._statement(region, PartyKind.PHYSICAL_INSTITUTION, r["physical_institution_id"], r)
+               for r in self._read(lambda c: hospital_region_institution_statements(
                    c, HospitalSettlement.name, pooling_region=region, month=month)) or []]
         out += [_statement(r["party_kind"], r["party_id"], r, {"party_id", "party_kind", "month", "pooling_region"})
                 for r in self._read(lambda c: pharmacy_region_statements(
                     c, PharmacySettlement.name, pooling_region=region, month=month)) or []]
         return out
+
+    def _statement(self, region: str, kind: PartyKind, party_id: str, row: dict[str, Any]) -> m.StatementPublic:
+        closed = self.store.load(Aggregate, statement_id(kind, party_id, row["month"]), project_statement)
+        if isinstance(closed, Statement) and closed.pooling_region == region:
+            figures: dict[str, Any] = {
+                "status": "closed", "fund": closed.gross, "personal_account": closed.personal_account,
+                "refused": closed.refused, "clawed_back": closed.clawed_back, "reversed": closed.reversed,
+                "carried_net": sum((c.net for c in closed.carried), Decimal("0.00")),
+                "carried_months": ",".join(c.month for c in closed.carried) or None,
+                "deposit_rate": closed.deposit_rate, "withheld_deposit": closed.withheld_deposit,
+                "payable": closed.payable}
+        else:
+            open_figures = StatementFigures(
+                party_id=party_id, party_kind=kind, pooling_region=region, month=row["month"],
+                gross=row["fund"], personal_account=row["personal_account"], refused=row["refused"],
+                clawed_back=row["clawed_back"], reversed=row["reversed"])
+            rate = provider_terms(region, _last_day(row["month"])).hospital_deposit_rate
+            deposit, payable = amounts_due(kind, open_figures, rate)
+            figures = {"status": "open", "fund": row["fund"], "personal_account": row["personal_account"],
+                       "refused": row["refused"], "clawed_back": row["clawed_back"], "reversed": row["reversed"],
+                       "carried_net": Decimal("0.00"), "carried_months": None, "deposit_rate": rate,
+                       "withheld_deposit": deposit, "payable": payable}
+        extra = {k: v for k, v in row.items() if k in ("consultations", "consultation_fees", "prescriptions",
+                                                       "drug_fees", "self_pay", "delivery_fees", "hospitals")}
+        return m.StatementPublic(party_kind=kind.value, party_id=party_id, month=row["month"],
+                                 figures={**extra, **figures})
+
+    def settlement_issues(self, region: str | None, *, open_only: bool = True) -> list[m.SettlementIssuePublic]:
+        """The agency's queue: settlements that failed (rule id, reason) and are not resolved yet. ``region`` None:
+        every region (the regulator's view)."""
+        rows = self._read(lambda c: hospital_settlement_issues(c, HospitalSettlement.name, pooling_region=region,
+                                                               open_only=open_only)) or []
+        return [m.SettlementIssuePublic(**{k: r[k] for k in m.SettlementIssuePublic.model_fields}) for r in rows]
+
+
+def _last_day(month: str) -> date:
+    year, mon = int(month[:4]), int(month[5:])
+    return date(year + (mon == 12), 1 if mon == 12 else mon + 1, 1) - timedelta(days=1)
 
 
 def _next(rows: Sequence[tuple[Any, ...]], limit: int) -> int | None:

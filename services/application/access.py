@@ -64,7 +64,9 @@ PHARMACY_COMMANDS: frozenset[type[c.Command]] = frozenset(
         c.MarkCollected,
     }
 )
-AGENCY_COMMANDS: frozenset[type[c.Command]] = frozenset({c.RefuseFeesInAudit, c.ClawBackFees})
+AGENCY_COMMANDS: frozenset[type[c.Command]] = frozenset({
+    c.RefuseFeesInAudit, c.ClawBackFees, c.RefuseConsultationFees, c.ClawBackConsultationFees, c.RetrySettlement,
+    c.WriteOffSettlement, c.ReverseSettlement})
 COMMANDS_BY_PARTY: dict[PartyKind, frozenset[type[c.Command]]] = {
     PartyKind.HOSPITAL: HOSPITAL_COMMANDS,
     PartyKind.PHARMACIST: PHARMACIST_COMMANDS,
@@ -158,6 +160,13 @@ class Gate:
                 raise SenderMismatch(field, given, party.id)
         if isinstance(command, c.IssuePrescription):
             self.encounter(party, command.encounter_id, unit)
+        if isinstance(command, c.RefuseConsultationFees | c.ClawBackConsultationFees):
+            self.encounter(party, command.encounter_id, unit)
+        if isinstance(command, c.RetrySettlement | c.WriteOffSettlement | c.ReverseSettlement):
+            if command.subject_kind.value == "prescription":
+                self.prescription(party, command.subject_id, unit)
+            else:
+                self.encounter(party, command.subject_id, unit)
         prescription_id = getattr(command, "prescription_id", None)
         if isinstance(prescription_id, UUID):
             self.prescription(party, prescription_id, unit)

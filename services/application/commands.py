@@ -34,6 +34,7 @@ from events.base import (
     Version,
 )
 from events.prescription import DispensedLines, PrescriptionItems, RoutingBasis
+from events.statement import SubjectKind
 
 
 class Command(BaseModel):
@@ -200,6 +201,8 @@ class _Settlement(Command):
     policy_version: Id
     policy_region: Region
     settlement_ref: Id
+    deductible_applied: Amount = Field(default=Decimal("0.00"), description="what the deductible took (起付线)")
+    fund_cap_applied: Amount = Field(default=Decimal("0.00"), description="what the annual fund cap took off")
 
     @model_validator(mode="after")
     def _one_patient_key(self) -> _Settlement:
@@ -214,6 +217,7 @@ class SettlePrescription(_Settlement):
     expected_version: Version | None = None
     delivery_fee: Fee = Decimal("0.00")
     catalog_region: Region
+    payee_id: Id | None = Field(default=None, description="whom the agency pays (default: the dispenser)")
 
 
 class SettleConsultation(_Settlement):
@@ -226,6 +230,7 @@ class RefuseFeesInAudit(PrescriptionCommand):
     amount: Amount
     reason: Text
     audit_ref: Id
+    acted_by: Id | None = Field(default=None, description="the acting agency (set from the credential)")
 
 
 class ClawBackFees(PrescriptionCommand):
@@ -233,6 +238,72 @@ class ClawBackFees(PrescriptionCommand):
     amount: Amount
     reason: Text
     audit_ref: Id
+    acted_by: Id | None = Field(default=None, description="the acting agency (set from the credential)")
+
+
+# --- money: settlement cases (issue 14) ------------------------------------------------------------------------
+
+
+class _Subject(Command):
+    subject_kind: SubjectKind
+    subject_id: UUID
+
+
+class RecordSettlementFailure(_Subject):
+    """The settlement worker: a settlement could not be computed or was refused (never a silent skip)."""
+
+    kind: Literal["record_settlement_failure"] = "record_settlement_failure"
+    rule_id: str | None = Field(default=None, pattern=r"^R\d{1,2}$", max_length=3)
+    error: Id
+    reason: LongText
+    trigger: Id
+
+
+class RetrySettlement(_Subject):
+    """The agency: try the failed settlement again (after a registry fix); the settlement worker retries it."""
+
+    kind: Literal["retry_settlement"] = "retry_settlement"
+    reason: Text
+    acted_by: Id | None = None
+
+
+class WriteOffSettlement(_Subject):
+    """The agency: close a failed settlement without payment, with the reason."""
+
+    kind: Literal["write_off_settlement"] = "write_off_settlement"
+    reason: Text
+    acted_by: Id | None = None
+
+
+class ReverseSettlement(_Subject):
+    """The agency reverses a settlement (settlement error, drugs returned): by default everything insurance paid
+    and not yet refused, clawed back or reversed; the next statement carries it."""
+
+    kind: Literal["reverse_settlement"] = "reverse_settlement"
+    fund: Amount | None = Field(default=None, description="fund share to reverse (default: what is left of it)")
+    personal_account: Amount | None = Field(default=None, description="personal-account share (default: the rest)")
+    self_pay_refund: Amount = Decimal("0.00")
+    reason: Text
+    reversal_ref: Id
+    acted_by: Id | None = None
+
+
+class RefuseConsultationFees(Command):
+    kind: Literal["refuse_consultation_fees"] = "refuse_consultation_fees"
+    encounter_id: UUID
+    amount: Amount
+    reason: Text
+    audit_ref: Id
+    acted_by: Id | None = None
+
+
+class ClawBackConsultationFees(Command):
+    kind: Literal["claw_back_consultation_fees"] = "claw_back_consultation_fees"
+    encounter_id: UUID
+    amount: Amount
+    reason: Text
+    audit_ref: Id
+    acted_by: Id | None = None
 
 
 # --- registries ---------------------------------------------------------------------------------------------
@@ -318,6 +389,12 @@ AnyCommand = Annotated[
     | SettleConsultation
     | RefuseFeesInAudit
     | ClawBackFees
+    | RecordSettlementFailure
+    | RetrySettlement
+    | WriteOffSettlement
+    | ReverseSettlement
+    | RefuseConsultationFees
+    | ClawBackConsultationFees
     | RegisterPhysician
     | SuspendPhysician
     | ReinstatePhysician

@@ -96,6 +96,10 @@ class SettlementFigures(Protocol):
 
     def month(self, month: str, party_id: str | None = None) -> list[PartyMonth]: ...
 
+    def before(self, month: str, party_id: str | None = None) -> list[PartyMonth]:
+        """Every party's figures of the months before ``month`` (for the carried lines of closed months)."""
+        ...
+
 
 class PartyDirectory(Protocol):
     """The pooling region each party belongs to, as the record says."""

@@ -18,6 +18,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from decimal import Decimal
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -26,7 +27,9 @@ from pydantic import ValidationError
 
 from events.base import EVENT_SIZE_MAX
 from events.codec import to_json
+from events.prescription import DispenserKind
 from events.registries import UNRECORDED  # step 1 only: the registry commands name their sender next
+from events.statement import FailureResolution, PartyKind, SubjectKind
 from services.application import commands as c
 from services.application.errors import ConcurrencyConflict
 from services.application.ids import encounter_id_for, prescription_id_for
@@ -41,6 +44,7 @@ from services.domain.policy import DEFAULT_RULES, RuleConfig
 from services.domain.prescription import Prescription
 from services.domain.registries import PatientStatus, Pharmacist, Pharmacy, Physician
 from services.domain.rules import R8
+from services.domain.settlement_case import SettlementCase, case_id
 from services.domain.trace_code import TraceCode
 
 C = TypeVar("C", bound=c.Command)
@@ -380,6 +384,9 @@ class RxTrail:
             catalog_region=cmd.catalog_region,
             settlement_ref=cmd.settlement_ref,
             rules=self.rules,
+            payee_id=cmd.payee_id,
+            deductible_applied=cmd.deductible_applied,
+            fund_cap_applied=cmd.fund_cap_applied,
         )
         return cmd.prescription_id
 
@@ -398,18 +405,110 @@ class RxTrail:
             policy_region=cmd.policy_region,
             settlement_ref=cmd.settlement_ref,
             rules=self.rules,
+            deductible_applied=cmd.deductible_applied,
+            fund_cap_applied=cmd.fund_cap_applied,
         )
         return cmd.encounter_id
 
     @handles(c.RefuseFeesInAudit)
     def _refuse_fees(self, cmd: c.RefuseFeesInAudit, uow: UnitOfWork) -> UUID:
-        self._rx(cmd, uow).refuse_fees(clock=self.clock, amount=cmd.amount, reason=cmd.reason, audit_ref=cmd.audit_ref)
+        self._rx(cmd, uow).refuse_fees(clock=self.clock, amount=cmd.amount, reason=cmd.reason, audit_ref=cmd.audit_ref,
+                                       acted_by=cmd.acted_by, also_taken=self._reversed(uow, cmd.prescription_id))
         return cmd.prescription_id
 
     @handles(c.ClawBackFees)
     def _claw_back(self, cmd: c.ClawBackFees, uow: UnitOfWork) -> UUID:
-        self._rx(cmd, uow).claw_back(clock=self.clock, amount=cmd.amount, reason=cmd.reason, audit_ref=cmd.audit_ref)
+        self._rx(cmd, uow).claw_back(clock=self.clock, amount=cmd.amount, reason=cmd.reason, audit_ref=cmd.audit_ref,
+                                     acted_by=cmd.acted_by, also_taken=self._reversed(uow, cmd.prescription_id))
         return cmd.prescription_id
+
+    # --- money: settlement cases (issue 14; services/domain/settlement_case.py) ------------------------
+    def _reversed(self, uow: UnitOfWork, prescription_id: UUID) -> Decimal:
+        case = uow.get(SettlementCase, case_id(SubjectKind.PRESCRIPTION, prescription_id))
+        return case.reversed if case is not None else Decimal("0.00")
+
+    def _case(self, uow: UnitOfWork, kind: SubjectKind, subject_id: UUID) -> SettlementCase:
+        """The subject's settlement case, opened in this transaction when it is the first."""
+        case = uow.get(SettlementCase, case_id(kind, subject_id))
+        if case is not None:
+            return case
+        subject: Prescription | Encounter = (uow.require(Prescription, subject_id) if kind is SubjectKind.PRESCRIPTION
+                                             else uow.require(Encounter, subject_id))
+        case = SettlementCase.open(clock=self.clock, business_type=subject.business_type, subject_kind=kind,
+                                   subject_id=subject_id, pooling_region=subject.pooling_region,
+                                   hospital_id=subject.hospital_id,
+                                   physical_institution_id=subject.physical_institution_id)
+        uow.add(case)
+        return case
+
+    @handles(c.RecordSettlementFailure)
+    def _settlement_failed(self, cmd: c.RecordSettlementFailure, uow: UnitOfWork) -> UUID:
+        case = self._case(uow, cmd.subject_kind, cmd.subject_id)
+        case.fail(clock=self.clock, rule_id=cmd.rule_id, error=cmd.error, reason=cmd.reason, trigger=cmd.trigger)
+        return case.id
+
+    @handles(c.RetrySettlement)
+    def _retry_settlement(self, cmd: c.RetrySettlement, uow: UnitOfWork) -> UUID:
+        case = self._case(uow, cmd.subject_kind, cmd.subject_id)
+        case.resolve(clock=self.clock, resolution=FailureResolution.RETRIED, reason=cmd.reason,
+                     resolved_by=cmd.acted_by or "agency")
+        return case.id
+
+    @handles(c.WriteOffSettlement)
+    def _write_off_settlement(self, cmd: c.WriteOffSettlement, uow: UnitOfWork) -> UUID:
+        case = self._case(uow, cmd.subject_kind, cmd.subject_id)
+        case.resolve(clock=self.clock, resolution=FailureResolution.WRITTEN_OFF, reason=cmd.reason,
+                     resolved_by=cmd.acted_by or "agency")
+        return case.id
+
+    @handles(c.ReverseSettlement)
+    def _reverse_settlement(self, cmd: c.ReverseSettlement, uow: UnitOfWork) -> UUID:
+        zero = Decimal("0.00")
+        case = self._case(uow, cmd.subject_kind, cmd.subject_id)
+        if cmd.subject_kind is SubjectKind.PRESCRIPTION:
+            rx = uow.require(Prescription, cmd.subject_id)
+            if rx.fund is None or rx.personal_account is None:
+                raise InvalidCommand("the prescription is not settled: nothing to reverse", prescription_id=rx.id)
+            paid_fund, paid_pa, taken = rx.fund, rx.personal_account, rx.refused + rx.clawed_back
+            pharmacy = rx.dispenser_kind is DispenserKind.PHARMACY and rx.dispenser_id is not None
+            party_id = rx.dispenser_id if pharmacy and rx.dispenser_id else rx.physical_institution_id
+            party_kind = PartyKind.PHARMACY if pharmacy else PartyKind.PHYSICAL_INSTITUTION
+        else:
+            enc = uow.require(Encounter, cmd.subject_id)
+            if not enc.settled:
+                raise InvalidCommand("the consultation is not settled: nothing to reverse", encounter_id=enc.id)
+            paid_fund, paid_pa, taken = enc.settled_fund, enc.settled_personal_account, zero
+            party_id, party_kind = enc.physical_institution_id, PartyKind.PHYSICAL_INSTITUTION
+        left = paid_fund + paid_pa - taken - case.refused - case.clawed_back - case.reversed
+        fund = cmd.fund if cmd.fund is not None else min(paid_fund - case.reversed_fund, max(left, zero))
+        personal = (cmd.personal_account if cmd.personal_account is not None
+                    else min(paid_pa - case.reversed_personal_account, max(left - fund, zero)))
+        case.reverse(clock=self.clock, party_id=party_id, party_kind=party_kind, paid_fund=paid_fund,
+                     paid_personal_account=paid_pa, taken_elsewhere=taken, fund=fund, personal_account=personal,
+                     self_pay_refund=cmd.self_pay_refund, reason=cmd.reason, reversed_by=cmd.acted_by or "agency",
+                     reversal_ref=cmd.reversal_ref)
+        return case.id
+
+    def _settled_consultation(self, uow: UnitOfWork, encounter_id: UUID) -> tuple[SettlementCase, Decimal]:
+        enc = uow.require(Encounter, encounter_id)
+        if not enc.settled:
+            raise InvalidCommand("the consultation is not settled: nothing to refuse or claw back",
+                                 encounter_id=encounter_id)
+        return self._case(uow, SubjectKind.CONSULTATION, encounter_id), enc.settled_fund + enc.settled_personal_account
+
+    @handles(c.RefuseConsultationFees)
+    def _refuse_consultation(self, cmd: c.RefuseConsultationFees, uow: UnitOfWork) -> UUID:
+        case, paid = self._settled_consultation(uow, cmd.encounter_id)
+        case.refuse_consultation(clock=self.clock, paid=paid, amount=cmd.amount, reason=cmd.reason,
+                                 audit_ref=cmd.audit_ref, acted_by=cmd.acted_by or "agency")
+        return case.id
+
+    @handles(c.ClawBackConsultationFees)
+    def _claw_back_consultation(self, cmd: c.ClawBackConsultationFees, uow: UnitOfWork) -> UUID:
+        case, paid = self._settled_consultation(uow, cmd.encounter_id)
+        case.claw_back_consultation(clock=self.clock, paid=paid, amount=cmd.amount, reason=cmd.reason,
+                                    audit_ref=cmd.audit_ref, acted_by=cmd.acted_by or "agency")
+        return case.id
 
     # --- registries ---------------------------------------------------------------------------------
     @handles(c.RegisterPhysician)

@@ -1,26 +1,27 @@
 """Closing a month: one ``StatementIssued`` per party, and the year-end ``DepositReleased``.
 
 Figures come from the settlement projections (``hospital_settlement.institution_statements`` and
-``pharmacy_settlement.statements``) through :class:`SettlementFigures`, so a statement always agrees with them:
+``pharmacy_settlement.statements``) through :class:`SettlementFigures`, so a statement always agrees with them
+(DOMAIN.md, Settlement; the arithmetic is ``services.domain.statement.amounts_due``):
 
-- hospitals are rolled up to their physical designated institution (000 §五(二)); the statement's ``gross`` is
-  the month's fund share (consultations and drugs the hospital dispensed), ``refused`` the fees refused in audit
-  during the month, and the deposit is ``deposit_rate`` (region reference data, 5%) of ``gross − refused``, as the
-  projection's ``withheld_deposit``;
-- pharmacies / delivery enterprises: the month's fund share, in full (003 art. 20; 004 §六);
-- ``clawed_back`` is what was clawed back during the *previous* month (003 art. 30): fees already paid are
-  recovered from the next payment. A party with nothing in the month but a clawback the month before still gets
-  a statement, with a negative payable.
+- hospitals are rolled up to their physical designated institution (000 §五(二)); pharmacies, or the delivery
+  enterprise the region pays (Jinan, 004 §六), are parties of their own;
+- each statement shows the month's gross fund share, gross personal-account share, what audit refused, what was
+  clawed back and reversed in the month (all booked in the China-time month of their event), the deposit the
+  treatment region's provider terms withhold (``services.reference.policies.provider_terms``: Jinan 5% of a
+  physical institution's audited fees, 003 art. 20; pharmacies and delivery enterprises in full), and the payable;
+- a closed month stays closed: figures of an earlier month that the record holds now but no statement has booked
+  yet (a refusal or reversal recorded late, consumer lag) are carried by this statement as lines naming their
+  month. Over all statements of a party, every figure of the projections is booked exactly once.
 
 A statement's id derives from (party kind, party, month): closing a month again finds it and records nothing.
-Close a month once the projections have caught up with it (events are booked in the month of their timestamp,
-so nothing new lands in a month after it ended, except through consumer lag).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -37,6 +38,7 @@ from services.domain.policy import DEFAULT_RULES, RuleConfig
 from services.domain.statement import (
     DEFAULT_DEPOSIT_RULE,
     DEPOSIT_PARTY_KINDS,
+    CarriedLine,
     DepositRelease,
     DepositRule,
     Statement,
@@ -48,6 +50,7 @@ from services.domain.statement import (
     statement_id,
 )
 from services.reference import Reference, load_reference
+from services.reference.policies import load_policy, provider_terms
 
 log = logging.getLogger("rxtrail.statements")
 
@@ -62,6 +65,7 @@ class PartyMonth:
     fund: Decimal = ZERO
     refused: Decimal = ZERO
     clawed_back: Decimal = ZERO
+    reversed: Decimal = ZERO
     consultations: int = 0
     consultation_fees: Decimal = ZERO
     prescriptions: int = 0
@@ -102,14 +106,17 @@ class StatementDesk:
     rules: RuleConfig = DEFAULT_RULES
 
     def close_month(self, month: str, party_id: str | None = None) -> list[ClosedStatement]:
-        """One statement per party with figures in ``month`` or a clawback the month before."""
+        """One statement per party with figures in ``month`` or figures of closed months not yet booked."""
         today = self.rules.local_date(self.clock.now())
         if f"{today:%Y-%m}" <= month:
             raise InvalidCommand(f"month {month} is not over yet (today is {today})", month=month)
-        before = previous_month(month)
         current = {p.key: p for p in self.figures.month(month, party_id)}
-        clawbacks = {p.key: p.clawed_back for p in self.figures.month(before, party_id) if p.clawed_back > ZERO}
-        keys = sorted(set(current) | set(clawbacks), key=lambda k: (k[0].value, k[1]))
+        earlier: dict[tuple[PartyKind, str], list[PartyMonth]] = {}
+        for p in self.figures.before(month, party_id):
+            if p.month >= _oldest(month):
+                earlier.setdefault(p.key, []).append(p)
+        carried = {key: self.carried(key, month, rows) for key, rows in earlier.items()}
+        keys = sorted(set(current) | {k for k, lines in carried.items() if lines}, key=lambda k: (k[0].value, k[1]))
         regions = self.directory.regions(keys)
         closed = []
         for kind, party in keys:
@@ -120,18 +127,46 @@ class StatementDesk:
                                      party_kind=kind.value)
             figures = StatementFigures(
                 party_id=party, party_kind=kind, pooling_region=region, month=month,
-                gross=detail.fund if detail else ZERO, refused=detail.refused if detail else ZERO,
-                clawed_back=clawbacks.get((kind, party), ZERO))
-            closed.append(self._close(figures, detail, before))
+                gross=detail.fund if detail else ZERO,
+                personal_account=detail.personal_account if detail else ZERO,
+                refused=detail.refused if detail else ZERO, clawed_back=detail.clawed_back if detail else ZERO,
+                reversed=detail.reversed if detail else ZERO, carried=carried.get((kind, party), ()))
+            closed.append(self._close(figures, detail, previous_month(month)))
         return closed
 
+    def carried(self, key: tuple[PartyKind, str], month: str, rows: list[PartyMonth]) -> tuple[CarriedLine, ...]:
+        """For each earlier month: what the projections hold less what statements from that month up to (not
+        including) ``month`` booked for it."""
+        kind, party = key
+        booked: dict[str, CarriedLine] = {}
+        for m in _months(min(r.month for r in rows), month):
+            found = self._load(statement_id(kind, party, m), project_statement)
+            if isinstance(found, Statement):
+                for original, line in found.booked().items():
+                    booked[original] = _plus(booked.get(original), line)
+        lines = []
+        for r in sorted(rows, key=lambda r: r.month):
+            have = booked.get(r.month) or CarriedLine(month=r.month)
+            line = CarriedLine(month=r.month, fund=r.fund - have.fund,
+                               personal_account=r.personal_account - have.personal_account,
+                               refused=r.refused - have.refused, clawed_back=r.clawed_back - have.clawed_back,
+                               reversed=r.reversed - have.reversed)
+            if any((line.fund, line.personal_account, line.refused, line.clawed_back, line.reversed)):
+                lines.append(line)
+        return tuple(lines)
+
+    def terms(self, region: str, month: str) -> tuple[Decimal, str]:
+        """The treatment region's deposit rate and policy version in effect on the month's last day."""
+        last = _last_day(month)
+        return (provider_terms(region, last).hospital_deposit_rate, load_policy(region, as_of=last).version)
+
     def _close(self, figures: StatementFigures, detail: PartyMonth | None, before: str) -> ClosedStatement:
-        rate = self.reference.region(figures.pooling_region).deposit_rate
+        rate, version = self.terms(figures.pooling_region, figures.month)
         sid = statement_id(figures.party_kind, figures.party_id, figures.month)
         existing = self._load(sid, project_statement)
         if existing is None:
             statement = Statement.issue(clock=self.clock, figures=figures, deposit_rate=rate,
-                                        policy_version=self.reference.version, business_type=BusinessType.INTERNET)
+                                        policy_version=version, business_type=BusinessType.INTERNET)
             try:
                 self.store.save(statement)
             except IntegrityError:
@@ -144,9 +179,9 @@ class StatementDesk:
             raise TypeError(f"{sid} is not a statement")
         drift = figures if existing.figures() != figures else None
         if drift is not None:
-            log.warning("statement %s %s %s was closed with other figures than the projections hold now: %s",
-                        figures.party_kind.value, figures.party_id, figures.month, drift)
-        return ClosedStatement(existing, detail, before, rate, created=False, drift=drift)
+            log.info("statement %s %s %s was closed with other figures than the projections hold now; the next"
+                     " statement carries the difference", figures.party_kind.value, figures.party_id, figures.month)
+        return ClosedStatement(existing, detail, before, existing.deposit_rate, created=False, drift=drift)
 
     def release_deposit(self, party_id: str, year: int, score: int, assessment_ref: str,
                         rule: DepositRule = DEFAULT_DEPOSIT_RULE) -> tuple[DepositRelease, Decimal, bool]:
@@ -182,3 +217,37 @@ class StatementDesk:
 
     def _load(self, aggregate_id: UUID, projector: Any) -> Aggregate | None:
         return self.store.load(Aggregate, aggregate_id, projector)
+
+
+CARRY_MONTHS = 24
+"""How far back closing a month looks for figures of closed months not yet booked."""
+
+
+def _months(first: str, until: str) -> list[str]:
+    """Months from ``first`` up to, not including, ``until``."""
+    out, m = [], first
+    while m < until:
+        out.append(m)
+        year, mon = int(m[:4]), int(m[5:])
+        m = f"{year + 1}-01" if mon == 12 else f"{year}-{mon + 1:02d}"
+    return out
+
+
+def _oldest(month: str) -> str:
+    m = month
+    for _ in range(CARRY_MONTHS):
+        m = previous_month(m)
+    return m
+
+
+def _last_day(month: str) -> date:
+    year, mon = int(month[:4]), int(month[5:])
+    return date(year + (mon == 12), 1 if mon == 12 else mon + 1, 1) - timedelta(days=1)
+
+
+def _plus(a: CarriedLine | None, b: CarriedLine) -> CarriedLine:
+    if a is None:
+        return b
+    return CarriedLine(month=b.month, fund=a.fund + b.fund, personal_account=a.personal_account + b.personal_account,
+                       refused=a.refused + b.refused, clawed_back=a.clawed_back + b.clawed_back,
+                       reversed=a.reversed + b.reversed)

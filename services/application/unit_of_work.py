@@ -52,6 +52,7 @@ from services.domain.registries import (
     project_pharmacy,
     project_physician,
 )
+from services.domain.settlement_case import SettlementCase, project_settlement_case
 from services.domain.trace_code import TraceCode, project_trace_code
 
 A = TypeVar("A", bound=Aggregate)
@@ -59,6 +60,7 @@ A = TypeVar("A", bound=Aggregate)
 PROJECTORS: dict[type[Aggregate], Callable[[Any, Iterable[Any]], Any]] = {
     Prescription: project_prescription,
     Encounter: project_encounter,
+    SettlementCase: project_settlement_case,
     TraceCode: project_trace_code,
     Physician: project_physician,
     Pharmacist: project_pharmacist,

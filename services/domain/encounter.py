@@ -54,6 +54,8 @@ class Encounter(Aggregate):
     diagnosis_name: str
     consultation_fee: Decimal
     settled: bool = False
+    settled_fund: Decimal = ZERO
+    settled_personal_account: Decimal = ZERO
 
     @classmethod
     def record(
@@ -128,6 +130,8 @@ class Encounter(Aggregate):
         policy_region: str,
         settlement_ref: str,
         rules: RuleConfig = DEFAULT_RULES,
+        deductible_applied: Decimal | str = ZERO,
+        fund_cap_applied: Decimal | str = ZERO,
     ) -> None:
         """Settle the consultation fee with the physical institution: R9, R12, R11."""
         if self.settled:
@@ -149,6 +153,8 @@ class Encounter(Aggregate):
             self_pay=self_pay_,
             policy_version=policy_version,
             settlement_ref=settlement_ref,
+            deductible_applied=to_money(deductible_applied),
+            fund_cap_applied=to_money(fund_cap_applied),
         )
 
     @classmethod
@@ -172,6 +178,7 @@ class Encounter(Aggregate):
     def _apply(self, event: object) -> None:
         if isinstance(event, ConsultationSettled):
             self.settled = True
+            self.settled_fund, self.settled_personal_account = event.fund, event.personal_account
 
 
 project_encounter = make_projector(Encounter)

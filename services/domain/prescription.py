@@ -456,8 +456,15 @@ class Prescription(Aggregate):
         catalog_region: str,
         settlement_ref: str,
         rules: RuleConfig = DEFAULT_RULES,
+        payee_id: str | None = None,
+        deductible_applied: Decimal | str = ZERO,
+        fund_cap_applied: Decimal | str = ZERO,
     ) -> None:
-        """Record a split computed elsewhere: R3, R6, R7, R9, R10, R11, R12 and the split adding up."""
+        """Record a split computed elsewhere: R3, R6, R7, R9, R10, R11, R12 and the split adding up.
+
+        ``payee_id`` (money helper): whom the agency pays — the dispenser, or for a pharmacy the delivery enterprise
+        that delivered (the region's policy, 004 §六); ``deductible_applied`` / ``fund_cap_applied``: what the
+        deductible and the annual cap took (year-to-date figures rebuild from these)."""
         self._require_approved("settle")
         self._require("settle", S.DELIVERED, S.COLLECTED)
         fund_, personal_, self_pay_ = to_money(fund), to_money(personal_account), to_money(self_pay)
@@ -491,6 +498,9 @@ class Prescription(Aggregate):
             settled_with, kind = self.dispenser_id, DispenserKind.PHARMACY
         else:
             settled_with, kind = self.physical_institution_id, DispenserKind.HOSPITAL
+        if payee_id is not None and payee_id not in (settled_with, self.delivery_enterprise_id):
+            raise InvalidCommand("the payee is neither the dispenser nor the delivery enterprise",
+                                 prescription_id=self.id, payee_id=payee_id)
         self._trigger(
             PrescriptionSettled,
             clock,
@@ -508,6 +518,9 @@ class Prescription(Aggregate):
             policy_region=policy_region,
             catalog_region=catalog_region,
             settlement_ref=settlement_ref,
+            payee_id=payee_id or settled_with,
+            deductible_applied=to_money(deductible_applied),
+            fund_cap_applied=to_money(fund_cap_applied),
         )
 
     # --- ending early ---------------------------------------------------------------------------
@@ -537,28 +550,32 @@ class Prescription(Aggregate):
         )
 
     # --- audit ----------------------------------------------------------------------------------
-    def refuse_fees(self, *, clock: Clock, amount: Decimal | str, reason: str, audit_ref: str) -> None:
+    def refuse_fees(self, *, clock: Clock, amount: Decimal | str, reason: str, audit_ref: str,
+                  acted_by: str | None = None, also_taken: Decimal = ZERO) -> None:
         """Audit refuses insurance-paid fees (deducted from the month's statement)."""
         self._require("refuse_fees", S.SETTLED)
         self._trigger(
             FeesRefusedInAudit,
             clock,
             business_type=self.business_type,
-            amount=self._audit_amount(amount),
+            amount=self._audit_amount(amount, also_taken),
             reason=reason,
             audit_ref=audit_ref,
+            acted_by=acted_by,
         )
 
-    def claw_back(self, *, clock: Clock, amount: Decimal | str, reason: str, audit_ref: str) -> None:
+    def claw_back(self, *, clock: Clock, amount: Decimal | str, reason: str, audit_ref: str,
+                  acted_by: str | None = None, also_taken: Decimal = ZERO) -> None:
         """Fees already paid for a violation are recovered."""
         self._require("claw_back", S.SETTLED)
         self._trigger(
             FeesClawedBack,
             clock,
             business_type=self.business_type,
-            amount=self._audit_amount(amount),
+            amount=self._audit_amount(amount, also_taken),
             reason=reason,
             audit_ref=audit_ref,
+            acted_by=acted_by,
         )
 
     def record_flag(self, *, clock: Clock, violation: RuleViolation) -> None:
@@ -604,12 +621,13 @@ class Prescription(Aggregate):
                 total += price(line) * line.quantity
         return total
 
-    def _audit_amount(self, amount: Decimal | str) -> Decimal:
+    def _audit_amount(self, amount: Decimal | str, also_taken: Decimal = ZERO) -> Decimal:
+        """Refused + clawed back (+ ``also_taken``: reversed, from the settlement case) never exceed fund + account."""
         value = to_money(amount)
         if value <= ZERO:
             raise InvalidCommand("amount must be positive", prescription_id=self.id)
         paid = (self.fund or ZERO) + (self.personal_account or ZERO)
-        if self.refused + self.clawed_back + value > paid:
+        if self.refused + self.clawed_back + also_taken + value > paid:
             raise InvalidCommand(
                 f"refused and clawed back would exceed the insurance-paid {paid}", prescription_id=self.id
             )

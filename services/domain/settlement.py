@@ -31,7 +31,8 @@ Per line, in claim order:
 
 R6 (002 §三(四)): the delivery fee is self-pay, always. R11 (002 §五(十三)): a patient suspended for
 fraud gets neither fund nor personal-account payment. R12 (003 art. 19): the policy is the insured
-region's, the catalog the treatment region's.
+region's, the catalog the treatment region's, and an off-site patient without a long-term off-site
+registration (长期异地就医备案) valid on the visit day gets no fund (nor account) payment: self-pay.
 """
 
 from __future__ import annotations
@@ -155,10 +156,17 @@ class Claim(BaseModel):
     diagnosis_code: str = Field(min_length=1)
     suspended_for_fraud: bool = False
     personal_account_balance: Amount = ZERO
+    offsite_filing_valid: bool | None = Field(
+        default=None, description="R12: off-site, was a 长期异地就医备案 valid on the visit day (None: not known)")
 
     @property
     def off_site(self) -> bool:
         return self.insured_region != self.treatment_region
+
+    @property
+    def unfiled_off_site(self) -> bool:
+        """R12 (003 art. 19): off-site without a valid registration on the day: no fund or account payment."""
+        return self.off_site and self.offsite_filing_valid is False
 
 
 class YearToDate(BaseModel):
@@ -189,6 +197,7 @@ class LineReason(StrEnum):
     ANNUAL_CAP = "annual_cap"
     OUT_OF_DISEASE_SCOPE = "out_of_disease_scope"
     SUSPENDED_FOR_FRAUD = "suspended_for_fraud"  # R11
+    OFF_SITE_UNFILED = "off_site_unfiled"  # R12: no valid 长期异地就医备案 on the day
     PERSONAL_ACCOUNT = "personal_account"
 
 
@@ -281,7 +290,7 @@ def split(
     check_r12_insured_region_policy(policy.region_code, claim.insured_region)
     check_r12_catalog_region(treatment_catalog.region_code, claim.treatment_region)
     terms = policy.terms(claim.insurance_type)
-    insured = not claim.suspended_for_fraud
+    insured = not claim.suspended_for_fraud and not claim.unfiled_off_site
     has_account = claim.insurance_type is InsuranceType.EMPLOYEE and terms.personal_account is not None
     running = _Running(
         deductible=max(ZERO, terms.deductible - year_to_date.deductible_met),
@@ -389,6 +398,8 @@ def _draft_line(
     exact_fund = ZERO
     if covered and claim.suspended_for_fraud:
         reasons.append(LineReason.SUSPENDED_FOR_FRAUD)
+    elif covered and claim.unfiled_off_site:
+        reasons.append(LineReason.OFF_SITE_UNFILED)
     elif covered and not in_scope:
         reasons.append(LineReason.OUT_OF_DISEASE_SCOPE)
     elif covered:
@@ -444,7 +455,8 @@ def _account_payable(
 ) -> Decimal:
     """How much of the patient's share of a line the personal account may pay (before the balance)."""
     use = terms.personal_account
-    if use is None or claim.insurance_type is not InsuranceType.EMPLOYEE or claim.suspended_for_fraud:
+    if (use is None or claim.insurance_type is not InsuranceType.EMPLOYEE or claim.suspended_for_fraud
+            or claim.unfiled_off_site):
         return ZERO
     if not covered and not use.out_of_catalog:
         return ZERO

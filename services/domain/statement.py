@@ -1,9 +1,18 @@
 """Statements: a party's monthly settlement statement (月度结算单) and the year-end release of the deposit.
 
-003 art. 20: each month the agency pays the hospital last month's audited reasonable fees, deducting what audit
-refused and withholding 5% as a performance deposit (履约保证金), returned after the year "according to how the
-agreement was performed"; routed-prescription drug fees are paid to the pharmacy / delivery enterprise in full.
-003 art. 30: fees already paid for violations are clawed back — here, deducted from the next statement.
+DOMAIN.md, Settlement: the agency pays a provider the **fund share plus the personal-account share** of what it
+settled in the month (both are insurance money the agency holds; the self-pay share the provider collects from
+the patient), less what audit refused (003 art. 20), what was clawed back (003 art. 30) and what was reversed, all
+booked in the China-time month of their event. Where the region's policy says so (Jinan, 003 art. 20: 5%), a
+performance deposit (履约保证金) is withheld from a physical institution's payment, returned after the year
+"according to how the agreement was performed"; pharmacies / delivery enterprises are paid in full. The rate is
+the treatment region's provider terms (``services.reference.policies.provider_terms``), not a global setting.
+
+For every statement: ``payable + withheld_deposit = fund + personal_account − refused − clawed_back − reversed``,
+carried lines included; the deposit is ``rate × max(fund + personal_account − refused − reversed, 0)``, rounded
+once half up to the fen. A negative payable is owed by the party and says so (``owed_by_party``). Figures of a
+month already closed that reach the record later are carried by the next statement as :class:`CarriedLine` s
+naming their month: a closed month stays closed.
 
 Each statement is its own aggregate with an id derived from (party kind, party, month), so closing a month
 twice meets the first closure and records nothing; the same holds for a deposit release per (party, year).
@@ -25,7 +34,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from events.base import ZERO, BusinessType, to_money
-from events.statement import DepositReleased, PartyKind, StatementIssued
+from events.statement import CarriedLine, DepositReleased, PartyKind, StatementIssued
 from services.domain.aggregate import Aggregate, make_projector, natural_id
 from services.domain.clock import Clock
 from services.domain.errors import InvalidCommand
@@ -33,10 +42,12 @@ from services.domain.settlement import to_fen
 
 __all__ = [
     "DEPOSIT_PARTY_KINDS",
+    "CarriedLine",
     "DepositRelease",
     "DepositRule",
     "Statement",
     "StatementFigures",
+    "amounts_due",
     "deposit_release_id",
     "previous_month",
     "project_deposit_release",
@@ -70,7 +81,8 @@ def _check_month(month: str) -> None:
 
 
 class StatementFigures(BaseModel):
-    """What one statement settles: the month's fund share, its refusals, and the previous month's clawbacks."""
+    """What one statement settles: the month's fund and personal-account shares, what audit refused, what was clawed
+    back and reversed in the month, and the carried lines of closed months."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -79,14 +91,32 @@ class StatementFigures(BaseModel):
     pooling_region: str = Field(pattern=r"^\d{6}$")
     month: str = Field(pattern=MONTH.pattern)
     gross: Decimal = Field(ge=0, description="the fund share settled in the month (统筹基金支付)")
+    personal_account: Decimal = Field(default=ZERO, ge=0, description="the personal-account share (个人账户支付)")
     refused: Decimal = Field(ge=0, description="fees refused in audit during the month (拒付)")
-    clawed_back: Decimal = Field(ge=0, description="fees clawed back during the previous month (追回)")
+    clawed_back: Decimal = Field(ge=0, description="fees clawed back during the month (追回)")
+    reversed: Decimal = Field(default=ZERO, ge=0, description="settlements reversed during the month (冲正)")
+    carried: tuple[CarriedLine, ...] = ()
 
     @model_validator(mode="after")
     def _money(self) -> StatementFigures:
-        for name in ("gross", "refused", "clawed_back"):
+        for name in ("gross", "personal_account", "refused", "clawed_back", "reversed"):
             to_money(getattr(self, name))
         return self
+
+
+def amounts_due(party_kind: PartyKind, figures: StatementFigures, deposit_rate: Decimal
+                ) -> tuple[Decimal, Decimal]:
+    """``(withheld_deposit, payable)`` of a statement: the one place the statement arithmetic lives.
+
+    The deposit: ``deposit_rate`` of the audited insurance-paid fees (fund + personal account − refused −
+    reversed, carried lines included), never below zero, rounded once half up, for physical institutions only.
+    """
+    carried = figures.carried
+    audited = (figures.gross + figures.personal_account - figures.refused - figures.reversed
+               + sum((c.fund + c.personal_account - c.refused - c.reversed for c in carried), ZERO))
+    clawed = figures.clawed_back + sum((c.clawed_back for c in carried), ZERO)
+    deposit = to_fen(max(audited, ZERO) * deposit_rate) if party_kind in DEPOSIT_PARTY_KINDS else ZERO
+    return deposit, audited - clawed - deposit
 
 
 class Statement(Aggregate):
@@ -100,16 +130,21 @@ class Statement(Aggregate):
     pooling_region: str
     month: str
     gross: Decimal
+    personal_account: Decimal = ZERO
     refused: Decimal
     clawed_back: Decimal
+    reversed: Decimal = ZERO
+    carried: tuple[CarriedLine, ...] = ()
     withheld_deposit: Decimal
+    deposit_rate: Decimal = ZERO
     payable: Decimal
+    owed_by_party: bool = False
     policy_version: str
     issued_at: datetime
 
     @staticmethod
     def withheld(party_kind: PartyKind, gross: Decimal, refused: Decimal, deposit_rate: Decimal) -> Decimal:
-        """The deposit: ``deposit_rate`` of the audited fees (gross less refusals), rounded once, half up."""
+        """The deposit on audited fees of ``gross − refused`` (see :func:`amounts_due`)."""
         if party_kind not in DEPOSIT_PARTY_KINDS:
             return ZERO
         return to_fen(max(gross - refused, ZERO) * deposit_rate)
@@ -124,15 +159,10 @@ class Statement(Aggregate):
         policy_version: str,
         business_type: BusinessType = BusinessType.INTERNET,
     ) -> Self:
-        """Close the month for a party: ``payable = gross − refused − clawed_back − withheld_deposit``.
-
-        ``payable`` may be negative: clawbacks larger than the month's payment are owed by the party.
-        """
+        """Close the month for a party (see the module docstring for the arithmetic)."""
         if not ZERO <= deposit_rate < 1:
             raise InvalidCommand("deposit rate must lie in [0, 1)", deposit_rate=deposit_rate)
-        gross, refused, clawed = (to_money(figures.gross), to_money(figures.refused),
-                                  to_money(figures.clawed_back))
-        deposit = cls.withheld(figures.party_kind, gross, refused, deposit_rate)
+        deposit, payable = amounts_due(figures.party_kind, figures, deposit_rate)
         return cls._create(
             StatementIssued,
             clock,
@@ -142,18 +172,33 @@ class Statement(Aggregate):
             party_kind=figures.party_kind,
             pooling_region=figures.pooling_region,
             month=figures.month,
-            gross=gross,
-            refused=refused,
-            clawed_back=clawed,
+            gross=to_money(figures.gross),
+            personal_account=to_money(figures.personal_account),
+            refused=to_money(figures.refused),
+            clawed_back=to_money(figures.clawed_back),
+            reversed=to_money(figures.reversed),
+            carried=figures.carried,
             withheld_deposit=deposit,
-            payable=gross - refused - clawed - deposit,
+            deposit_rate=deposit_rate,
+            payable=payable,
+            owed_by_party=payable < ZERO,
             policy_version=policy_version,
         )
 
     def figures(self) -> StatementFigures:
         return StatementFigures(party_id=self.party_id, party_kind=self.party_kind,
                                 pooling_region=self.pooling_region, month=self.month, gross=self.gross,
-                                refused=self.refused, clawed_back=self.clawed_back)
+                                personal_account=self.personal_account, refused=self.refused,
+                                clawed_back=self.clawed_back, reversed=self.reversed, carried=self.carried)
+
+    def booked(self) -> dict[str, CarriedLine]:
+        """What this statement booked per original month: its own month's figures and each carried line."""
+        own = CarriedLine(month=self.month, fund=self.gross, personal_account=self.personal_account,
+                          refused=self.refused, clawed_back=self.clawed_back, reversed=self.reversed)
+        out = {self.month: own}
+        for line in self.carried:
+            out[line.month] = line
+        return out
 
     @classmethod
     def _created(cls, event: StatementIssued) -> Self:
@@ -165,10 +210,15 @@ class Statement(Aggregate):
             pooling_region=event.pooling_region,
             month=event.month,
             gross=event.gross,
+            personal_account=event.personal_account,
             refused=event.refused,
             clawed_back=event.clawed_back,
+            reversed=event.reversed,
+            carried=event.carried,
             withheld_deposit=event.withheld_deposit,
+            deposit_rate=event.deposit_rate,
             payable=event.payable,
+            owed_by_party=event.owed_by_party,
             policy_version=event.policy_version,
             issued_at=event.timestamp,
         )

@@ -3,8 +3,16 @@
 Triggers:
 - ``PrescriptionDelivered`` / ``PrescriptionCollected`` (and ``PrescriptionDispensed`` complete at the hospital,
   should the prescription already accept settlement then) → settle the prescription with the party that
-  dispensed it (pharmacy, or the hospital's physical institution);
-- ``FollowUpVisitRecorded`` → settle the consultation fee with the physical institution.
+  dispensed it (pharmacy, or the hospital's physical institution); the agency pays the delivery enterprise instead
+  of the pharmacy where the treatment region's provider terms say so (Jinan, 004 §六: ``payee_id``);
+- ``PrescriptionApproved`` → R15: the visit issued a prescription, so its consultation fee is settled with the
+  physical institution — once per visit (keyed by the visit), on its first approved prescription; a visit with
+  no approved prescription is never paid;
+- ``SettlementFailureResolved`` with ``retried`` → the agency asked to try a failed settlement again.
+
+Nothing silent (DOMAIN.md, Settlement): a settlement that cannot be computed (no policy, an out-of-catalog line
+without consent, …) or that the aggregate refuses is recorded as ``SettlementFailed`` (rule id, reason) on the
+subject's settlement case, which the agency sees in ``GET /agency/settlement-issues`` and resolves.
 
 A ``CommandWorker`` (``services.workers.base``). Each command is keyed by the triggering event:
 ``command_id = "settle:" + event_id`` (the relay's deterministic event id), so a redelivered or republished
@@ -40,6 +48,7 @@ from events.base import ZERO, RealNameMethod
 from events.encounter import ConsultationSettled, FollowUpVisitRecorded
 from events.prescription import (
     DispenserKind,
+    PrescriptionApproved,
     PrescriptionCollected,
     PrescriptionDelivered,
     PrescriptionDispensed,
@@ -47,6 +56,7 @@ from events.prescription import (
     PrescriptionSettled,
 )
 from events.registries import PatientReinstated, PatientSuspendedForFraud
+from events.statement import FailureResolution, SettlementFailureResolved, SubjectKind
 from projections.base import Delivered
 from services.adapters import settlement_state as state
 from services.application import RxTrail
@@ -58,7 +68,7 @@ from services.application.claims import (
     settle_consultation,
     settle_prescription,
 )
-from services.application.commands import Command
+from services.application.commands import Command, RecordSettlementFailure
 from services.application.outcomes import Outcome
 from services.domain.aggregate import project_all
 from services.domain.encounter import Encounter
@@ -68,7 +78,7 @@ from services.domain.prescription import Prescription, RxStatus
 from services.domain.rules import R11
 from services.domain.settlement import RegionCatalog, Split, YearToDate, split
 from services.reference import Reference, ReferenceNotFound, load_reference
-from services.reference.policies import PolicyNotFound, load_policy
+from services.reference.policies import PayeeKind, PolicyNotFound, load_policy, provider_terms
 from services.workers.base import CommandWorker, command_key, in_log_order
 
 log = logging.getLogger("rxtrail.settlement")
@@ -93,6 +103,7 @@ class _Plan:
     patient_ref: str
     insurance_type: Any
     build: Any  # (YearToDate, balance, suspended) -> (Split, Command)
+    subject_kind: SubjectKind = SubjectKind.PRESCRIPTION
 
 
 class SettlementWorker(CommandWorker):
@@ -144,21 +155,36 @@ class SettlementWorker(CommandWorker):
     @staticmethod
     def _is_trigger(d: Delivered) -> bool:
         e = d.event
-        if isinstance(e, PrescriptionDelivered | PrescriptionCollected | FollowUpVisitRecorded):
+        if isinstance(e, PrescriptionDelivered | PrescriptionCollected | PrescriptionApproved):
             return True
+        if isinstance(e, SettlementFailureResolved):
+            return e.resolution is FailureResolution.RETRIED
         return isinstance(e, PrescriptionDispensed) and e.complete
 
+    def _trigger_key(self, d: Delivered) -> str:
+        """The command key: the triggering event, except a consultation, keyed by its visit (settled once)."""
+        e = d.event
+        if isinstance(e, PrescriptionApproved):
+            return self.key(f"consultation-{self._encounter_of(d.aggregate_id)}")
+        return self.key(d.event_id)
+
+    def _encounter_of(self, prescription_id: UUID) -> UUID | None:
+        issued = next(iter(self.app.history(prescription_id, up_to=1)), None)
+        return issued.encounter_id if isinstance(issued, PrescriptionIssued) else None
+
     def _issue(self, conn: psycopg.Connection[Any], schema: str, triggers: Sequence[Delivered]) -> None:
-        ids = [self.key(d.event_id) for d in triggers]
+        ids = [self._trigger_key(d) for d in triggers]
         recorded = self.recall([*ids, *(i + SUSPENDED_RETRY for i in ids)])
         plans: list[_Plan] = []
+        seen: set[str] = set()
         for d, command_id in zip(triggers, ids, strict=True):
-            if command_id in recorded:
+            if command_id in recorded or command_id in seen:
                 continue
+            seen.add(command_id)
             try:
                 plan = self._plan(d, command_id)
             except (DomainError, PolicyNotFound, ReferenceNotFound, ValueError) as exc:
-                self._skip(conn, schema, command_id, d.aggregate_id, f"{type(exc).__name__}: {exc}")
+                self._failed(*self._subject(d), command_id, exc)
                 continue
             if isinstance(plan, str):
                 if d.event_type != "PrescriptionDispensed":  # hospital hand-over comes later: not worth a row
@@ -168,32 +194,55 @@ class SettlementWorker(CommandWorker):
         for round_ in _rounds(plans):
             self._issue_round(conn, schema, round_)
 
+    def _subject(self, d: Delivered) -> tuple[SubjectKind, UUID | None]:
+        e = d.event
+        if isinstance(e, SettlementFailureResolved):
+            return e.subject_kind, e.subject_id
+        if isinstance(e, PrescriptionApproved):
+            return SubjectKind.CONSULTATION, self._encounter_of(d.aggregate_id)
+        return SubjectKind.PRESCRIPTION, d.aggregate_id
+
     def _plan(self, d: Delivered, command_id: str) -> _Plan | str:
         """What to issue for a trigger, or why nothing is issued."""
-        if isinstance(d.event, FollowUpVisitRecorded):
-            return self._plan_consultation(d.event, command_id)
-        return self._plan_prescription(d, command_id)
+        kind, subject = self._subject(d)
+        if subject is None:
+            return "the prescription's visit is not in the event store"
+        if kind is SubjectKind.CONSULTATION:
+            visit = next(iter(self.app.history(subject, up_to=1)), None)
+            if not isinstance(visit, FollowUpVisitRecorded):
+                return "visit not in the event store"
+            return self._plan_consultation(visit, command_id)
+        hospital_dispense = isinstance(d.event, PrescriptionDispensed)
+        return self._plan_prescription(subject, command_id, hospital_dispense=hospital_dispense)
 
-    def _plan_prescription(self, d: Delivered, command_id: str) -> _Plan | str:
-        events = self.app.history(d.aggregate_id)
+    def _plan_prescription(self, prescription_id: UUID, command_id: str, *, hospital_dispense: bool = False
+                           ) -> _Plan | str:
+        events = self.app.history(prescription_id)
         if not events:
             return "prescription not in the event store"
         rx = project_all(Prescription, events)
-        if isinstance(d.event, PrescriptionDispensed) and rx.dispenser_kind is not DispenserKind.HOSPITAL:
+        if hospital_dispense and rx.dispenser_kind is not DispenserKind.HOSPITAL:
             return "dispensed by a pharmacy: settled on delivery or collection"
         if rx.status not in SETTLEABLE:
             return f"prescription is {rx.status.value}, not delivered or collected"
         issued = events[0]
         if not isinstance(issued, PrescriptionIssued):
             return "prescription stream does not start with PrescriptionIssued"
-        verification = self._verification(events, rx)
-        policy = load_policy(rx.insured_region, as_of=self.rules.local_date(self.app.clock.now()))
+        visit = next(iter(self.app.history(rx.encounter_id, up_to=1)), None)
+        verification = self._verification(events, visit)
+        filing = getattr(visit, "offsite_filing_valid", None)
+        today = self.rules.local_date(self.app.clock.now())
+        policy = load_policy(rx.insured_region, as_of=today)
         catalog = RegionCatalog(rx.pooling_region, self._catalog)
+        payee = None
+        if (rx.dispenser_kind is DispenserKind.PHARMACY and rx.delivery_enterprise_id is not None
+                and provider_terms(rx.pooling_region, today).pharmacy_payee is PayeeKind.DELIVERY_ENTERPRISE):
+            payee = rx.delivery_enterprise_id  # Jinan: the supply/delivery enterprise is paid (004 §六)
 
         def build(ytd: YearToDate, balance: Decimal, suspended: bool) -> tuple[Split, Command]:
-            claim = prescription_claim(rx, issued, suspended=suspended, balance=balance)
+            claim = prescription_claim(rx, issued, suspended=suspended, balance=balance, offsite_filing_valid=filing)
             outcome = split(claim, policy, catalog, ytd)
-            return outcome, settle_prescription(command_id, rx, outcome, verification)
+            return outcome, settle_prescription(command_id, rx, outcome, verification, payee)
 
         return _Plan(command_id, rx.id, rx.patient_ref, rx.insurance_type, build)
 
@@ -206,23 +255,26 @@ class SettlementWorker(CommandWorker):
         encounter = project_all(Encounter, events)
         if encounter.settled:
             return "consultation already settled"
-        policy = load_policy(visit.insured_region, as_of=self.rules.local_date(self.app.clock.now()))
+        today = self.rules.local_date(self.app.clock.now())
+        policy = load_policy(visit.insured_region, as_of=today)
+        treatment = load_policy(visit.pooling_region, as_of=today)  # R15: the treatment region's price
         catalog = WithConsultation(visit.pooling_region, self._catalog)
         level = self.config.level_of(visit.physical_institution_id)
 
         def build(ytd: YearToDate, balance: Decimal, suspended: bool) -> tuple[Split, Command]:
-            claim = consultation_claim(visit, policy, level, suspended=suspended, balance=balance)
+            claim = consultation_claim(visit, treatment, level, suspended=suspended, balance=balance)
             outcome = split(claim, policy, catalog, ytd)
             return outcome, settle_consultation(command_id, visit, outcome)
 
-        return _Plan(command_id, visit.originator_id, visit.patient_ref, visit.insurance_type, build)
+        return _Plan(command_id, visit.originator_id, visit.patient_ref, visit.insurance_type, build,
+                     SubjectKind.CONSULTATION)
 
-    def _verification(self, events: Iterable[Any], rx: Prescription) -> RealNameMethod:
+    @staticmethod
+    def _verification(events: Iterable[Any], visit: Any) -> RealNameMethod:
         """R9 evidence: the collection's verification, else the visit's (delivery to the verified patient)."""
         collected = [e for e in events if isinstance(e, PrescriptionCollected)]
         if collected:
             return collected[-1].verification_method
-        visit = next(iter(self.app.history(rx.encounter_id, up_to=1)), None)
         if isinstance(visit, FollowUpVisitRecorded):
             return visit.verification_method
         return RealNameMethod.E_VOUCHER
@@ -242,7 +294,7 @@ class SettlementWorker(CommandWorker):
                     self.config.balance_left(plan.insurance_type, figures.personal_account),
                     plan.patient_ref in suspended)
             except (DomainError, ValueError) as exc:
-                self._skip(conn, schema, plan.command_id, plan.aggregate_id, f"{type(exc).__name__}: {exc}")
+                self._failed(plan.subject_kind, plan.aggregate_id, plan.command_id, exc)
                 continue
             ready.append((plan, outcome, command))
         if not ready:
@@ -267,7 +319,7 @@ class SettlementWorker(CommandWorker):
     def _without_insurance(plan: _Plan, figures: state.Spent) -> tuple[_Plan, Split, Command]:
         """The one retry after an R11 refusal: the patient is suspended, under the retry's own key."""
         again = _Plan(plan.command_id + SUSPENDED_RETRY, plan.aggregate_id, plan.patient_ref, plan.insurance_type,
-                      plan.build)
+                      plan.build, plan.subject_kind)
         outcome, command = again.build(YearToDate(deductible_met=figures.deductible, fund_paid=figures.fund), ZERO,
                                        True)
         return again, outcome, command.model_copy(update={"command_id": again.command_id,
@@ -278,9 +330,29 @@ class SettlementWorker(CommandWorker):
                    outcome.deductible_applied)
 
     def _rejected(self, conn: psycopg.Connection[Any], schema: str, plan: _Plan, result: Outcome) -> None:
-        reason = f"{result.error} {result.rule_id or ''}: {result.reason}"
-        log.warning("settlement %s of %s refused: %s", plan.command_id, plan.aggregate_id, reason)
-        self._skip(conn, schema, plan.command_id, plan.aggregate_id, reason, count=False)
+        if result.error == "IllegalTransition" and "settled" in (result.reason or ""):
+            return  # settled already (another trigger won): nothing failed
+        log.warning("settlement %s of %s refused: %s %s", plan.command_id, plan.aggregate_id, result.error,
+                    result.rule_id or "")
+        self._record_failure(plan.subject_kind, plan.aggregate_id, plan.command_id, result.rule_id,
+                             result.error or "Refused", result.reason or "refused")
+
+    def _failed(self, kind: SubjectKind, subject: UUID | None, command_id: str, exc: Exception) -> None:
+        self._record_failure(kind, subject, command_id, getattr(exc, "rule_id", None), type(exc).__name__,
+                             getattr(exc, "reason", None) or str(exc))
+
+    def _record_failure(self, kind: SubjectKind, subject: UUID | None, command_id: str, rule_id: str | None,
+                        error: str, reason: str) -> None:
+        """``SettlementFailed`` on the subject's settlement case (the agency's queue), once per trigger."""
+        self.stats.skipped += 1
+        if subject is None:
+            log.error("settlement %s failed and its subject is unknown: %s", command_id, error)
+            return
+        outcome = self.issue(RecordSettlementFailure(
+            command_id=command_id + ":failed", subject_kind=kind, subject_id=subject, rule_id=rule_id,
+            error=error[:64], reason=(reason or error)[:2000], trigger=command_id[:64]))
+        if not outcome.ok:
+            log.error("settlement failure of %s could not be recorded: %s %s", subject, outcome.error, outcome.reason)
 
     def _skip(self, conn: psycopg.Connection[Any], schema: str, command_id: str, aggregate_id: UUID, reason: str,
               *, count: bool = True) -> None:

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from decimal import ROUND_HALF_UP, Decimal
+from datetime import date
+from decimal import Decimal
 from typing import Any
 
 import psycopg
 import pytest
 
 from events import topics
-from events.prescription import DispenserKind
+from events.prescription import DispenserKind, PrescriptionSettled
 from projections.hospital_settlement import HospitalSettlement, institution_statements, statements
 from projections.hospital_settlement.ledger import settlement_month
 from projections.pharmacy_settlement import PharmacySettlement
 from projections.pharmacy_settlement import statements as pharmacy_statements
 from services.infra.kafka_admin import ensure_topics_async
+from services.reference.policies import provider_terms
 from tests.support import unique_topic
 from tests.support.trails import (
     PROJECTION_NAMES,
@@ -85,8 +87,10 @@ def expected_pharmacy(trails: list[Trail], jinan: bool = False) -> dict[tuple[st
     return out
 
 
-def _deposit(fund: Decimal, refused: Decimal) -> Decimal:
-    return (max(fund - refused, ZERO) * Decimal("0.05")).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+def _net(r: dict[str, Any]) -> Decimal:
+    """What the agency owes before any deposit (issue 14: fund + personal account; the deposit is region policy,
+    applied where the statement is made — services.domain.statement.amounts_due — not in the projection)."""
+    return r["fund"] + r["personal_account"] - r["refused"] - r["clawed_back"] - r["reversed"]
 
 
 async def test_hospital_statements_match_the_events(published: Published) -> None:
@@ -100,8 +104,7 @@ async def test_hospital_statements_match_the_events(published: Published) -> Non
         for column in ("consultations", "consultation_fees", "prescriptions", "drug_fees", "fund", "personal_account",
                        "self_pay", "delivery_fees", "refused", "clawed_back"):
             assert r[column] == want[column], (column, r)
-        assert r["withheld_deposit"] == _deposit(r["fund"], r["refused"])
-        assert r["payable"] == r["fund"] - r["refused"] - r["clawed_back"] - r["withheld_deposit"]
+        assert r["reversed"] == ZERO and r["insured_net"] == _net(r)
     assert len({r["month"] for r in rows}) >= 2  # the trails cross a settlement month
     assert any(r["refused"] > 0 for r in rows) and any(r["clawed_back"] > 0 for r in rows)
     # roll-up: two hospitals share INST1; the deposit is taken once on the institution's totals
@@ -112,9 +115,9 @@ async def test_hospital_statements_match_the_events(published: Published) -> Non
     assert any(r["hospitals"] == 2 for r in rolled)
     for r in rolled:
         members = per_inst[(r["physical_institution_id"], r["month"])]
-        for column in ("consultation_fees", "drug_fees", "fund", "refused", "clawed_back"):
+        for column in ("consultation_fees", "drug_fees", "fund", "personal_account", "refused", "clawed_back",
+                       "reversed", "insured_net"):
             assert r[column] == sum(m[column] for m in members)
-        assert r["withheld_deposit"] == _deposit(r["fund"], r["refused"])
 
 
 async def test_pharmacy_statements_are_paid_in_full_with_delivery_apart(published: Published) -> None:
@@ -127,8 +130,7 @@ async def test_pharmacy_statements_are_paid_in_full_with_delivery_apart(publishe
         assert r["party_kind"] == "pharmacy"
         for column in ("prescriptions", "drug_fees", "fund", "delivery_fees", "refused", "clawed_back"):
             assert r[column] == want[column], (column, r)
-        assert r["withheld_deposit"] == 0
-        assert r["payable"] == r["fund"] - r["refused"] - r["clawed_back"]
+        assert r["insured_net"] == _net(r)  # paid in full: no deposit is ever withheld from a pharmacy
         assert r["drug_fees"] == r["fund"] + r["personal_account"] + r["self_pay"]  # delivery never in the split
     assert any(r["delivery_fees"] > 0 for r in rows)
 
@@ -162,9 +164,17 @@ async def test_every_event_twice_leaves_every_table_as_a_clean_pass(
 
 async def test_jinan_style_settles_pharmacy_fees_with_the_delivery_enterprise(
         published: Published, kafka_bootstrap: str) -> None:
+    """The payee is on each settlement (``payee_id``, set by the settlement worker from the treatment region's
+    provider terms; Jinan: the delivery enterprise, 004 §六): the same trails settled with their enterprise as payee
+    are booked to it."""
     schema = "pharmacy_settlement_jinan"
-    await run_to_idle(PharmacySettlement(settle_with_delivery_enterprise=True), published.reference_db,
-                      kafka_bootstrap, published.topic, schema=schema)
+    enterprise = {t.prescription_id: t.delivery_enterprise_id for t in published.trails if t.delivery_enterprise_id}
+    events = [e.model_copy(update={"payee_id": enterprise[e.originator_id]})
+              if isinstance(e, PrescriptionSettled) and e.originator_id in enterprise else e for e in published.events]
+    topic = unique_topic(f"{topics.EVENTS}.jinan")
+    await ensure_topics_async(kafka_bootstrap, [topic, topic + ".dlq"], partitions=3)
+    await publish(kafka_bootstrap, topic, events)
+    await run_to_idle(PharmacySettlement(), published.reference_db, kafka_bootstrap, topic, schema=schema)
     with psycopg.connect(published.reference_db) as conn:
         rows = pharmacy_statements(conn, schema)
     expected = expected_pharmacy(published.trails, jinan=True)
@@ -178,6 +188,9 @@ async def test_jinan_style_settles_pharmacy_fees_with_the_delivery_enterprise(
     assert row is not None and sum(r["fund"] for r in rows) == row[0]
 
 
-def test_deposit_rate_is_configurable() -> None:
-    with pytest.raises(ValueError):
-        HospitalSettlement(deposit_rate=Decimal("1.5"))
+def test_the_deposit_is_region_policy_not_projection_configuration() -> None:
+    """Issue 14: one deposit switch for the whole deployment was wrong; the rate is the region's provider terms."""
+    with pytest.raises(TypeError):
+        HospitalSettlement(deposit_rate=Decimal("0.05"))  # type: ignore[call-arg]
+    assert provider_terms("370100", date(2026, 3, 31)).hospital_deposit_rate == Decimal("0.05")
+    assert provider_terms("220100", date(2026, 3, 31)).hospital_deposit_rate == ZERO

@@ -4,9 +4,9 @@ topic, the worker settles once with the worked split, and a redelivery from the 
 Worked figures (Jinan 370100 policy 2026.1, ILLUSTRATIVE: employee deductible 500.00, fund ratio 0.85, category B
 first self-pay 10%, tertiary outpatient consultation 12.00; the worker's default personal-account balance 2000.00):
 
-Consultation (public institution, fee charged 20.00, payment standard 12.00):
-  settled 12.00 all towards the deductible → fund 0.00; account pays the covered 12.00; the 8.00 above the
-  standard is self-pay (public institution: never the account) → fund 0.00 / account 12.00 / self 8.00;
+Consultation (public institution, fee charged 12.00 = Jinan's tertiary outpatient price; R15: a public institution
+charging more is refused at the visit, and the fee is paid only once the visit's first prescription is approved):
+  12.00 all towards the deductible → fund 0.00 / account 12.00 / self 0.00;
   the year's deductible met: 12.00, account used 12.00.
 
 Prescription (non-public pharmacy, delivery fee 8.00), deductible left 488.00, account 1988.00:
@@ -14,7 +14,7 @@ Prescription (non-public pharmacy, delivery fee 8.00), deductible left 488.00, a
   glimepiride (B) 2 × 55.00 (cap 50.00) = 110.00 → settled 100.00, first self-pay 10.00, fund 0.85 × 90.00 = 76.50,
       account 33.50 (incl. the 10.00 above the cap: a non-public dispenser, R7)
   delivery 8.00 self-pay (R6)
-  → total 718.00 = fund 171.70 + account 538.30 + self 8.00.
+  → total 718.00 = fund 171.70 + account 538.30 + self 8.00; Jinan pays the delivery enterprise (004 §六).
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class World:
         stats: WorkerStats = consumer.projection.stats  # type: ignore[attr-defined]
         return stats
 
-    def visit(self, fee: str = "20.00") -> UUID:
+    def visit(self, fee: str = "12.00") -> UUID:
         return ok(self.app.handle(self.cast.visit(consultation_fee=D(fee))))
 
     def delivered_prescription(self, encounter_id: UUID) -> UUID:
@@ -148,20 +148,23 @@ def settlements(world: World, aggregate_id: UUID, kind: type) -> list[object]:
 async def test_worker_settles_visit_and_prescription_once_with_the_worked_split(world: World) -> None:
     encounter = world.visit()
     first = await world.run_worker("g-settle", "settlement_worker")
-    assert (first.recorded, first.rejected) == (1, 0)
-    (consultation,) = settlements(world, encounter, ConsultationSettled)
-    assert isinstance(consultation, ConsultationSettled)
-    assert (consultation.fund, consultation.personal_account, consultation.self_pay) == (
-        D("0.00"), D("12.00"), D("8.00"))
-    assert consultation.settled_with == f"P-{world.hospital}"
-    assert consultation.policy_version == "2026.1"
+    # R15: a visit that issued no prescription is not paid (issue 14; before, it was settled on the visit)
+    assert (first.recorded, first.rejected) == (0, 0)
+    assert settlements(world, encounter, ConsultationSettled) == []
 
     rx = world.delivered_prescription(encounter)
     second = await world.run_worker("g-settle", "settlement_worker")
-    assert (second.recorded, second.rejected) == (1, 0)
+    assert (second.recorded, second.rejected) == (2, 0)  # the consultation (on approval) and the prescription
+    (consultation,) = settlements(world, encounter, ConsultationSettled)
+    assert isinstance(consultation, ConsultationSettled)
+    assert (consultation.fund, consultation.personal_account, consultation.self_pay) == (
+        D("0.00"), D("12.00"), D("0.00"))
+    assert consultation.settled_with == f"P-{world.hospital}"
+    assert consultation.policy_version == "2026.1" and consultation.deductible_applied == D("12.00")
     (settled,) = settlements(world, rx, PrescriptionSettled)
     assert isinstance(settled, PrescriptionSettled)
-    assert settled.settled_with == world.pharmacy
+    assert settled.settled_with == world.pharmacy and settled.payee_id == "DEL-1"  # Jinan: the enterprise is paid
+    assert (settled.deductible_applied, settled.fund_cap_applied) == (D("488.00"), D("0.00"))
     assert (settled.total, settled.fund, settled.personal_account, settled.self_pay, settled.delivery_fee) == (
         D("718.00"), D("171.70"), D("538.30"), D("8.00"), D("8.00"))
     assert (settled.policy_region, settled.catalog_region) == (JINAN, JINAN)
@@ -188,9 +191,10 @@ async def test_a_patient_suspended_for_fraud_is_settled_without_insurance(world:
     world.app.handle(c.SuspendPatientForFraud(patient_ref=world.app.vault.patient_ref(world.national_id),
                                               reason="duplicate claims"))
     encounter = world.visit()
+    world.delivered_prescription(encounter)
     stats = await world.run_worker(unique_id("g"), "settlement_worker")
-    assert stats.recorded == 1
+    assert stats.recorded == 2
     (consultation,) = settlements(world, encounter, ConsultationSettled)
     assert isinstance(consultation, ConsultationSettled)
     assert (consultation.fund, consultation.personal_account, consultation.self_pay) == (
-        D("0.00"), D("0.00"), D("20.00"))
+        D("0.00"), D("0.00"), D("12.00"))

@@ -1,17 +1,18 @@
 """Monthly statements on real PostgreSQL: settlements, refusals and clawbacks recorded through the application over
 three months (clock moved), the settlement projections rebuilt from the event store (their own code), then months
-closed. Statements agree with the projections, closing twice records nothing, a clawback is deducted the month
-after, the deposit is released by the assessment score, and the PDF says what the CSV says.
+closed. Statements agree with the projections, closing twice records nothing, and the PDF says what the CSV says.
 
-Worked figures (Changchun 220100, deposit 5% of gross − refused, ILLUSTRATIVE reference 2026.1):
+Worked figures (Changchun 220100: its provider terms withhold no deposit and pay the pharmacy; DOMAIN.md, Settlement
+— issue 14: the agency pays fund + personal account, refusals and clawbacks count in the month they are recorded):
 
-2026-02  institution INST (hospitals H1, H2): consultation 10.00 + H1 rx1 35.00 + H2 rx3 30.00 = gross 75.00,
-         refused (rx3) 6.00, deposit 5% × 69.00 = 3.45, payable 65.55; clawed back from rx1 in Feb: 3.50.
-         pharmacy PH: rx2 40.00 in full.
-2026-03  INST: rx4 20.00, deposit 1.00, less Feb's clawback 3.50 → payable 15.50. PH: a clawback of 4.00 on rx2
-         is recorded (nothing settled) → statement of zeros.
-2026-04  PH: nothing settled, March's clawback 4.00 deducted → payable −4.00 (owed by the pharmacy).
-Deposit 2026 of INST: 3.45 + 1.00 = 4.45; score 75 → 75% → 3.34 (3.3375 rounded half up).
+2026-02  institution INST (hospitals H1, H2): consultation 10.00 + 5.00 + H1 rx1 35.00 + 10.00 + H2 rx3 30.00 + 15.00
+         = fund 75.00 + personal account 30.00, refused (rx3) 6.00, clawed back from rx1 3.50, no deposit → payable
+         95.50. Pharmacy PH: rx2 40.00 + 5.00 in full → 45.00.
+2026-03  INST: rx4 20.00 + 20.00 → 40.00. PH: nothing settled, a clawback of 4.00 on rx2 → payable −4.00 (owed by
+         the pharmacy, and the statement says so).
+2026-04  nothing: no statement.
+(Before issue 14 these were 65.55 / 40.00 / 15.50 / 0.00 / −4.00 in April: fund only, a 5% deposit in every region,
+clawbacks the month after.)
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ def by_party(closed: list[ClosedStatement]) -> dict[str, ClosedStatement]:
 
 def figures(s: ClosedStatement) -> tuple[Decimal, ...]:
     st = s.statement
-    return st.gross, st.refused, st.clawed_back, st.withheld_deposit, st.payable
+    return st.gross, st.personal_account, st.refused, st.clawed_back, st.withheld_deposit, st.payable
 
 
 def test_months_close_with_the_worked_figures_and_agree_with_the_projections(books: Books) -> None:
@@ -185,36 +186,33 @@ def test_months_close_with_the_worked_figures_and_agree_with_the_projections(boo
 
     assert set(feb) == {books.institution, books.pharmacy}
     assert feb[books.institution].statement.party_kind is PartyKind.PHYSICAL_INSTITUTION
-    assert figures(feb[books.institution]) == (D("75.00"), D("6.00"), D("0.00"), D("3.45"), D("65.55"))
-    assert figures(feb[books.pharmacy]) == (D("40.00"), D("0.00"), D("0.00"), D("0.00"), D("40.00"))
-    # the clawback recorded in February is deducted on March's statement
-    assert figures(mar[books.institution]) == (D("20.00"), D("0.00"), D("3.50"), D("1.00"), D("15.50"))
-    assert figures(mar[books.pharmacy]) == (D("0.00"), D("0.00"), D("0.00"), D("0.00"), D("0.00"))
-    assert set(apr) == {books.pharmacy}
-    assert figures(apr[books.pharmacy]) == (D("0.00"), D("0.00"), D("4.00"), D("0.00"), D("-4.00"))
-    for s in [*feb.values(), *mar.values(), *apr.values()]:
+    assert figures(feb[books.institution]) == (D("75.00"), D("30.00"), D("6.00"), D("3.50"), D("0.00"), D("95.50"))
+    assert figures(feb[books.pharmacy]) == (D("40.00"), D("5.00"), D("0.00"), D("0.00"), D("0.00"), D("45.00"))
+    assert figures(mar[books.institution]) == (D("20.00"), D("20.00"), D("0.00"), D("0.00"), D("0.00"), D("40.00"))
+    assert figures(mar[books.pharmacy]) == (D("0.00"), D("0.00"), D("0.00"), D("4.00"), D("0.00"), D("-4.00"))
+    assert mar[books.pharmacy].statement.owed_by_party and not mar[books.institution].statement.owed_by_party
+    assert apr == {}
+    for s in [*feb.values(), *mar.values()]:
         assert s.statement.pooling_region == CHANGCHUN and s.statement.policy_version == "2026.1"
+        assert s.statement.deposit_rate == D("0.00") and s.statement.carried == ()
 
-    # every statement equals the projections: the month's fund, refusals and deposit, the previous month's clawbacks
+    # every statement equals the projections: the month's fund, personal account, refusals, clawbacks, reversals
     with psycopg.connect(books.db) as conn:
         rows: dict[tuple[str, str], dict[str, Any]] = {}
         for r in institution_statements(conn, physical_institution_id=books.institution):
             rows[(r["physical_institution_id"], r["month"])] = r
         for r in pharmacy_statements(conn, party_id=books.pharmacy):
             rows[(r["party_id"], r["month"])] = r
-    empty = {"fund": D(0), "refused": D(0), "clawed_back": D(0), "withheld_deposit": D(0)}
-    for month, closed in (("2026-02", feb), ("2026-03", mar), ("2026-04", apr)):
-        before = {"2026-02": "2026-01", "2026-03": "2026-02", "2026-04": "2026-03"}[month]
+    for month, closed in (("2026-02", feb), ("2026-03", mar)):
         for party, s in closed.items():
-            this, last = rows.get((party, month), empty), rows.get((party, before), empty)
-            st = s.statement
-            assert (st.gross, st.refused, st.withheld_deposit) == (this["fund"], this["refused"],
-                                                                    this["withheld_deposit"])
-            assert st.clawed_back == last["clawed_back"]
+            this, st = rows[(party, month)], s.statement
+            assert (st.gross, st.personal_account, st.refused, st.clawed_back, st.reversed) == (
+                this["fund"], this["personal_account"], this["refused"], this["clawed_back"], this["reversed"])
+            assert st.payable + st.withheld_deposit == this["insured_net"]
     # over the months closed, everything the projections hold is paid, withheld or deducted exactly once
-    closed_all = [*feb.values(), *mar.values(), *apr.values()]
-    assert sum(s.statement.gross for s in closed_all) == sum(r["fund"] for r in rows.values())
-    assert sum(s.statement.clawed_back for s in closed_all) == sum(r["clawed_back"] for r in rows.values())
+    closed_all = [*feb.values(), *mar.values()]
+    assert sum(s.statement.payable + s.statement.withheld_deposit for s in closed_all) == sum(
+        r["insured_net"] for r in rows.values())
 
 
 def test_closing_a_month_twice_records_nothing(books: Books) -> None:
@@ -238,12 +236,14 @@ def test_the_deposit_is_released_once_by_the_assessment_score(books: Books) -> N
         desk.release_deposit(books.institution, 2026, 75, "ASSESS-2026")  # the year is not over
     books.clock.set(at("2027-01-15"))
     try:
+        # Changchun withholds no deposit (its provider terms; issue 14): the release is of 0.00 — the Jinan month
+        # with a 5% deposit and its release are tests/integration/test_r15_money_statements.py
         release, withheld, created = desk.release_deposit(books.institution, 2026, 75, "ASSESS-2026")
-        assert (withheld, release.amount, created) == (D("4.45"), D("3.34"), True)
+        assert (withheld, release.amount, created) == (D("0.00"), D("0.00"), True)
         assert release.assessment_ref == "ASSESS-2026 (score 75/100)"
         before = books.events()
         again, _, created_again = desk.release_deposit(books.institution, 2026, 95, "ASSESS-2026-bis")
-        assert (again.amount, created_again, books.events()) == (D("3.34"), False, before)
+        assert (again.amount, created_again, books.events()) == (D("0.00"), False, before)
     finally:
         books.clock.set(at("2026-05-02"))
 
@@ -260,22 +260,23 @@ def pdf_text(pdf: bytes, tmp_path: Path) -> str:
 
 
 def test_the_pdf_says_what_the_csv_says(books: Books, tmp_path: Path) -> None:
-    closed = books.desk().close_month("2026-02") + books.desk().close_month("2026-04")
+    closed = books.desk().close_month("2026-02") + books.desk().close_month("2026-03")
     csv_text = to_csv(closed)
     text = pdf_text(to_pdf(closed), tmp_path).replace(",", "")
-    payable_rows = [line.split(",") for line in csv_text.splitlines() if ",5,Payable," in line]
-    assert len(payable_rows) == len(closed) == 3
+    payable_rows = [line.split(",") for line in csv_text.splitlines() if ",8,Payable" in line]
+    assert len(payable_rows) == len(closed) == 4
     pages = text.split("\f")
     for row, page in zip(payable_rows, pages, strict=False):
         party, period, amount = row[2], row[4], row[8]
         assert party in page and period in page
         assert re.search(rf"Payable.*\s{re.escape(amount)}\s*$", page, re.MULTILINE), (amount, page)
+        assert "Personal-account share" in page and "reversed" in page and "Carried from closed months" in page
     for closed_one, page in zip(closed, pages, strict=False):
         gross = f"{closed_one.statement.gross:.2f}"
         assert re.search(rf"\(gross\).*\s{re.escape(gross)}\s*$", page, re.MULTILINE)
     if find_font() is not None:
         assert "应拨付金额" in text and "月度结算单" in text
-    assert "65.55" in text and "-4.00" in text
+    assert "95.50" in text and "-4.00" in text and "owed by the party" in text
 
 
 def test_the_cli_prints_the_statements_as_csv(books: Books, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -288,10 +289,10 @@ def test_the_cli_prints_the_statements_as_csv(books: Books, monkeypatch: pytest.
     before = books.events()
     result = CliRunner().invoke(app, ["statement", "--month", "2026-02", "--party", books.institution])
     assert result.exit_code == 0, result.output
-    assert f"{books.institution},{CHANGCHUN},2026-02,5,Payable,应拨付金额,65.55," in result.stdout
+    assert f"{books.institution},{CHANGCHUN},2026-02,8,Payable,应拨付金额,95.50," in result.stdout
     pdf = tmp_path / "inst.pdf"
     result = CliRunner().invoke(app, ["statement", "--month", "2026-02", "--party", books.institution,
                                       "--format", "pdf", "--out", str(pdf)])
     assert result.exit_code == 0, result.output
-    assert "65.55" in pdf_text(pdf.read_bytes(), tmp_path)
+    assert "95.50" in pdf_text(pdf.read_bytes(), tmp_path)
     assert books.events() == before  # closed already: the CLI only printed it

@@ -28,8 +28,9 @@ from events import (
 )
 from events.base import GENESIS_HASH, BusinessType, RealNameMethod, to_money
 from events.prescription import PrescriptionRejected, RoutingBasis
-from events.statement import DepositReleased, PartyKind, StatementIssued
+from events.statement import DepositReleased, FailureResolution, PartyKind, StatementIssued, SubjectKind
 from services.domain import PatientStatus, verify_stream
+from services.domain.settlement_case import SettlementCase
 from tests.support.domain import PATIENT, PHARMACY, T0, World, item, line
 from tests.support.registries import BY, registry_samples
 
@@ -122,6 +123,20 @@ def sample_events() -> dict[str, Envelope]:
             assessment_ref="Y-2025",
         )
     )
+    case = SettlementCase.open(clock=w.clock, business_type=BusinessType.INTERNET,
+                               subject_kind=SubjectKind.CONSULTATION, subject_id=enc.id, pooling_region="220100",
+                               hospital_id="H-CC-001", physical_institution_id="P-CC-001")
+    case.fail(clock=w.clock, rule_id="R12", error="PolicyNotFound", reason="no policy", trigger="settle:e-1")
+    case.resolve(clock=w.clock, resolution=FailureResolution.RETRIED, reason="fixed", resolved_by="agency:220100")
+    case.refuse_consultation(clock=w.clock, paid=to_money("20.00"), amount="1.00", reason="x", audit_ref="A-3",
+                             acted_by="agency:220100")
+    case.claw_back_consultation(clock=w.clock, paid=to_money("20.00"), amount="1.00", reason="x", audit_ref="A-4",
+                                acted_by="agency:220100")
+    case.reverse(clock=w.clock, party_id="P-CC-001", party_kind=PartyKind.PHYSICAL_INSTITUTION,
+                 paid_fund=to_money("15.00"), paid_personal_account=to_money("5.00"), taken_elsewhere=to_money("0.00"),
+                 fund="10.00", personal_account="0.00", self_pay_refund="0.00", reason="error",
+                 reversed_by="agency:220100", reversal_ref="RV-1")
+    out += case.collect_events()
     out.append(Snapshot.take(rx))
     return {type_name(e): e for e in out}
 

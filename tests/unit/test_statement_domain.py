@@ -105,8 +105,11 @@ def test_the_csv_has_one_row_per_line_and_the_payable_last() -> None:
                                             fund=D("75.00"), prescriptions=2),))
     rows = list(csv.DictReader(io.StringIO(to_csv([ClosedStatement(s, detail, "2026-01", D("0.05"), True)]))))
     assert tuple(rows[0]) == CSV_COLUMNS
-    assert [r["line"] for r in rows] == ["1", "1.2", "1.3", "1.4", "1.5", "1.6.1", "2", "3", "4", "5"]
+    # issue 14 (DOMAIN.md, Settlement): the personal-account share is paid too (line 2), reversals (5) and carried
+    # lines of closed months (6) are their own lines; the payable is line 8
+    assert [r["line"] for r in rows] == ["1", "1.2", "1.3", "1.4", "1.5.1", "2", "3", "4", "5", "6", "7", "8"]
     totals = {r["line"]: D(r["amount"]) for r in rows if "." not in r["line"]}
-    assert totals == {"1": D("75.00"), "2": D("-6.00"), "3": D("0.00"), "4": D("-3.45"), "5": D("65.55")}
-    assert sum(v for k, v in totals.items() if k != "5") == totals["5"]
+    assert totals == {"1": D("75.00"), "2": D("0.00"), "3": D("-6.00"), "4": D("0.00"), "5": D("0.00"),
+                      "6": D("0.00"), "7": D("-3.45"), "8": D("65.55")}
+    assert sum(v for k, v in totals.items() if k != "8") == totals["8"]
     assert {r["party_id"] for r in rows} == {"INST-1"} and {r["period"] for r in rows} == {"2026-02"}

@@ -34,7 +34,6 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
@@ -177,14 +176,14 @@ class Fraud:
              " physician_id text NOT NULL, hospital_id text NOT NULL, physical_institution_id text NOT NULL,"
              " dispenser_id text, items jsonb NOT NULL, issued_at timestamptz NOT NULL, day date NOT NULL,"
              " version int NOT NULL, event_id text NOT NULL)"),
-            "CREATE INDEX IF NOT EXISTS rx_patient ON {s}.rx (patient_ref)",
-            "CREATE INDEX IF NOT EXISTS rx_physician ON {s}.rx (physician_id)",
+            "CREATE INDEX IF NOT EXISTS rx_patient ON {s}.rx (patient_ref, day)",
+            "CREATE INDEX IF NOT EXISTS rx_physician ON {s}.rx (physician_id, day)",
             ("CREATE TABLE IF NOT EXISTS {s}.lines (prescription_id uuid, dispense_no int, line_no int,"
              " dispenser_id text NOT NULL, drug_code text NOT NULL, quantity int NOT NULL,"
              " unit_price numeric(16,2) NOT NULL, price_cap numeric(16,2), at timestamptz NOT NULL,"
              " day date NOT NULL, version int NOT NULL, event_id text NOT NULL, withdrawn boolean NOT NULL DEFAULT false,"
              " PRIMARY KEY (prescription_id, dispense_no, line_no))"),
-            "CREATE INDEX IF NOT EXISTS lines_dispenser ON {s}.lines (dispenser_id)",
+            "CREATE INDEX IF NOT EXISTS lines_dispenser ON {s}.lines (dispenser_id, day)",
             "CREATE INDEX IF NOT EXISTS lines_drug ON {s}.lines (drug_code)",
             ("CREATE TABLE IF NOT EXISTS {s}.flags (prescription_id uuid, version int, rule_id text NOT NULL,"
              " trace_code text, at timestamptz NOT NULL, event_id text NOT NULL, PRIMARY KEY (prescription_id, version))"),
@@ -258,6 +257,8 @@ class Fraud:
                     rx_in_batch[d.aggregate_id] = (e.patient_ref, e.physician_id)
                     touched["physician"].add(e.physician_id)
                     touched["patient"].add(e.patient_ref)
+                    day = china_day(d.timestamp).isoformat()
+                    touched["volume"].update((f"physician:{e.physician_id}|{day}", f"patient:{e.patient_ref}|{day}"))
                     for actor in {e.physician_id, e.hospital_id, e.physical_institution_id}:
                         act(actor)
                 case FollowUpVisitRecorded():
@@ -386,9 +387,11 @@ class Fraud:
                 touched["physician"].add(physician)
                 if dispenser:
                     touched["dispenser"].add(dispenser)
-            for (dispenser,) in conn.execute(sql.SQL(
-                    "SELECT DISTINCT dispenser_id FROM {}.lines WHERE prescription_id = ANY(%s)").format(s), (rx_ids,)):
+            for dispenser, day in conn.execute(sql.SQL(
+                    "SELECT DISTINCT dispenser_id, day FROM {}.lines WHERE prescription_id = ANY(%s)").format(s),
+                    (rx_ids,)):
                 touched["dispenser"].add(dispenser)
+                touched["volume"].add(f"dispenser:{dispenser}|{day.isoformat()}")
         if touched.get("drug"):
             for (patient,) in conn.execute(sql.SQL(
                     "SELECT DISTINCT r.patient_ref FROM {s}.lines l JOIN {s}.rx r USING (prescription_id)"
@@ -405,9 +408,6 @@ class Fraud:
             ((SUSPENDED_ACTIVE,), touched.get("actor", set()), self._suspended),
             ((R5_RATE,), touched.get("physician", set()), self._r5_rates),
             ((R7_RATE, AT_CAP), touched.get("dispenser", set()), self._prices),
-            ((VOLUME,), {f"physician:{p}" for p in touched.get("physician", set())}
-             | {f"dispenser:{p}" for p in touched.get("dispenser", set())}
-             | {f"patient:{p}" for p in touched.get("patient", set())}, self._volumes),
             ((ADDRESS,), touched.get("address", set()), self._addresses),
         ]
         for patterns, subjects, compute in work:
@@ -416,19 +416,29 @@ class Fraud:
             keys = sorted(subjects)
             found: list[Finding] = compute(conn, s, keys)
             self._store(conn, s, patterns, keys, found)
+        if touched.get("volume"):
+            found, cleared = self._volumes(conn, s, touched["volume"])
+            self._store(conn, s, (VOLUME,), [], found, subjects=cleared)
 
     def _store(self, conn: psycopg.Connection[Any], s: sql.Identifier, patterns: tuple[str, ...], keys: list[str],
-               found: list[Finding]) -> None:
-        """Upsert the findings of these subjects and delete the ones that no longer hold. ``subject`` is the key the
-        finding was computed for (volume findings: ``<key>|<day>``, keyed by the part before ``|``)."""
+               found: list[Finding], *, subjects: list[str] | None = None) -> None:
+        """Upsert the findings of these subjects and delete the ones that no longer hold. ``keys``: the keys the
+        findings were computed for (a finding's subject up to its first ``|``); ``subjects``: exactly these subjects
+        instead (volume: ``<party>|<day>`` for the days computed again)."""
         keep = [f.id for f in found]
-        conn.execute(sql.SQL("DELETE FROM {}.findings WHERE pattern = ANY(%s) AND split_part(subject, '|', 1) = ANY(%s)"
-                             " AND NOT finding_id = ANY(%s)").format(s), (list(patterns), keys, keep))
+        if subjects is not None:
+            conn.execute(sql.SQL("DELETE FROM {}.findings WHERE pattern = ANY(%s) AND subject = ANY(%s)"
+                                 " AND NOT finding_id = ANY(%s)").format(s), (list(patterns), subjects, keep))
+        else:
+            conn.execute(sql.SQL("DELETE FROM {}.findings WHERE pattern = ANY(%s)"
+                                 " AND split_part(subject, '|', 1) = ANY(%s) AND NOT finding_id = ANY(%s)").format(s),
+                         (list(patterns), keys, keep))
         if not found:
             return
         rows = []
         for f in found:
-            evidence = sorted(f.evidence, key=lambda x: (x["at"], x["event_id"]))
+            unique = {(x["aggregate_id"], x["version"]): x for x in f.evidence}  # one link per event
+            evidence = sorted(unique.values(), key=lambda x: (x["at"], x["event_id"]))
             first_at, last_at = evidence[0]["at"], evidence[-1]["at"]
             rows.append((f.id, f.pattern, RULE_OF.get(f.pattern), f.severity, f.subject, sorted(set(f.parties)),
                          f.patient_ref, sorted(set(f.prescription_ids or ()), key=str), f.explanation, first_at, last_at,
@@ -609,83 +619,116 @@ class Fraud:
         return out
 
     def _prices(self, conn: psycopg.Connection[Any], s: sql.Identifier, dispensers: list[str]) -> list[Finding]:
+        """R7 patterns per dispenser, from counts over its lines with a cap on record (evidence: the newest lines)."""
         out: list[Finding] = []
-        per: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
-        for row in conn.execute(sql.SQL(
-                "SELECT dispenser_id, prescription_id, version, event_id, at, drug_code, unit_price, price_cap"
-                " FROM {}.lines WHERE dispenser_id = ANY(%s) AND NOT withdrawn"
-                " ORDER BY at, prescription_id, dispense_no, line_no").format(s), (dispensers,)):
-            per[row[0]].append(row[1:])
-        for dispenser, rows in sorted(per.items()):
-            capped = [r for r in rows if r[6] is not None]  # lines with a cap on record
-            total = len(capped)
-            above = [r for r in capped if Decimal(r[5]) > Decimal(r[6])]
-            at_cap = [r for r in capped if Decimal(r[5]) == Decimal(r[6])]
-            if total >= self.t.rate_min_count and above and len(above) / total >= self.t.r7_rate:
+        counts = conn.execute(sql.SQL(
+            "SELECT dispenser_id, count(*), count(*) FILTER (WHERE unit_price > price_cap),"
+            " count(*) FILTER (WHERE unit_price = price_cap),"
+            " count(DISTINCT drug_code) FILTER (WHERE unit_price = price_cap)"
+            " FROM {}.lines WHERE dispenser_id = ANY(%s) AND NOT withdrawn AND price_cap IS NOT NULL"
+            " GROUP BY dispenser_id ORDER BY dispenser_id").format(s), (dispensers,)).fetchall()
+
+        def evidence(dispenser: str, comparison: str) -> list[tuple[Any, ...]]:
+            rows = conn.execute(sql.SQL(
+                "SELECT prescription_id, version, event_id, at FROM {}.lines WHERE dispenser_id = %s"
+                " AND NOT withdrawn AND unit_price " + comparison + " price_cap"
+                " ORDER BY at DESC, prescription_id, dispense_no, line_no LIMIT %s").format(s),
+                (dispenser, EVIDENCE_MAX)).fetchall()
+            return rows[::-1]
+
+        for dispenser, total, above, at_cap, drugs in counts:
+            if total >= self.t.rate_min_count and above and above / total >= self.t.r7_rate:
+                rows = evidence(dispenser, ">")
                 out.append(Finding(
-                    R7_RATE, dispenser, "high" if len(above) / total >= 0.5 else "medium", [f"pharmacy:{dispenser}"],
-                    f"{dispenser} sold {len(above)} of {total} dispensed lines above the price cap "
-                    f"({len(above) / total:.0%}; threshold {self.t.r7_rate:.0%}).",
-                    [_link(r[2], r[0], r[1], "PrescriptionDispensed", r[3]) for r in above],
-                    prescription_ids=sorted({r[0] for r in above}, key=str)))
-            drugs = {r[4] for r in at_cap}
-            if (total >= self.t.at_cap_min_lines and len(at_cap) / total >= self.t.at_cap_share and len(drugs) >= 3):
+                    R7_RATE, dispenser, "high" if above / total >= 0.5 else "medium", [f"pharmacy:{dispenser}"],
+                    f"{dispenser} sold {above} of {total} dispensed lines above the price cap "
+                    f"({above / total:.0%}; threshold {self.t.r7_rate:.0%}).",
+                    [_link(r[2], r[0], r[1], "PrescriptionDispensed", r[3]) for r in rows],
+                    prescription_ids=sorted({r[0] for r in rows}, key=str)))
+            if total >= self.t.at_cap_min_lines and at_cap / total >= self.t.at_cap_share and drugs >= 3:
+                rows = evidence(dispenser, "=")
                 out.append(Finding(
-                    AT_CAP, dispenser, "medium" if len(at_cap) < total else "high", [f"pharmacy:{dispenser}"],
-                    f"{dispenser} priced {len(at_cap)} of {total} dispensed lines ({len(drugs)} drugs) exactly at the "
-                    f"price cap ({len(at_cap) / total:.0%}; threshold {self.t.at_cap_share:.0%} of at least "
+                    AT_CAP, dispenser, "medium" if at_cap < total else "high", [f"pharmacy:{dispenser}"],
+                    f"{dispenser} priced {at_cap} of {total} dispensed lines ({drugs} drugs) exactly at the "
+                    f"price cap ({at_cap / total:.0%}; threshold {self.t.at_cap_share:.0%} of at least "
                     f"{self.t.at_cap_min_lines} lines).",
-                    [_link(r[2], r[0], r[1], "PrescriptionDispensed", r[3]) for r in at_cap],
-                    prescription_ids=sorted({r[0] for r in at_cap}, key=str)))
+                    [_link(r[2], r[0], r[1], "PrescriptionDispensed", r[3]) for r in rows],
+                    prescription_ids=sorted({r[0] for r in rows}, key=str)))
         return out
 
     # volume --------------------------------------------------------------------------------------------------------
 
-    def _volumes(self, conn: psycopg.Connection[Any], s: sql.Identifier, keys: list[str]) -> list[Finding]:
-        by_kind: dict[str, list[str]] = defaultdict(list)
-        for key in keys:
-            kind, _, party = key.partition(":")
-            by_kind[kind].append(party)
-        events: dict[str, dict[date, list[tuple[Any, ...]]]] = defaultdict(lambda: defaultdict(list))
-        queries = {
-            "physician": ("SELECT physician_id, day, prescription_id, version, event_id, issued_at,"
-                          " 'PrescriptionIssued' FROM {}.rx WHERE physician_id = ANY(%s)"),
-            "patient": ("SELECT patient_ref, day, prescription_id, version, event_id, issued_at, 'PrescriptionIssued'"
-                        " FROM {}.rx WHERE patient_ref = ANY(%s)"),
-            "dispenser": ("SELECT DISTINCT dispenser_id, day, prescription_id, version, event_id, at,"
-                          " 'PrescriptionDispensed' FROM {}.lines WHERE dispenser_id = ANY(%s) AND NOT withdrawn"),
+    def _volumes(self, conn: psycopg.Connection[Any], s: sql.Identifier, touched: set[str]
+                 ) -> tuple[list[Finding], list[str]]:
+        """Volume findings of the days a batch can have changed: an event on day X changes the counts of X and the
+        history of the ``volume_window_days`` after it. Returns the findings and every subject computed again."""
+        window = timedelta(days=self.t.volume_window_days)
+        days_of: dict[str, set[date]] = defaultdict(set)
+        for subject in touched:
+            key, _, day_text = subject.partition("|")
+            days_of[key].add(date.fromisoformat(day_text))
+        sources = {
+            "physician": ("{}.rx", "physician_id", "issued_at", "'PrescriptionIssued'", "prescription_id, version"),
+            "patient": ("{}.rx", "patient_ref", "issued_at", "'PrescriptionIssued'", "prescription_id, version"),
+            "dispenser": ("{}.lines", "dispenser_id", "at", "'PrescriptionDispensed'",
+                          "DISTINCT prescription_id, version"),
         }
-        for kind, parties in by_kind.items():
-            for party, day, *rest in conn.execute(sql.SQL(queries[kind]).format(s), (parties,)):
-                events[f"{kind}:{party}"][day].append(tuple(rest))
-        out: list[Finding] = []
         verb = {"physician": "issued", "patient": "received", "dispenser": "dispensed"}
-        for key, days in sorted(events.items()):
+        out: list[Finding] = []
+        cleared: list[str] = []
+        by_kind: dict[str, list[tuple[str, date, date]]] = defaultdict(list)
+        for key, days in sorted(days_of.items()):
             kind, _, party = key.partition(":")
-            first = min(days)
-            for day in sorted(days):
-                start = max(first, day - timedelta(days=self.t.volume_window_days))
-                history = [len(days.get(start + timedelta(days=i), ())) for i in range((day - start).days)]
-                count = len(days[day])
-                if len(history) < self.t.volume_min_history_days or count < self.t.volume_min_count:
+            by_kind[kind].append((party, min(days), max(days) + window))
+            cleared.extend(f"{key}|{(min(days) + timedelta(days=i)).isoformat()}"
+                           for i in range((max(days) + window - min(days)).days + 1))
+        for kind, ranges in sorted(by_kind.items()):
+            table, column, at_column, event_type, ids = sources[kind]
+            live = " AND NOT withdrawn" if kind == "dispenser" else ""
+            parties = [r[0] for r in ranges]
+            first_of = dict(conn.execute(sql.SQL(  # one index probe per party
+                "SELECT k.party, (SELECT min(day) FROM " + table + " WHERE " + column + " = k.party" + live + ")"
+                " FROM unnest(%s::text[]) AS k(party)").format(s), (parties,)).fetchall())
+            counts: dict[str, dict[date, int]] = defaultdict(dict)
+            for party, day, n in conn.execute(sql.SQL(
+                    "SELECT k.party, c.day, c.n FROM unnest(%s::text[], %s::date[], %s::date[]) AS k(party, lo, hi)"
+                    " CROSS JOIN LATERAL (SELECT day, count(*) AS n FROM (SELECT " + ids + ", day FROM " + table +
+                    "   WHERE " + column + " = k.party AND day BETWEEN k.lo AND k.hi" + live + ") x GROUP BY day) c"
+                    ).format(s), (parties, [r[1] - window for r in ranges], [r[2] for r in ranges])):
+                counts[party][day] = int(n)
+            for party, lo, hi in ranges:
+                first = first_of.get(party)
+                if first is None:
                     continue
-                median = statistics.median(history)
-                mad = statistics.median([abs(x - median) for x in history])
-                threshold = median + self.t.volume_k * max(1.4826 * mad, 1.0)
-                if count <= threshold:
-                    continue
-                rows = sorted(days[day], key=lambda r: (r[3], str(r[0]), r[1]))
-                party_label = "pharmacy" if kind == "dispenser" else kind
-                out.append(Finding(
-                    VOLUME, f"{key}|{day.isoformat()}", "high" if count > 2 * threshold else "medium",
-                    [f"{party_label}:{party}"],
-                    f"{party_label} {_short(party) if kind == 'patient' else party} {verb[kind]} {count} prescriptions "
-                    f"on {day.isoformat()} (China time) against a median of {median:g} a day (MAD {mad:g}) over its "
-                    f"previous {len(history)} days, above median + {self.t.volume_k:g}·MAD (threshold {threshold:.1f}).",
-                    [_link(r[2], r[0], r[1], r[4], r[3]) for r in rows],
-                    patient_ref=party if kind == "patient" else None,
-                    prescription_ids=sorted({r[0] for r in rows}, key=str)))
-        return out
+                key = f"{kind}:{party}"
+                mine = counts.get(party, {})
+                for day, count in sorted(mine.items()):
+                    if day < lo or day > hi or count < self.t.volume_min_count:
+                        continue
+                    start = max(first, day - window)
+                    history = [mine.get(start + timedelta(days=j), 0) for j in range((day - start).days)]
+                    if len(history) < self.t.volume_min_history_days:
+                        continue
+                    median = statistics.median(history)
+                    mad = statistics.median([abs(x - median) for x in history])
+                    threshold = median + self.t.volume_k * max(1.4826 * mad, 1.0)
+                    if count <= threshold:
+                        continue
+                    rows = conn.execute(sql.SQL(
+                        "SELECT " + ids + ", event_id, " + at_column + " FROM " + table + " WHERE " + column + " = %s"
+                        " AND day = %s" + live + " ORDER BY 4, 1, 2 LIMIT %s").format(s),
+                        (party, day, EVIDENCE_MAX)).fetchall()
+                    party_label = "pharmacy" if kind == "dispenser" else kind
+                    out.append(Finding(
+                        VOLUME, f"{key}|{day.isoformat()}", "high" if count > 2 * threshold else "medium",
+                        [f"{party_label}:{party}"],
+                        f"{party_label} {_short(party) if kind == 'patient' else party} {verb[kind]} {count} prescriptions "
+                        f"on {day.isoformat()} (China time) against a median of {median:g} a day (MAD {mad:g}) over its "
+                        f"previous {len(history)} days, above median + {self.t.volume_k:g}·MAD (threshold {threshold:.1f}).",
+                        [_link(r[2], r[0], r[1], event_type.strip("'"), r[3]) for r in rows],
+                        patient_ref=party if kind == "patient" else None,
+                        prescription_ids=sorted({r[0] for r in rows}, key=str)))
+        return out, cleared
 
     # addresses -----------------------------------------------------------------------------------------------------
 

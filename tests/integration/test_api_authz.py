@@ -122,6 +122,7 @@ ENDPOINTS = (
     Endpoint("GET", "/regulator/findings/FR-TC-REPEAT-000000000000", "regulator", ok=404, tenant_scoped=False),
     Endpoint("GET", "/regulator/dashboard", "regulator", tenant_scoped=False),
     Endpoint("GET", "/regulator/statements", "regulator", tenant_scoped=False),
+    Endpoint("GET", "/regulator/settlement-issues", "regulator", tenant_scoped=False),
 )
 
 

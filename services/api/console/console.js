@@ -10,6 +10,7 @@ const ENDPOINTS = {
   statements: "/regulator/statements",
   findings: "/regulator/findings",
   finding: "/regulator/findings/{finding_id}",
+  settlementIssues: "/regulator/settlement-issues",
 };
 const KEY = "rxtrail.console.key", REG = "rxtrail.console.regulator";
 const $ = (id) => document.getElementById(id);

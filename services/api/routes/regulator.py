@@ -95,3 +95,12 @@ def statements(party: Regulator, rt: Rt, region: Annotated[str | None, Query(pat
         except psycopg.errors.UndefinedTable:
             regions = []
     return [m.StatementPage(pooling_region=r, items=rt.reads.region_statements(r, month)) for r in regions]
+
+
+@router.get("/settlement-issues", response_model=m.SettlementIssuePage,
+            summary="Settlements that failed (rule id, reason) in one pooling region, or in every region")
+def settlement_issues(party: Regulator, rt: Rt, region: Annotated[str | None, Query(pattern=r"^\d{6}$")] = None,
+                      include_resolved: Annotated[bool, Query(description="also the resolved ones")] = False
+                      ) -> m.SettlementIssuePage:
+    return m.SettlementIssuePage(pooling_region=region or "*",
+                                 items=rt.reads.settlement_issues(region, open_only=not include_resolved))

@@ -33,7 +33,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -195,7 +195,7 @@ class Fraud:
             ("CREATE TABLE IF NOT EXISTS {s}.actors (aggregate_id uuid PRIMARY KEY, kind text NOT NULL,"
              " actor_id text NOT NULL)"),
             ("CREATE TABLE IF NOT EXISTS {s}.registry_changes (aggregate_id uuid, version int, change text NOT NULL,"
-             " event_type text NOT NULL, at timestamptz NOT NULL, event_id text NOT NULL,"
+             " event_type text NOT NULL, at timestamptz NOT NULL, event_id text NOT NULL, effective_at timestamptz,"
              " PRIMARY KEY (aggregate_id, version))"),
             ("CREATE TABLE IF NOT EXISTS {s}.activity (actor_id text, aggregate_id uuid, version int,"
              " event_type text NOT NULL, at timestamptz NOT NULL, event_id text NOT NULL,"
@@ -328,7 +328,8 @@ class Fraud:
             insert("code_events", "stream_id, version, code, event_type, seller_id, prescription_id, at, event_id",
                    code_events)
             insert("actors", "aggregate_id, kind, actor_id", actors)
-            insert("registry_changes", "aggregate_id, version, change, event_type, at, event_id", changes)
+            insert("registry_changes", "aggregate_id, version, change, event_type, at, event_id, effective_at",
+                   changes)
             insert("activity", "actor_id, aggregate_id, version, event_type, at, event_id", activity)
             insert("drugs", "drug_code, generic_code", drugs, "(drug_code) DO UPDATE SET generic_code = "
                    "excluded.generic_code")
@@ -368,7 +369,10 @@ class Fraud:
             if change is not None and d.version == 1 and change == "reinstated":
                 change = None  # a registration that is active from the start changes no standing
         if change is not None:
-            changes.append((d.aggregate_id, d.version, change, event_type, d.timestamp, d.event_id))
+            effective = getattr(e, "effective_from", None)
+            effective_at = (datetime.combine(effective, time(0), tzinfo=UTC) - CHINA
+                            if isinstance(effective, date) and not isinstance(effective, datetime) else None)
+            changes.append((d.aggregate_id, d.version, change, event_type, d.timestamp, d.event_id, effective_at))
             touched["registry_aggregate"].add(str(d.aggregate_id))
 
     def _expand(self, conn: psycopg.Connection[Any], s: sql.Identifier, touched: dict[str, set[str]],
@@ -557,11 +561,12 @@ class Fraud:
 
     def _suspended(self, conn: psycopg.Connection[Any], s: sql.Identifier, actor_ids: list[str]) -> list[Finding]:
         changes: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
-        for actor, kind, aggregate, version, change, event_type, at, event_id in conn.execute(sql.SQL(
-                "SELECT a.actor_id, a.kind, c.aggregate_id, c.version, c.change, c.event_type, c.at, c.event_id"
+        for actor, kind, aggregate, version, change, event_type, at, event_id, effective in conn.execute(sql.SQL(
+                "SELECT a.actor_id, a.kind, c.aggregate_id, c.version, c.change, c.event_type, c.at, c.event_id,"
+                " coalesce(c.effective_at, c.at)"
                 " FROM {s}.registry_changes c JOIN {s}.actors a USING (aggregate_id)"
                 " WHERE a.actor_id = ANY(%s) ORDER BY c.aggregate_id, c.version").format(s=s), (actor_ids,)):
-            changes[actor].append((kind, aggregate, version, change, event_type, at, event_id))
+            changes[actor].append((kind, aggregate, version, change, event_type, at, event_id, effective))
         if not changes:
             return []
         activity: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
@@ -578,16 +583,17 @@ class Fraud:
                     if not periods or periods[-1][1] is not None:
                         periods.append((row, None))
                 elif periods and periods[-1][1] is None:
-                    periods[-1] = (periods[-1][0], row[5])
+                    periods[-1] = (periods[-1][0], row[7])
             for start, end in periods:
-                during = [a for a in activity.get(actor, []) if a[3] > start[5] and (end is None or a[3] < end)]
+                during = [a for a in activity.get(actor, []) if a[3] > start[7] and (end is None or a[3] < end)]
                 if not during:
                     continue
                 rx_ids = sorted({a[0] for a in during if a[2].startswith("Prescription")}, key=str)
                 out.append(Finding(
                     SUSPENDED_ACTIVE, f"{actor}|{start[1]}:{start[2]}", "critical" if len(during) >= 3 else "high",
                     [f"{kind}:{actor}"],
-                    f"{kind} {actor} was suspended on {start[5]:%Y-%m-%d %H:%M} UTC ({start[4]}) and still took part "
+                    f"{kind} {actor} was suspended from {start[7]:%Y-%m-%d %H:%M} UTC ({start[4]}, recorded "
+                    f"{start[5]:%Y-%m-%d %H:%M}) and still took part "
                     f"in {len(during)} event(s) after it, the last on {during[-1][3]:%Y-%m-%d %H:%M} UTC.",
                     [_link(start[6], start[1], start[2], start[4], start[5]),
                      *(_link(a[4], a[0], a[1], a[2], a[3]) for a in during)],

@@ -98,12 +98,22 @@ def test_honest_repeat_prescriptions_are_not_doctor_shopping(built: Built) -> No
 def test_a_suspended_physician_still_issuing_is_found_with_the_suspension_and_the_events_after_it(
         built: Built) -> None:
     physician, before, after, registry_stream = built.planted.expect["suspended"]
-    [f] = _findings(built.db, pattern="FR-SUSPENDED-ACTIVE")
+    [f] = _findings(built.db, pattern="FR-SUSPENDED-ACTIVE", subject=physician)
     assert f["parties"] == [f"physician:{physician}"]
     assert _ids(f["evidence"]) == {str(registry_stream), str(after)}
     assert str(before) not in _ids(f["evidence"])
     assert f["evidence"][0]["event_type"] == "PhysicianSuspended"
     assert "1 event(s) after it" in f["explanation"]
+
+
+def test_a_reinstatement_ends_the_suspension_and_a_suspended_pharmacy_dispensing_is_found(built: Built) -> None:
+    paused, during, later = built.planted.expect["paused"]
+    [f] = _findings(built.db, pattern="FR-SUSPENDED-ACTIVE", subject=paused)
+    assert str(during) in _ids(f["evidence"]) and str(later) not in _ids(f["evidence"])
+    shut, rx = built.planted.expect["pharmacy_suspended"]
+    [g] = _findings(built.db, pattern="FR-SUSPENDED-ACTIVE", subject=shut)
+    assert g["parties"] == [f"pharmacy:{shut}"] and str(rx) in _ids(g["evidence"])
+    assert {link["event_type"] for link in g["evidence"]} == {"PharmacyAgreementSuspended", "PrescriptionDispensed"}
 
 
 def test_r5_and_r7_patterns_per_physician_and_pharmacy(built: Built) -> None:
@@ -134,8 +144,8 @@ def test_many_patients_delivered_to_one_address(built: Built) -> None:
 
 def test_nothing_else_is_found(built: Built) -> None:
     patterns = sorted(f["pattern"] for f in _findings(built.db))
-    assert patterns == sorted(["FR-TC-REPEAT", "FR-TC-DUPSALE", "FR-DOCTOR-SHOP", "FR-SUSPENDED-ACTIVE", "FR-R5-RATE",
-                               "FR-AT-CAP", "FR-R7-RATE", "FR-VOLUME", "FR-ADDRESS"])
+    assert patterns == sorted(["FR-TC-REPEAT", "FR-TC-DUPSALE", "FR-DOCTOR-SHOP", "FR-R5-RATE", "FR-AT-CAP",
+                               "FR-R7-RATE", "FR-VOLUME", "FR-ADDRESS", *["FR-SUSPENDED-ACTIVE"] * 3])
 
 
 async def test_the_projection_equals_a_replay_from_the_store(built: Built, make_database: Callable[[], str],

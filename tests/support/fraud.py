@@ -19,7 +19,13 @@ from events.prescription import (
     PrescriptionItem,
     RuleFlagged,
 )
-from events.registries import PhysicianRegistered, PhysicianSuspended
+from events.registries import (
+    PharmacyAgreementSuspended,
+    PharmacyDesignated,
+    PhysicianRegistered,
+    PhysicianReinstated,
+    PhysicianSuspended,
+)
 from events.trace_code import TraceCodeSold
 from services.simulate import REGION, Chain
 
@@ -137,6 +143,27 @@ def plant(base: datetime = T0) -> Planted:
     before = p.issue(base + day, physician=suspended, hospital=h1, patient=p.patient("s1"))
     after = p.issue(base + 4 * day, physician=suspended, hospital=h1, patient=p.patient("s2"))
     p.expect["suspended"] = (suspended, before.id, after.id, reg.id)
+
+    # a physician suspended on day 2 and reinstated on day 5: only the day-3 prescription is found
+    paused = p.id("DOC-P")
+    reg = Chain()
+    p.events.append(_registry(PhysicianRegistered, reg, base - 10 * day, physician_id=paused, hospital_id=h1,
+                              name="Dr P", qualification_no="Q-2"))
+    p.events.append(_registry(PhysicianSuspended, reg, base + 2 * day, reason="under review"))
+    p.events.append(_registry(PhysicianReinstated, reg, base + 5 * day, reason="cleared"))
+    during = p.issue(base + 3 * day, physician=paused, hospital=h1, patient=p.patient("p1"))
+    later = p.issue(base + 6 * day, physician=paused, hospital=h1, patient=p.patient("p2"))
+    p.expect["paused"] = (paused, during.id, later.id)
+
+    # a pharmacy whose agreement is suspended on day 2 and which still dispenses on day 3
+    shut = p.id("PH-S")
+    reg = Chain()
+    p.events.append(_registry(PharmacyDesignated, reg, base - 10 * day, pharmacy_id=shut, name="Pharmacy S",
+                              pooling_region=REGION, agreement_no="A-1"))
+    p.events.append(_registry(PharmacyAgreementSuspended, reg, base + 2 * day, reason="agreement suspended"))
+    rx = p.issue(base + 3 * day, physician=p.id("DOC1"), hospital=h1, patient=p.patient("ps1"))
+    p.dispense(rx, base + 3 * day + timedelta(hours=1), dispenser=shut)
+    p.expect["pharmacy_suspended"] = (shut, rx.id)
 
     # R5: 3 of 5 prescriptions of one physician flagged
     r5 = p.id("DOC-R5")

@@ -12,6 +12,7 @@ from events.encounter import ENCOUNTER_EVENTS
 from events.prescription import PRESCRIPTION_EVENTS
 from events.registries import REGISTRY_EVENTS
 from events.statement import STATEMENT_EVENTS
+from events.supply import SUPPLY_EVENTS
 from events.trace_code import TRACE_CODE_EVENTS
 
 
@@ -27,6 +28,7 @@ def _registry() -> dict[str, type[Envelope]]:
         *TRACE_CODE_EVENTS,
         *REGISTRY_EVENTS,
         *STATEMENT_EVENTS,
+        *SUPPLY_EVENTS,
         Snapshot,
     )
     for cls in classes:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
+
+from pydantic import Field
 
 from events.base import (
     ZERO,
@@ -18,11 +21,17 @@ from events.base import (
     Region,
     Sealed,
     Text,
+    register_upcaster,
 )
 
 
 class FollowUpVisitRecorded(DomainEvent):
-    """互联网复诊：记录线下首诊的同种疾病诊断、首诊日期与机构，以及实名核验方式。"""
+    """互联网复诊：记录线下首诊的同种疾病诊断、首诊日期与机构，以及实名核验方式（v2：异地备案是否有效）。
+
+    Institution facts (physical institution, ownership, pooling region) and the patient's insurance facts (insured
+    region, type) are the registries' at the time of the visit (R17), never the hospital's request."""
+
+    schema_version: int = 2
 
     business_type: BusinessType
     hospital_id: Id
@@ -42,6 +51,17 @@ class FollowUpVisitRecorded(DomainEvent):
     original_institution_id: Id
     verification_method: RealNameMethod
     consultation_fee: Money
+    offsite_filing_valid: bool | None = Field(
+        default=None,
+        description="R12: off-site visits: a long-term off-site registration (长期异地就医备案) for the treatment "
+                    "region was valid on the visit's day (registry); None for a visit in the insured region",
+    )
+
+
+@register_upcaster("FollowUpVisitRecorded", 1)
+def _visit_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    data["offsite_filing_valid"] = None
+    return data
 
 
 class ConsultationSettled(DomainEvent):

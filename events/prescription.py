@@ -107,9 +107,16 @@ class PrescriptionEvent(DomainEvent):
 
 
 class PrescriptionIssued(PrescriptionEvent):
-    """医师开具电子处方并电子签名（v2：可带患者自选的定点零售药店 ``preferred_pharmacy_id``）。"""
+    """医师开具电子处方并电子签名（v2：可带患者自选的定点零售药店 ``preferred_pharmacy_id``；v3：处方号、
+    R4 的登记事实——诊断是否在本统筹区慢病目录、是否处于主管部门宣布的突发公共卫生事件期间）。
 
-    schema_version: int = 2
+    ``physician_signature`` is the Ed25519 signature over ``services.domain.signature.prescription_content`` (R2),
+    verifiable from this event (``prescription_ref`` and the items are here, the encounter id and diagnosis too).
+    ``emergency_declared`` and ``chronic_listed`` are the registries' answers on the issue day (R17), never the
+    hospital's."""
+
+    schema_version: int = 3
+    prescription_ref: Id | None = Field(default=None, description="the hospital's prescription number (v3)")
     encounter_id: UUID
     hospital_id: Id
     physical_institution_id: Id
@@ -126,6 +133,8 @@ class PrescriptionIssued(PrescriptionEvent):
     items: PrescriptionItems
     valid_until: UTCDateTime
     emergency_declared: bool = False
+    chronic_listed: bool | None = Field(
+        default=None, description="R4: the diagnosis is on the region's stable chronic disease list on the day (v3)")
     justification: LongText | None = None
     preferred_pharmacy_id: Id | None = Field(
         default=None, description="the patient's chosen designated pharmacy; None = routing rule"
@@ -135,6 +144,13 @@ class PrescriptionIssued(PrescriptionEvent):
 @register_upcaster("PrescriptionIssued", 1)
 def _issued_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
     data["preferred_pharmacy_id"] = None
+    return data
+
+
+@register_upcaster("PrescriptionIssued", 2)
+def _issued_v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
+    data["prescription_ref"] = None
+    data["chronic_listed"] = None
     return data
 
 

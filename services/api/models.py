@@ -63,14 +63,16 @@ class PrescriptionBody(_Body):
 
 
 class VisitCreate(_Body):
-    """An online follow-up visit (R1: same disease diagnosed offline within the window)."""
+    """An online follow-up visit (R1/R16: same disease diagnosed offline, at a registered physical institution, within
+    the window; R2; R17: the hospital and its physical institution under agreement, the patient's insurance facts
+    from the registry; R12: an off-site visit records whether a long-term off-site registration was valid)."""
 
     visit_ref: Id = Field(description="the hospital's own visit number; the encounter id derives from it")
-    physical_institution_id: Id
-    institution_ownership: Ownership
-    pooling_region: Region
-    insured_region: Region
-    insurance_type: InsuranceType
+    physical_institution_id: Id | None = Field(default=None, description=c.REGISTRY_FACT)
+    institution_ownership: Ownership | None = Field(default=None, description=c.REGISTRY_FACT)
+    pooling_region: Region | None = Field(default=None, description=c.REGISTRY_FACT)
+    insured_region: Region | None = Field(default=None, description=c.REGISTRY_FACT)
+    insurance_type: InsuranceType | None = Field(default=None, description=c.REGISTRY_FACT)
     patient: c.PatientIdentity
     physician_id: Id
     physician_signature: Text
@@ -84,16 +86,17 @@ class VisitCreate(_Body):
 
 
 class PrescriptionCreate(_Body):
-    """A prescription issued from a recorded visit (R2, R4, R5, R10)."""
+    """A prescription issued from a recorded visit (R1/R16 again on the day, R2 the physician's Ed25519 signature over
+    the content of ``services.domain.signature``, R4 the region's chronic disease list, declared emergencies and the
+    patient's running supply per generic drug, R5, R10, R17)."""
 
     prescription_ref: Id = Field(description="the hospital's prescription number; the id derives from it")
     encounter_id: UUID
-    physician_signature: Text
+    physician_signature: Text = Field(description=c.SIGNATURE)
     items: PrescriptionItems
     first_visit_drug_codes: tuple[Id, ...] = Field(
         default=(), max_length=ITEMS_MAX, description="drugs of the first-visit (offline) prescription, for R5")
     justification: LongText | None = None
-    emergency_declared: bool = False
     preferred_pharmacy_id: Id | None = Field(
         default=None,
         description="the patient's chosen designated pharmacy; unset = the router's rule picks one")

@@ -128,15 +128,16 @@ class Reads:
     # --- pharmacists -----------------------------------------------------------------------------
     def review_queue(self, pharmacist: Pharmacist | None, after: int, limit: int
                      ) -> tuple[list[tuple[datetime, Prescription]], int | None]:
-        """Issued prescriptions not yet reviewed, cancelled or expired that this pharmacist may review: its
-        employer's, or every hospital's for a qualified third party."""
+        """Issued prescriptions not yet reviewed, cancelled or expired that this pharmacist may review (R18): its
+        employer's, or for a third party those of the hospitals it has a cooperation agreement with."""
         if pharmacist is None:
             return [], None
         hospital = None if pharmacist.third_party else pharmacist.employer_id
         rows = self._read(lambda c: trace.to_review_page(c, self.traceability, hospital_id=hospital, after=after,
                                                          limit=limit)) or []
         loaded = {rx.id: rx for rx in self.prescriptions([r[1] for r in rows])}
-        items = [(at, loaded[i]) for _, i, at in rows if i in loaded and loaded[i].status is RxStatus.ISSUED]
+        items = [(at, loaded[i]) for _, i, at in rows
+                 if i in loaded and loaded[i].status is RxStatus.ISSUED and loaded[i].reviewable_by(pharmacist)]
         return items, _next(rows, limit)
 
     # --- pharmacies ------------------------------------------------------------------------------

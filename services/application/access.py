@@ -144,7 +144,7 @@ class Gate:
                 return rx.pooling_region == party.id
             case PartyKind.PHARMACIST:
                 pharmacist = self.pharmacist(party, unit)
-                return pharmacist is not None and (pharmacist.third_party or pharmacist.employer_id == rx.hospital_id)
+                return pharmacist is not None and rx.reviewable_by(pharmacist)  # R18
         return False
 
     def check(self, party: Party, command: c.Command, unit: UnitOfWork | None = None) -> None:

@@ -70,16 +70,24 @@ class PatientIdentity(BaseModel):
 
 # --- hospitals ----------------------------------------------------------------------------------------
 
+REGISTRY_FACT = ("a registry fact (R17): read from the authority's registries at the visit; optional, and refused "
+                  "when it disagrees with them")
+SIGNATURE = ("R2: hex Ed25519 signature of the prescription's canonical content (services.domain.signature) by "
+             "the physician's registered key")
+VISIT_REGISTRY_FACTS = ("physical_institution_id", "institution_ownership", "pooling_region", "insured_region",
+                        "insurance_type")
+"""Fields of RecordFollowUpVisit the registries own (R17)."""
+
 
 class RecordFollowUpVisit(Command):
     kind: Literal["record_follow_up_visit"] = "record_follow_up_visit"
     hospital_id: Id
     visit_ref: Id = Field(description="the hospital's own visit number; the encounter id derives from it")
-    physical_institution_id: Id
-    institution_ownership: Ownership
-    pooling_region: Region
-    insured_region: Region
-    insurance_type: InsuranceType
+    physical_institution_id: Id | None = Field(default=None, description=REGISTRY_FACT)
+    institution_ownership: Ownership | None = Field(default=None, description=REGISTRY_FACT)
+    pooling_region: Region | None = Field(default=None, description=REGISTRY_FACT)
+    insured_region: Region | None = Field(default=None, description=REGISTRY_FACT)
+    insurance_type: InsuranceType | None = Field(default=None, description=REGISTRY_FACT)
     patient: PatientIdentity
     physician_id: Id
     physician_signature: Text
@@ -97,13 +105,12 @@ class IssuePrescription(Command):
     hospital_id: Id
     prescription_ref: Id = Field(description="the hospital's prescription number; the id derives from it")
     encounter_id: UUID
-    physician_signature: Text
+    physician_signature: Text = Field(description=SIGNATURE)
     items: PrescriptionItems
     first_visit_drug_codes: tuple[Id, ...] = Field(
         default=(), max_length=ITEMS_MAX, description="drugs of the first-visit (offline) prescription, for R5"
     )
     justification: LongText | None = None
-    emergency_declared: bool = False
     preferred_pharmacy_id: Id | None = Field(
         default=None,
         description="the patient's chosen designated pharmacy; unset = the router's rule picks one",

@@ -53,6 +53,7 @@ from services.domain.registries import (
     project_physician,
 )
 from services.domain.settlement_case import SettlementCase, project_settlement_case
+from services.domain.supply import SupplyLedger, project_supply_ledger
 from services.domain.trace_code import TraceCode, project_trace_code
 
 A = TypeVar("A", bound=Aggregate)
@@ -72,6 +73,7 @@ PROJECTORS: dict[type[Aggregate], Callable[[Any, Iterable[Any]], Any]] = {
     EmergencyDeclarations: project_emergency_declarations,
     DrugListing: project_drug_listing,
     ChronicDiseaseList: project_chronic_disease_list,
+    SupplyLedger: project_supply_ledger,
 }
 NOT_FOUND: dict[type[Aggregate], type[NotFound]] = {
     Prescription: PrescriptionNotFound,

@@ -10,10 +10,10 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Self
+from typing import Any, Self
 from uuid import UUID
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from events.base import ZERO, BusinessType, InsuranceType, Ownership, RealNameMethod, to_money
 from events.prescription import (
@@ -50,11 +50,22 @@ from services.domain.errors import (
     TraceCodeNotFound,
 )
 from services.domain.policy import DEFAULT_RULES, RuleConfig
-from services.domain.registries import PatientStatus, Pharmacist, Pharmacy, Physician
+from services.domain.registries import (
+    ChronicDiseaseList,
+    EmergencyDeclarations,
+    Institution,
+    PatientStatus,
+    Pharmacist,
+    Pharmacy,
+    Physician,
+    generic_code_of,
+)
 from services.domain.rules import (
+    check_r1_follow_up,
     check_r2_physician,
+    check_r2_signature,
     check_r3_approved,
-    check_r4_days_of_supply,
+    check_r4_long_prescription,
     check_r6_fee_disclosed,
     check_r6_fee_self_pay,
     check_r7_within_caps,
@@ -68,10 +79,16 @@ from services.domain.rules import (
     check_r13_not_dispensed_in_full,
     check_r13_on_prescription,
     check_r13_within_prescribed,
+    check_r16_diagnosed_offline,
+    check_r17_institution_active,
+    check_r18_may_review,
     check_r19_valid,
     flag_r5_beyond_first_visit,
     flag_r7_above_cap,
+    r4_supply_limit,
 )
+from services.domain.signature import prescription_content
+from services.domain.supply import SupplyLedger
 from services.domain.trace_code import TraceCode
 
 
@@ -110,6 +127,8 @@ def _capped(line: DispensedLine) -> Decimal:
 
 
 NOT_APPROVED = frozenset({S.ISSUED, S.REJECTED})
+ENDED = frozenset({S.REJECTED, S.CANCELLED, S.EXPIRED})
+"""Ended before being dispensed in full: the days of supply not dispensed go back to the patient's ledger (R4)."""
 BEFORE_DISPENSE = frozenset({S.ISSUED, S.APPROVED, S.ROUTED, S.ACCEPTED})
 
 
@@ -131,7 +150,9 @@ class Prescription(Aggregate):
     physician_id: str
     items: tuple[PrescriptionItem, ...]
     valid_until: datetime
+    issued_at: datetime
     emergency_declared: bool = False
+    chronic_listed: bool | None = None
     pharmacist_id: str | None = None
     dispenser_kind: DispenserKind | None = None
     dispenser_id: str | None = None
@@ -149,6 +170,17 @@ class Prescription(Aggregate):
     clawed_back: Decimal = ZERO
     flags: list[str] = Field(default_factory=list)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _issued_at_of_old_snapshots(cls, data: Any) -> Any:
+        """A snapshot taken before ``issued_at`` was kept: every prescription was then valid ``validity_days`` (the
+        default) from its issue."""
+        if isinstance(data, dict) and "issued_at" not in data and "valid_until" in data:
+            until = data["valid_until"]
+            until = datetime.fromisoformat(until) if isinstance(until, str) else until
+            data = {**data, "issued_at": until - timedelta(days=DEFAULT_RULES.validity_days)}
+        return data
+
     # --- issue ----------------------------------------------------------------------------------
     @classmethod
     def issue(
@@ -156,18 +188,27 @@ class Prescription(Aggregate):
         *,
         clock: Clock,
         encounter: Encounter,
+        hospital: Institution | None,
+        physical: Institution | None,
+        original_institution: Institution | None,
         physician: Physician | None,
         physician_signature: str,
+        prescription_ref: str,
         items: Sequence[PrescriptionItem],
         first_visit_drug_codes: Collection[str],
+        chronic_list: ChronicDiseaseList | None,
+        emergencies: EmergencyDeclarations | None,
         justification: str | None = None,
-        emergency_declared: bool = False,
         patient_sealed: str | None = None,
         preferred_pharmacy_id: str | None = None,
         rules: RuleConfig = DEFAULT_RULES,
         prescription_id: UUID | None = None,
     ) -> Self:
-        """Issue a prescription from a follow-up visit: R2, R4, R10 reject; R5 flags.
+        """Issue a prescription from a follow-up visit with the registries' facts of the issue day (R17): the
+        hospital and its physical institution still under agreement; R1 and R16 again on this day; R2 the physician
+        registered, active, of this hospital, and the signature verifying over the content; R4 the chronic disease
+        list and the declared emergency of the region (the running supply per generic drug is the ledger's, see
+        :meth:`reserve_supply`); R10 reject; R5 flags.
 
         ``first_visit_drug_codes`` are the drugs of the first-visit (offline) prescription for R5;
         ``preferred_pharmacy_id`` is the patient's chosen pharmacy, checked only when the prescription is routed.
@@ -178,11 +219,31 @@ class Prescription(Aggregate):
         duplicated = [code for code, n in Counter(codes).items() if n > 1]
         if duplicated:
             raise InvalidCommand("each drug appears once per prescription", drug_code=duplicated[0])
-        check_r2_physician(physician, encounter.physician_id, encounter.hospital_id, physician_signature)
+        today = rules.local_date(clock.now())
+        check_r17_institution_active(hospital, physical, encounter.hospital_id, today)
+        check_r1_follow_up(
+            diagnosis_code=encounter.diagnosis_code,
+            original_diagnosis_code=encounter.original_diagnosis_code,
+            original_diagnosis_date=encounter.original_diagnosis_date or today,
+            today=today,
+            rules=rules,
+        )
+        check_r16_diagnosed_offline(original_institution, encounter.original_institution_id, encounter.hospital_id)
+        physician = check_r2_physician(physician, encounter.physician_id, encounter.hospital_id, physician_signature)
+        justification = justification.strip() if justification and justification.strip() else None
+        content = prescription_content(
+            hospital_id=encounter.hospital_id, prescription_ref=prescription_ref, encounter_id=encounter.id,
+            physician_id=encounter.physician_id, diagnosis_code=encounter.diagnosis_code, items=items,
+            justification=justification, preferred_pharmacy_id=preferred_pharmacy_id,
+        )
+        check_r2_signature(physician, physician_signature, content, encounter_id=encounter.id)
+        chronic_listed = chronic_list is not None and chronic_list.covers(encounter.diagnosis_code, today)
+        emergency_declared = emergencies is not None and emergencies.declared_on(today)
+        check_r4_long_prescription(
+            items, diagnosis_code=encounter.diagnosis_code, chronic_listed=chronic_listed,
+            emergency_declared=emergency_declared, rules=rules, encounter_id=encounter.id,
+        )
         for item in items:
-            check_r4_days_of_supply(
-                (item,), emergency_declared=emergency_declared, rules=rules, encounter_id=encounter.id
-            )
             check_r10_consent(
                 item.self_pay_only,
                 item.patient_consent,
@@ -190,12 +251,12 @@ class Prescription(Aggregate):
                 drug_code=item.drug_code,
                 encounter_id=encounter.id,
             )
-        justification = justification.strip() if justification and justification.strip() else None
         now = clock.now()
         prescription = cls._create(
             PrescriptionIssued,
             clock,
             prescription_id or new_id(),
+            prescription_ref=prescription_ref,
             business_type=encounter.business_type,
             encounter_id=encounter.id,
             hospital_id=encounter.hospital_id,
@@ -213,12 +274,64 @@ class Prescription(Aggregate):
             items=tuple(items),
             valid_until=now + timedelta(days=rules.validity_days),
             emergency_declared=emergency_declared,
+            chronic_listed=chronic_listed,
             justification=justification,
             preferred_pharmacy_id=preferred_pharmacy_id,
         )
         if finding := flag_r5_beyond_first_visit(codes, first_visit_drug_codes, justification):
             prescription.record_flag(clock=clock, violation=finding)
         return prescription
+
+    # --- R4 supply per patient and generic drug -------------------------------------------------
+    def supply_days(self, generic_of: Mapping[str, str]) -> dict[str, int]:
+        """Days of supply this prescription holds per generic drug (items of one generic add up; a drug missing
+        from ``generic_of`` counts as the generic its national code names)."""
+        days: Counter[str] = Counter()
+        for item in self.items:
+            days[generic_of.get(item.drug_code) or generic_code_of(item.drug_code)] += item.days_supply
+        return dict(days)
+
+    def reserve_supply(
+        self,
+        *,
+        clock: Clock,
+        generic_of: Mapping[str, str],
+        ledgers: Mapping[str, SupplyLedger | None],
+        rules: RuleConfig = DEFAULT_RULES,
+    ) -> list[SupplyLedger]:
+        """R4 across prescriptions: reserve this prescription's days on the patient's ledger of each generic drug
+        (``ledgers``: generic code -> the repository's ledger or None). Returns the ledgers to save with it."""
+        limit = r4_supply_limit(chronic_listed=bool(self.chronic_listed), emergency_declared=self.emergency_declared,
+                                rules=rules)
+        today = rules.local_date(self.issued_at)
+        drug_of = {generic_of.get(i.drug_code) or generic_code_of(i.drug_code): i.drug_code for i in self.items}
+        return [
+            SupplyLedger.reserve(
+                ledgers.get(generic), clock=clock, today=today, patient_ref=self.patient_ref, generic_code=generic,
+                prescription_id=self.id, drug_code=drug_of[generic], days=days, limit=limit,
+            )
+            for generic, days in self.supply_days(generic_of).items()
+        ]
+
+    def release_supply(
+        self, *, clock: Clock, generic_of: Mapping[str, str], ledgers: Mapping[str, SupplyLedger | None], reason: str
+    ) -> list[SupplyLedger]:
+        """Give back the days not dispensed once the prescription ended (rejected, cancelled, expired, or its
+        remainder closed): a partly dispensed item keeps its share of days (rounded up). Returns changed ledgers."""
+        if self.status not in ENDED and self.remainder_closed_as is None:
+            return []
+        dispensed = self.dispensed_quantities()
+        keep: Counter[str] = Counter()
+        for item in self.items:
+            generic = generic_of.get(item.drug_code) or generic_code_of(item.drug_code)
+            keep[generic] += -(-item.days_supply * min(dispensed.get(item.drug_code, 0), item.quantity) // item.quantity)
+        changed = []
+        for generic in self.supply_days(generic_of):
+            ledger = ledgers.get(generic)
+            if ledger is not None and ledger.release(clock=clock, prescription_id=self.id, keep_days=keep[generic],
+                                                     reason=reason):
+                changed.append(ledger)
+        return changed
 
     # --- review ---------------------------------------------------------------------------------
     def approve(self, *, clock: Clock, pharmacist: Pharmacist) -> None:
@@ -641,12 +754,15 @@ class Prescription(Aggregate):
         check_r3_approved(self.status not in NOT_APPROVED, command, prescription_id=self.id)
 
     def _require_reviewer(self, pharmacist: Pharmacist) -> None:
-        if not (pharmacist.third_party or pharmacist.employer_id == self.hospital_id):
-            raise PartyNotEligible(
-                "pharmacist",
-                pharmacist.pharmacist_id,
-                "neither the hospital's own nor a qualified third party's",
-            )
+        check_r18_may_review(pharmacist, self.hospital_id, self.physical_institution_id)
+
+    def reviewable_by(self, pharmacist: Pharmacist) -> bool:
+        """R18: the pharmacist may review (and see) this prescription."""
+        try:
+            self._require_reviewer(pharmacist)
+        except RuleViolation:
+            return False
+        return True
 
     def _require_valid(self, clock: Clock) -> None:
         check_r19_valid(clock.now(), self.valid_until, self.id)
@@ -673,7 +789,9 @@ class Prescription(Aggregate):
             physician_id=event.physician_id,
             items=event.items,
             valid_until=event.valid_until,
+            issued_at=event.timestamp,
             emergency_declared=event.emergency_declared,
+            chronic_listed=event.chronic_listed,
         )
 
     def _apply(self, event: object) -> None:

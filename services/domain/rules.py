@@ -19,20 +19,23 @@ from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from events.base import ZERO, BusinessType
+from events.base import ZERO, BusinessType, Ownership
 from services.domain.errors import InvalidCommand, RuleViolation, ValidityElapsed
 from services.domain.policy import DEFAULT_RULES, RuleConfig, add_months
+from services.domain.signature import verifies
 
 if TYPE_CHECKING:
     from events.prescription import DispensedLine, PrescriptionItem
     from services.domain.clock import Clock
-    from services.domain.registries import PatientStatus, Physician
+    from services.domain.registries import Institution, PatientStatus, Pharmacist, Physician
     from services.domain.trace_code import TraceCode
 
+
+_Fact = TypeVar("_Fact")
 
 # --- ids ---------------------------------------------------------------------------------------------
 R1: Final = "R1"
@@ -122,11 +125,10 @@ _CATALOGUE = (
           "000 §五(三)2; 001 art. 19, 23", REJECT),
     _rule(R3, "No routing, dispensing or settlement before pharmacist approval",
           "001 art. 23; 003 art. 14", REJECT),
-    _rule(R4, "Long prescriptions: at most 8 weeks' supply, 3 months during a declared public-health emergency",
-          "003 art. 13", REJECT, parameters=("long_rx_max_days", "emergency_max_days"),
-          note="checked per item of one prescription; the chronic-disease list, emergencies declared in a "
-               "registry (today the prescription says so) and the supply summed per patient and generic drug "
-               "across running prescriptions are not yet enforced"),
+    _rule(R4, "Long prescriptions only for a stable chronic disease on the region's list: at most 8 weeks' supply, "
+              "3 months during a public-health emergency the authority declared; counted per patient and generic "
+              "drug across every running prescription",
+          "003 art. 13", REJECT, parameters=("ordinary_rx_max_days", "long_rx_max_days", "emergency_max_days")),
     _rule(R5, "Follow-up prescription's drugs do not exceed the first-visit prescription's unless justified",
           "003 art. 13", FLAG),
     _rule(R6, "Delivery fee stated to the patient in advance, never paid by the fund or personal account",
@@ -142,26 +144,32 @@ _CATALOGUE = (
           "003 art. 15", REJECT),
     _rule(R11, "A patient suspended for fraud gets no insurance payment online",
           "002 §五(十三)", REJECT, parameters=("local_utc_offset_hours",)),
-    _rule(R12, "Off-site patients settle by the insured region's policy and the treatment region's catalog",
+    _rule(R12, "Off-site patients settle by the insured region's policy and the treatment region's catalog, with "
+               "fund payment only after a long-term off-site registration (长期异地就医备案) valid on the day",
           "003 art. 19", REJECT,
-          note="the long-term off-site registration (长期异地就医备案) valid on the day is not yet checked"),
+          note="the visit records whether the registration was valid on its day (offsite_filing_valid); "
+               "the settlement applies it"),
     _rule(R13, "Dispensed quantity never exceeds the prescribed; a prescription is dispensed in full at most once",
           "trail integrity (002 §二(二)4; 001 art. 29)", REJECT),
     _rule(R14, "Online, offline and off-site business are always distinguishable",
           "000 §三(一)3; 002 §二(二)6", REJECT),
     _rule(R15, "Only a follow-up that issued a prescription has its consultation fee paid, at most the "
                "region's outpatient consultation price",
-          "002 §三(四)(五); 000 §四(三); 001 art. 8, 9, 13", REJECT, enforced=False),
+          "002 §三(四)(五); 000 §四(三); 001 art. 8, 9, 13", REJECT,
+          note="paid only when a prescription is issued: the settlement worker settles the consultation on the "
+               "visit's first approved prescription"),
     _rule(R16, "The original diagnosis was made offline, not at the internet hospital, and R1 holds on the day "
                "each prescription is issued",
-          "001 art. 26; 002 §二(二)5", REJECT, enforced=False),
+          "001 art. 26; 002 §二(二)5", REJECT),
     _rule(R17, "Facts that decide money or eligibility are read from the authority's registries, never taken "
                "from the paid party's request",
-          "002 §二(一), §三; 003 art. 16, 19", REJECT, enforced=False),
-    _rule(R18, "A third-party pharmacist reviews only for hospitals it has a cooperation agreement with",
-          "001 art. 23; 003 art. 14", REJECT, enforced=False),
-    _rule(R19, "A prescription is valid for a limited time after issue; expired prescriptions are not "
-               "routed or dispensed",
+          "002 §二(一), §三; 003 art. 16, 19", REJECT),
+    _rule(R18, "A third-party pharmacist reviews only for hospitals it has a cooperation agreement with (an "
+               "employed pharmacist only for its employer)",
+          "001 art. 23; 003 art. 14", REJECT),
+    _rule(R19, "A prescription is valid for a limited time after issue, extendable by its physician to at most "
+               "validity_days after issue; expired prescriptions are not routed or dispensed, expire on their own "
+               "and the pharmacy's feed says so",
           "national prescription rules (处方管理办法 art. 18, outside the seeds)", REJECT,
           parameters=("validity_days",),
           note="every prescription is valid validity_days after issue; a physician's extension and expiry on "
@@ -226,8 +234,10 @@ def check_r1_follow_up(
         )
 
 
-def check_r2_physician(physician: Physician | None, physician_id: str, hospital_id: str, signature: str) -> None:
-    """R2: e-signature present; physician registered at this hospital and not suspended."""
+def check_r2_physician(
+    physician: Physician | None, physician_id: str, hospital_id: str, signature: str
+) -> Physician:
+    """R2: e-signature present; physician registered at this hospital and not suspended. Returns the physician."""
     if not signature.strip():
         raise RuleViolation(R2, "physician e-signature missing", physician_id=physician_id)
     if physician is None or physician.physician_id != physician_id:
@@ -238,6 +248,20 @@ def check_r2_physician(physician: Physician | None, physician_id: str, hospital_
         )
     if physician.suspended:
         raise RuleViolation(R2, "physician suspended", physician_id=physician_id)
+    return physician
+
+
+def check_r2_signature(
+    physician: Physician, signature: str, content: bytes, **ids: Any
+) -> None:
+    """R2: the e-signature is the physician's Ed25519 signature over the prescription's canonical content
+    (``services.domain.signature``), verified against the public key the authority registered for them."""
+    if not physician.public_key:
+        raise RuleViolation(R2, "no e-signature public key registered for the physician",
+                            physician_id=physician.physician_id, **ids)
+    if not verifies(physician.public_key, signature, content):
+        raise RuleViolation(R2, "e-signature does not verify against the physician's registered key over the "
+                                "prescription's content", physician_id=physician.physician_id, **ids)
 
 
 def check_r3_approved(approved: bool, command: str, **ids: Any) -> None:
@@ -246,20 +270,60 @@ def check_r3_approved(approved: bool, command: str, **ids: Any) -> None:
         raise RuleViolation(R3, f"cannot {command} before pharmacist approval", **ids)
 
 
-def check_r4_days_of_supply(
-    items: Iterable[PrescriptionItem], *, emergency_declared: bool, rules: RuleConfig, **ids: Any
+def r4_supply_limit(*, chronic_listed: bool, emergency_declared: bool, rules: RuleConfig) -> int:
+    """R4: the days of supply a patient may hold of one generic drug: the ordinary limit, unless the diagnosis is a
+    stable chronic disease on the region's list (8 weeks; 3 months while the authority declares an emergency)."""
+    if not chronic_listed:
+        return rules.ordinary_rx_max_days
+    return rules.emergency_max_days if emergency_declared else rules.long_rx_max_days
+
+
+def check_r4_long_prescription(
+    items: Iterable[PrescriptionItem],
+    *,
+    diagnosis_code: str,
+    chronic_listed: bool,
+    emergency_declared: bool,
+    rules: RuleConfig,
+    **ids: Any,
 ) -> None:
-    """R4: no item supplies more days than allowed (more during a declared emergency)."""
-    limit = rules.emergency_max_days if emergency_declared else rules.long_rx_max_days
+    """R4: an item beyond the ordinary days of supply is a long prescription, only for a disease on the region's
+    stable chronic disease list (registry, on the day), and at most the long (or declared-emergency) limit."""
+    limit = r4_supply_limit(chronic_listed=chronic_listed, emergency_declared=emergency_declared, rules=rules)
     for item in items:
+        if item.days_supply <= rules.ordinary_rx_max_days:
+            continue
+        if not chronic_listed:
+            raise RuleViolation(
+                R4,
+                f"{item.days_supply} days' supply is a long prescription: {diagnosis_code} is not on the region's "
+                f"stable chronic disease list (at most {rules.ordinary_rx_max_days} days)",
+                drug_code=item.drug_code,
+                diagnosis_code=diagnosis_code,
+                **ids,
+            )
         if item.days_supply > limit:
             raise RuleViolation(
                 R4,
                 f"{item.days_supply} days' supply exceeds {limit} days"
-                + (" (declared emergency)" if emergency_declared else ""),
+                + (" (emergency declared for the region)" if emergency_declared else ""),
                 drug_code=item.drug_code,
                 **ids,
             )
+
+
+def check_r4_running_supply(*, running_days: int, days: int, limit: int, generic_code: str, **ids: Any) -> None:
+    """R4: the days still running of the patient's prescriptions for the same generic drug, plus this one's, stay
+    within the limit (one visit cannot issue three 56-day prescriptions of metformin)."""
+    if running_days + days > limit:
+        raise RuleViolation(
+            R4,
+            f"{days} days' supply on top of {running_days} days still running of the same generic drug exceeds "
+            f"{limit} days",
+            generic_code=generic_code,
+            running_days=running_days,
+            **ids,
+        )
 
 
 def flag_r5_beyond_first_visit(
@@ -451,6 +515,79 @@ def check_r14_offline_sale(business_type: BusinessType, prescription_id: object 
         )
 
 
+def check_r15_consultation_price(charged: Decimal, standard: Decimal | None, ownership: Ownership, **ids: Any) -> None:
+    """R15: a public institution may not charge above the treatment region's ordinary outpatient consultation price
+    for its level (``standard``: the region policy's price; None when the region publishes none)."""
+    if standard is not None and ownership is Ownership.PUBLIC and charged > standard:
+        raise RuleViolation(R15, f"consultation fee {charged} above the region's outpatient consultation price "
+                                 f"{standard} (public institution)", consultation_fee=charged, standard=standard, **ids)
+
+
+def check_r16_diagnosed_offline(
+    original: Institution | None, original_institution_id: str, hospital_id: str
+) -> None:
+    """R16: the diagnosis a follow-up continues was made at a registered physical institution, not at the internet
+    hospital itself (nor at another internet hospital)."""
+    if original_institution_id == hospital_id:
+        raise RuleViolation(R16, "the original diagnosis was made at the internet hospital itself, not offline",
+                            original_institution_id=original_institution_id)
+    if original is None:
+        raise RuleViolation(R16, "the institution of the original diagnosis is not a registered institution",
+                            original_institution_id=original_institution_id)
+    if str(original.kind) != "physical":
+        raise RuleViolation(R16, "the original diagnosis was made at an internet hospital, not at a physical "
+                                 "institution", original_institution_id=original_institution_id)
+
+
+def check_r17_registered(fact: _Fact | None, what: str, **ids: Any) -> _Fact:
+    """R17: a fact that decides eligibility or money must be in the authority's registry; none is taken on trust.
+    Returns the fact."""
+    if fact is None:
+        raise RuleViolation(R17, f"{what} not in the authority's registry", **ids)
+    return fact
+
+
+def check_r17_request_agrees(field: str, declared: object | None, registered: object, **ids: Any) -> None:
+    """R17: a request may repeat a registry fact, never contradict it (the registry's value is the one recorded)."""
+    if declared is not None and str(declared) != str(registered):
+        raise RuleViolation(R17, f"{field} {declared} disagrees with the authority's registry ({registered})",
+                            field=field, declared=declared, registered=registered, **ids)
+
+
+def check_r17_institution_active(
+    hospital: Institution | None, physical: Institution | None, hospital_id: str, day: date
+) -> tuple[Institution, Institution]:
+    """R17: the internet hospital is registered as one, and both it and its physical institution hold an active
+    agreement (suspending the physical institution suspends its internet hospitals). Returns both."""
+    if hospital is None:
+        raise RuleViolation(R17, "the hospital is not a registered institution", hospital_id=hospital_id)
+    if str(hospital.kind) != "internet":
+        raise RuleViolation(R17, "the hospital is not registered as an internet hospital", hospital_id=hospital_id)
+    if physical is None or physical.institution_id != hospital.physical_institution_id:
+        raise RuleViolation(R17, "the internet hospital's physical institution is not registered",
+                            hospital_id=hospital_id, physical_institution_id=hospital.physical_institution_id)
+    if not hospital.agreement_active_on(day):
+        raise RuleViolation(R17, "the internet hospital's agreement is not active", hospital_id=hospital_id)
+    if not physical.agreement_active_on(day):
+        raise RuleViolation(R17, "the physical institution's agreement is not active (its internet hospital is "
+                                 "suspended with it)", hospital_id=hospital_id,
+                            physical_institution_id=hospital.physical_institution_id)
+    return hospital, physical
+
+
+def check_r18_may_review(pharmacist: Pharmacist, hospital_id: str, physical_institution_id: str) -> None:
+    """R18: an employed pharmacist reviews only for its employer (the internet hospital or its physical
+    institution); a third-party pharmacist only for hospitals it has a recorded cooperation agreement with."""
+    institutions = {hospital_id, physical_institution_id}
+    if pharmacist.suspended:
+        raise RuleViolation(R18, "pharmacist suspended", pharmacist_id=pharmacist.pharmacist_id)
+    if pharmacist.third_party:
+        if not institutions & set(pharmacist.agreements):
+            raise RuleViolation(R18, "third-party pharmacist without a cooperation agreement with the hospital",
+                                pharmacist_id=pharmacist.pharmacist_id, hospital_id=hospital_id)
+    elif pharmacist.employer_id not in institutions:
+        raise RuleViolation(R18, "pharmacist employed by another institution", pharmacist_id=pharmacist.pharmacist_id,
+                            hospital_id=hospital_id, employer_id=pharmacist.employer_id)
 def check_r19_valid(now: datetime, valid_until: datetime, prescription_id: object) -> None:
     """R19: the prescription is still within its validity."""
     if now > valid_until:

@@ -117,7 +117,7 @@ async def test_http_journey_is_traced_and_settled(actors: Actors, pipeline: dict
     a = actors
     visit = a.post(a.hospital, "/hospital/visits", visit_body(a.cast), key="v1")
     assert visit.status_code == 201, visit.text
-    issued = a.post(a.hospital, "/hospital/prescriptions", prescription_body(visit.json()["aggregate_id"]), key="p1")
+    issued = a.post(a.hospital, "/hospital/prescriptions", prescription_body(visit.json()["aggregate_id"], cast=a.cast), key="p1")
     assert issued.status_code == 201, issued.text
     rx = issued.json()["aggregate_id"]
     await asyncio.to_thread(wait_caught_up, a.keys["db"])  # the queue is read side: let it catch up
@@ -181,7 +181,7 @@ async def test_kafka_journey_gives_the_same_trail(database: str, kafka_bootstrap
         await send(hospital_topic, {"kind": "record_follow_up_visit", "command_id": "k-v", "hospital_id": cast.hospital,
                                     **visit_body(cast, visit_ref=visit_ref)}, visit_ref)
         await send(hospital_topic, {"kind": "issue_prescription", "command_id": "k-p", "hospital_id": cast.hospital,
-                                    **prescription_body(encounter, prescription_ref=rx_ref)}, visit_ref)
+                                    **prescription_body(encounter, cast=cast, prescription_ref=rx_ref)}, visit_ref)
         try:
             await eventually(lambda: a.get(a.pharmacist, f"/pharmacist/prescriptions/{rx}").status_code == 200, 30)
         except AssertionError:

@@ -69,7 +69,7 @@ def test_issue_approve_route_dispense_deliver_over_http(actors: Actors, caught_u
 
 
 def test_rule_violation_is_409_with_rule_and_ids(actors: Actors) -> None:
-    r = actors.post(actors.hospital, "/hospital/prescriptions", prescription_body(actors.visit(), days=90))
+    r = actors.post(actors.hospital, "/hospital/prescriptions", prescription_body(actors.visit(), cast=actors.cast, days=90))
     assert r.status_code == 409
     body = r.json()
     assert body["rule"] == "R4" and body["error"] == "RuleViolation" and "exceeds" in body["reason"]
@@ -88,7 +88,7 @@ def test_illegal_transition_is_409_with_state(actors: Actors) -> None:
 
 
 def test_invalid_input_is_422_naming_the_field(actors: Actors) -> None:
-    body = prescription_body(actors.visit())
+    body = prescription_body(actors.visit(), cast=actors.cast)
     body["items"][0]["quantity"] = 0
     r = actors.post(actors.hospital, "/hospital/prescriptions", body)
     assert r.status_code == 422
@@ -104,7 +104,7 @@ def test_invalid_input_is_422_naming_the_field(actors: Actors) -> None:
 def test_unknown_ids_are_404(actors: Actors) -> None:
     missing = "00000000-0000-4000-8000-000000000000"
     assert actors.get(actors.hospital, f"/hospital/prescriptions/{missing}").status_code == 404
-    r = actors.post(actors.hospital, "/hospital/prescriptions", prescription_body(missing))
+    r = actors.post(actors.hospital, "/hospital/prescriptions", prescription_body(missing, cast=actors.cast))
     assert r.status_code == 404 and r.json()["error"] == "EncounterNotFound"
     assert actors.post(actors.pharmacist, f"/pharmacist/prescriptions/{missing}/approval", {}).status_code == 404
 

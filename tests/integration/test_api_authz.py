@@ -48,7 +48,7 @@ def _visit(a: Actors, s: dict[str, str]) -> dict[str, Any]:
 
 
 def _rx_body(a: Actors, s: dict[str, str]) -> dict[str, Any]:
-    return prescription_body(s["visit"])
+    return prescription_body(s["visit"], cast=a.cast)
 
 
 def _const(body: dict[str, Any]) -> Callable[[Actors, dict[str, str]], dict[str, Any]]:

@@ -58,11 +58,11 @@ def test_poison_over_http_is_refused_naming_the_field(database: str, actors: Act
     fee = {**visit_body(cast), "consultation_fee": "99999999999999.99"}
     _refused_naming(actors.post(actors.hospital, "/hospital/visits", fee), "consultation_fee")
 
-    quantity = prescription_body(encounter)
+    quantity = prescription_body(encounter, cast=cast)
     quantity["items"][0]["quantity"] = 2**31
     _refused_naming(actors.post(actors.hospital, "/hospital/prescriptions", quantity), "quantity")
 
-    name = prescription_body(encounter)
+    name = prescription_body(encounter, cast=cast)
     name["items"][0]["name"] = "x" * 1_100_000
     _refused_naming(actors.post(actors.hospital, "/hospital/prescriptions", name), "name")
 
@@ -72,7 +72,7 @@ def test_poison_over_http_is_refused_naming_the_field(database: str, actors: Act
     _refused_naming(actors.post(actors.pharmacist, f"/pharmacist/prescriptions/{rx}/rejection", reasons), "reasons")
 
     assert _event_count(database) == before  # nothing stored by any of them
-    good = actors.post(actors.hospital, "/hospital/prescriptions", prescription_body(encounter))
+    good = actors.post(actors.hospital, "/hospital/prescriptions", prescription_body(encounter, cast=cast))
     assert good.status_code == 201, good.text
 
 

@@ -85,7 +85,7 @@ async def test_mixed_traffic(database: str, kafka_bootstrap: str, cast: Cast, ap
         {"hospital_id": cast.hospital, **visit_body(cast)}))
     encounter = str(seed.aggregate_id)
     rx = application.handle(c.IssuePrescription.model_validate(
-        {"hospital_id": cast.hospital, **prescription_body(encounter)})).aggregate_id
+        {"hospital_id": cast.hospital, **prescription_body(encounter, cast=cast)})).aggregate_id
     assert application.handle(c.ApprovePrescription(prescription_id=rx, pharmacist_id=cast.pharmacist)).ok
     assert application.handle(c.RoutePrescription(prescription_id=rx, pharmacy_id=cast.pharmacy,
                                                    basis="patient_choice")).ok
@@ -97,7 +97,7 @@ async def test_mixed_traffic(database: str, kafka_bootstrap: str, cast: Cast, ap
         "not_routed": unique_id("notrouted"),
     }
     too_long = {"kind": "issue_prescription", "command_id": bad["r4"], "hospital_id": cast.hospital,
-                **prescription_body(encounter, days=120)}
+                **prescription_body(encounter, cast=cast, days=120)}
     missing = "00000000-0000-4000-8000-000000000001"
     messages: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]] = []
     for i, ref in enumerate(good_refs):

@@ -21,7 +21,7 @@ from services.application.outcomes import Outcome
 from services.application.privacy import PatientVault
 from services.domain.clock import FixedClock
 from tests.support import unique_id
-from tests.support.domain import AMLODIPINE, METFORMIN, VITAMIN, item, line, trace_codes
+from tests.support.domain import AMLODIPINE, METFORMIN, VITAMIN, item, line, sign, trace_codes
 
 T0 = datetime(2025, 3, 10, 2, 0, tzinfo=UTC)  # 10:00 China time
 CHANGCHUN = "220100"  # pharmacies are paid directly
@@ -115,13 +115,22 @@ class Cast:
         return c.RecordFollowUpVisit.model_validate(fields)
 
     def issue(self, encounter_id: UUID, *items: PrescriptionItem, **kw: object) -> c.IssuePrescription:
+        """An IssuePrescription for the visit, signed by the visit's physician (R2) unless ``physician_signature``
+        is given."""
         chosen = items or (item(),)
         fields: dict[str, object] = {
             "hospital_id": self.hospital, "prescription_ref": unique_id("RX"), "encounter_id": encounter_id,
-            "physician_signature": f"sig:{self.physician}", "items": chosen,
-            "first_visit_drug_codes": tuple(i.drug_code for i in chosen),
+            "items": chosen, "first_visit_drug_codes": tuple(i.drug_code for i in chosen),
         }
         fields.update(kw)
+        if "physician_signature" not in fields:
+            [visit, *_] = self.app.history(encounter_id) or [None]
+            fields["physician_signature"] = sign(
+                getattr(visit, "physician_id", self.physician), hospital_id=fields["hospital_id"],
+                prescription_ref=fields["prescription_ref"], encounter_id=encounter_id,
+                physician_id=getattr(visit, "physician_id", self.physician),
+                diagnosis_code=getattr(visit, "diagnosis_code", "E11.9"), items=fields["items"],
+                justification=fields.get("justification"), preferred_pharmacy_id=fields.get("preferred_pharmacy_id"))
         return c.IssuePrescription.model_validate(fields)
 
     # --- a prescription walked to a state ---------------------------------------------------------

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 from uuid import UUID
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from events.base import BusinessType, CatalogCategory, InsuranceType, Ownership, RealNameMethod
 from events.prescription import DispensedLine, PrescriptionItem, RoutingBasis
+from events.registries import InstitutionKind, InstitutionLevel
 from services.domain import (
     Encounter,
     FixedClock,
@@ -21,6 +26,8 @@ from services.domain import (
     Prescription,
     TraceCode,
 )
+from services.domain.registries import ChronicDiseaseList, EmergencyDeclarations, Institution, PatientInsurance
+from services.domain.signature import public_key_hex, sign_prescription
 
 T0 = datetime(2025, 3, 10, 2, 0, tzinfo=UTC)  # 10:00 China time
 TODAY = date(2025, 3, 10)
@@ -37,6 +44,7 @@ VITAMIN = "XA11HAX001A001010101"
 
 # 20-digit trace codes from a random start: unique within a session, apart between sessions sharing a database.
 _codes = itertools.count(random.randrange(10**19, 9 * 10**19))
+_refs = itertools.count(1)
 
 
 def trace_codes(n: int) -> tuple[str, ...]:
@@ -83,37 +91,74 @@ def line(
     )
 
 
+def signing_key(physician_id: str) -> Ed25519PrivateKey:
+    """A physician's Ed25519 key for tests, derived from its id (the registered public key is its public half)."""
+    return Ed25519PrivateKey.from_private_bytes(hashlib.sha256(f"rxtrail-test-key:{physician_id}".encode()).digest())
+
+
+def sign(signer: str, **content: object) -> str:
+    """``signer``'s signature over a prescription's canonical content (``services.domain.signature``)."""
+    return sign_prescription(signing_key(signer), **content)
+
+
+AUTHORITY = "agency:220100"
+OFFLINE = "P-OFFLINE-001"  # another physical institution where patients were first diagnosed
+
+
 @dataclass
 class World:
+    """The registries as the authority holds them (institutions, physician with its key, pharmacist, pharmacy, the
+    patient's insurance, the region's chronic disease list) and builders for a prescription in any state."""
+
     clock: FixedClock = field(default_factory=lambda: FixedClock(T0))
 
     def __post_init__(self) -> None:
+        by: dict[str, Any] = {"clock": self.clock, "changed_by": AUTHORITY}
+        self.physicals = {
+            ownership: Institution.register(
+                **by, institution_id=PHYSICAL if ownership is Ownership.PUBLIC else f"{PHYSICAL}-{ownership.value}",
+                name="People's Hospital", kind=InstitutionKind.PHYSICAL, ownership=ownership,
+                level=InstitutionLevel.TERTIARY, region=CHANGCHUN, agreement_no="AG-P")
+            for ownership in Ownership
+        }
+        self.physical = self.physicals[Ownership.PUBLIC]
+        self.hospital = Institution.register(
+            **by, institution_id=HOSPITAL, name="People's Internet Hospital", kind=InstitutionKind.INTERNET,
+            ownership=Ownership.PUBLIC, level=InstitutionLevel.TERTIARY, region=CHANGCHUN, agreement_no="AG-H",
+            physical=self.physical)
+        self.offline = Institution.register(
+            **by, institution_id=OFFLINE, name="District Hospital", kind=InstitutionKind.PHYSICAL,
+            ownership=Ownership.PUBLIC, level=InstitutionLevel.SECONDARY, region=CHANGCHUN, agreement_no="AG-O")
         self.physician = Physician.register(
-            clock=self.clock,
-            changed_by="agency:220100",
-            physician_id="DR-001",
-            hospital_id=HOSPITAL,
-            name="Dr Li",
-            qualification_no="Q-1",
-        )
+            **by, physician_id="DR-001", hospital_id=HOSPITAL, name="Dr Li", qualification_no="Q-1",
+            public_key=public_key_hex(signing_key("DR-001")))
         self.pharmacist = Pharmacist.register(
-            clock=self.clock,
-            changed_by="agency:220100",
-            pharmacist_id="RPH-001",
-            employer_id=HOSPITAL,
-            name="Wang",
-            qualification_no="Q-2",
-        )
+            **by, pharmacist_id="RPH-001", employer_id=HOSPITAL, name="Wang", qualification_no="Q-2")
         self.pharmacy = Pharmacy.designate(
-            clock=self.clock,
-            changed_by="agency:220100",
-            pharmacy_id=PHARMACY,
-            name="Kangda",
-            pooling_region=CHANGCHUN,
-            agreement_no="A-1",
-        )
+            **by, pharmacy_id=PHARMACY, name="Kangda", pooling_region=CHANGCHUN, agreement_no="A-1")
+        self.insurance = {
+            region: PatientInsurance.register(**by, patient_ref=PATIENT, insured_region=region,
+                                              insurance_type=InsuranceType.EMPLOYEE)
+            for region in (CHANGCHUN, JINAN)
+        }
+        self.chronic_list: ChronicDiseaseList | None = None
+        for code, name in (("E11", "type 2 diabetes"), ("I10", "hypertension")):
+            self.chronic_list = ChronicDiseaseList.add(
+                self.chronic_list, **by, region=CHANGCHUN, disease_code=code, name=name,
+                effective_from=date(2024, 1, 1))
+        self.emergencies: EmergencyDeclarations | None = None
 
-    def encounter(
+    def declare_emergency(self, valid_from: date = TODAY, valid_until: date | None = None) -> None:
+        self.emergencies = EmergencyDeclarations.declare(
+            self.emergencies, clock=self.clock, changed_by=AUTHORITY, region=CHANGCHUN,
+            declaration_no=f"EM-{valid_from}", title="public-health emergency", valid_from=valid_from,
+            valid_until=valid_until)
+
+    def encounter(self, **kw: object) -> Encounter:
+        """A recorded follow-up visit (``visit_args`` overrides)."""
+        return Encounter.record(**self.visit_args(**kw))  # type: ignore[arg-type]
+
+    def visit_args(
         self,
         *,
         insured_region: str = CHANGCHUN,
@@ -121,41 +166,65 @@ class World:
         original_code: str = "E11.9",
         diagnosis_code: str = "E11.9",
         ownership: Ownership = Ownership.PUBLIC,
-    ) -> Encounter:
-        return Encounter.record(
-            clock=self.clock,
-            hospital_id=HOSPITAL,
-            physical_institution_id=PHYSICAL,
-            institution_ownership=ownership,
-            pooling_region=CHANGCHUN,
-            insured_region=insured_region,
-            insurance_type=InsuranceType.EMPLOYEE,
-            patient_ref=PATIENT,
-            physician_id="DR-001",
-            physician=self.physician,
-            physician_signature="sig:DR-001",
-            diagnosis_code=diagnosis_code,
-            diagnosis_name="type 2 diabetes",
-            original_diagnosis_code=original_code,
-            original_diagnosis_date=original_date,
-            original_institution_id=PHYSICAL,
-            verification_method=RealNameMethod.E_VOUCHER,
-            consultation_fee="20.00",
-        )
+        **kw: object,
+    ) -> dict[str, object]:
+        """Keyword arguments of ``Encounter.record``: the registries' facts and a follow-up of an offline diagnosis."""
+        physical = self.physicals[ownership]
+        hospital = self.hospital if ownership is Ownership.PUBLIC else self.hospital.model_copy(
+            update={"physical_institution_id": physical.institution_id})
+        args: dict[str, object] = {
+            "clock": self.clock,
+            "hospital_id": HOSPITAL,
+            "hospital": hospital,
+            "physical": physical,
+            "original_institution": self.offline,
+            "insurance": self.insurance[insured_region],
+            "patient_ref": PATIENT,
+            "physician_id": "DR-001",
+            "physician": self.physician,
+            "physician_signature": "sig:DR-001",
+            "diagnosis_code": diagnosis_code,
+            "diagnosis_name": "type 2 diabetes",
+            "original_diagnosis_code": original_code,
+            "original_diagnosis_date": original_date,
+            "original_institution_id": OFFLINE,
+            "verification_method": RealNameMethod.E_VOUCHER,
+            "consultation_fee": "20.00",
+        }
+        args.update(kw)
+        return args
+
+    def issue_args(self, *items: PrescriptionItem, encounter: Encounter | None = None,
+                   **kw: object) -> dict[str, object]:
+        """Keyword arguments of ``Prescription.issue`` (signed by the physician unless ``physician_signature``)."""
+        chosen = items or (item(),)
+        enc = encounter or self.encounter()
+        args: dict[str, object] = {
+            "clock": self.clock,
+            "encounter": enc,
+            "hospital": self.hospital,
+            "physical": self.physical,
+            "original_institution": self.offline,
+            "physician": self.physician,
+            "prescription_ref": f"RX-{next(_refs)}",
+            "items": list(chosen),
+            "first_visit_drug_codes": [i.drug_code for i in chosen],
+            "chronic_list": self.chronic_list,
+            "emergencies": self.emergencies,
+        }
+        args.update(kw)
+        if "physician_signature" not in args:
+            args["physician_signature"] = sign(
+                enc.physician_id, hospital_id=enc.hospital_id, prescription_ref=args["prescription_ref"],
+                encounter_id=enc.id, physician_id=enc.physician_id, diagnosis_code=enc.diagnosis_code,
+                items=args["items"], justification=args.get("justification"),
+                preferred_pharmacy_id=args.get("preferred_pharmacy_id"))
+        return args
 
     def issued(
         self, *items: PrescriptionItem, encounter: Encounter | None = None, **kw: object
     ) -> Prescription:
-        chosen = items or (item(),)
-        kw.setdefault("first_visit_drug_codes", [i.drug_code for i in chosen])
-        return Prescription.issue(
-            clock=self.clock,
-            encounter=encounter or self.encounter(),
-            physician=self.physician,
-            physician_signature="sig:DR-001",
-            items=list(chosen),
-            **kw,  # type: ignore[arg-type]
-        )
+        return Prescription.issue(**self.issue_args(*items, encounter=encounter, **kw))  # type: ignore[arg-type]
 
     def approved(self, *items: PrescriptionItem, **kw: object) -> Prescription:
         rx = self.issued(*items, **kw)  # type: ignore[arg-type]

@@ -18,11 +18,12 @@ from services.adapters.api_keys import create_key, ensure_schema, parse_party
 from services.application import RxTrail
 from services.application import commands as c
 from services.bootstrap import build_application
+from services.domain.signature import sign_prescription_request
 from services.infra.ports import PortTaken, port_is_free, start_on_free_port
 from services.infra.settings import Settings
 from tests.support import unique_id, wait_until
 from tests.support.cast import CHANGCHUN, JINAN, Cast
-from tests.support.domain import trace_codes
+from tests.support.domain import signing_key, trace_codes
 
 REGION = CHANGCHUN  # pharmacies are paid directly (Jinan pays the delivery enterprise)
 OTHER_REGION = JINAN
@@ -60,10 +61,23 @@ def visit_body(cast: Cast, *, visit_ref: str | None = None, physician: str | Non
                                original_diagnosis_date=original_diagnosis_date)
 
 
-def prescription_body(encounter_id: str, *, days: int = 28, quantity: int = 4,
-                      prescription_ref: str | None = None) -> dict[str, Any]:
-    return simulate.prescription_body(encounter_id, days=days, quantity=quantity,
+def prescription_body(encounter_id: str, *, cast: Cast, days: int = 28, quantity: int = 4,
+                      prescription_ref: str | None = None, physician: str | None = None,
+                      diagnosis_code: str = "E11.9") -> dict[str, Any]:
+    """``POST /hospital/prescriptions`` for a visit of ``cast``'s hospital, signed by ``physician`` (the cast's
+    own unless told) over its canonical content (R2); ``diagnosis_code`` is the visit's."""
+    body = simulate.prescription_body(encounter_id, days=days, quantity=quantity,
                                       prescription_ref=prescription_ref or unique_id("RX"))
+    return sign_body(body, cast, physician=physician, diagnosis_code=diagnosis_code)
+
+
+def sign_body(body: dict[str, Any], cast: Cast, *, physician: str | None = None,
+              diagnosis_code: str = "E11.9") -> dict[str, Any]:
+    """``body`` (an IssuePrescription request) with the physician's signature over its content (R2)."""
+    signer = physician or cast.physician
+    body["physician_signature"] = sign_prescription_request(
+        signing_key(signer), body, hospital_id=cast.hospital, physician_id=signer, diagnosis_code=diagnosis_code)
+    return body
 
 
 def dispense_body(quantity: int = 4, codes: Sequence[str] | None = None) -> dict[str, Any]:
@@ -128,7 +142,7 @@ class Actors:
         return str(r.json()["aggregate_id"])
 
     def issue(self) -> str:
-        r = self.post(self.hospital, "/hospital/prescriptions", prescription_body(self.visit()))
+        r = self.post(self.hospital, "/hospital/prescriptions", prescription_body(self.visit(), cast=self.cast))
         assert r.status_code == 201, r.text
         return str(r.json()["aggregate_id"])
 

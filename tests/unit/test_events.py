@@ -138,6 +138,11 @@ def sample_events() -> dict[str, Envelope]:
                  reversed_by="agency:220100", reversal_ref="RV-1")
     out += case.collect_events()
     out.append(Snapshot.take(rx))
+    supplied = w.issued(item(days_supply=28))
+    [ledger] = supplied.reserve_supply(clock=w.clock, generic_of={}, ledgers={})
+    supplied.cancel(clock=w.clock, reason="duplicate", cancelled_by="DR-001")
+    supplied.release_supply(clock=w.clock, generic_of={}, ledgers={ledger.generic_code: ledger}, reason="cancelled")
+    out += ledger.collect_events()  # SupplyReserved, SupplyReleased (R4)
     return {type_name(e): e for e in out}
 
 

@@ -16,7 +16,7 @@ from events.prescription import PrescriptionIssued, RoutingBasis
 from events.registries import PharmacyDesignated
 from services.application.commands import Command, RoutePrescription
 from services.application.outcomes import Outcome
-from services.domain import Pharmacy, Prescription, verify_stream
+from services.domain import Pharmacy, verify_stream
 from services.domain.routing import (
     Candidate,
     PharmacyInfo,
@@ -198,15 +198,13 @@ def _as_v1(event: PrescriptionIssued | PharmacyDesignated, *drop: str) -> dict[s
 
 def test_issued_carries_the_patient_choice_and_v1_events_load_without_one() -> None:
     w = World()
-    issued = Prescription.issue(clock=w.clock, encounter=w.encounter(), physician=w.physician,
-                                physician_signature="sig", items=[item()], first_visit_drug_codes=[item().drug_code],
-                                preferred_pharmacy_id="PH-9").collect_events()[0]
+    issued = w.issued(item(), preferred_pharmacy_id="PH-9").collect_events()[0]
     assert isinstance(issued, PrescriptionIssued)
-    assert issued.schema_version == 2 and issued.preferred_pharmacy_id == "PH-9"
+    assert issued.schema_version == 3 and issued.preferred_pharmacy_id == "PH-9"  # v3: prescription_ref, R4 facts
     v1 = _as_v1(issued, "preferred_pharmacy_id")
     old = from_json("PrescriptionIssued", v1)
     assert isinstance(old, PrescriptionIssued)
-    assert old.schema_version == 2 and old.preferred_pharmacy_id is None
+    assert old.schema_version == 3 and old.preferred_pharmacy_id is None and old.prescription_ref is None
     assert event_hash(old) == old.hash and verify_stream([old]) is None
 
 

@@ -23,6 +23,7 @@ RULES_FILE = DOMAIN / "rules.py"
 RULE_ID = re.compile(r"^R\d{1,2}$")
 CHECK = re.compile(r"^(check|flag)_(r\d{1,2})_\w+$")
 VIOLATIONS = {"RuleViolation", "ValidityElapsed"}
+R4_DEFAULTS = {"ordinary_rx_max_days": 7, "long_rx_max_days": 56, "emergency_max_days": 90}  # DOMAIN.md: 56 / 90
 
 
 def _trees(*folders: Path) -> list[tuple[Path, ast.Module]]:
@@ -71,7 +72,7 @@ def test_parameters_are_rule_config_fields_with_their_current_values() -> None:
     fields = set(RuleConfig.model_fields)
     named = {p.name for r in catalogue() for p in r.parameters}
     assert named == fields, "every RuleConfig field belongs to a rule, and every parameter is a RuleConfig field"
-    assert {p.name: p.value for p in RULES["R4"].parameters} == {"long_rx_max_days": 56, "emergency_max_days": 84}
+    assert {p.name: p.value for p in RULES["R4"].parameters} == R4_DEFAULTS
     assert {p.name: p.value for p in RULES["R19"].parameters} == {"validity_days": 3}
     configured = {r.id: r for r in catalogue(RuleConfig(long_rx_max_days=28, validity_days=1))}
     assert {p.name: p.value for p in configured["R4"].parameters}["long_rx_max_days"] == 28
@@ -142,5 +143,5 @@ def test_rxtrail_rules_prints_the_catalogue(as_json: bool) -> None:
     r4 = next(r for r in printed if r["id"] == "R4")
     assert r4["source"] == "003 art. 13" and r4["kind"] == "reject" and r4["enforced"] is True
     assert r4["seed_files"] == ["003_ba2713e3c06f819a.txt"]
-    assert {p["name"]: p["value"] for p in r4["parameters"]} == {"long_rx_max_days": 56, "emergency_max_days": 84}
-    assert next(r for r in printed if r["id"] == "R18")["enforced"] is False
+    assert {p["name"]: p["value"] for p in r4["parameters"]} == R4_DEFAULTS
+    assert next(r for r in printed if r["id"] == "R18")["enforced"] is True

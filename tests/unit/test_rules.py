@@ -4,16 +4,20 @@ or flagged case, and the boundary."""
 from __future__ import annotations
 
 from datetime import date, timedelta
+from decimal import Decimal
 
 import pytest
+from pydantic import ValidationError
 
-from events.base import BusinessType, CatalogCategory, RealNameMethod
+from events.base import BusinessType, CatalogCategory, Ownership, RealNameMethod
 from events.encounter import FollowUpVisitRecorded
 from events.prescription import PrescriptionDispensed, PrescriptionSettled, RoutingBasis, RuleFlagged
+from services.application.commands import IssuePrescription
 from services.domain import (
     Encounter,
     IllegalTransition,
     PatientStatus,
+    Pharmacist,
     Physician,
     Prescription,
     RuleConfig,
@@ -21,8 +25,11 @@ from services.domain import (
     TraceCode,
     ValidityElapsed,
 )
+from services.domain.signature import prescription_content
+from services.domain.supply import SupplyLedger
 from tests.support.domain import (
     AMLODIPINE,
+    AUTHORITY,
     CHANGCHUN,
     HOSPITAL,
     JINAN,
@@ -34,8 +41,11 @@ from tests.support.domain import (
     World,
     item,
     line,
+    sign,
     trace_codes,
 )
+
+METFORMIN_XR = "XA10BAA001A002010101"  # metformin of another maker and spec: the same generic drug
 
 
 @pytest.fixture
@@ -108,27 +118,7 @@ def test_r1_window_is_configurable(w: World) -> None:
 
 
 def _visit_args(w: World) -> dict[str, object]:
-    enc = w.encounter()
-    return {
-        "clock": w.clock,
-        "hospital_id": enc.hospital_id,
-        "physical_institution_id": enc.physical_institution_id,
-        "institution_ownership": enc.institution_ownership,
-        "pooling_region": enc.pooling_region,
-        "insured_region": enc.insured_region,
-        "insurance_type": enc.insurance_type,
-        "patient_ref": enc.patient_ref,
-        "physician_id": "DR-001",
-        "physician": w.physician,
-        "physician_signature": "sig:DR-001",
-        "diagnosis_code": "E11.9",
-        "diagnosis_name": "type 2 diabetes",
-        "original_diagnosis_code": "E11.9",
-        "original_diagnosis_date": TODAY,
-        "original_institution_id": enc.physical_institution_id,
-        "verification_method": RealNameMethod.E_VOUCHER,
-        "consultation_fee": "20.00",
-    }
+    return w.visit_args(original_diagnosis_date=TODAY)
 
 
 # --- R2 physician e-signature, registered, not suspended ---------------------------------------------
@@ -141,49 +131,81 @@ def test_r2_allows_registered_physician_with_signature(w: World) -> None:
 
 def test_r2_rejects_unregistered_physician(w: World) -> None:
     with refused("R2"):
-        Prescription.issue(
-            clock=w.clock,
-            encounter=w.encounter(),
-            physician=None,
-            physician_signature="sig",
-            items=[item()],
-            first_visit_drug_codes=[METFORMIN],
-        )
+        w.issued(physician=None, physician_signature="sig")
     with refused("R2"):
         Encounter.record(**{**_visit_args(w), "physician": None})
 
 
 def test_r2_rejects_missing_signature(w: World) -> None:
     with refused("R2"):
-        Prescription.issue(
-            clock=w.clock,
-            encounter=w.encounter(),
-            physician=w.physician,
-            physician_signature=" ",
-            items=[item()],
-            first_visit_drug_codes=[METFORMIN],
-        )
+        w.issued(physician_signature=" ")
 
 
 def test_r2_rejects_suspended_physician_and_allows_after_reinstatement(w: World) -> None:
     enc = w.encounter()
-    w.physician.suspend(clock=w.clock, changed_by="agency:220100", reason="licence under review")
+    w.physician.suspend(clock=w.clock, changed_by=AUTHORITY, reason="licence under review")
     with refused("R2"):
         w.issued(encounter=enc)
     with refused("R2"):
         w.encounter()
-    w.physician.reinstate(clock=w.clock, changed_by="agency:220100", reason="cleared")
+    w.physician.reinstate(clock=w.clock, changed_by=AUTHORITY, reason="cleared")
     rx = w.issued(encounter=enc)
     assert rx.status == "issued" and rx.physician_id == "DR-001"
 
 
 def test_r2_rejects_physician_registered_at_another_hospital(w: World) -> None:
     other = Physician.register(
-        clock=w.clock, changed_by="agency:220100", physician_id="DR-001", hospital_id="H-OTHER",
-        name="Dr Li", qualification_no="Q-1"
+        clock=w.clock, changed_by=AUTHORITY, physician_id="DR-001", hospital_id="H-OTHER", name="Dr Li",
+        qualification_no="Q-1", public_key=w.physician.public_key,
     )
     with refused("R2"):
         Encounter.record(**{**_visit_args(w), "physician": other})
+    with refused("R2"):
+        w.issued(physician=other)
+
+
+def test_r2_rejects_a_free_text_signature(w: World) -> None:
+    """Counter-example: any non-blank text was accepted as the physician's e-signature."""
+    with refused("R2") as exc:
+        w.issued(physician_signature="sig:DR-001")
+    assert "does not verify" in exc.value.reason
+
+
+def test_r2_rejects_a_signature_by_another_key(w: World) -> None:
+    args = w.issue_args()
+    enc = args["encounter"]
+    assert isinstance(enc, Encounter)
+    forged = sign("DR-OTHER", hospital_id=HOSPITAL, prescription_ref=args["prescription_ref"], encounter_id=enc.id,
+                  physician_id="DR-001", diagnosis_code=enc.diagnosis_code, items=args["items"])
+    with refused("R2"):
+        Prescription.issue(**{**args, "physician_signature": forged})  # type: ignore[arg-type]
+
+
+def test_r2_signature_is_bound_to_the_content(w: World) -> None:
+    """A signature over 4 boxes of 28 days does not sign 8 boxes, another prescription number or another visit."""
+    args = w.issue_args(item(quantity=4))
+    assert Prescription.issue(**args).status == "issued"  # type: ignore[arg-type]
+    for change in ({"items": [item(quantity=8)]}, {"prescription_ref": "RX-OTHER"},
+                   {"encounter": w.encounter()}):
+        with refused("R2"):
+            Prescription.issue(**{**args, **change})  # type: ignore[arg-type]
+
+
+def test_r2_rejects_a_physician_without_a_registered_key(w: World) -> None:
+    keyless = Physician.register(clock=w.clock, changed_by=AUTHORITY, physician_id="DR-001", hospital_id=HOSPITAL,
+                                 name="Dr Li", qualification_no="Q-1")
+    with refused("R2") as exc:
+        w.issued(physician=keyless)
+    assert "no e-signature public key" in exc.value.reason
+
+
+def test_r2_signature_content_is_canonical() -> None:
+    content = prescription_content(hospital_id="H", prescription_ref="RX", encounter_id="e", physician_id="D",
+                                   diagnosis_code="E11.9", items=[item()], justification="  ")
+    again = prescription_content(hospital_id="H", prescription_ref="RX", encounter_id="e", physician_id="D",
+                                 diagnosis_code="E11.9", items=[item()], justification=None)
+    assert content == again and content.startswith(b'{"diagnosis_code":"E11.9"')
+    assert b"rxtrail/prescription/v1" in content
 
 
 # --- R3 no routing, dispensing or settlement before approval -----------------------------------------
@@ -219,12 +241,13 @@ def _run(w: World, rx: Prescription, command: str) -> None:
         w.settle(rx)
 
 
-# --- R4 long prescriptions: 56 days, 84 in a declared emergency --------------------------------------
+# --- R4 long prescriptions: listed chronic disease, 56 days, 90 in a declared emergency, per generic drug -
 
 
 def test_r4_allows_56_days_supply(w: World) -> None:
     rx = w.issued(item(days_supply=56))
     assert rx.status == "issued" and [i.days_supply for i in rx.items] == [56]
+    assert rx.chronic_listed is True and rx.emergency_declared is False
 
 
 def test_r4_rejects_57_days_supply(w: World) -> None:
@@ -232,14 +255,45 @@ def test_r4_rejects_57_days_supply(w: World) -> None:
         w.issued(item(days_supply=57))
 
 
-def test_r4_allows_84_days_in_emergency(w: World) -> None:
-    rx = w.issued(item(days_supply=84), emergency_declared=True)
-    assert rx.emergency_declared
-
-
-def test_r4_rejects_85_days_in_emergency(w: World) -> None:
+def test_r4_rejects_a_long_prescription_for_a_cold(w: World) -> None:
+    """Counter-example: J06.9 (a cold) with 56 days was accepted; only the region's chronic list qualifies."""
+    cold = w.encounter(diagnosis_code="J06.9", original_code="J06.9")
+    with refused("R4") as exc:
+        w.issued(item(days_supply=56), encounter=cold)
+    assert exc.value.ids["diagnosis_code"] == "J06.9"
     with refused("R4"):
-        w.issued(item(days_supply=85), emergency_declared=True)
+        w.issued(item(days_supply=8), encounter=cold)
+    assert w.issued(item(days_supply=7), encounter=cold).chronic_listed is False
+
+
+def test_r4_a_disease_removed_from_the_list_no_longer_qualifies(w: World) -> None:
+    assert w.chronic_list is not None
+    w.chronic_list.remove(clock=w.clock, changed_by=AUTHORITY, disease_code="E11", reason="list revised",
+                          effective_from=TODAY)
+    with refused("R4"):
+        w.issued(item(days_supply=28))
+
+
+def test_r4_without_a_declared_emergency_90_days_are_refused(w: World) -> None:
+    """Counter-example: the emergency was a boolean the hospital set on its own prescription."""
+    with refused("R4"):
+        w.issued(item(days_supply=90))
+    assert "emergency_declared" not in IssuePrescription.model_fields
+    with pytest.raises(ValidationError):
+        IssuePrescription.model_validate({
+            "hospital_id": HOSPITAL, "prescription_ref": "RX-1", "encounter_id": w.encounter().id,
+            "physician_signature": "x", "items": [item(days_supply=90)], "emergency_declared": True})
+
+
+def test_r4_allows_90_days_while_the_authority_declares_an_emergency(w: World) -> None:
+    w.declare_emergency(valid_from=TODAY, valid_until=TODAY)
+    rx = w.issued(item(days_supply=90))
+    assert rx.emergency_declared
+    with refused("R4"):
+        w.issued(item(days_supply=91))
+    w.clock.advance(timedelta(days=1))  # the declaration's last day has passed
+    with refused("R4"):
+        w.issued(item(days_supply=90), encounter=w.encounter())
 
 
 def test_r4_limits_are_configurable(w: World) -> None:
@@ -247,6 +301,74 @@ def test_r4_limits_are_configurable(w: World) -> None:
     assert rx.status == "issued"
     with refused("R4"):
         w.issued(item(days_supply=31), rules=RuleConfig(long_rx_max_days=30))
+
+
+def _reserve(w: World, rx: Prescription, ledgers: dict[str, SupplyLedger | None]) -> None:
+    for ledger in rx.reserve_supply(clock=w.clock, generic_of=GENERIC, ledgers=ledgers):
+        ledgers[ledger.generic_code] = ledger
+
+
+GENERIC = {METFORMIN: "XA10BAA001", METFORMIN_XR: "XA10BAA001", AMLODIPINE: "XC08CAA001"}
+
+
+def test_r4_counts_supply_per_patient_and_generic_across_prescriptions(w: World) -> None:
+    """Counter-example: one visit, three metformin prescriptions of 56 days each were all accepted (168 days)."""
+    enc = w.encounter()
+    ledgers: dict[str, SupplyLedger | None] = {}
+    _reserve(w, w.issued(item(days_supply=56), encounter=enc), ledgers)
+    with refused("R4") as exc:
+        _reserve(w, w.issued(item(days_supply=56), encounter=enc), ledgers)
+    assert exc.value.ids["running_days"] == "56" and exc.value.ids["generic_code"] == "XA10BAA001"
+    with refused("R4"):  # another maker's metformin is the same generic drug
+        _reserve(w, w.issued(item(METFORMIN_XR, days_supply=1), encounter=enc), ledgers)
+    _reserve(w, w.issued(item(AMLODIPINE, days_supply=56), encounter=enc), ledgers)  # another generic
+
+
+def test_r4_counts_only_the_days_still_running(w: World) -> None:
+    ledgers: dict[str, SupplyLedger | None] = {}
+    _reserve(w, w.issued(item(days_supply=56)), ledgers)
+    w.clock.advance(timedelta(days=30))  # 26 days left
+    enc = w.encounter()
+    with refused("R4"):
+        _reserve(w, w.issued(item(days_supply=31), encounter=enc), ledgers)
+    _reserve(w, w.issued(item(days_supply=30), encounter=enc), ledgers)
+    ledger = ledgers["XA10BAA001"]
+    assert ledger is not None and ledger.running_days(w.clock.now().date()) == 56
+
+
+@pytest.mark.parametrize("ending", ["rejected", "cancelled", "expired"])
+def test_r4_a_prescription_that_ended_releases_its_supply(w: World, ending: str) -> None:
+    ledgers: dict[str, SupplyLedger | None] = {}
+    rx = w.issued(item(days_supply=56))
+    _reserve(w, rx, ledgers)
+    if ending == "rejected":
+        rx.reject(clock=w.clock, pharmacist=w.pharmacist, reasons=["dose"])
+    elif ending == "cancelled":
+        rx.cancel(clock=w.clock, reason="patient request", cancelled_by=HOSPITAL)
+    else:
+        w.clock.advance(timedelta(days=4))
+        rx.expire(clock=w.clock)
+    [released] = rx.release_supply(clock=w.clock, generic_of=GENERIC, ledgers=ledgers, reason=ending)
+    assert released.running_days(w.clock.now().date()) == 0
+    _reserve(w, w.issued(item(days_supply=56), encounter=w.encounter()), ledgers)
+
+
+def test_r4_a_closed_remainder_keeps_the_dispensed_share(w: World) -> None:
+    ledgers: dict[str, SupplyLedger | None] = {}
+    rx = w.accepted(item(quantity=4, days_supply=56))
+    _reserve(w, rx, ledgers)
+    w.dispense(rx, line(quantity=1, codes=1))
+    rx.cancel(clock=w.clock, reason="patient request", cancelled_by=HOSPITAL)
+    [ledger] = rx.release_supply(clock=w.clock, generic_of=GENERIC, ledgers=ledgers, reason="cancelled")
+    assert ledger.running_days(TODAY) == 14
+    assert rx.release_supply(clock=w.clock, generic_of=GENERIC, ledgers=ledgers, reason="again") == []
+
+
+def test_r4_running_prescriptions_release_nothing(w: World) -> None:
+    ledgers: dict[str, SupplyLedger | None] = {}
+    rx = w.approved(item(days_supply=56))
+    _reserve(w, rx, ledgers)
+    assert rx.release_supply(clock=w.clock, generic_of=GENERIC, ledgers=ledgers, reason="x") == []
 
 
 # --- R5 follow-up drugs within the first visit's drugs unless justified (flag) -----------------------
@@ -496,7 +618,7 @@ def test_r10_rejects_insurance_paying_for_self_pay_drug(w: World) -> None:
 
 def _suspended(w: World, until: date | None = None) -> PatientStatus:
     return PatientStatus.suspend_for_fraud(
-        None, clock=w.clock, changed_by="agency:220100", patient_ref=PATIENT, reason="forged receipts", until=until
+        None, clock=w.clock, changed_by=AUTHORITY, patient_ref=PATIENT, reason="forged receipts", until=until
     )
 
 
@@ -533,7 +655,7 @@ def test_r11_applies_to_consultation_fees(w: World) -> None:
 
 def test_r11_suspension_ends_with_reinstatement_or_after_until_date(w: World) -> None:
     patient = _suspended(w)
-    patient.reinstate(clock=w.clock, changed_by="agency:220100", reason="appeal upheld")
+    patient.reinstate(clock=w.clock, changed_by=AUTHORITY, reason="appeal upheld")
     after_reinstatement, after_until = w.collected(), w.collected()
     w.settle(after_reinstatement, patient=patient)
     w.settle(after_until, patient=_suspended(w, until=TODAY - timedelta(days=1)))
@@ -656,6 +778,204 @@ def test_r14_trace_code_sold_online_carries_prescription_business_type(w: World)
     [sold] = tc.pending_events
     assert sold.business_type is BusinessType.INTERNET  # type: ignore[attr-defined]
     assert CHANGCHUN == rx.pooling_region
+
+
+# --- R15 consultation fee at most the region's outpatient consultation price (public institutions) -------
+
+
+def test_r15_allows_a_fee_at_the_regions_price(w: World) -> None:
+    assert w.encounter(consultation_fee="20.00", consultation_standard=Decimal("20.00")).consultation_fee == 20
+
+
+def test_r15_rejects_a_public_institution_charging_above_the_regions_price(w: World) -> None:
+    with refused("R15") as exc:
+        w.encounter(consultation_fee="20.01", consultation_standard=Decimal("20.00"))
+    assert exc.value.ids["standard"] == "20.00"
+
+
+def test_r15_a_non_public_institution_may_charge_above_it(w: World) -> None:
+    enc = w.encounter(ownership=Ownership.NON_PUBLIC, consultation_fee="30.00", consultation_standard=Decimal("20.00"))
+    assert enc.institution_ownership is Ownership.NON_PUBLIC
+
+
+# --- R16 / R1 on the issue day: the original diagnosis was made offline, within the window -------------
+
+
+def test_r16_allows_a_diagnosis_made_at_a_registered_physical_institution(w: World) -> None:
+    enc = w.encounter()
+    assert enc.original_institution_id == "P-OFFLINE-001" != enc.hospital_id
+
+
+def test_r16_rejects_a_diagnosis_made_at_the_internet_hospital_itself(w: World) -> None:
+    """Counter-example: the "offline" institution could be the internet hospital itself."""
+    with refused("R16") as exc:
+        w.encounter(original_institution_id=HOSPITAL, original_institution=w.hospital)
+    assert exc.value.ids == {"original_institution_id": HOSPITAL}
+
+
+def test_r16_rejects_an_unregistered_or_internet_original_institution(w: World) -> None:
+    with refused("R16"):
+        w.encounter(original_institution_id="CLINIC-NOBODY-KNOWS", original_institution=None)
+    other_internet = w.hospital.model_copy(update={"institution_id": "H-OTHER-ONLINE"})
+    with refused("R16"):
+        w.encounter(original_institution_id="H-OTHER-ONLINE", original_institution=other_internet)
+
+
+def test_r16_is_checked_again_when_the_prescription_is_issued(w: World) -> None:
+    enc = w.encounter()
+    with refused("R16"):
+        w.issued(encounter=enc, original_institution=None)
+
+
+def test_r1_rejects_a_prescription_issued_after_the_window_of_the_original_diagnosis(w: World) -> None:
+    """Counter-example: a prescription issued 200 days after its visit (original diagnosis 280 days old) was
+    accepted because R1 was checked only at the visit."""
+    enc = w.encounter(original_date=TODAY - timedelta(days=80))
+    assert w.issued(encounter=enc).status == "issued"
+    w.clock.advance(timedelta(days=200))
+    with refused("R1") as exc:
+        w.issued(encounter=enc)
+    assert exc.value.ids["original_diagnosis_date"] == str(TODAY - timedelta(days=80))
+
+
+def test_r1_on_the_issue_day_boundary(w: World) -> None:
+    enc = w.encounter(original_date=date(2024, 12, 11))
+    w.clock.advance(timedelta(days=1))  # 11 March: the diagnosis is exactly 3 months old
+    assert w.issued(encounter=enc).status == "issued"
+    w.clock.advance(timedelta(days=1))
+    with refused("R1"):
+        w.issued(encounter=enc)
+
+
+# --- R17 registry facts: institutions under agreement, the patient's insurance --------------------------
+
+
+def test_r17_visit_takes_institution_and_insurance_facts_from_the_registry(w: World) -> None:
+    [visit] = w.encounter().pending_events
+    assert isinstance(visit, FollowUpVisitRecorded)
+    assert (visit.physical_institution_id, visit.institution_ownership, visit.pooling_region, visit.insured_region,
+            visit.insurance_type) == ("P-CC-001", "public", CHANGCHUN, CHANGCHUN, "employee")
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("insured_region", JINAN), ("insurance_type", "resident"), ("pooling_region", JINAN),
+    ("physical_institution_id", "P-ELSEWHERE"), ("institution_ownership", "non_public"),
+])
+def test_r17_rejects_a_visit_whose_request_contradicts_the_registry(w: World, field: str, value: str) -> None:
+    """Counter-example: insured region and insurance type were whatever the hospital declared on the visit."""
+    with refused("R17") as exc:
+        w.encounter(declared={field: value})
+    assert exc.value.ids["field"] == field
+
+
+def test_r17_a_request_repeating_the_registry_is_accepted(w: World) -> None:
+    enc = w.encounter(declared={"insured_region": CHANGCHUN, "insurance_type": "employee", "pooling_region": None})
+    assert enc.insured_region == CHANGCHUN
+
+
+def test_r17_rejects_a_patient_without_registered_insurance(w: World) -> None:
+    with refused("R17"):
+        w.encounter(insurance=None)
+
+
+def test_r17_rejects_an_unregistered_hospital_or_one_that_is_not_an_internet_hospital(w: World) -> None:
+    with refused("R17"):
+        w.encounter(hospital=None)
+    with refused("R17"):
+        w.encounter(hospital=w.physical)
+
+
+@pytest.mark.parametrize("suspended", ["hospital", "physical"])
+def test_r17_rejects_visit_and_issue_when_an_agreement_is_suspended(w: World, suspended: str) -> None:
+    enc = w.encounter()
+    institution = w.hospital if suspended == "hospital" else w.physical
+    institution.suspend_agreement(clock=w.clock, changed_by=AUTHORITY, reason="audit")
+    with refused("R17"):
+        w.encounter()
+    with refused("R17"):
+        w.issued(encounter=enc)
+
+
+# --- R18 reviewing pharmacists: the hospital's own, or a third party under a cooperation agreement -----
+
+
+def _third_party(w: World, *hospitals: str) -> Pharmacist:
+    third = Pharmacist.register(clock=w.clock, changed_by=AUTHORITY, pharmacist_id="RPH-3", name="Sun",
+                                qualification_no="Q", third_party=True, company_id="ReviewCo")
+    for n, hospital in enumerate(hospitals):
+        third.record_agreement(clock=w.clock, changed_by=AUTHORITY, hospital_id=hospital, agreement_no=f"CA-{n}")
+    return third
+
+
+def test_r18_rejects_a_third_party_pharmacist_without_agreement(w: World) -> None:
+    """Counter-example: any third-party pharmacist approved any hospital's prescriptions."""
+    rx = w.issued()
+    with refused("R18"):
+        rx.approve(clock=w.clock, pharmacist=_third_party(w, "H-OTHER"))
+    with refused("R18"):
+        rx.reject(clock=w.clock, pharmacist=_third_party(w), reasons=["dose"])
+    assert rx.status == "issued"
+
+
+def test_r18_allows_a_third_party_pharmacist_with_a_cooperation_agreement(w: World) -> None:
+    rx = w.issued()
+    rx.approve(clock=w.clock, pharmacist=_third_party(w, HOSPITAL))
+    assert rx.status == "approved"
+
+
+def test_r18_agreement_ended_or_pharmacist_suspended(w: World) -> None:
+    third = _third_party(w, HOSPITAL)
+    third.end_agreement(clock=w.clock, changed_by=AUTHORITY, hospital_id=HOSPITAL, reason="ended")
+    with refused("R18"):
+        w.issued().approve(clock=w.clock, pharmacist=third)
+    w.pharmacist.suspend(clock=w.clock, changed_by=AUTHORITY, reason="review")
+    with refused("R18"):
+        w.issued().approve(clock=w.clock, pharmacist=w.pharmacist)
+
+
+def test_r18_employed_pharmacist_reviews_only_for_its_employer(w: World) -> None:
+    outsider = Pharmacist.register(clock=w.clock, changed_by=AUTHORITY, pharmacist_id="RPH-9", employer_id="H-OTHER",
+                                   name="Zhao", qualification_no="Q")
+    with refused("R18"):
+        w.issued().approve(clock=w.clock, pharmacist=outsider)
+    physical_staff = Pharmacist.register(clock=w.clock, changed_by=AUTHORITY, pharmacist_id="RPH-P",
+                                         employer_id="P-CC-001", name="Qian", qualification_no="Q")
+    rx = w.issued()
+    rx.approve(clock=w.clock, pharmacist=physical_staff)  # the internet hospital's physical institution
+    assert rx.status == "approved"
+
+
+# --- R12 off-site: the long-term off-site registration on the visit day -----------------------------------
+
+
+def _visit_event(enc: Encounter) -> FollowUpVisitRecorded:
+    [visit] = [e for e in enc.pending_events if isinstance(e, FollowUpVisitRecorded)]
+    return visit
+
+
+def test_r12_off_site_visit_without_filing_records_it(w: World) -> None:
+    """Counter-example: off-site patients settled with fund money with no 备案 at all: the visit now records
+    whether one was valid (the settlement reads ``offsite_filing_valid``)."""
+    visit = _visit_event(w.encounter(insured_region=JINAN))
+    assert visit.business_type is BusinessType.OFF_SITE and visit.offsite_filing_valid is False
+
+
+def test_r12_off_site_visit_with_a_filing_valid_on_the_day(w: World) -> None:
+    w.insurance[JINAN].record_filing(clock=w.clock, changed_by="agency:370100", filing_no="F-1", region=CHANGCHUN,
+                                     valid_from=TODAY, valid_until=TODAY)
+    assert _visit_event(w.encounter(insured_region=JINAN)).offsite_filing_valid is True
+    w.clock.advance(timedelta(days=1))
+    assert _visit_event(w.encounter(insured_region=JINAN)).offsite_filing_valid is False
+
+
+def test_r12_filing_for_another_region_does_not_count(w: World) -> None:
+    w.insurance[JINAN].record_filing(clock=w.clock, changed_by="agency:370100", filing_no="F-2", region="532300",
+                                     valid_from=TODAY)
+    assert _visit_event(w.encounter(insured_region=JINAN)).offsite_filing_valid is False
+
+
+def test_r12_local_visit_records_no_filing(w: World) -> None:
+    assert _visit_event(w.encounter()).offsite_filing_valid is None
 
 
 # --- R19 validity --------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from services.domain import (
     TraceCode,
     ValidityElapsed,
 )
-from tests.support.domain import METFORMIN, PHARMACY, World, item, line
+from tests.support.domain import AUTHORITY, HOSPITAL, METFORMIN, PHARMACY, World, item, line
 
 
 @pytest.fixture
@@ -310,11 +310,14 @@ def test_routing_refuses_suspended_or_out_of_region_pharmacy(w: World) -> None:
 
 
 def test_review_needs_hospital_or_third_party_pharmacist(w: World) -> None:
+    """R18 (DOMAIN.md): an employed pharmacist reviews for its employer; a third party only for hospitals it has a
+    recorded cooperation agreement with (before, any third party reviewed for any hospital)."""
     outsider = Pharmacist.register(
-        clock=w.clock, changed_by="agency:220100", pharmacist_id="RPH-9", employer_id="H-OTHER", name="Zhao", qualification_no="Q"
+        clock=w.clock, changed_by=AUTHORITY, pharmacist_id="RPH-9", employer_id="H-OTHER", name="Zhao",
+        qualification_no="Q"
     )
     rx = w.issued()
-    with pytest.raises(PartyNotEligible):
+    with pytest.raises(RuleViolation, match=r"^R18:"):
         rx.approve(clock=w.clock, pharmacist=outsider)
     third = Pharmacist.register(
         clock=w.clock,
@@ -325,6 +328,9 @@ def test_review_needs_hospital_or_third_party_pharmacist(w: World) -> None:
         qualification_no="Q",
         third_party=True,
     )
+    with pytest.raises(RuleViolation, match=r"^R18:"):
+        rx.approve(clock=w.clock, pharmacist=third)
+    third.record_agreement(clock=w.clock, changed_by=AUTHORITY, hospital_id=HOSPITAL, agreement_no="CA-1")
     rx.approve(clock=w.clock, pharmacist=third)
 
 

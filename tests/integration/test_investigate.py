@@ -12,6 +12,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 
@@ -132,3 +133,51 @@ def test_bundle_of_everything_shown_verifies_offline_and_fails_once_tampered(
     dropped_path.write_text(json.dumps(dropped))
     worse = rxtrail(offline, "verify", "--bundle", str(dropped_path), "--public-key", str(public_key))
     assert worse.returncode == 1 and "does not prove" in worse.stderr
+
+
+@pytest.fixture(scope="module")
+def refused_world(make_database: Callable[[], str], tmp_path_factory: pytest.TempPathFactory
+                  ) -> tuple[str, UUID, list[UUID], dict[str, str]]:
+    """Through the application: a pack sold on one prescription, then scanned on two others (refused R8)."""
+    from services.adapters.patient_keys import PostgresPatientKeyStore
+    from services.adapters.store import open_store
+    from services.application.privacy import PatientVault
+    from tests.support.cast import Cast, new_app, ok
+    from tests.support.domain import item, line, trace_codes
+
+    db = make_database()
+    app = new_app(open_store(db), PatientVault(SECRET, PostgresPatientKeyStore(db)))
+    try:
+        cast = Cast(app).register()
+        [code] = trace_codes(1)
+        sold, *tried = (cast.accepted(item(quantity=1, days_supply=7)) for _ in range(3))
+        ok(cast.dispense(sold, line(codes=(code,), quantity=1)))
+        for rx in tried:
+            outcome = cast.dispense(rx, line(codes=(code,), quantity=1))
+            assert outcome.status == "rejected" and outcome.rule_id == "R8", outcome
+    finally:
+        app.close()
+    for name in ("traceability", "fraud"):
+        replay(name, db, None, from_store=True, progress=False)
+    data = tmp_path_factory.mktemp("rxtrail-investigate-app")
+    env = {**os.environ, "RXTRAIL_DATABASE_URL": db, "RXTRAIL_DATA_DIR": str(data),
+           "RXTRAIL_PSEUDONYM_SECRET": SECRET.decode(), "COLUMNS": "220"}
+    return code, sold, tried, env
+
+
+def test_r8_refusals_recorded_by_the_application_are_shown_and_bundled(
+        refused_world: tuple[str, UUID, list[UUID], dict[str, str]], tmp_path: Path) -> None:
+    code, sold, tried, env = refused_world
+    bundle = tmp_path / "r8.json"
+    r = rxtrail(env, "investigate", "--trace-code", code, "--json", "--bundle", str(bundle))
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    shown = report["trace_code"]
+    assert [s["prescription_id"] for s in shown["sales"]] == [str(sold)]
+    assert sorted(a["aggregate_id"] for a in shown["refused_attempts"]) == sorted(str(t) for t in tried)
+    [finding] = report["findings"]
+    assert finding["pattern"] == "FR-TC-REPEAT" and finding["severity"] == "high"
+    public_key = Path(env["RXTRAIL_DATA_DIR"]) / PUBLIC_KEY_FILE
+    offline = {k: v for k, v in env.items() if not k.startswith("RXTRAIL_")}
+    good = rxtrail(offline, "verify", "--bundle", str(bundle), "--public-key", str(public_key))
+    assert good.returncode == 0 and "INTACT" in good.stdout, good.stdout + good.stderr

@@ -48,15 +48,12 @@ class Parties:
 
 
 def register_parties(app: Any) -> Parties:
-    from services.application import commands as c
+    from services.application.registries import starter_commands
 
     parties = Parties()
-    outcomes = app.apply_batch([
-        c.RegisterPhysician(physician_id=parties.physician, hospital_id=parties.hospital, name="Dr A", qualification_no="Q1"),
-        c.RegisterPharmacist(pharmacist_id=parties.pharmacist, employer_id=parties.hospital, name="Ph A",
-                             qualification_no="Q3"),
-        c.DesignatePharmacy(pharmacy_id=parties.pharmacy, name="Pharmacy A", pooling_region=parties.region, agreement_no="AG1"),
-    ])
+    outcomes = app.apply_batch(starter_commands(
+        changed_by=f"agency:{parties.region}", region=parties.region, hospital=parties.hospital,
+        physicians=[parties.physician], pharmacist=parties.pharmacist, pharmacies=[parties.pharmacy]))
     if not all(o.ok for o in outcomes):
         raise SystemExit(f"could not register the parties: {outcomes}")
     return parties

@@ -42,6 +42,7 @@ from services.adapters.store import EVENTS_TABLE
 from services.application import RxTrail
 from services.application import commands as c
 from services.application.ids import encounter_id_for
+from services.application.registries import starter_commands
 from services.bootstrap import build_application
 from services.domain.clock import FixedClock
 from services.infra.embedded import EmbeddedPostgres
@@ -91,12 +92,8 @@ class Ours:
     def __init__(self, url: str) -> None:
         self.app: RxTrail = build_application(Settings(database_url=url, pseudonym_secret=SECRET), clock=FixedClock(T0))
         self.hospital, self.physician, self.pharmacist, self.pharmacy = "H-1", "DR-1", "RPH-1", "PH-1"
-        for cmd in (
-            c.RegisterPhysician(physician_id=self.physician, hospital_id=self.hospital, name="Li", qualification_no="Q"),
-            c.RegisterPharmacist(pharmacist_id=self.pharmacist, employer_id=self.hospital, name="Wang",
-                                 qualification_no="Q"),
-            c.DesignatePharmacy(pharmacy_id=self.pharmacy, name="Kangda", pooling_region=REGION, agreement_no="A"),
-        ):
+        for cmd in starter_commands(changed_by=f"agency:{REGION}", region=REGION, hospital=self.hospital,
+                                    physicians=[self.physician], pharmacist=self.pharmacist, pharmacies=[self.pharmacy]):
             self.must(cmd)
 
     def must(self, cmd: c.Command) -> Any:

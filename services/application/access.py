@@ -71,8 +71,8 @@ COMMANDS_BY_PARTY: dict[PartyKind, frozenset[type[c.Command]]] = {
     PartyKind.HOSPITAL: HOSPITAL_COMMANDS,
     PartyKind.PHARMACIST: PHARMACIST_COMMANDS,
     PartyKind.PHARMACY: PHARMACY_COMMANDS,
-    PartyKind.AGENCY: AGENCY_COMMANDS,
-    PartyKind.REGULATOR: frozenset(),
+    PartyKind.AGENCY: AGENCY_COMMANDS | frozenset(c.REGISTRY_COMMANDS),
+    PartyKind.REGULATOR: frozenset(c.REGULATOR_REGISTRY_COMMANDS),
 }
 
 
@@ -144,7 +144,7 @@ class Gate:
                 return rx.pooling_region == party.id
             case PartyKind.PHARMACIST:
                 pharmacist = self.pharmacist(party, unit)
-                return pharmacist is not None and rx.reviewable_by(pharmacist)  # R18
+                return pharmacist is not None and (pharmacist.third_party or pharmacist.employer_id == rx.hospital_id)
         return False
 
     def check(self, party: Party, command: c.Command, unit: UnitOfWork | None = None) -> None:
@@ -154,6 +154,10 @@ class Gate:
         hand it to ``RxTrail.handle(command, unit=unit)``, so a request loads each aggregate once."""
         if type(command) not in COMMANDS_BY_PARTY[party.kind]:
             raise Forbidden(party, f"send {type(command).__name__}")
+        if isinstance(command, c.RegistryCommand):  # the authority's own change: who sends it is who changed the fact
+            if command.changed_by != str(party):
+                raise SenderMismatch("changed_by", command.changed_by, str(party))
+            return
         for field in ("hospital_id", "pharmacist_id", "dispenser_id"):
             given = getattr(command, field, None)
             if given is not None and given != party.id:

@@ -21,6 +21,7 @@ from events.base import (
     ITEMS_MAX,
     REASONS_MAX,
     Amount,
+    CatalogCategory,
     DrugCode,
     Fee,
     Id,
@@ -31,9 +32,11 @@ from events.base import (
     RealNameMethod,
     Region,
     Text,
+    UnitPrice,
     Version,
 )
 from events.prescription import DispensedLines, PrescriptionItems, RoutingBasis
+from events.registries import ChangedBy, DiseaseCode, GenericCode, InstitutionKind, InstitutionLevel, PublicKeyHex
 from events.statement import SubjectKind
 
 
@@ -70,24 +73,16 @@ class PatientIdentity(BaseModel):
 
 # --- hospitals ----------------------------------------------------------------------------------------
 
-REGISTRY_FACT = ("a registry fact (R17): read from the authority's registries at the visit; optional, and refused "
-                  "when it disagrees with them")
-SIGNATURE = ("R2: hex Ed25519 signature of the prescription's canonical content (services.domain.signature) by "
-             "the physician's registered key")
-VISIT_REGISTRY_FACTS = ("physical_institution_id", "institution_ownership", "pooling_region", "insured_region",
-                        "insurance_type")
-"""Fields of RecordFollowUpVisit the registries own (R17)."""
-
 
 class RecordFollowUpVisit(Command):
     kind: Literal["record_follow_up_visit"] = "record_follow_up_visit"
     hospital_id: Id
     visit_ref: Id = Field(description="the hospital's own visit number; the encounter id derives from it")
-    physical_institution_id: Id | None = Field(default=None, description=REGISTRY_FACT)
-    institution_ownership: Ownership | None = Field(default=None, description=REGISTRY_FACT)
-    pooling_region: Region | None = Field(default=None, description=REGISTRY_FACT)
-    insured_region: Region | None = Field(default=None, description=REGISTRY_FACT)
-    insurance_type: InsuranceType | None = Field(default=None, description=REGISTRY_FACT)
+    physical_institution_id: Id
+    institution_ownership: Ownership
+    pooling_region: Region
+    insured_region: Region
+    insurance_type: InsuranceType
     patient: PatientIdentity
     physician_id: Id
     physician_signature: Text
@@ -105,12 +100,13 @@ class IssuePrescription(Command):
     hospital_id: Id
     prescription_ref: Id = Field(description="the hospital's prescription number; the id derives from it")
     encounter_id: UUID
-    physician_signature: Text = Field(description=SIGNATURE)
+    physician_signature: Text
     items: PrescriptionItems
     first_visit_drug_codes: tuple[Id, ...] = Field(
         default=(), max_length=ITEMS_MAX, description="drugs of the first-visit (offline) prescription, for R5"
     )
     justification: LongText | None = None
+    emergency_declared: bool = False
     preferred_pharmacy_id: Id | None = Field(
         default=None,
         description="the patient's chosen designated pharmacy; unset = the router's rule picks one",
@@ -314,38 +310,135 @@ class ClawBackConsultationFees(Command):
 
 
 # --- registries ---------------------------------------------------------------------------------------------
+# The authority's facts (issue 13, R17; services/domain/registries.py). Every registry command names who sends it
+# (``changed_by``: "agency:<region>", "regulator:<id>", or "seed:<version>" for reference data loaded as events);
+# the HTTP edge fills it from the API key and the gate refuses any other. The handler checks that the sender may
+# change the fact: the agency of the fact's pooling region; the regulator for the national catalog (drugs, payment
+# standards, price caps), chronic-disease lists and emergency declarations.
 
 
-class RegisterPhysician(Command):
+class RegistryCommand(Command):
+    changed_by: ChangedBy
+
+
+class _Dated(RegistryCommand):
+    effective_from: date | None = Field(default=None, description="the day the change holds from; unset = today")
+
+
+class _PatientKey(RegistryCommand):
+    patient_ref: Id | None = Field(default=None, description="pseudonym of the patient")
+    patient_national_id: Id | None = Field(default=None, description="or their national id (pseudonymised here)")
+
+    @model_validator(mode="after")
+    def _one_patient_key(self) -> _PatientKey:
+        if (self.patient_ref is None) == (self.patient_national_id is None):
+            raise ValueError("give exactly one of patient_ref and patient_national_id")
+        return self
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(<patient redacted>)"
+
+    __str__ = __repr__
+
+
+class RegisterInstitution(_Dated):
+    kind: Literal["register_institution"] = "register_institution"
+    institution_id: Id
+    name: Name
+    institution_kind: InstitutionKind
+    physical_institution_id: Id | None = Field(default=None, description="internet hospitals: the physical one")
+    ownership: Ownership
+    level: InstitutionLevel
+    region: Region
+    agreement_no: Id
+
+
+class ChangeInstitution(_Dated):
+    kind: Literal["change_institution"] = "change_institution"
+    institution_id: Id
+    name: Name | None = None
+    ownership: Ownership | None = None
+    level: InstitutionLevel | None = None
+
+
+class SuspendInstitutionAgreement(_Dated):
+    kind: Literal["suspend_institution_agreement"] = "suspend_institution_agreement"
+    institution_id: Id
+    reason: Text
+
+
+class ReinstateInstitutionAgreement(_Dated):
+    kind: Literal["reinstate_institution_agreement"] = "reinstate_institution_agreement"
+    institution_id: Id
+    reason: Text
+
+
+class RegisterPhysician(_Dated):
     kind: Literal["register_physician"] = "register_physician"
     physician_id: Id
-    hospital_id: Id
+    hospital_id: Id = Field(description="the registered internet hospital (or physical institution) it works for")
     name: Name
     qualification_no: Id
+    physician_code: Id = Field(description="national insurance physician code")
+    public_key: PublicKeyHex
 
 
-class SuspendPhysician(Command):
+class SuspendPhysician(_Dated):
     kind: Literal["suspend_physician"] = "suspend_physician"
     physician_id: Id
     reason: Text
 
 
-class ReinstatePhysician(Command):
+class ReinstatePhysician(_Dated):
     kind: Literal["reinstate_physician"] = "reinstate_physician"
     physician_id: Id
     reason: Text
 
 
-class RegisterPharmacist(Command):
+class ChangePhysicianKey(_Dated):
+    kind: Literal["change_physician_key"] = "change_physician_key"
+    physician_id: Id
+    public_key: PublicKeyHex
+
+
+class RegisterPharmacist(_Dated):
     kind: Literal["register_pharmacist"] = "register_pharmacist"
     pharmacist_id: Id
-    employer_id: Id
+    employer_id: Id | None = Field(default=None, description="the registered hospital employing it; unset = third party")
+    third_party: bool = False
+    company_id: Id | None = Field(default=None, description="third party: the review platform it works for")
+    region: Region | None = Field(default=None, description="third party: the pooling region registering it")
     name: Name
     qualification_no: Id
-    third_party: bool = False
 
 
-class DesignatePharmacy(Command):
+class RecordCooperationAgreement(_Dated):
+    kind: Literal["record_cooperation_agreement"] = "record_cooperation_agreement"
+    pharmacist_id: Id
+    hospital_id: Id
+    agreement_no: Id
+
+
+class EndCooperationAgreement(_Dated):
+    kind: Literal["end_cooperation_agreement"] = "end_cooperation_agreement"
+    pharmacist_id: Id
+    hospital_id: Id
+    reason: Text
+
+
+class SuspendPharmacist(_Dated):
+    kind: Literal["suspend_pharmacist"] = "suspend_pharmacist"
+    pharmacist_id: Id
+    reason: Text
+
+
+class ReinstatePharmacist(_Dated):
+    kind: Literal["reinstate_pharmacist"] = "reinstate_pharmacist"
+    pharmacist_id: Id
+    reason: Text
+
+
+class DesignatePharmacy(_Dated):
     kind: Literal["designate_pharmacy"] = "designate_pharmacy"
     pharmacy_id: Id
     name: Name
@@ -356,25 +449,201 @@ class DesignatePharmacy(Command):
         default=None, max_length=DRUG_CODES_MAX,
         description="drugs the pharmacy carries, for rule-based routing; unset = not declared",
     )
+    chronic_qualified: bool = Field(default=False, description="特慢病 qualification")
+    payee_id: Id | None = Field(default=None, description="who is paid for its drugs; unset = the pharmacy")
 
 
-class SuspendPharmacyAgreement(Command):
+class SuspendPharmacyAgreement(_Dated):
     kind: Literal["suspend_pharmacy_agreement"] = "suspend_pharmacy_agreement"
     pharmacy_id: Id
     reason: Text
 
 
-class SuspendPatientForFraud(Command):
+class ReinstatePharmacyAgreement(_Dated):
+    kind: Literal["reinstate_pharmacy_agreement"] = "reinstate_pharmacy_agreement"
+    pharmacy_id: Id
+    reason: Text
+
+
+class ListPharmacyDrugs(_Dated):
+    kind: Literal["list_pharmacy_drugs"] = "list_pharmacy_drugs"
+    pharmacy_id: Id
+    drug_codes: tuple[DrugCode, ...] = Field(min_length=1, max_length=DRUG_CODES_MAX)
+
+
+class DelistPharmacyDrugs(_Dated):
+    kind: Literal["delist_pharmacy_drugs"] = "delist_pharmacy_drugs"
+    pharmacy_id: Id
+    drug_codes: tuple[DrugCode, ...] = Field(min_length=1, max_length=DRUG_CODES_MAX)
+
+
+class SetPharmacyChronicQualification(_Dated):
+    kind: Literal["set_pharmacy_chronic_qualification"] = "set_pharmacy_chronic_qualification"
+    pharmacy_id: Id
+    qualified: bool
+
+
+class ChangePharmacyPayee(_Dated):
+    kind: Literal["change_pharmacy_payee"] = "change_pharmacy_payee"
+    pharmacy_id: Id
+    payee_id: Id | None = Field(default=None, description="unset = the pharmacy itself")
+
+
+class RegisterDeliveryEnterprise(_Dated):
+    kind: Literal["register_delivery_enterprise"] = "register_delivery_enterprise"
+    enterprise_id: Id
+    name: Name
+    region: Region
+    gsp_qualified: bool
+    gsp_certificate_no: Id | None = None
+
+
+class ChangeDeliveryEnterpriseGsp(_Dated):
+    kind: Literal["change_delivery_enterprise_gsp"] = "change_delivery_enterprise_gsp"
+    enterprise_id: Id
+    gsp_qualified: bool
+    gsp_certificate_no: Id | None = None
+    reason: Text
+
+
+class SuspendPatientForFraud(_PatientKey):
     kind: Literal["suspend_patient_for_fraud"] = "suspend_patient_for_fraud"
-    patient_ref: Id
     reason: Text
     until: date | None = None
 
 
-class ReinstatePatient(Command):
+class ReinstatePatient(_PatientKey):
     kind: Literal["reinstate_patient"] = "reinstate_patient"
-    patient_ref: Id
     reason: Text
+
+
+class RegisterPatientInsurance(_PatientKey):
+    kind: Literal["register_patient_insurance"] = "register_patient_insurance"
+    insured_region: Region
+    insurance_type: InsuranceType
+    effective_from: date | None = None
+
+
+class ChangePatientInsurance(_PatientKey):
+    kind: Literal["change_patient_insurance"] = "change_patient_insurance"
+    insured_region: Region
+    insurance_type: InsuranceType
+    effective_from: date | None = None
+
+
+class GrantChronicEntitlement(_PatientKey):
+    kind: Literal["grant_chronic_entitlement"] = "grant_chronic_entitlement"
+    disease_code: DiseaseCode
+    effective_from: date | None = None
+
+
+class RevokeChronicEntitlement(_PatientKey):
+    kind: Literal["revoke_chronic_entitlement"] = "revoke_chronic_entitlement"
+    disease_code: DiseaseCode
+    reason: Text
+    effective_from: date | None = None
+
+
+class RecordOffSiteFiling(_PatientKey):
+    kind: Literal["record_off_site_filing"] = "record_off_site_filing"
+    filing_no: Id
+    region: Region = Field(description="the treatment region (就医地) the filing is for")
+    valid_from: date
+    valid_until: date | None = Field(default=None, description="last day; unset = open-ended")
+
+
+class EndOffSiteFiling(_PatientKey):
+    kind: Literal["end_off_site_filing"] = "end_off_site_filing"
+    filing_no: Id
+    reason: Text
+    effective_from: date | None = Field(default=None, description="first day without it; unset = today")
+
+
+class DeclareEmergency(RegistryCommand):
+    kind: Literal["declare_emergency"] = "declare_emergency"
+    region: Region
+    declaration_no: Id
+    title: Name
+    valid_from: date
+    valid_until: date | None = Field(default=None, description="last day; unset = until ended")
+
+
+class EndEmergency(_Dated):
+    kind: Literal["end_emergency"] = "end_emergency"
+    region: Region
+    declaration_no: Id
+    reason: Text
+
+
+class ListDrug(_Dated):
+    kind: Literal["list_drug"] = "list_drug"
+    drug_code: DrugCode
+    generic_code: GenericCode | None = Field(default=None, description="unset = derived from the drug code")
+    name: Name
+    spec: Name | None = None
+    form: Name | None = None
+    category: CatalogCategory
+    chronic_list: bool = False
+
+
+class ChangeDrugListing(_Dated):
+    kind: Literal["change_drug_listing"] = "change_drug_listing"
+    drug_code: DrugCode
+    category: CatalogCategory | None = None
+    chronic_list: bool | None = None
+    name: Name | None = None
+    generic_code: GenericCode | None = None
+
+
+class SetPaymentStandard(_Dated):
+    kind: Literal["set_payment_standard"] = "set_payment_standard"
+    drug_code: DrugCode
+    region: Region
+    amount: UnitPrice | None = Field(description="yuan per box; null = withdrawn")
+
+
+class SetPriceCap(_Dated):
+    kind: Literal["set_price_cap"] = "set_price_cap"
+    drug_code: DrugCode
+    region: Region
+    institution_id: Id | None = Field(default=None, description="unset = the region's cap for every institution")
+    cap: UnitPrice | None = Field(description="yuan per box; null = withdrawn")
+
+
+class AddChronicDisease(_Dated):
+    kind: Literal["add_chronic_disease"] = "add_chronic_disease"
+    region: Region
+    disease_code: DiseaseCode
+    name: Name
+
+
+class RemoveChronicDisease(_Dated):
+    kind: Literal["remove_chronic_disease"] = "remove_chronic_disease"
+    region: Region
+    disease_code: DiseaseCode
+    reason: Text
+
+
+REGISTRY_COMMANDS: tuple[type[RegistryCommand], ...] = (
+    RegisterInstitution, ChangeInstitution, SuspendInstitutionAgreement, ReinstateInstitutionAgreement,
+    RegisterPhysician, SuspendPhysician, ReinstatePhysician, ChangePhysicianKey,
+    RegisterPharmacist, RecordCooperationAgreement, EndCooperationAgreement, SuspendPharmacist, ReinstatePharmacist,
+    DesignatePharmacy, SuspendPharmacyAgreement, ReinstatePharmacyAgreement, ListPharmacyDrugs, DelistPharmacyDrugs,
+    SetPharmacyChronicQualification, ChangePharmacyPayee,
+    RegisterDeliveryEnterprise, ChangeDeliveryEnterpriseGsp,
+    SuspendPatientForFraud, ReinstatePatient, RegisterPatientInsurance, ChangePatientInsurance,
+    GrantChronicEntitlement, RevokeChronicEntitlement, RecordOffSiteFiling, EndOffSiteFiling,
+    DeclareEmergency, EndEmergency,
+    ListDrug, ChangeDrugListing, SetPaymentStandard, SetPriceCap,
+    AddChronicDisease, RemoveChronicDisease,
+)
+"""Every registry command (the HTTP registry routes, the CLI and the gate read this list); agencies may send them all."""
+REGULATOR_REGISTRY_COMMANDS: tuple[type[RegistryCommand], ...] = (
+    DeclareEmergency, EndEmergency, ListDrug, ChangeDrugListing, SetPaymentStandard, SetPriceCap,
+    AddChronicDisease, RemoveChronicDisease,
+)
+"""The registry commands a regulator may send (the national catalog; the regions' lists, standards, caps and
+emergency declarations where the authority acts above the agency)."""
 
 
 AnyCommand = Annotated[
@@ -402,14 +671,44 @@ AnyCommand = Annotated[
     | ReverseSettlement
     | RefuseConsultationFees
     | ClawBackConsultationFees
+    | RegisterInstitution
+    | ChangeInstitution
+    | SuspendInstitutionAgreement
+    | ReinstateInstitutionAgreement
     | RegisterPhysician
     | SuspendPhysician
     | ReinstatePhysician
+    | ChangePhysicianKey
     | RegisterPharmacist
+    | RecordCooperationAgreement
+    | EndCooperationAgreement
+    | SuspendPharmacist
+    | ReinstatePharmacist
     | DesignatePharmacy
     | SuspendPharmacyAgreement
+    | ReinstatePharmacyAgreement
+    | ListPharmacyDrugs
+    | DelistPharmacyDrugs
+    | SetPharmacyChronicQualification
+    | ChangePharmacyPayee
+    | RegisterDeliveryEnterprise
+    | ChangeDeliveryEnterpriseGsp
     | SuspendPatientForFraud
-    | ReinstatePatient,
+    | ReinstatePatient
+    | RegisterPatientInsurance
+    | ChangePatientInsurance
+    | GrantChronicEntitlement
+    | RevokeChronicEntitlement
+    | RecordOffSiteFiling
+    | EndOffSiteFiling
+    | DeclareEmergency
+    | EndEmergency
+    | ListDrug
+    | ChangeDrugListing
+    | SetPaymentStandard
+    | SetPriceCap
+    | AddChronicDisease
+    | RemoveChronicDisease,
     Field(discriminator="kind"),
 ]
 

@@ -28,7 +28,6 @@ from pydantic import ValidationError
 from events.base import EVENT_SIZE_MAX
 from events.codec import to_json
 from events.prescription import DispenserKind
-from events.registries import UNRECORDED  # step 1 only: the registry commands name their sender next
 from events.statement import FailureResolution, PartyKind, SubjectKind
 from services.application import commands as c
 from services.application.errors import ConcurrencyConflict
@@ -36,34 +35,21 @@ from services.application.ids import encounter_id_for, prescription_id_for
 from services.application.outcomes import Outcome
 from services.application.ports import EventStore, OutcomeRow
 from services.application.privacy import PatientVault
+from services.application.registries import REGISTRY_HANDLERS
 from services.application.unit_of_work import UnitOfWork, event_refs
 from services.domain.clock import Clock, SystemClock
 from services.domain.encounter import Encounter
 from services.domain.errors import DomainError, InvalidCommand, PartyNotEligible, RuleViolation
 from services.domain.policy import DEFAULT_RULES, RuleConfig
 from services.domain.prescription import Prescription
-from services.domain.registries import (
-    ChronicDiseaseList,
-    DrugListing,
-    EmergencyDeclarations,
-    Institution,
-    PatientInsurance,
-    PatientStatus,
-    Pharmacist,
-    Pharmacy,
-    Physician,
-    generic_code_of,
-)
+from services.domain.registries import PatientStatus, Pharmacist, Pharmacy, Physician
 from services.domain.rules import R8
 from services.domain.settlement_case import SettlementCase, case_id
-from services.domain.supply import SupplyLedger
 from services.domain.trace_code import TraceCode
-from services.reference.policies import InstitutionLevel as PolicyLevel
-from services.reference.policies import PolicyNotFound, load_policy
 
 C = TypeVar("C", bound=c.Command)
 Handler = Callable[[Any, Any, UnitOfWork], UUID]
-_HANDLERS: dict[type[c.Command], Handler] = {}
+_HANDLERS: dict[type[c.Command], Handler] = dict(REGISTRY_HANDLERS)
 
 
 def handles(command_type: type[C]) -> Callable[[Callable[[RxTrail, C, UnitOfWork], UUID]], Any]:
@@ -237,24 +223,21 @@ class RxTrail:
     # --- hospitals -------------------------------------------------------------------------------
     @handles(c.RecordFollowUpVisit)
     def _record_follow_up_visit(self, cmd: c.RecordFollowUpVisit, uow: UnitOfWork) -> UUID:
-        """R17: the institutions and the patient's insurance come from the registries, not the request."""
         encounter_id = encounter_id_for(cmd.hospital_id, cmd.visit_ref)
         uow.expect_new(Encounter, encounter_id, "encounter", f"{cmd.hospital_id}/{cmd.visit_ref}")
         physician = uow.get(Physician, Physician.id_for(cmd.physician_id))
         patient_ref = self.vault.patient_ref(cmd.patient.national_id)
-        hospital, physical = self._institutions(cmd.hospital_id, uow)
         personal = {"name": cmd.patient.name, "id_number": cmd.patient.national_id}
         if cmd.patient.phone:
             personal["phone"] = cmd.patient.phone
         encounter = Encounter.record(
             clock=self.clock,
             hospital_id=cmd.hospital_id,
-            hospital=hospital,
-            physical=physical,
-            original_institution=uow.get(Institution, Institution.id_for(cmd.original_institution_id)),
-            insurance=uow.get(PatientInsurance, PatientInsurance.id_for(patient_ref)),
-            declared={name: getattr(cmd, name) for name in c.VISIT_REGISTRY_FACTS},
-            consultation_standard=self._consultation_standard(hospital, physical),
+            physical_institution_id=cmd.physical_institution_id,
+            institution_ownership=cmd.institution_ownership,
+            pooling_region=cmd.pooling_region,
+            insured_region=cmd.insured_region,
+            insurance_type=cmd.insurance_type,
             patient_ref=patient_ref,
             patient_sealed=self.vault.seal(patient_ref, personal),
             physician_id=cmd.physician_id,
@@ -275,38 +258,25 @@ class RxTrail:
 
     @handles(c.IssuePrescription)
     def _issue_prescription(self, cmd: c.IssuePrescription, uow: UnitOfWork) -> UUID:
-        """R4 across prescriptions: the patient's supply ledger of each generic drug is saved with the prescription,
-        so two issues at once for the same patient and generic cannot both pass (one loses the version race and
-        runs again against the other's reservation)."""
         prescription_id = prescription_id_for(cmd.hospital_id, cmd.prescription_ref)
         uow.expect_new(Prescription, prescription_id, "prescription", f"{cmd.hospital_id}/{cmd.prescription_ref}")
         encounter = uow.require(Encounter, cmd.encounter_id)
         if encounter.hospital_id != cmd.hospital_id:
             raise PartyNotEligible("hospital", cmd.hospital_id, "the visit belongs to another hospital")
-        hospital, physical = self._institutions(cmd.hospital_id, uow)
         rx = Prescription.issue(
             clock=self.clock,
             encounter=encounter,
-            hospital=hospital,
-            physical=physical,
-            original_institution=uow.get(Institution, Institution.id_for(encounter.original_institution_id)),
             physician=uow.get(Physician, Physician.id_for(encounter.physician_id)),
             physician_signature=cmd.physician_signature,
-            prescription_ref=cmd.prescription_ref,
             items=cmd.items,
             first_visit_drug_codes=cmd.first_visit_drug_codes,
             justification=cmd.justification,
-            chronic_list=uow.get(ChronicDiseaseList, ChronicDiseaseList.id_for(encounter.pooling_region)),
-            emergencies=uow.get(EmergencyDeclarations, EmergencyDeclarations.id_for(encounter.pooling_region)),
+            emergency_declared=cmd.emergency_declared,
             preferred_pharmacy_id=cmd.preferred_pharmacy_id,
             rules=self.rules,
             prescription_id=prescription_id,
         )
         uow.add(rx)
-        generic_of = self._generic_codes(rx, uow)
-        for ledger in rx.reserve_supply(clock=self.clock, generic_of=generic_of,
-                                        ledgers=self._supply_ledgers(rx, generic_of, uow), rules=self.rules):
-            uow.add(ledger)
         return prescription_id
 
     @handles(c.CancelPrescription)
@@ -316,9 +286,7 @@ class RxTrail:
 
     @handles(c.ExpirePrescription)
     def _expire(self, cmd: c.ExpirePrescription, uow: UnitOfWork) -> UUID:
-        rx = self._rx(cmd, uow)
-        rx.expire(clock=self.clock)
-        self._release_supply(rx, uow, "expired")
+        self._rx(cmd, uow).expire(clock=self.clock)
         return cmd.prescription_id
 
     # --- pharmacists ------------------------------------------------------------------------------
@@ -331,9 +299,7 @@ class RxTrail:
     @handles(c.RejectPrescription)
     def _reject(self, cmd: c.RejectPrescription, uow: UnitOfWork) -> UUID:
         pharmacist = uow.require(Pharmacist, Pharmacist.id_for(cmd.pharmacist_id), key=cmd.pharmacist_id)
-        rx = self._rx(cmd, uow)
-        rx.reject(clock=self.clock, pharmacist=pharmacist, reasons=cmd.reasons)
-        self._release_supply(rx, uow, "rejected")
+        self._rx(cmd, uow).reject(clock=self.clock, pharmacist=pharmacist, reasons=cmd.reasons)
         return cmd.prescription_id
 
     # --- routing ------------------------------------------------------------------------------------
@@ -544,113 +510,11 @@ class RxTrail:
                                     audit_ref=cmd.audit_ref, acted_by=cmd.acted_by or "agency")
         return case.id
 
-    # --- registries ---------------------------------------------------------------------------------
-    @handles(c.RegisterPhysician)
-    def _register_physician(self, cmd: c.RegisterPhysician, uow: UnitOfWork) -> UUID:
-        aggregate_id = Physician.id_for(cmd.physician_id)
-        uow.expect_new(Physician, aggregate_id, "physician", cmd.physician_id)
-        uow.add(Physician.register(clock=self.clock, changed_by=UNRECORDED,
-                                   physician_id=cmd.physician_id, hospital_id=cmd.hospital_id,
-                                   name=cmd.name, qualification_no=cmd.qualification_no))
-        return aggregate_id
-
-    @handles(c.SuspendPhysician)
-    def _suspend_physician(self, cmd: c.SuspendPhysician, uow: UnitOfWork) -> UUID:
-        physician = uow.require(Physician, Physician.id_for(cmd.physician_id), key=cmd.physician_id)
-        physician.suspend(clock=self.clock, changed_by=UNRECORDED, reason=cmd.reason)
-        return physician.id
-
-    @handles(c.ReinstatePhysician)
-    def _reinstate_physician(self, cmd: c.ReinstatePhysician, uow: UnitOfWork) -> UUID:
-        physician = uow.require(Physician, Physician.id_for(cmd.physician_id), key=cmd.physician_id)
-        physician.reinstate(clock=self.clock, changed_by=UNRECORDED, reason=cmd.reason)
-        return physician.id
-
-    @handles(c.RegisterPharmacist)
-    def _register_pharmacist(self, cmd: c.RegisterPharmacist, uow: UnitOfWork) -> UUID:
-        aggregate_id = Pharmacist.id_for(cmd.pharmacist_id)
-        uow.expect_new(Pharmacist, aggregate_id, "pharmacist", cmd.pharmacist_id)
-        third = cmd.third_party
-        uow.add(Pharmacist.register(clock=self.clock, changed_by=UNRECORDED, pharmacist_id=cmd.pharmacist_id,
-                                    employer_id=None if third else cmd.employer_id, name=cmd.name,
-                                    qualification_no=cmd.qualification_no, third_party=third,
-                                    company_id=cmd.employer_id if third else None))
-        return aggregate_id
-
-    @handles(c.DesignatePharmacy)
-    def _designate_pharmacy(self, cmd: c.DesignatePharmacy, uow: UnitOfWork) -> UUID:
-        aggregate_id = Pharmacy.id_for(cmd.pharmacy_id)
-        uow.expect_new(Pharmacy, aggregate_id, "pharmacy", cmd.pharmacy_id)
-        uow.add(Pharmacy.designate(clock=self.clock, changed_by=UNRECORDED, pharmacy_id=cmd.pharmacy_id, name=cmd.name,
-                                   pooling_region=cmd.pooling_region, agreement_no=cmd.agreement_no,
-                                   ownership=cmd.ownership, drug_codes=cmd.drug_codes))
-        return aggregate_id
-
-    @handles(c.SuspendPharmacyAgreement)
-    def _suspend_agreement(self, cmd: c.SuspendPharmacyAgreement, uow: UnitOfWork) -> UUID:
-        pharmacy = uow.require(Pharmacy, Pharmacy.id_for(cmd.pharmacy_id), key=cmd.pharmacy_id)
-        pharmacy.suspend_agreement(clock=self.clock, changed_by=UNRECORDED, reason=cmd.reason)
-        return pharmacy.id
-
-    @handles(c.SuspendPatientForFraud)
-    def _suspend_patient(self, cmd: c.SuspendPatientForFraud, uow: UnitOfWork) -> UUID:
-        existing = uow.get(PatientStatus, PatientStatus.id_for(cmd.patient_ref))
-        status = PatientStatus.suspend_for_fraud(existing, clock=self.clock, changed_by=UNRECORDED, patient_ref=cmd.patient_ref,
-                                                 reason=cmd.reason, until=cmd.until)
-        uow.add(status)
-        return status.id
-
-    @handles(c.ReinstatePatient)
-    def _reinstate_patient(self, cmd: c.ReinstatePatient, uow: UnitOfWork) -> UUID:
-        status = uow.require(PatientStatus, PatientStatus.id_for(cmd.patient_ref), key=cmd.patient_ref)
-        status.reinstate(clock=self.clock, changed_by=UNRECORDED, reason=cmd.reason)
-        return status.id
+    # --- registries: services/application/registries.py (REGISTRY_HANDLERS) ------------------------------
 
     # --- helpers ------------------------------------------------------------------------------------
     def _rx(self, cmd: c.PrescriptionCommand, uow: UnitOfWork) -> Prescription:
         return uow.require(Prescription, cmd.prescription_id, expected_version=cmd.expected_version)
-
-    @staticmethod
-    def _institutions(hospital_id: str, uow: UnitOfWork) -> tuple[Institution | None, Institution | None]:
-        """The internet hospital and its physical institution as the registry holds them (None: not registered)."""
-        hospital = uow.get(Institution, Institution.id_for(hospital_id))
-        physical_id = hospital.physical_institution_id if hospital is not None else None
-        physical = uow.get(Institution, Institution.id_for(physical_id)) if physical_id else None
-        return hospital, physical
-
-    def _consultation_standard(self, hospital: Institution | None, physical: Institution | None) -> Decimal | None:
-        """R15: the treatment region's ordinary outpatient consultation price for the physical institution's level,
-        from the region's policy in force today (None: no policy for the region)."""
-        if hospital is None or physical is None:
-            return None
-        try:
-            policy = load_policy(hospital.region, as_of=self.rules.local_date(self.clock.now()))
-        except PolicyNotFound:
-            return None
-        return policy.consultation_fee.get(PolicyLevel(physical.level.value))
-
-    @staticmethod
-    def _generic_codes(rx: Prescription, uow: UnitOfWork) -> dict[str, str]:
-        """R4: each item's generic drug from the drug catalog (a drug not listed: the generic its national code
-        names, ``generic_code_of``)."""
-        listings = uow.get_many(DrugListing, [DrugListing.id_for(i.drug_code) for i in rx.items])
-        found = {listing.drug_code: listing.generic_code for listing in listings.values() if listing is not None}
-        return {i.drug_code: found.get(i.drug_code) or generic_code_of(i.drug_code) for i in rx.items}
-
-    @staticmethod
-    def _supply_ledgers(
-        rx: Prescription, generic_of: dict[str, str], uow: UnitOfWork
-    ) -> dict[str, SupplyLedger | None]:
-        generics = sorted(set(generic_of.values()))
-        held = uow.get_many(SupplyLedger, [SupplyLedger.id_for(rx.patient_ref, g) for g in generics])
-        return {g: held[SupplyLedger.id_for(rx.patient_ref, g)] for g in generics}
-
-    def _release_supply(self, rx: Prescription, uow: UnitOfWork, reason: str) -> None:
-        """R4: a prescription that ended (rejected, cancelled, expired, remainder closed) gives back its days."""
-        generic_of = self._generic_codes(rx, uow)
-        for ledger in rx.release_supply(clock=self.clock, generic_of=generic_of,
-                                        ledgers=self._supply_ledgers(rx, generic_of, uow), reason=reason):
-            uow.add(ledger)
 
     def _settling_ref(self, cmd: c.SettlePrescription | c.SettleConsultation) -> str:
         if cmd.patient_ref is not None:

@@ -166,7 +166,7 @@ def _wait(what: str, check: Any, timeout_s: float, interval_s: float = 0.25) -> 
 def run_demo(prescriptions: int = 20, api: str | None = None, settings: Settings | None = None,
              progress: Any = None, timeout_s: float = 60.0) -> DemoReport:
     """Drive the day; returns the report (raises DemoError when a step goes wrong)."""
-    from services.application import commands as c
+    from services.application.registries import starter_commands
     from services.bootstrap import build_application
 
     if prescriptions < 1:
@@ -190,15 +190,9 @@ def run_demo(prescriptions: int = 20, api: str | None = None, settings: Settings
     say(f"registering the cast of run {run}")
     app = build_application(settings)
     try:
-        outcomes = app.apply_batch([
-            c.RegisterPhysician(command_id=f"demo:{run}:physician", physician_id=physician, hospital_id=hospital,
-                                name="Dr Wang (demo)", qualification_no=f"QP-{run}"),
-            c.RegisterPharmacist(command_id=f"demo:{run}:pharmacist", pharmacist_id=pharmacist,
-                                 employer_id=hospital, name="Ph Li (demo)", qualification_no=f"QR-{run}"),
-            *[c.DesignatePharmacy(command_id=f"demo:{run}:{p}", pharmacy_id=p, name=f"Demo pharmacy {p[-1]}",
-                                  pooling_region=REGION, agreement_no=f"AG-{p}", drug_codes=codes)
-              for p in pharmacies],
-        ])
+        outcomes = app.apply_batch(starter_commands(
+            changed_by=f"agency:{REGION}", region=REGION, hospital=hospital, physicians=[physician],
+            pharmacist=pharmacist, pharmacies=pharmacies, drug_codes=codes, key_prefix=f"demo:{run}"))
     finally:
         app.close()
     for o in outcomes:

@@ -298,7 +298,7 @@ class Cast:
 def register_cast(stack: FaultStack) -> Cast:
     """A hospital with its physician and pharmacist, two designated pharmacies carrying metformin; API keys."""
     from services.adapters.api_keys import create_key, ensure_schema, parse_party
-    from services.application import commands as c
+    from services.application.registries import starter_commands
     from services.bootstrap import build_application
 
     run = secrets.token_hex(3).upper()
@@ -306,15 +306,10 @@ def register_cast(stack: FaultStack) -> Cast:
     pharmacies = [f"PY-F-{run}-A", f"PY-F-{run}-B"]
     app = build_application(stack.settings())
     try:
-        outcomes = app.apply_batch([
-            c.RegisterPhysician(command_id=f"f:{run}:dr", physician_id=physician, hospital_id=hospital,
-                                name="Dr Wang", qualification_no=f"QP-{run}"),
-            c.RegisterPharmacist(command_id=f"f:{run}:ph", pharmacist_id=pharmacist, employer_id=hospital,
-                                 name="Ph Li", qualification_no=f"QR-{run}"),
-            *[c.DesignatePharmacy(command_id=f"f:{run}:{p}", pharmacy_id=p, name=f"Pharmacy {p[-1]}",
-                                  pooling_region=REGION, agreement_no=f"AG-{p}",
-                                  drug_codes=(simulate.CATALOG_METFORMIN,)) for p in pharmacies],
-        ])
+        outcomes = app.apply_batch(starter_commands(
+            changed_by=f"agency:{REGION}", region=REGION, hospital=hospital, physicians=[physician],
+            pharmacist=pharmacist, pharmacies=pharmacies, drug_codes=(simulate.CATALOG_METFORMIN,),
+            key_prefix=f"f:{run}"))
     finally:
         app.close()
     assert all(o.ok for o in outcomes), outcomes

@@ -48,7 +48,7 @@ def _visit(a: Actors, s: dict[str, str]) -> dict[str, Any]:
 
 
 def _rx_body(a: Actors, s: dict[str, str]) -> dict[str, Any]:
-    return prescription_body(s["visit"], cast=a.cast)
+    return prescription_body(s["visit"])
 
 
 def _const(body: dict[str, Any]) -> Callable[[Actors, dict[str, str]], dict[str, Any]]:
@@ -155,8 +155,9 @@ def test_every_endpoint_is_in_the_matrix() -> None:
 def world(database: str, kafka_bootstrap: str, application: RxTrail) -> Iterator[tuple[Actors, dict[str, str]]]:
     cast: Cast = register_cast(application)
     foreign_pharmacist = unique_id("PHMX")
-    assert application.handle(c.RegisterPharmacist(pharmacist_id=foreign_pharmacist, employer_id=cast.other_hospital,
-                                                   name="Ph X", qualification_no="QX")).ok
+    assert application.handle(c.RegisterPharmacist(changed_by=cast.authority, pharmacist_id=foreign_pharmacist,
+                                                   employer_id=cast.other_hospital, name="Ph X",
+                                                   qualification_no="QX")).ok
     keys = api_keys(database, f"hospital:{cast.hospital}", f"hospital:{cast.other_hospital}",
                     f"pharmacist:{cast.pharmacist}", f"pharmacist:{foreign_pharmacist}",
                     f"pharmacy:{cast.pharmacy}", f"pharmacy:{cast.other_pharmacy}", f"agency:{cast.region}",

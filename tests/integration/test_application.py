@@ -31,6 +31,7 @@ from tests.support.cast import (
     item,
     line,
     ok,
+    physician_command,
 )
 
 
@@ -182,26 +183,26 @@ def test_settlement_then_audit_refusal_and_clawback(app: RxTrail, cast: Cast) ->
 
 def test_settlement_refused_for_patient_suspended_for_fraud(app: RxTrail, cast: Cast) -> None:
     rx = cast.collected()
-    ok(app.handle(c.SuspendPatientForFraud(patient_ref=cast.patient_ref, reason="card lending")))
+    ok(app.handle(c.SuspendPatientForFraud(changed_by=cast.authority, patient_ref=cast.patient_ref,
+                                                reason="card lending")))
     refused = cast.settle(rx)
     assert (refused.status, refused.rule_id) == ("rejected", "R11")
     ok(cast.settle(rx, fund="0.00", personal="0.00", self_pay="50.00"))
-    ok(app.handle(c.ReinstatePatient(patient_ref=cast.patient_ref, reason="cleared")))
+    ok(app.handle(c.ReinstatePatient(changed_by=cast.authority, patient_ref=cast.patient_ref, reason="cleared")))
 
 
 def test_suspended_physician_cannot_prescribe(app: RxTrail, cast: Cast) -> None:
     encounter_id = ok(app.handle(cast.visit())).aggregate_id
     assert encounter_id is not None
-    ok(app.handle(c.SuspendPhysician(physician_id=cast.physician, reason="licence review")))
+    ok(app.handle(c.SuspendPhysician(changed_by=cast.authority, physician_id=cast.physician, reason="licence review")))
     refused = app.handle(cast.issue(encounter_id))
     assert (refused.status, refused.rule_id) == ("rejected", "R2")
-    ok(app.handle(c.ReinstatePhysician(physician_id=cast.physician, reason="cleared")))
+    ok(app.handle(c.ReinstatePhysician(changed_by=cast.authority, physician_id=cast.physician, reason="cleared")))
     ok(app.handle(cast.issue(encounter_id)))
 
 
 def test_registries_and_derived_ids_refuse_duplicates(app: RxTrail, cast: Cast) -> None:
-    again = app.handle(c.RegisterPhysician(physician_id=cast.physician, hospital_id=cast.hospital, name="x",
-                                           qualification_no="y"))
+    again = app.handle(physician_command(cast.physician, cast.hospital, cast.region))
     assert (again.status, again.error) == ("rejected", "AlreadyExists")
     encounter_id = ok(app.handle(cast.visit())).aggregate_id
     assert encounter_id is not None
@@ -209,7 +210,7 @@ def test_registries_and_derived_ids_refuse_duplicates(app: RxTrail, cast: Cast) 
     ok(app.handle(issue))
     twice = app.handle(issue)
     assert (twice.status, twice.error) == ("rejected", "AlreadyExists")
-    ok(app.handle(c.SuspendPharmacyAgreement(pharmacy_id=cast.pharmacy, reason="audit")))
+    ok(app.handle(c.SuspendPharmacyAgreement(changed_by=cast.authority, pharmacy_id=cast.pharmacy, reason="audit")))
     rx = cast.approved()
     refused = app.handle(c.RoutePrescription(prescription_id=rx, pharmacy_id=cast.pharmacy,
                                              basis=RoutingBasis.PATIENT_CHOICE))

@@ -19,7 +19,17 @@ from services.application import commands as c
 from services.application.ids import trace_code_id_for
 from services.application.outcomes import Outcome
 from services.integrity import verify_aggregate
-from tests.support.cast import METFORMIN, Cast, item, line, ok, trace_codes
+from tests.support.cast import (
+    CHANGCHUN,
+    METFORMIN,
+    Cast,
+    hospital_commands,
+    item,
+    line,
+    ok,
+    physician_command,
+    trace_codes,
+)
 
 T = TypeVar("T")
 
@@ -110,8 +120,10 @@ def test_one_trace_code_sold_concurrently_on_two_prescriptions(app: RxTrail, cas
 
 def test_concurrent_registrations_of_one_physician(app: RxTrail) -> None:
     physician = f"DR-race-{threading.get_ident()}-{id(app)}"
-    outcomes = all_at_once(10, lambda i: app.handle(c.RegisterPhysician(
-        physician_id=physician, hospital_id="H-1", name=f"n{i}", qualification_no="q")))
+    hospital = f"H-race-{threading.get_ident()}-{id(app)}"
+    for outcome in app.apply_batch(hospital_commands(hospital, CHANGCHUN)):
+        ok(outcome)
+    outcomes = all_at_once(10, lambda i: app.handle(physician_command(physician, hospital, CHANGCHUN)))
     assert sum(o.ok for o in outcomes) == 1
     assert {o.error for o in outcomes if not o.ok} == {"AlreadyExists"}
 

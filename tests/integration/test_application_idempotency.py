@@ -18,7 +18,7 @@ from services.application.unit_of_work import UnitOfWork
 from services.domain.clock import FixedClock
 from services.domain.prescription import RxStatus, project_prescription
 from tests.support import unique_id
-from tests.support.cast import METFORMIN, T0, Cast, item, line, new_app, ok, trace_codes
+from tests.support.cast import METFORMIN, T0, Cast, item, line, new_app, ok, physician_command, trace_codes
 
 
 @pytest.fixture
@@ -48,8 +48,8 @@ def test_a_recorded_rejection_is_replayed_even_when_the_state_has_changed(app: R
     command = c.ApprovePrescription(command_id=unique_id("cmd"), prescription_id=rx, pharmacist_id=pharmacist)
     refused = app.handle(command)
     assert (refused.status, refused.error) == ("rejected", "PharmacistNotFound")
-    ok(app.handle(c.RegisterPharmacist(pharmacist_id=pharmacist, employer_id=cast.hospital, name="n",
-                                       qualification_no="q")))
+    ok(app.handle(c.RegisterPharmacist(changed_by=cast.authority, pharmacist_id=pharmacist, employer_id=cast.hospital,
+                                       name="n", qualification_no="q")))
     replay = app.handle(command)
     assert replay.replayed and (replay.status, replay.error) == ("rejected", "PharmacistNotFound")
     fresh = app.handle(command.model_copy(update={"command_id": unique_id("cmd")}))
@@ -81,7 +81,7 @@ def test_batch_applies_in_order_and_a_refusal_does_not_poison_the_others(app: Rx
         c.ApprovePrescription(prescription_id=rx, pharmacist_id=cast.pharmacist, command_id=unique_id("cmd")),
         c.RoutePrescription(prescription_id=rx, pharmacy_id="no-such-pharmacy", basis=RoutingBasis.ROUTING_RULE),
         c.RoutePrescription(prescription_id=rx, pharmacy_id=cast.pharmacy, basis=RoutingBasis.PATIENT_CHOICE),
-        c.RegisterPhysician(physician_id=cast.physician, hospital_id=cast.hospital, name="x", qualification_no="y"),
+        physician_command(cast.physician, cast.hospital, cast.region),
     ]
     batch.append(batch[3])  # the same command id twice in one batch
     outcomes = app.apply_batch(batch)

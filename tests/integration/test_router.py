@@ -89,7 +89,8 @@ async def _route_by_rule(p: Pipeline, tag: str, refs: list[str]) -> dict[str, tu
     await p.call(cast.designate, ids["ELSE"], region=OTHER_REGION, drugs=DRUGS)
     await p.call(cast.designate, ids["LACK"], drugs=(METFORMIN,))
     await p.call(cast.designate, ids["NOLIST"])
-    ok(await p.call(p.app.handle, c.SuspendPharmacyAgreement(pharmacy_id=ids["SUSP"], reason="audit findings")))
+    ok(await p.call(p.app.handle, c.SuspendPharmacyAgreement(changed_by="agency:370100", pharmacy_id=ids["SUSP"],
+                                                               reason="audit findings")))
     await _pharmacies_known(p, *ids.values(), suspended=(ids["SUSP"],))
     out = {}
     rxs = {ref: await p.call(cast.approved, item(METFORMIN), item(AMLODIPINE), prescription_ref=ref) for ref in refs}

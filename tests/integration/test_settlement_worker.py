@@ -188,7 +188,8 @@ async def test_worker_settles_visit_and_prescription_once_with_the_worked_split(
 
 
 async def test_a_patient_suspended_for_fraud_is_settled_without_insurance(world: World) -> None:
-    world.app.handle(c.SuspendPatientForFraud(patient_ref=world.app.vault.patient_ref(world.national_id),
+    world.app.handle(c.SuspendPatientForFraud(changed_by="agency:370100",
+                                              patient_ref=world.app.vault.patient_ref(world.national_id),
                                               reason="duplicate claims"))
     encounter = world.visit()
     world.delivered_prescription(encounter)

@@ -50,6 +50,7 @@ from services.domain.errors import InvalidCommand
 from services.infra.settings import Settings
 from services.replay import replay
 from tests.support import unique_id
+from tests.support.cast import patient_commands, physician_command
 
 CHANGCHUN = "220100"
 SECRET = b"rxtrail-statement-test-secret-0123456789"
@@ -132,13 +133,24 @@ def books(make_database: Callable[[], str]) -> Iterator[Books]:
     inst = unique_id("INST")
     b = Books(app, clock, db, inst, (unique_id("H1"), unique_id("H2")), (unique_id("DR"), unique_id("DR")),
               unique_id("RPH"), unique_id("PH"), f"2201{secrets.randbelow(10**14):014d}")
+    by = {"changed_by": f"agency:{CHANGCHUN}"}
+    place = {**by, "ownership": "public", "level": "tertiary", "region": CHANGCHUN}
+    ok(app.handle(c.RegisterInstitution.model_validate({**place, "institution_id": inst, "name": "People's Hospital",
+                                                        "institution_kind": "physical", "agreement_no": "AG-1"})))
     for physician, hospital in zip(b.physicians, b.hospitals, strict=True):
-        ok(app.handle(c.RegisterPhysician(physician_id=physician, hospital_id=hospital, name="Dr Zhao",
-                                          qualification_no="Q")))
-    ok(app.handle(c.RegisterPharmacist(pharmacist_id=b.pharmacist, employer_id="platform", name="Sun",
-                                       qualification_no="Q", third_party=True)))
-    ok(app.handle(c.DesignatePharmacy(pharmacy_id=b.pharmacy, name="Yikang", pooling_region=CHANGCHUN,
+        ok(app.handle(c.RegisterInstitution.model_validate({
+            **place, "institution_id": hospital, "name": "Internet Hospital", "institution_kind": "internet",
+            "physical_institution_id": inst, "agreement_no": unique_id("AG")})))
+        ok(app.handle(physician_command(physician, hospital, CHANGCHUN)))
+    ok(app.handle(c.RegisterPharmacist(**by, pharmacist_id=b.pharmacist, company_id="platform", name="Sun",
+                                       qualification_no="Q", third_party=True, region=CHANGCHUN)))
+    for hospital in b.hospitals:
+        ok(app.handle(c.RecordCooperationAgreement(**by, pharmacist_id=b.pharmacist, hospital_id=hospital,
+                                                   agreement_no=unique_id("CA"))))
+    ok(app.handle(c.DesignatePharmacy(**by, pharmacy_id=b.pharmacy, name="Yikang", pooling_region=CHANGCHUN,
                                       agreement_no=unique_id("A"))))
+    for outcome in app.apply_batch(patient_commands(b.national_id, CHANGCHUN)):
+        ok(outcome)
     # February
     visit = b.visit(0)
     ok(app.handle(c.SettleConsultation(encounter_id=visit, patient_national_id=b.national_id,

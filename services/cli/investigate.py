@@ -67,8 +67,11 @@ def investigate(
     query = dict(given)
     if patient is not None:  # the national id never leaves this function: only its pseudonym is used and shown
         query["patient"] = _patient_ref(settings, patient)
+    from services.bootstrap import shard_database_urls
+
+    stores = shard_database_urls(settings) if settings.shards else None
     try:
-        report = collect(database_url, query, when, limit)
+        report = collect(database_url, query, when, limit, stores=stores)
     except LookupError as exc:
         err.print(f"[bold red]investigate:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from exc
@@ -79,8 +82,8 @@ def investigate(
     if bundle is not None:
         from services.integrity.bundle import export_investigation
 
-        path = export_investigation(database_url, settings.data_dir, report, sorted(proven_aggregates(report)),
-                                    bundle)
+        path = export_investigation(stores or database_url, settings.data_dir, report,
+                                    sorted(proven_aggregates(report)), bundle)
         (err if json_out else console).print(f"wrote evidence bundle {path} ({len(proven_aggregates(report))} "
                                              "trails); `rxtrail verify --bundle` checks it offline", highlight=False,
                                              markup=False)
@@ -100,8 +103,8 @@ def _patient_ref(settings: Any, value: str) -> str:
 # --- reading ------------------------------------------------------------------------------------------------------
 
 
-def _schemas(database_url: str, as_of: datetime | None) -> dict[str, str]:
-    """The schemas to read (as-of schemas built from the event store when missing)."""
+def _schemas(database_url: str, as_of: datetime | None, stores: dict[str, str] | None = None) -> dict[str, str]:
+    """The schemas to read (as-of schemas built from the event store, or every shard's, when missing)."""
     import psycopg
 
     from projections.fraud.queries import exists
@@ -115,7 +118,7 @@ def _schemas(database_url: str, as_of: datetime | None) -> dict[str, str]:
             missing = [n for n, schema in names.items()
                        if not conn.execute("SELECT to_regclass(%s)", (f"{schema}.stream_versions",)).fetchone()[0]]  # type: ignore[index]
         for n in missing:
-            replay(n, database_url, None, as_of=as_of, from_store=True, progress=False)
+            replay(n, database_url, None, as_of=as_of, from_store=True, progress=False, stores=stores)
     with psycopg.connect(database_url) as conn:
         if not exists(conn, names["fraud"]) or not conn.execute(
                 "SELECT to_regclass(%s)", (f"{names['traceability']}.prescriptions",)).fetchone()[0]:  # type: ignore[index]
@@ -124,7 +127,8 @@ def _schemas(database_url: str, as_of: datetime | None) -> dict[str, str]:
     return names
 
 
-def collect(database_url: str, query: dict[str, str], as_of: datetime | None, limit: int = 50) -> dict[str, Any]:
+def collect(database_url: str, query: dict[str, str], as_of: datetime | None, limit: int = 50, *,
+            stores: dict[str, str] | None = None) -> dict[str, Any]:
     """Everything the investigation shows, as JSON-ready data: the prescriptions with their trails, the trace code's
     sales and refused attempts, and the findings."""
     import psycopg
@@ -132,7 +136,7 @@ def collect(database_url: str, query: dict[str, str], as_of: datetime | None, li
     from projections.fraud import queries as fq
     from projections.traceability import queries as tq
 
-    schemas = _schemas(database_url, as_of)
+    schemas = _schemas(database_url, as_of, stores)
     ts, fs = schemas["traceability"], schemas["fraud"]
     (kind, value), = query.items()
     out: dict[str, Any] = {"query": {kind: value}, "as_of": as_of.isoformat() if as_of else None,

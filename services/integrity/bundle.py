@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -294,28 +294,36 @@ def _read_trails(database_url: str, aggregate_ids: Sequence[str], logs: Sequence
     return checkpoint, found, head_rows, leaves
 
 
-def export_investigation(database_url: str, data_dir: str | Path, shown: dict[str, Any],
+def export_investigation(database_url: str | Mapping[str, str], data_dir: str | Path, shown: dict[str, Any],
                          aggregate_ids: Sequence[str], out: str | Path, *, logs: Sequence[str] | None = None,
                          schema: str = "public") -> Path:
     """Write what an investigation showed (``shown``, JSON-ready) with a trail bundle for each aggregate it rests on
     (the same proof as ``export_trail``: events, chain, signed checkpoint, inclusion proof), signed as a whole, as
-    one file ``verify_bundle`` checks offline. Makes a new checkpoint first when the latest does not cover them."""
+    one file ``verify_bundle`` checks offline. Makes a new checkpoint first when the latest does not cover them.
+
+    ``database_url``: the event store, or with region shards every store by name (each trail is proven under the
+    checkpoint of the store that holds it)."""
     key = load_or_create_key(data_dir)
-    ids = sorted({str(a) for a in aggregate_ids})
-    snapshot = _read_trails(database_url, ids, logs, schema)
-    if snapshot is None:
-        create_checkpoint(database_url, data_dir, logs=logs, schema=schema)
-        snapshot = _read_trails(database_url, ids, logs, schema)
+    stores = dict(database_url) if isinstance(database_url, Mapping) else {"": database_url}
+    wanted = sorted({str(a) for a in aggregate_ids})
+    trails: list[dict[str, Any]] = []
+    for name, url in stores.items():
+        snapshot = _read_trails(url, wanted, logs, schema)
         if snapshot is None:
-            raise CheckpointError("no checkpoint covers the investigated trails")
-    checkpoint, found, head_rows, leaves = snapshot
-    trails = [build_bundle(key, checkpoint, log, aggregate_id,
-                           [(r.notification_id, r.version, r.topic, r.state) for r in rows], head_rows, leaves)
-              for aggregate_id, log, rows in found]
+            create_checkpoint(url, data_dir, logs=logs, schema=schema, store=name or None)
+            snapshot = _read_trails(url, wanted, logs, schema)
+            if snapshot is None:
+                raise CheckpointError(f"no checkpoint covers the investigated trails{f' in store {name}' if name else ''}")
+        checkpoint, found, head_rows, leaves = snapshot
+        trails += [build_bundle(key, checkpoint, log, aggregate_id,
+                                [(r.notification_id, r.version, r.topic, r.state) for r in rows], head_rows, leaves)
+                   for aggregate_id, log, rows in found]
+        held = {aggregate_id for aggregate_id, _, _ in found}
+        wanted = [a for a in wanted if a not in held]
     bundle: dict[str, Any] = {
         "format": INVESTIGATION_FORMAT,
         "shown": json.loads(json.dumps(shown, default=str)),
-        "trails": trails,
+        "trails": sorted(trails, key=lambda b: str(b["aggregate_id"])),
         "public_key": base64.b64encode(raw_public_key(key.public_key())).decode(),
     }
     bundle["export_signature"] = base64.b64encode(key.sign(_signing_bytes(bundle))).decode()

@@ -4,7 +4,8 @@
 - ``patients``: R11 status from ``PatientSuspendedForFraud`` / ``PatientReinstated``;
 - ``ledger``: one row per settled prescription or visit (patient, year, fund, personal account, deductible counted),
   whose sums per patient and year are the year-to-date figures — booked when the worker issues the command
-  (``source = 'issued'``) and corrected by the settled event (``'event'``);
+  (``source = 'issued'``) and replaced by the settled event (``'event'``), which carries the deductible applied, so
+  a rebuild from the events alone gives the same year-to-date figures;
 - ``skipped``: triggers that called for no settlement, and refusals, with the reason.
 """
 
@@ -65,17 +66,21 @@ def reinstate(conn: psycopg.Connection[Any], schema: str, status_id: UUID) -> No
 
 
 def record_settled(conn: psycopg.Connection[Any], schema: str,
-                   rows: Sequence[tuple[UUID, str, int, Decimal, Decimal]]) -> None:
-    """``(aggregate_id, patient_ref, year, fund, personal_account)`` of settled events: the ledger's figures."""
+                   rows: Sequence[tuple[UUID, str, int, Decimal, Decimal, Decimal | None]]) -> None:
+    """``(aggregate_id, patient_ref, year, fund, personal_account, deductible_applied)`` of settled events: the
+    ledger's figures, rebuilt from the events alone (``deductible_applied`` None: an event from before it was
+    recorded, whose deductible the worker booked when it issued the command)."""
     if not rows:
         return
     with conn.cursor() as cur:
         cur.executemany(sql.SQL(
-            "INSERT INTO {}.ledger (aggregate_id, patient_ref, year, fund, personal_account, source)"
-            " VALUES (%s, %s, %s, %s, %s, 'event') ON CONFLICT (aggregate_id) DO UPDATE SET"
+            "INSERT INTO {}.ledger (aggregate_id, patient_ref, year, fund, personal_account, deductible, source)"
+            " VALUES (%s, %s, %s, %s, %s, coalesce(%s, 0), 'event') ON CONFLICT (aggregate_id) DO UPDATE SET"
             " patient_ref = EXCLUDED.patient_ref, year = EXCLUDED.year, fund = EXCLUDED.fund,"
-            " personal_account = EXCLUDED.personal_account, source = 'event'").format(sql.Identifier(schema)),
-            rows)
+            " personal_account = EXCLUDED.personal_account,"
+            " deductible = CASE WHEN %s::numeric IS NULL THEN {}.ledger.deductible ELSE EXCLUDED.deductible END,"
+            " source = 'event'").format(sql.Identifier(schema), sql.Identifier(schema)),
+            [(*r, r[5]) for r in rows])
 
 
 def book(conn: psycopg.Connection[Any], schema: str, aggregate_id: UUID, patient_ref: str, year: int, fund: Decimal,

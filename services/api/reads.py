@@ -160,7 +160,7 @@ class Reads:
         out = [self._statement(region, PartyKind.PHYSICAL_INSTITUTION, r["physical_institution_id"], r)
                for r in self._read(lambda c: hospital_region_institution_statements(
                    c, HospitalSettlement.name, pooling_region=region, month=month)) or []]
-        out += [_statement(r["party_kind"], r["party_id"], r, {"party_id", "party_kind", "month", "pooling_region"})
+        out += [self._statement(region, PartyKind(r["party_kind"]), r["party_id"], r)
                 for r in self._read(lambda c: pharmacy_region_statements(
                     c, PharmacySettlement.name, pooling_region=region, month=month)) or []]
         return out
@@ -207,8 +207,3 @@ def _last_day(month: str) -> date:
 def _next(rows: Sequence[tuple[Any, ...]], limit: int) -> int | None:
     """The cursor of the next page (the last row's seq), or None when this page is the last."""
     return int(rows[-1][0]) if len(rows) == limit else None
-
-
-def _statement(kind: str, party_id: str, row: dict[str, Any], keys: set[str]) -> m.StatementPublic:
-    return m.StatementPublic(party_kind=kind, party_id=party_id, month=row["month"],
-                             figures={k: v for k, v in row.items() if k not in keys})

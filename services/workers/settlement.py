@@ -147,7 +147,7 @@ class SettlementWorker(CommandWorker):
 
     def _settled(self, conn: psycopg.Connection[Any], schema: str, batch: Sequence[Delivered]) -> None:
         rows = [(d.aggregate_id, d.event.patient_ref, self._year(d.timestamp), d.event.fund,
-                 d.event.personal_account)
+                 d.event.personal_account, d.event.deductible_applied if d.event.deductible_applied else None)
                 for d in batch if isinstance(d.event, PrescriptionSettled | ConsultationSettled)]
         state.record_settled(conn, schema, rows)
 

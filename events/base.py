@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -108,11 +109,29 @@ def to_price(value: object) -> Decimal:
     return amount
 
 
+_MONEY_TEXT = re.compile(r"^-?\d+\.\d{2}$")
+
+
+def _money_input(parse: Callable[[object], Decimal]) -> Callable[[object], Decimal]:
+    """The field validator of a money type: what an outsider sends is a string in the declared pattern (exactly two
+    decimal places; no exponent such as "1e1", no "+", spaces or bare integers) or, from Python, a Decimal."""
+
+    def validate(value: object) -> Decimal:
+        if isinstance(value, str):
+            if not _MONEY_TEXT.fullmatch(value):
+                raise ValueError(f"money is a string with exactly 2 decimal places, like \"12.50\": {value[:40]!r}")
+        elif not isinstance(value, Decimal):
+            raise ValueError("money is a string with exactly 2 decimal places, like \"12.50\" (not a JSON number)")
+        return parse(value)
+
+    return validate
+
+
 _SERIALIZE_MONEY = PlainSerializer(lambda d: f"{d:.2f}", return_type=str, when_used="json")
 
 Money = Annotated[
     Decimal,
-    PlainValidator(to_money),
+    PlainValidator(_money_input(to_money)),
     _SERIALIZE_MONEY,
     WithJsonSchema({
         "type": "string", "pattern": rf"^-?\d{{1,{MONEY_DIGITS}}}\.\d{{2}}$", "maxLength": MONEY_DIGITS + 4,
@@ -123,7 +142,7 @@ Money = Annotated[
 
 Amount = Annotated[
     Decimal,
-    PlainValidator(to_amount),
+    PlainValidator(_money_input(to_amount)),
     _SERIALIZE_MONEY,
     WithJsonSchema({
         "type": "string", "pattern": rf"^\d{{1,{MONEY_DIGITS}}}\.\d{{2}}$", "maxLength": MONEY_DIGITS + 3,
@@ -134,7 +153,7 @@ Amount = Annotated[
 
 UnitPrice = Annotated[
     Decimal,
-    PlainValidator(to_price),
+    PlainValidator(_money_input(to_price)),
     _SERIALIZE_MONEY,
     WithJsonSchema({
         "type": "string", "pattern": rf"^\d{{1,{PRICE_DIGITS}}}\.\d{{2}}$", "maxLength": PRICE_DIGITS + 3,
@@ -187,8 +206,17 @@ DrugCode = Annotated[
     Field(pattern=r"^[XZ][A-Z0-9]{19}$", min_length=20, max_length=20,
           description="national medical-insurance drug code (20 chars)"),
 ]
+def _trace_code(value: str) -> str:
+    if len(value) != 20 or not value.isascii() or not value.isdigit():
+        raise ValueError(f"R8: a drug traceability code is the 20-digit national code (药品追溯码): {value[:40]!r}")
+    return value
+
+
 TraceCodeStr = Annotated[
-    str, Field(pattern=r"^\d{20}$", min_length=20, max_length=20, description="20-digit drug traceability code")
+    str,
+    Field(max_length=40, json_schema_extra={"pattern": r"^\d{20}$", "minLength": 20, "maxLength": 20},
+          description="20-digit drug traceability code (R8)"),
+    AfterValidator(_trace_code),
 ]
 PatientRef = Annotated[
     str, Field(min_length=8, max_length=ID_LENGTH, description="keyed pseudonym of the patient, never the identity")

@@ -5,13 +5,15 @@
 
 from __future__ import annotations
 
+from decimal import ROUND_DOWN, Decimal
 from enum import StrEnum
 from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from events.base import (
+    CENT,
     ITEMS_MAX,
     QUANTITY_MAX,
     REASONS_MAX,
@@ -65,16 +67,61 @@ class PrescriptionItem(BaseModel):
         return self.category in (CatalogCategory.C, CatalogCategory.NONE) or self.off_indication
 
 
+PACK_UNITS_MAX = 10_000
+"""Units (tablets, capsules, doses) in one pack, for split-pack sales."""
+
+
+class SplitPack(BaseModel):
+    """拆零销售：从一个已扫码的整盒中售出 ``units``（共 ``pack_units``）。The pack's own trace code is scanned; its
+    aggregate counts the units sold until the pack is used up (R8: never more than the pack holds)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    units: int = Field(ge=1, le=PACK_UNITS_MAX, description="units sold from the pack")
+    pack_units: int = Field(ge=2, le=PACK_UNITS_MAX, description="units a whole pack holds")
+
+    @model_validator(mode="after")
+    def _a_part(self) -> SplitPack:
+        if self.units >= self.pack_units:
+            raise ValueError("a split-pack sale sells part of a pack (units < pack_units); sell a whole pack as such")
+        return self
+
+
 class DispensedLine(BaseModel):
-    """一次配药的一行：实际数量、实际单价、限价（R7）和扫码的追溯码（R8）。"""
+    """一次配药的一行：实际数量、实际单价、扫码的追溯码（R8，每盒一个）；拆零时记录整盒追溯码与售出份额。
+
+    ``price_cap`` and ``payment_standard`` (R7) are the authority's registry values on the dispense day, written by
+    the platform into ``PrescriptionDispensed`` (R17); a request may leave them out, and one that states a value
+    the registry does not hold is refused. Events before schema v2 carry the cap the dispenser declared."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     drug_code: DrugCode
     quantity: Quantity
-    unit_price: UnitPrice
-    price_cap: UnitPrice
-    trace_codes: tuple[TraceCodeStr, ...] = Field(default=(), max_length=QUANTITY_MAX)
+    unit_price: UnitPrice = Field(description="actual price per pack (split sale: for the units sold)")
+    price_cap: UnitPrice | None = Field(
+        default=None, description="R7: the registry's price cap per pack on the day (set by the platform)")
+    payment_standard: UnitPrice | None = Field(
+        default=None, description="R7: the registry's payment standard per pack on the day (set by the platform)")
+    trace_codes: tuple[TraceCodeStr, ...] = Field(
+        default=(), max_length=QUANTITY_MAX, description="R8: one 20-digit code per pack (split sale: the pack's)")
+    split: SplitPack | None = Field(default=None, description="split-pack sale (拆零): quantity 1, one code")
+
+    def _share(self, per_pack: Decimal) -> Decimal:
+        """A per-pack figure for this line's unit: the pack's, or the split sale's share (rounded down to the cent)."""
+        if self.split is None:
+            return per_pack
+        return (per_pack * self.split.units / self.split.pack_units).quantize(CENT, rounding=ROUND_DOWN)
+
+    @property
+    def cap_per_unit(self) -> Decimal | None:
+        return None if self.price_cap is None else self._share(self.price_cap)
+
+    @property
+    def settlement_price(self) -> Decimal:
+        """R7: what the insurance pays on per unit of this line: min(actual, payment standard, cap) of those known."""
+        known = [self.unit_price, *(self._share(v) for v in (self.payment_standard, self.price_cap) if v is not None)]
+        return min(known)
 
 
 def _trace_codes_within_limit(lines: tuple[DispensedLine, ...]) -> tuple[DispensedLine, ...]:
@@ -195,12 +242,35 @@ class PrescriptionReturned(PrescriptionEvent):
 
 
 class PrescriptionDispensed(PrescriptionEvent):
-    """配药（允许分次，累计不超过处方量，R13）。"""
+    """配药（允许分次，累计不超过处方量，R13）。v2: lines carry the registry's cap and payment standard (R7/R17),
+    optional, and split-pack sales; v1 lines carry the cap the dispenser declared."""
 
+    schema_version: int = 2
     dispenser_id: Id
     dispense_no: Version
     lines: DispensedLines
     complete: bool
+
+
+@register_upcaster("PrescriptionDispensed", 1)
+def _dispensed_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    return data  # every v1 field keeps its meaning; the new ones default to None
+
+
+class PacksReturned(PrescriptionEvent):
+    """整盒退回（未交付前）：这些追溯码回到库存，可再次销售；所在配药行的数量相应减少。"""
+
+    dispense_no: Version
+    trace_codes: tuple[TraceCodeStr, ...] = Field(min_length=1, max_length=TRACE_CODES_MAX)
+    reason: Text
+
+
+class PrescriptionValidityExtended(PrescriptionEvent):
+    """医师延长处方有效期（R19：自开具起最长 3 天）。"""
+
+    physician_id: Id
+    valid_until: UTCDateTime
+    reason: Text
 
 
 class DispenseWithdrawn(PrescriptionEvent):
@@ -302,6 +372,8 @@ PRESCRIPTION_EVENTS: tuple[type[DomainEvent], ...] = (
     PrescriptionReturned,
     PrescriptionDispensed,
     DispenseWithdrawn,
+    PacksReturned,
+    PrescriptionValidityExtended,
     DeliveryArranged,
     PrescriptionDelivered,
     PrescriptionCollected,

@@ -291,7 +291,6 @@ def random_trace_codes(n: int) -> list[str]:
 def dispense_body(quantity: int = 4, codes: Sequence[str] | None = None) -> dict[str, Any]:
     """``POST /pharmacy/prescriptions/{id}/dispenses``: ``quantity`` boxes of the prescription's metformin."""
     return {"lines": [{"drug_code": CATALOG_METFORMIN, "quantity": quantity, "unit_price": "11.00",
-                       "price_cap": "11.25",
                        "trace_codes": list(codes) if codes is not None else random_trace_codes(quantity)}]}
 
 

@@ -38,6 +38,7 @@ from events.prescription import (
     DispenseWithdrawn,
     FeesClawedBack,
     FeesRefusedInAudit,
+    PacksReturned,
     PrescriptionAccepted,
     PrescriptionApproved,
     PrescriptionCancelled,
@@ -66,6 +67,7 @@ _STATUS: dict[type[Any], str] = {
     PrescriptionAccepted: "accepted",
     PrescriptionReturned: "returned",
     DispenseWithdrawn: "dispense_withdrawn",
+    PacksReturned: "packs_returned",
     DeliveryArranged: "delivery_arranged",
     PrescriptionDelivered: "delivered",
     PrescriptionCollected: "collected",
@@ -295,13 +297,15 @@ class Traceability:
                                       " FROM STDIN").format(s)) as copy:
                     for row in flags:
                         copy.write_row(row)
-            if withdrawals:
-                ids, nos, ats, eids = (list(c) for c in zip(*withdrawals, strict=True))
+            if withdrawals:  # a whole dispense (code None) or returned packs of it (their codes)
+                ids, nos, codes, ats, eids = (list(c) for c in zip(*withdrawals, strict=True))
                 cur.execute(sql.SQL(
                     "UPDATE {s}.trace_code_uses u SET withdrawn_at = w.at, withdrawn_event_id = w.event_id"
-                    " FROM unnest(%s::uuid[], %s::int[], %s::timestamptz[], %s::text[]) AS w(rx, no, at, event_id)"
-                    " WHERE u.prescription_id = w.rx AND u.dispense_no = w.no AND u.withdrawn_at IS NULL").format(s=s),
-                    (ids, nos, ats, eids))
+                    " FROM unnest(%s::uuid[], %s::int[], %s::text[], %s::timestamptz[], %s::text[])"
+                    " AS w(rx, no, code, at, event_id)"
+                    " WHERE u.prescription_id = w.rx AND u.dispense_no = w.no AND (w.code IS NULL OR u.code = w.code)"
+                    " AND u.withdrawn_at IS NULL").format(s=s),
+                    (ids, nos, codes, ats, eids))
         upsert_rows(conn, schema, "prescriptions", _RX_COLUMNS[:1], _RX_COLUMNS[1:],
                     [tuple(getattr(rxs[i], c) for c in _RX_COLUMNS) for i in changed_rx], _RX_TYPES)
         upsert_rows(conn, schema, "visits", _VISIT_COLUMNS[:1], _VISIT_COLUMNS[1:],
@@ -343,7 +347,11 @@ class Traceability:
                                      rx.patient_ref, d.timestamp, d.event_id))
                 return e.dispenser_id
             case DispenseWithdrawn():
-                withdrawals.append((d.aggregate_id, e.dispense_no, d.timestamp, d.event_id))
+                withdrawals.append((d.aggregate_id, e.dispense_no, None, d.timestamp, d.event_id))
+                return rx.dispenser_id or "dispenser"
+            case PacksReturned():
+                withdrawals.extend((d.aggregate_id, e.dispense_no, code, d.timestamp, d.event_id)
+                                   for code in e.trace_codes)
                 return rx.dispenser_id or "dispenser"
             case DeliveryArranged() | PrescriptionDelivered():
                 rx.delivery_enterprise_id = e.delivery_enterprise_id

@@ -43,6 +43,8 @@ ERROR_STATUS: dict[str, int] = {
     "SenderMismatch": 403,
 }
 _STATE = re.compile(r"in state (\w+)$")
+_NAMED_RULE = re.compile(r"\b(R\d{1,2}): ")
+"""A field's message that names the rule it enforces (a trace code that is not 20 digits: R8)."""
 RETRY_AFTER_S = 2
 """What a 503 tells the client to wait: PostgreSQL restarts in seconds, and the pools reconnect on their own."""
 PROBE_INTERVAL_S = 0.5
@@ -206,7 +208,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         reason, fields = _field_errors(exc.errors())
-        return _error(422, "ValidationError", reason, fields=fields)
+        named = _NAMED_RULE.search(reason)
+        return _error(422, "ValidationError", reason, fields=fields, rule=named.group(1) if named else None)
 
     @app.exception_handler(ValidationError)
     async def invalid_command(_: Request, exc: ValidationError) -> JSONResponse:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from events.base import (
     ITEMS_MAX,
     REASONS_MAX,
+    TRACE_CODES_MAX,
     Amount,
     Fee,
     Id,
@@ -28,6 +29,8 @@ from events.base import (
     RealNameMethod,
     Region,
     Text,
+    TraceCodeStr,
+    UTCDateTime,
     Version,
 )
 from events.prescription import DispensedLine, DispensedLines, PrescriptionItem, PrescriptionItems, RoutingBasis
@@ -154,6 +157,21 @@ class WithdrawalCreate(PrescriptionBody):
     reason: Text
 
 
+class PackReturnCreate(PrescriptionBody):
+    """Packs handed back before delivery or collection: their trace codes go back to stock (R8)."""
+
+    trace_codes: tuple[TraceCodeStr, ...] = Field(min_length=1, max_length=TRACE_CODES_MAX)
+    reason: Text
+
+
+class ValidityExtensionCreate(PrescriptionBody):
+    """R19: the prescribing physician extends the validity, to at most validity_days after issue."""
+
+    physician_id: Id
+    valid_until: UTCDateTime
+    reason: Text
+
+
 class DeliveryCreate(PrescriptionBody):
     """Arrange delivery; the fee, stated to the patient in advance, is self-pay (R6)."""
 
@@ -276,6 +294,8 @@ BODIES: dict[type[_Body], tuple[type[c.Command], tuple[str, ...]]] = {
     ReturnCreate: (c.ReturnPrescription, ("prescription_id", "dispenser_id")),
     DispenseCreate: (c.DispensePrescription, ("prescription_id", "dispenser_id")),
     WithdrawalCreate: (c.WithdrawDispense, ("prescription_id", "dispense_no")),
+    PackReturnCreate: (c.ReturnPacks, ("prescription_id", "dispenser_id")),
+    ValidityExtensionCreate: (c.ExtendValidity, ("prescription_id",)),
     DeliveryCreate: (c.ArrangeDelivery, ("prescription_id",)),
     DeliveredCreate: (c.MarkDelivered, ("prescription_id",)),
     CollectionCreate: (c.MarkCollected, ("prescription_id",)),

@@ -49,8 +49,13 @@ class Party:
         return f"{self.kind.value}:{self.id}"
 
 
+SELF_DISPENSE_COMMANDS: frozenset[type[c.Command]] = frozenset(
+    {c.AcceptPrescription, c.DispensePrescription, c.WithdrawDispense, c.ReturnPacks, c.MarkCollected}
+)
+"""What a hospital sends on a prescription it routed to itself (it dispenses its own; 002 §三(六))."""
 HOSPITAL_COMMANDS: frozenset[type[c.Command]] = frozenset(
-    {c.RecordFollowUpVisit, c.IssuePrescription, c.CancelPrescription, c.RoutePrescription}
+    {c.RecordFollowUpVisit, c.IssuePrescription, c.CancelPrescription, c.RoutePrescription, c.ExtendValidity,
+     *SELF_DISPENSE_COMMANDS}
 )
 PHARMACIST_COMMANDS: frozenset[type[c.Command]] = frozenset({c.ApprovePrescription, c.RejectPrescription})
 PHARMACY_COMMANDS: frozenset[type[c.Command]] = frozenset(
@@ -59,6 +64,7 @@ PHARMACY_COMMANDS: frozenset[type[c.Command]] = frozenset(
         c.ReturnPrescription,
         c.DispensePrescription,
         c.WithdrawDispense,
+        c.ReturnPacks,
         c.ArrangeDelivery,
         c.MarkDelivered,
         c.MarkCollected,
@@ -144,7 +150,7 @@ class Gate:
                 return rx.pooling_region == party.id
             case PartyKind.PHARMACIST:
                 pharmacist = self.pharmacist(party, unit)
-                return pharmacist is not None and (pharmacist.third_party or pharmacist.employer_id == rx.hospital_id)
+                return pharmacist is not None and rx.reviewable_by(pharmacist)  # R18
         return False
 
     def check(self, party: Party, command: c.Command, unit: UnitOfWork | None = None) -> None:
@@ -173,7 +179,10 @@ class Gate:
                 self.encounter(party, command.subject_id, unit)
         prescription_id = getattr(command, "prescription_id", None)
         if isinstance(prescription_id, UUID):
-            self.prescription(party, prescription_id, unit)
+            rx = self.prescription(party, prescription_id, unit)
+            if (party.kind is PartyKind.HOSPITAL and type(command) in SELF_DISPENSE_COMMANDS
+                    and not (rx.dispenser_kind is DispenserKind.HOSPITAL and rx.dispenser_id == party.id)):
+                raise Forbidden(party, f"send {type(command).__name__} for a prescription it did not route to itself")
 
 
 def scoped_command_id(party: Party, key: str | None) -> str | None:

@@ -20,6 +20,7 @@ from events.base import (
     ID_LENGTH,
     ITEMS_MAX,
     REASONS_MAX,
+    TRACE_CODES_MAX,
     Amount,
     CatalogCategory,
     DrugCode,
@@ -32,7 +33,9 @@ from events.base import (
     RealNameMethod,
     Region,
     Text,
+    TraceCodeStr,
     UnitPrice,
+    UTCDateTime,
     Version,
 )
 from events.prescription import DispensedLines, PrescriptionItems, RoutingBasis
@@ -73,16 +76,24 @@ class PatientIdentity(BaseModel):
 
 # --- hospitals ----------------------------------------------------------------------------------------
 
+REGISTRY_FACT = ("a registry fact (R17): read from the authority's registries at the visit; optional, and refused "
+                  "when it disagrees with them")
+SIGNATURE = ("R2: hex Ed25519 signature of the prescription's canonical content (services.domain.signature) by "
+             "the physician's registered key")
+VISIT_REGISTRY_FACTS = ("physical_institution_id", "institution_ownership", "pooling_region", "insured_region",
+                        "insurance_type")
+"""Fields of RecordFollowUpVisit the registries own (R17)."""
+
 
 class RecordFollowUpVisit(Command):
     kind: Literal["record_follow_up_visit"] = "record_follow_up_visit"
     hospital_id: Id
     visit_ref: Id = Field(description="the hospital's own visit number; the encounter id derives from it")
-    physical_institution_id: Id
-    institution_ownership: Ownership
-    pooling_region: Region
-    insured_region: Region
-    insurance_type: InsuranceType
+    physical_institution_id: Id | None = Field(default=None, description=REGISTRY_FACT)
+    institution_ownership: Ownership | None = Field(default=None, description=REGISTRY_FACT)
+    pooling_region: Region | None = Field(default=None, description=REGISTRY_FACT)
+    insured_region: Region | None = Field(default=None, description=REGISTRY_FACT)
+    insurance_type: InsuranceType | None = Field(default=None, description=REGISTRY_FACT)
     patient: PatientIdentity
     physician_id: Id
     physician_signature: Text
@@ -100,13 +111,12 @@ class IssuePrescription(Command):
     hospital_id: Id
     prescription_ref: Id = Field(description="the hospital's prescription number; the id derives from it")
     encounter_id: UUID
-    physician_signature: Text
+    physician_signature: Text = Field(description=SIGNATURE)
     items: PrescriptionItems
     first_visit_drug_codes: tuple[Id, ...] = Field(
         default=(), max_length=ITEMS_MAX, description="drugs of the first-visit (offline) prescription, for R5"
     )
     justification: LongText | None = None
-    emergency_declared: bool = False
     preferred_pharmacy_id: Id | None = Field(
         default=None,
         description="the patient's chosen designated pharmacy; unset = the router's rule picks one",
@@ -121,6 +131,15 @@ class CancelPrescription(PrescriptionCommand):
 
 class ExpirePrescription(PrescriptionCommand):
     kind: Literal["expire_prescription"] = "expire_prescription"
+
+
+class ExtendValidity(PrescriptionCommand):
+    """R19: the prescribing physician extends the validity (to at most validity_days after issue)."""
+
+    kind: Literal["extend_validity"] = "extend_validity"
+    physician_id: Id
+    valid_until: UTCDateTime
+    reason: Text
 
 
 # --- pharmacists ----------------------------------------------------------------------------------------
@@ -164,6 +183,15 @@ class DispensePrescription(PrescriptionCommand):
     kind: Literal["dispense_prescription"] = "dispense_prescription"
     dispenser_id: Id
     lines: DispensedLines
+
+
+class ReturnPacks(PrescriptionCommand):
+    """Packs handed back before delivery or collection: their trace codes go back to stock (R8)."""
+
+    kind: Literal["return_packs"] = "return_packs"
+    dispenser_id: Id
+    trace_codes: tuple[TraceCodeStr, ...] = Field(min_length=1, max_length=TRACE_CODES_MAX)
+    reason: Text
 
 
 class WithdrawDispense(PrescriptionCommand):
@@ -651,6 +679,7 @@ AnyCommand = Annotated[
     | IssuePrescription
     | CancelPrescription
     | ExpirePrescription
+    | ExtendValidity
     | ApprovePrescription
     | RejectPrescription
     | RoutePrescription
@@ -658,6 +687,7 @@ AnyCommand = Annotated[
     | ReturnPrescription
     | DispensePrescription
     | WithdrawDispense
+    | ReturnPacks
     | ArrangeDelivery
     | MarkDelivered
     | MarkCollected

@@ -42,10 +42,24 @@ from services.domain.encounter import Encounter
 from services.domain.errors import DomainError, InvalidCommand, PartyNotEligible, RuleViolation
 from services.domain.policy import DEFAULT_RULES, RuleConfig
 from services.domain.prescription import Prescription
-from services.domain.registries import PatientStatus, Pharmacist, Pharmacy, Physician
+from services.domain.registries import (
+    ChronicDiseaseList,
+    DrugListing,
+    EmergencyDeclarations,
+    Institution,
+    PatientInsurance,
+    PatientStatus,
+    Pharmacist,
+    Pharmacy,
+    Physician,
+    generic_code_of,
+)
 from services.domain.rules import R8
 from services.domain.settlement_case import SettlementCase, case_id
+from services.domain.supply import SupplyLedger
 from services.domain.trace_code import TraceCode
+from services.reference.policies import InstitutionLevel as PolicyLevel
+from services.reference.policies import PolicyNotFound, load_policy
 
 C = TypeVar("C", bound=c.Command)
 Handler = Callable[[Any, Any, UnitOfWork], UUID]
@@ -223,21 +237,24 @@ class RxTrail:
     # --- hospitals -------------------------------------------------------------------------------
     @handles(c.RecordFollowUpVisit)
     def _record_follow_up_visit(self, cmd: c.RecordFollowUpVisit, uow: UnitOfWork) -> UUID:
+        """R17: the institutions and the patient's insurance come from the registries, not the request."""
         encounter_id = encounter_id_for(cmd.hospital_id, cmd.visit_ref)
         uow.expect_new(Encounter, encounter_id, "encounter", f"{cmd.hospital_id}/{cmd.visit_ref}")
         physician = uow.get(Physician, Physician.id_for(cmd.physician_id))
         patient_ref = self.vault.patient_ref(cmd.patient.national_id)
+        hospital, physical = self._institutions(cmd.hospital_id, uow)
         personal = {"name": cmd.patient.name, "id_number": cmd.patient.national_id}
         if cmd.patient.phone:
             personal["phone"] = cmd.patient.phone
         encounter = Encounter.record(
             clock=self.clock,
             hospital_id=cmd.hospital_id,
-            physical_institution_id=cmd.physical_institution_id,
-            institution_ownership=cmd.institution_ownership,
-            pooling_region=cmd.pooling_region,
-            insured_region=cmd.insured_region,
-            insurance_type=cmd.insurance_type,
+            hospital=hospital,
+            physical=physical,
+            original_institution=uow.get(Institution, Institution.id_for(cmd.original_institution_id)),
+            insurance=uow.get(PatientInsurance, PatientInsurance.id_for(patient_ref)),
+            declared={name: getattr(cmd, name) for name in c.VISIT_REGISTRY_FACTS},
+            consultation_standard=self._consultation_standard(hospital, physical),
             patient_ref=patient_ref,
             patient_sealed=self.vault.seal(patient_ref, personal),
             physician_id=cmd.physician_id,
@@ -258,35 +275,58 @@ class RxTrail:
 
     @handles(c.IssuePrescription)
     def _issue_prescription(self, cmd: c.IssuePrescription, uow: UnitOfWork) -> UUID:
+        """R4 across prescriptions: the patient's supply ledger of each generic drug is saved with the prescription,
+        so two issues at once for the same patient and generic cannot both pass (one loses the version race and
+        runs again against the other's reservation)."""
         prescription_id = prescription_id_for(cmd.hospital_id, cmd.prescription_ref)
         uow.expect_new(Prescription, prescription_id, "prescription", f"{cmd.hospital_id}/{cmd.prescription_ref}")
         encounter = uow.require(Encounter, cmd.encounter_id)
         if encounter.hospital_id != cmd.hospital_id:
             raise PartyNotEligible("hospital", cmd.hospital_id, "the visit belongs to another hospital")
+        hospital, physical = self._institutions(cmd.hospital_id, uow)
         rx = Prescription.issue(
             clock=self.clock,
             encounter=encounter,
+            hospital=hospital,
+            physical=physical,
+            original_institution=uow.get(Institution, Institution.id_for(encounter.original_institution_id)),
             physician=uow.get(Physician, Physician.id_for(encounter.physician_id)),
             physician_signature=cmd.physician_signature,
+            prescription_ref=cmd.prescription_ref,
             items=cmd.items,
             first_visit_drug_codes=cmd.first_visit_drug_codes,
             justification=cmd.justification,
-            emergency_declared=cmd.emergency_declared,
+            chronic_list=uow.get(ChronicDiseaseList, ChronicDiseaseList.id_for(encounter.pooling_region)),
+            emergencies=uow.get(EmergencyDeclarations, EmergencyDeclarations.id_for(encounter.pooling_region)),
             preferred_pharmacy_id=cmd.preferred_pharmacy_id,
             rules=self.rules,
             prescription_id=prescription_id,
         )
         uow.add(rx)
+        generic_of = self._generic_codes(rx, uow)
+        for ledger in rx.reserve_supply(clock=self.clock, generic_of=generic_of,
+                                        ledgers=self._supply_ledgers(rx, generic_of, uow), rules=self.rules):
+            uow.add(ledger)
         return prescription_id
 
     @handles(c.CancelPrescription)
     def _cancel(self, cmd: c.CancelPrescription, uow: UnitOfWork) -> UUID:
-        self._rx(cmd, uow).cancel(clock=self.clock, reason=cmd.reason, cancelled_by=cmd.cancelled_by)
+        rx = self._rx(cmd, uow)
+        rx.cancel(clock=self.clock, reason=cmd.reason, cancelled_by=cmd.cancelled_by)
+        self._release_supply(rx, uow, "cancelled")
+        return cmd.prescription_id
+
+    @handles(c.ExtendValidity)
+    def _extend_validity(self, cmd: c.ExtendValidity, uow: UnitOfWork) -> UUID:
+        self._rx(cmd, uow).extend_validity(clock=self.clock, physician_id=cmd.physician_id,
+                                           valid_until=cmd.valid_until, reason=cmd.reason, rules=self.rules)
         return cmd.prescription_id
 
     @handles(c.ExpirePrescription)
     def _expire(self, cmd: c.ExpirePrescription, uow: UnitOfWork) -> UUID:
-        self._rx(cmd, uow).expire(clock=self.clock)
+        rx = self._rx(cmd, uow)
+        rx.expire(clock=self.clock)
+        self._release_supply(rx, uow, "expired")
         return cmd.prescription_id
 
     # --- pharmacists ------------------------------------------------------------------------------
@@ -299,7 +339,9 @@ class RxTrail:
     @handles(c.RejectPrescription)
     def _reject(self, cmd: c.RejectPrescription, uow: UnitOfWork) -> UUID:
         pharmacist = uow.require(Pharmacist, Pharmacist.id_for(cmd.pharmacist_id), key=cmd.pharmacist_id)
-        self._rx(cmd, uow).reject(clock=self.clock, pharmacist=pharmacist, reasons=cmd.reasons)
+        rx = self._rx(cmd, uow)
+        rx.reject(clock=self.clock, pharmacist=pharmacist, reasons=cmd.reasons)
+        self._release_supply(rx, uow, "rejected")
         return cmd.prescription_id
 
     # --- routing ------------------------------------------------------------------------------------
@@ -309,7 +351,10 @@ class RxTrail:
         pharmacy = None
         if cmd.pharmacy_id is not None:
             pharmacy = uow.require(Pharmacy, Pharmacy.id_for(cmd.pharmacy_id), key=cmd.pharmacy_id)
-        rx.route(clock=self.clock, pharmacy=pharmacy, basis=cmd.basis)
+        chosen = None
+        if rx.preferred_pharmacy_id is not None and rx.preferred_pharmacy_id != cmd.pharmacy_id:
+            chosen = uow.get(Pharmacy, Pharmacy.id_for(rx.preferred_pharmacy_id))
+        rx.route(clock=self.clock, pharmacy=pharmacy, basis=cmd.basis, chosen=chosen)
         return cmd.prescription_id
 
     # --- pharmacies ---------------------------------------------------------------------------------
@@ -330,8 +375,27 @@ class RxTrail:
         codes = [code for line in cmd.lines for code in line.trace_codes]
         held = uow.get_many(TraceCode, [TraceCode.id_for(code) for code in codes])
         scanned = {code: held[TraceCode.id_for(code)] for code in codes}
-        for sold in rx.dispense(clock=self.clock, dispenser_id=cmd.dispenser_id, lines=cmd.lines, trace_codes=scanned):
+        drugs = list(dict.fromkeys(line.drug_code for line in cmd.lines))
+        listed = uow.get_many(DrugListing, [DrugListing.id_for(code) for code in drugs])
+        listings = {code: listed[DrugListing.id_for(code)] for code in drugs}
+        pharmacy = None
+        if rx.dispenser_kind is DispenserKind.PHARMACY:
+            pharmacy = uow.require(Pharmacy, Pharmacy.id_for(cmd.dispenser_id), key=cmd.dispenser_id)
+        for sold in rx.dispense(clock=self.clock, dispenser_id=cmd.dispenser_id, lines=cmd.lines, trace_codes=scanned,
+                                listings=listings, pharmacy=pharmacy, rules=self.rules):
             uow.add(sold)
+        return cmd.prescription_id
+
+    @handles(c.ReturnPacks)
+    def _return_packs(self, cmd: c.ReturnPacks, uow: UnitOfWork) -> UUID:
+        """The packs' codes go back to stock in the same transaction as the prescription's event (R8)."""
+        rx = self._rx(cmd, uow)
+        codes = list(dict.fromkeys(cmd.trace_codes))
+        held = uow.get_many(TraceCode, [TraceCode.id_for(code) for code in codes])
+        found = {code: tc for code in codes if (tc := held[TraceCode.id_for(code)]) is not None}
+        for released in rx.return_packs(clock=self.clock, dispenser_id=cmd.dispenser_id, codes=codes,
+                                        reason=cmd.reason, trace_codes=found):
+            uow.add(released)
         return cmd.prescription_id
 
     @handles(c.WithdrawDispense)
@@ -353,6 +417,7 @@ class RxTrail:
             delivery_enterprise_id=cmd.delivery_enterprise_id,
             delivery_fee=cmd.delivery_fee,
             fee_disclosed=cmd.fee_disclosed,
+            address_ref=self.vault.address_ref(cmd.delivery_address) if cmd.delivery_address else None,
         )
         return cmd.prescription_id
 
@@ -515,6 +580,48 @@ class RxTrail:
     # --- helpers ------------------------------------------------------------------------------------
     def _rx(self, cmd: c.PrescriptionCommand, uow: UnitOfWork) -> Prescription:
         return uow.require(Prescription, cmd.prescription_id, expected_version=cmd.expected_version)
+
+    @staticmethod
+    def _institutions(hospital_id: str, uow: UnitOfWork) -> tuple[Institution | None, Institution | None]:
+        """The internet hospital and its physical institution as the registry holds them (None: not registered)."""
+        hospital = uow.get(Institution, Institution.id_for(hospital_id))
+        physical_id = hospital.physical_institution_id if hospital is not None else None
+        physical = uow.get(Institution, Institution.id_for(physical_id)) if physical_id else None
+        return hospital, physical
+
+    def _consultation_standard(self, hospital: Institution | None, physical: Institution | None) -> Decimal | None:
+        """R15: the treatment region's ordinary outpatient consultation price for the physical institution's level,
+        from the region's policy in force today (None: no policy for the region)."""
+        if hospital is None or physical is None:
+            return None
+        try:
+            policy = load_policy(hospital.region, as_of=self.rules.local_date(self.clock.now()))
+        except PolicyNotFound:
+            return None
+        return policy.consultation_fee.get(PolicyLevel(physical.level.value))
+
+    @staticmethod
+    def _generic_codes(rx: Prescription, uow: UnitOfWork) -> dict[str, str]:
+        """R4: each item's generic drug from the drug catalog (a drug not listed: the generic its national code
+        names, ``generic_code_of``)."""
+        listings = uow.get_many(DrugListing, [DrugListing.id_for(i.drug_code) for i in rx.items])
+        found = {listing.drug_code: listing.generic_code for listing in listings.values() if listing is not None}
+        return {i.drug_code: found.get(i.drug_code) or generic_code_of(i.drug_code) for i in rx.items}
+
+    @staticmethod
+    def _supply_ledgers(
+        rx: Prescription, generic_of: dict[str, str], uow: UnitOfWork
+    ) -> dict[str, SupplyLedger | None]:
+        generics = sorted(set(generic_of.values()))
+        held = uow.get_many(SupplyLedger, [SupplyLedger.id_for(rx.patient_ref, g) for g in generics])
+        return {g: held[SupplyLedger.id_for(rx.patient_ref, g)] for g in generics}
+
+    def _release_supply(self, rx: Prescription, uow: UnitOfWork, reason: str) -> None:
+        """R4: a prescription that ended (rejected, cancelled, expired, remainder closed) gives back its days."""
+        generic_of = self._generic_codes(rx, uow)
+        for ledger in rx.release_supply(clock=self.clock, generic_of=generic_of,
+                                        ledgers=self._supply_ledgers(rx, generic_of, uow), reason=reason):
+            uow.add(ledger)
 
     def _settling_ref(self, cmd: c.SettlePrescription | c.SettleConsultation) -> str:
         if cmd.patient_ref is not None:

@@ -23,6 +23,7 @@ from events.prescription import (
     DispenseWithdrawn,
     FeesClawedBack,
     FeesRefusedInAudit,
+    PacksReturned,
     PrescriptionAccepted,
     PrescriptionApproved,
     PrescriptionCancelled,
@@ -36,6 +37,7 @@ from events.prescription import (
     PrescriptionReturned,
     PrescriptionRouted,
     PrescriptionSettled,
+    PrescriptionValidityExtended,
     RoutingBasis,
     RuleFlagged,
 )
@@ -52,6 +54,7 @@ from services.domain.errors import (
 from services.domain.policy import DEFAULT_RULES, RuleConfig
 from services.domain.registries import (
     ChronicDiseaseList,
+    DrugListing,
     EmergencyDeclarations,
     Institution,
     PatientStatus,
@@ -68,7 +71,9 @@ from services.domain.rules import (
     check_r4_long_prescription,
     check_r6_fee_disclosed,
     check_r6_fee_self_pay,
+    check_r7_not_above_cap,
     check_r7_within_caps,
+    check_r8_one_code_per_pack,
     check_r8_scanned_once,
     check_r9_same_person,
     check_r10_consent,
@@ -81,7 +86,12 @@ from services.domain.rules import (
     check_r13_within_prescribed,
     check_r16_diagnosed_offline,
     check_r17_institution_active,
+    check_r17_patient_choice,
+    check_r17_pharmacy_lists,
+    check_r17_registered,
+    check_r17_request_agrees,
     check_r18_may_review,
+    check_r19_extension,
     check_r19_valid,
     flag_r5_beyond_first_visit,
     flag_r7_above_cap,
@@ -122,8 +132,8 @@ def _actual(line: DispensedLine) -> Decimal:
 
 
 def _capped(line: DispensedLine) -> Decimal:
-    """R7: insurance pays on min(actual, cap)."""
-    return min(line.unit_price, line.price_cap)
+    """R7: insurance pays on min(actual, payment standard, cap) of the registry's values recorded at the dispense."""
+    return line.settlement_price
 
 
 NOT_APPROVED = frozenset({S.ISSUED, S.REJECTED})
@@ -160,6 +170,8 @@ class Prescription(Aggregate):
     dispenses: dict[int, tuple[DispensedLine, ...]] = Field(default_factory=dict)
     last_dispense_no: int = 0
     remainder_closed_as: RxStatus | None = None
+    preferred_pharmacy_id: str | None = None
+    returned_by: frozenset[str] = frozenset()
     delivery_enterprise_id: str | None = None
     delivery_fee: Decimal = ZERO
     total: Decimal | None = None
@@ -359,11 +371,28 @@ class Prescription(Aggregate):
         )
 
     # --- routing --------------------------------------------------------------------------------
-    def route(self, *, clock: Clock, pharmacy: Pharmacy | None, basis: RoutingBasis) -> None:
-        """Route to a designated pharmacy of the pooling region; ``pharmacy=None`` means the hospital dispenses."""
+    def route(
+        self, *, clock: Clock, pharmacy: Pharmacy | None, basis: RoutingBasis, chosen: Pharmacy | None = None
+    ) -> None:
+        """Route to a designated pharmacy of the pooling region; ``pharmacy=None`` means the hospital dispenses.
+
+        The patient's recorded choice (``preferred_pharmacy_id``; ``chosen``: its registry record, None if it is not
+        registered) is honoured: while that pharmacy can take the prescription (registered, not returned by it,
+        agreement active, in the region), routing it anywhere else is refused (R17), whatever basis the request
+        states."""
         self._require_approved("route")
         self._require("route", S.APPROVED)
         self._require_valid(clock)
+        target = self.hospital_id if pharmacy is None else pharmacy.pharmacy_id
+        preferred = self.preferred_pharmacy_id
+        if preferred is not None and target != preferred:
+            chosen_can_take = (
+                preferred not in self.returned_by
+                and chosen is not None
+                and chosen.agreement_active
+                and chosen.pooling_region == self.pooling_region
+            )
+            check_r17_patient_choice(preferred, target, chosen_can_take, prescription_id=self.id)
         if pharmacy is None:
             kind, dispenser_id, ownership = (
                 DispenserKind.HOSPITAL,
@@ -416,10 +445,17 @@ class Prescription(Aggregate):
         dispenser_id: str,
         lines: Sequence[DispensedLine],
         trace_codes: Mapping[str, TraceCode | None],
+        listings: Mapping[str, DrugListing | None],
+        pharmacy: Pharmacy | None = None,
+        rules: RuleConfig = DEFAULT_RULES,
     ) -> list[TraceCode]:
-        """Dispense (partially or in full): R3, R13, R8 reject; R7 flags prices above the cap.
+        """Dispense (partially or in full): R3, R13, R19, R8, R7 and R17 reject; R7 flags a pharmacy above the cap.
 
-        ``trace_codes`` maps every scanned code to its aggregate from the repository (None if never seen).
+        ``trace_codes`` maps every scanned code to its aggregate from the repository (None if never seen);
+        ``listings`` maps every drug dispensed to its registry listing (None if not listed); ``pharmacy`` is the
+        dispensing pharmacy's registry record (None when the hospital dispenses). R8: exactly one 20-digit code per
+        pack (a split-pack sale: the opened pack's code and the units). R7/R17: the cap and payment standard are the
+        registry's on this (China) day, recorded on the event; an internet hospital selling above its cap is refused.
         Returns the trace-code aggregates to save in the same transaction: ``app.save(rx, *codes)``.
         On R8 nothing is recorded; the application then calls ``record_flag(violation=...)``.
         """
@@ -432,24 +468,42 @@ class Prescription(Aggregate):
         self._require_valid(clock)
         if not lines:
             raise InvalidCommand("nothing to dispense", prescription_id=self.id)
+        by_hospital = self.dispenser_kind is DispenserKind.HOSPITAL
+        institution = self.physical_institution_id if by_hospital else dispenser_id
+        day = rules.local_date(clock.now())
+        self_pay_only = {item.drug_code for item in self.items if item.self_pay_only}
         now_qty: Counter[str] = Counter()
+        recorded: list[DispensedLine] = []
         for line in lines:
             check_r13_on_prescription(line.drug_code, prescribed, prescription_id=self.id)
-            if len(line.trace_codes) > line.quantity:
-                raise InvalidCommand("more trace codes than packs dispensed", drug_code=line.drug_code)
+            check_r8_one_code_per_pack(line, prescription_id=self.id)
+            if pharmacy is not None:
+                check_r17_pharmacy_lists(pharmacy.drug_codes, line.drug_code, pharmacy.pharmacy_id)
+            listing = listings.get(line.drug_code)
+            if line.drug_code not in self_pay_only:
+                check_r17_registered(listing, "drug listing", drug_code=line.drug_code)
+            cap = None if listing is None else listing.price_cap_on(self.pooling_region, institution, day)
+            standard = None if listing is None else listing.payment_standard_on(self.pooling_region, day)
+            check_r17_request_agrees("price_cap", line.price_cap, cap, drug_code=line.drug_code)
+            check_r17_request_agrees("payment_standard", line.payment_standard, standard, drug_code=line.drug_code)
+            priced = line.model_copy(update={"price_cap": cap, "payment_standard": standard})
+            if by_hospital:
+                check_r7_not_above_cap(priced, prescription_id=self.id, institution_id=institution)
+            recorded.append(priced)
             now_qty[line.drug_code] += line.quantity
         check_r13_within_prescribed(now_qty, already, prescribed, prescription_id=self.id)
-        scanned = [(code, line.drug_code) for line in lines for code in line.trace_codes]
+        scanned = [(code, line) for line in recorded for code in line.trace_codes]
         check_r8_scanned_once((code for code, _ in scanned), attempted_for=self.id)
-        for code, drug_code in scanned:
+        for code, line in scanned:
             if code not in trace_codes:
                 raise InvalidCommand("trace code aggregate (or None) not supplied", trace_code=code)
             TraceCode.check_sellable(
                 trace_codes[code],
                 code=code,
-                drug_code=drug_code,
+                drug_code=line.drug_code,
                 business_type=self.business_type,
                 prescription_id=self.id,
+                split=line.split,
             )
 
         complete = all(already.get(c, 0) + now_qty.get(c, 0) == q for c, q in prescribed.items())
@@ -459,23 +513,25 @@ class Prescription(Aggregate):
             business_type=self.business_type,
             dispenser_id=dispenser_id,
             dispense_no=self.last_dispense_no + 1,
-            lines=tuple(lines),
+            lines=tuple(recorded),
             complete=complete,
         )
-        for finding in flag_r7_above_cap(lines):
-            self.record_flag(clock=clock, violation=finding)
+        if not by_hospital:
+            for finding in flag_r7_above_cap(recorded):
+                self.record_flag(clock=clock, violation=finding)
         return [
             TraceCode.sell(
                 trace_codes[code],
                 clock=clock,
                 code=code,
-                drug_code=drug_code,
+                drug_code=line.drug_code,
                 seller_id=dispenser_id,
                 business_type=self.business_type,
                 prescription_id=self.id,
                 patient_ref=self.patient_ref,
+                split=line.split,
             )
-            for code, drug_code in scanned
+            for code, line in scanned
         ]
 
     def withdraw_dispense(
@@ -490,8 +546,7 @@ class Prescription(Aggregate):
         if missing:
             raise TraceCodeNotFound(missing[0])
         for code in codes:
-            tc = trace_codes[code]
-            if not tc.sold or tc.prescription_id != self.id:
+            if not trace_codes[code].sold_for(self.id):
                 raise InvalidCommand("trace code is not sold for this prescription", trace_code=code)
         self._trigger(
             DispenseWithdrawn,
@@ -509,6 +564,63 @@ class Prescription(Aggregate):
             )
             returned.append(tc)
         return returned
+
+    def return_packs(
+        self, *, clock: Clock, dispenser_id: str, codes: Sequence[str], reason: str,
+        trace_codes: Mapping[str, TraceCode],
+    ) -> list[TraceCode]:
+        """Packs handed back before delivery or collection (unsold, or returned at the counter): an event on the
+        prescription per dispense they were part of, and each code released to stock (R8: it may be sold again).
+        The lines lose those packs (a split-pack line its units); a dispense left empty disappears."""
+        self._require("return_packs", S.PARTIALLY_DISPENSED, S.DISPENSED)
+        self._require_dispenser(dispenser_id)
+        wanted = list(dict.fromkeys(codes))
+        if not wanted:
+            raise InvalidCommand("no trace codes to return", prescription_id=self.id)
+        where = {code: no for no, lines in self.dispenses.items() for line in lines for code in line.trace_codes}
+        for code in wanted:
+            if code not in where:
+                raise InvalidCommand("trace code is not dispensed on this prescription", trace_code=code)
+            if code not in trace_codes:
+                raise TraceCodeNotFound(code)
+            if not trace_codes[code].sold_for(self.id):
+                raise InvalidCommand("trace code is not sold for this prescription", trace_code=code)
+        for dispense_no in sorted({where[code] for code in wanted}):
+            self._trigger(
+                PacksReturned,
+                clock,
+                business_type=self.business_type,
+                dispense_no=dispense_no,
+                trace_codes=tuple(code for code in wanted if where[code] == dispense_no),
+                reason=reason,
+            )
+        released = []
+        for code in wanted:
+            tc = trace_codes[code]
+            tc.return_to_stock(clock=clock, business_type=self.business_type, prescription_id=self.id, reason=reason)
+            released.append(tc)
+        return released
+
+    # --- validity -------------------------------------------------------------------------------
+    def extend_validity(
+        self, *, clock: Clock, physician_id: str, valid_until: datetime, reason: str,
+        rules: RuleConfig = DEFAULT_RULES,
+    ) -> None:
+        """R19: the prescribing physician extends a still-valid prescription to at most validity_days after issue."""
+        self._require("extend_validity", *BEFORE_DISPENSE, S.PARTIALLY_DISPENSED)
+        self._require_valid(clock)
+        check_r19_extension(
+            issued_at=self.issued_at, valid_until=self.valid_until, requested=valid_until,
+            physician_id=physician_id, prescriber_id=self.physician_id, rules=rules, prescription_id=self.id,
+        )
+        self._trigger(
+            PrescriptionValidityExtended,
+            clock,
+            business_type=self.business_type,
+            physician_id=physician_id,
+            valid_until=valid_until,
+            reason=reason,
+        )
 
     # --- hand-over ------------------------------------------------------------------------------
     def arrange_delivery(
@@ -597,13 +709,7 @@ class Prescription(Aggregate):
             insured=insured, insurable_total=drugs_total - self_pay_only, prescription_id=self.id,
             self_pay_only=self_pay_only,
         )
-        check_r7_within_caps(
-            fund=fund_,
-            insured=insured,
-            capped=self._lines_total(_capped, Lines.INSURABLE),
-            non_public=self.dispenser_ownership is Ownership.NON_PUBLIC,
-            prescription_id=self.id,
-        )
+        check_r7_within_caps(fund=fund_, capped=self._lines_total(_capped, Lines.INSURABLE), prescription_id=self.id)
         check_r12_policy_region(self.business_type, self.insured_region, self.pooling_region, policy_region)
         check_r12_catalog_region(catalog_region, self.pooling_region)
         check_r11_not_suspended(patient, self.patient_ref, fund_, personal_, clock, rules)
@@ -790,6 +896,7 @@ class Prescription(Aggregate):
             items=event.items,
             valid_until=event.valid_until,
             issued_at=event.timestamp,
+            preferred_pharmacy_id=event.preferred_pharmacy_id,
             emergency_declared=event.emergency_declared,
             chronic_listed=event.chronic_listed,
         )
@@ -811,6 +918,7 @@ class Prescription(Aggregate):
                 self.status = S.ACCEPTED
             case PrescriptionReturned():
                 self.status = S.APPROVED
+                self.returned_by = self.returned_by | {event.dispenser_id}
                 self.dispenser_kind = self.dispenser_id = self.dispenser_ownership = None
             case PrescriptionDispensed():
                 self.dispenses = {**self.dispenses, event.dispense_no: event.lines}
@@ -823,6 +931,25 @@ class Prescription(Aggregate):
                     self.status = self.remainder_closed_as or S.ACCEPTED
                 elif self.remainder_closed_as is None:
                     self.status = S.PARTIALLY_DISPENSED
+            case PacksReturned():
+                gone = set(event.trace_codes)
+                kept = tuple(
+                    line.model_copy(update={
+                        "quantity": line.quantity - len(gone & set(line.trace_codes)),
+                        "trace_codes": tuple(c for c in line.trace_codes if c not in gone),
+                    })
+                    for line in self.dispenses.get(event.dispense_no, ())
+                    if not (line.split is not None and gone & set(line.trace_codes))
+                    and line.quantity > len(gone & set(line.trace_codes))
+                )
+                others = {n: ls for n, ls in self.dispenses.items() if n != event.dispense_no}
+                self.dispenses = {**others, event.dispense_no: kept} if kept else others
+                if not self.dispenses:
+                    self.status = self.remainder_closed_as or S.ACCEPTED
+                elif self.remainder_closed_as is None:
+                    self.status = S.PARTIALLY_DISPENSED
+            case PrescriptionValidityExtended():
+                self.valid_until = event.valid_until
             case DeliveryArranged():
                 self.status = S.DELIVERY_ARRANGED
                 self.delivery_enterprise_id = event.delivery_enterprise_id

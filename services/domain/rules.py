@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from types import MappingProxyType
@@ -133,10 +133,12 @@ _CATALOGUE = (
           "003 art. 13", FLAG),
     _rule(R6, "Delivery fee stated to the patient in advance, never paid by the fund or personal account",
           "002 §三(四); 000 §四(三); 001 art. 13; 003 art. 16; 004 §七", REJECT),
-    _rule(R7, "Drug price not above the cap; the fund pays at most on the cap (flagged when dispensed above it)",
-          "003 art. 16; 001 art. 8, 11", BOTH,
-          note="the cap is taken from the dispense command, not yet from the agency's reference data (R17)"),
-    _rule(R8, "Each drug traceability code is sold once; a second scan is suspected fraud",
+    _rule(R7, "An internet hospital sells a drug at most at its price cap (refused above it); a retail pharmacy is "
+              "paid by the fund at most on the payment standard (flagged above the cap); caps and standards are the "
+              "registry's on the day of the dispense",
+          "003 art. 16; 001 art. 8, 11", BOTH),
+    _rule(R8, "One 20-digit drug traceability code per pack, each sold once (a split pack by its units); a second "
+              "scan is suspected fraud",
           "001 art. 29, 31", BOTH),
     _rule(R9, "The person served is the person settling; real-name verification recorded",
           "003 art. 7; 004 §七", REJECT),
@@ -171,9 +173,7 @@ _CATALOGUE = (
                "validity_days after issue; expired prescriptions are not routed or dispensed, expire on their own "
                "and the pharmacy's feed says so",
           "national prescription rules (处方管理办法 art. 18, outside the seeds)", REJECT,
-          parameters=("validity_days",),
-          note="every prescription is valid validity_days after issue; a physician's extension and expiry on "
-               "its own with the pharmacy told are not yet implemented"),
+          parameters=("validity_days",)),
 )
 
 
@@ -352,29 +352,52 @@ def check_r6_fee_self_pay(*, insured: Decimal, drugs_total: Decimal, delivery_fe
         raise RuleViolation(R6, "delivery fee paid by the fund or personal account", **ids, delivery_fee=delivery_fee)
 
 
+def _above_cap(line: DispensedLine) -> bool:
+    """The line's price per unit exceeds the cap (a split sale: its share of the pack's cap, compared exactly)."""
+    if line.price_cap is None:
+        return False
+    if line.split is None:
+        return line.unit_price > line.price_cap
+    return line.unit_price * line.split.pack_units > line.price_cap * line.split.units
+
+
+def check_r7_not_above_cap(line: DispensedLine, **ids: Any) -> None:
+    """R7: an internet hospital sells at most at its physical institution's price or the procurement price (the cap
+    the registry holds for it on the day)."""
+    if _above_cap(line):
+        raise RuleViolation(
+            R7,
+            f"unit price {line.unit_price} above the price cap {line.price_cap} the registry holds for the "
+            "institution on the day",
+            drug_code=line.drug_code,
+            unit_price=line.unit_price,
+            price_cap=line.price_cap,
+            **ids,
+        )
+
+
 def flag_r7_above_cap(lines: Iterable[DispensedLine]) -> list[RuleViolation]:
-    """R7: a line dispensed above its price cap (settled on the cap)."""
+    """R7: a retail pharmacy's line above the registry's cap (the fund pays on min(actual, standard, cap))."""
     return [
         RuleViolation(
             R7,
-            "unit price above the price cap; settled on the cap",
+            "unit price above the price cap; the fund pays at most on the payment standard or cap",
             drug_code=line.drug_code,
             unit_price=line.unit_price,
             price_cap=line.price_cap,
         )
         for line in lines
-        if line.unit_price > line.price_cap
+        if _above_cap(line)
     ]
 
 
-def check_r7_within_caps(
-    *, fund: Decimal, insured: Decimal, capped: Decimal, non_public: bool, **ids: Any
-) -> None:
-    """R7: the fund pays at most on the caps; at a public institution the excess is self-pay."""
+def check_r7_within_caps(*, fund: Decimal, capped: Decimal, **ids: Any) -> None:
+    """R7: the fund pays at most on min(actual, payment standard, cap) of each line, as the registry held them on the
+    day of the dispense (the excess is the patient's: personal account or self-pay). The former rule that sent a
+    non-public institution's excess to the personal account is a regional service-price rule (001 art. 8, 11), not
+    a drug rule, so it no longer applies here."""
     if fund > capped:
-        raise RuleViolation(R7, f"fund pays above the price caps ({capped})", **ids)
-    if not non_public and insured > capped:
-        raise RuleViolation(R7, f"public institution: price above the cap ({capped}) must be self-pay", **ids)
+        raise RuleViolation(R7, f"fund pays above the payment standards and price caps ({capped})", **ids)
 
 
 def check_r8_scanned_once(codes: Iterable[str], **ids: Any) -> None:
@@ -407,6 +430,65 @@ def check_r8_sold_once(
             drug_code=existing.drug_code,
             scanned_as=drug_code,
         )
+
+
+def check_r8_code_format(code: str, valid: bool) -> None:
+    """R8: a drug traceability code is the 20-digit national code; anything else is refused, never ignored."""
+    if not valid:
+        raise RuleViolation(R8, "a drug traceability code is the 20-digit national code", trace_code=code[:40])
+
+
+def check_r8_one_code_per_pack(line: DispensedLine, **ids: Any) -> None:
+    """R8: every pack handed over is scanned: exactly one code per pack; a split-pack sale is one line of quantity 1
+    with the opened pack's code. No code, fewer or more codes than packs are refused."""
+    if line.split is not None:
+        if line.quantity != 1 or len(line.trace_codes) != 1:
+            raise RuleViolation(
+                R8,
+                "a split-pack sale is quantity 1 with exactly the opened pack's trace code",
+                drug_code=line.drug_code, quantity=line.quantity, trace_codes=len(line.trace_codes), **ids,
+            )
+        return
+    if len(line.trace_codes) != line.quantity:
+        raise RuleViolation(
+            R8,
+            f"{line.quantity} packs need {line.quantity} trace codes, one per pack; {len(line.trace_codes)} scanned",
+            drug_code=line.drug_code, quantity=line.quantity, trace_codes=len(line.trace_codes), **ids,
+        )
+
+
+def check_r8_pack_units(
+    *, opened_units: int | None, units_sold: int, units: int | None, pack_units: int | None, trace_code: str
+) -> None:
+    """R8 for split packs: an opened pack is only sold on by units, of the same pack size, never beyond what it
+    holds; a pack opened for split sales is never sold again as a whole pack."""
+    if opened_units is None:
+        return
+    if units is None or pack_units is None:
+        raise RuleViolation(R8, "pack already opened for split-pack sales: it cannot be sold as a whole pack",
+                            trace_code=trace_code, units_sold=units_sold)
+    if pack_units != opened_units:
+        raise RuleViolation(R8, f"pack holds {opened_units} units, not {pack_units}", trace_code=trace_code)
+    if units_sold + units > pack_units:
+        raise RuleViolation(
+            R8, f"{units} more units would exceed the pack's {pack_units} ({units_sold} already sold)",
+            trace_code=trace_code, units_sold=units_sold,
+        )
+
+
+def check_r17_pharmacy_lists(drug_codes: Collection[str] | None, drug_code: str, pharmacy_id: str) -> None:
+    """R17: where the registry holds the pharmacy's drug list, the pharmacy dispenses only drugs on it."""
+    if drug_codes is not None and drug_code not in drug_codes:
+        raise RuleViolation(R17, "drug not on the pharmacy's registered drug list", drug_code=drug_code,
+                            pharmacy_id=pharmacy_id)
+
+
+def check_r17_patient_choice(preferred: str, target: str, preferred_can_take: bool, **ids: Any) -> None:
+    """R17: the patient's recorded choice of pharmacy is honoured; the prescription goes elsewhere only once the
+    chosen pharmacy cannot take it (it returned it, its agreement is suspended, or it left the region)."""
+    if preferred_can_take:
+        raise RuleViolation(R17, f"the patient chose pharmacy {preferred}; routing to {target} is refused",
+                            preferred_pharmacy_id=preferred, pharmacy_id=target, **ids)
 
 
 def check_r9_same_person(expected_ref: str, settling_ref: str, **ids: Any) -> None:
@@ -588,6 +670,25 @@ def check_r18_may_review(pharmacist: Pharmacist, hospital_id: str, physical_inst
     elif pharmacist.employer_id not in institutions:
         raise RuleViolation(R18, "pharmacist employed by another institution", pharmacist_id=pharmacist.pharmacist_id,
                             hospital_id=hospital_id, employer_id=pharmacist.employer_id)
+
+
+def check_r19_extension(
+    *, issued_at: datetime, valid_until: datetime, requested: datetime, physician_id: str, prescriber_id: str,
+    rules: RuleConfig, **ids: Any,
+) -> None:
+    """R19: only the prescribing physician extends a prescription's validity, to at most validity_days after issue."""
+    if physician_id != prescriber_id:
+        raise RuleViolation(R19, "only the prescribing physician extends the validity", physician_id=physician_id,
+                            **ids)
+    latest = issued_at + timedelta(days=rules.validity_days)
+    if requested > latest:
+        raise RuleViolation(R19, f"validity extends to at most {rules.validity_days} days after issue",
+                            requested=requested.isoformat(), latest=latest.isoformat(), **ids)
+    if requested <= valid_until:
+        raise InvalidCommand("an extension must end after the current validity", valid_until=valid_until.isoformat(),
+                             **ids)
+
+
 def check_r19_valid(now: datetime, valid_until: datetime, prescription_id: object) -> None:
     """R19: the prescription is still within its validity."""
     if now > valid_until:

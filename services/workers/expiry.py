@@ -2,9 +2,9 @@
 ``Prescription.valid_until`` = issue + ``RuleConfig.validity_days``). ``rxtrail run expiry`` runs it until SIGTERM.
 
 Which prescriptions. The worker folds ``rx.events`` into one table (schema ``expiry``): every issued prescription
-with its ``valid_until``, open while it can still expire — issued, approved, routed, accepted or partially
-dispensed (``Prescription.expire``'s states). Rejected, cancelled, expired and fully dispensed close it; a
-withdrawn dispense opens it again.
+with its ``valid_until`` (moved by the physician's extension, R19), open while it can still expire — issued,
+approved, routed, accepted or partially dispensed (``Prescription.expire``'s states). Rejected, cancelled, expired and
+fully dispensed close it; a withdrawn dispense or returned packs open it again.
 
 State: ``services.adapters.expiry_state``.
 
@@ -39,11 +39,13 @@ import psycopg
 from events import topics
 from events.prescription import (
     DispenseWithdrawn,
+    PacksReturned,
     PrescriptionCancelled,
     PrescriptionDispensed,
     PrescriptionExpired,
     PrescriptionIssued,
     PrescriptionRejected,
+    PrescriptionValidityExtended,
 )
 from projections.base import Delivered, MissingEvents, ensure_schema
 from services.adapters import expiry_state as state
@@ -94,8 +96,10 @@ class Expiry(CommandWorker):
                 opened[d.aggregate_id] = False
             elif isinstance(e, PrescriptionDispensed):
                 opened[d.aggregate_id] = not e.complete
-            elif isinstance(e, DispenseWithdrawn):
+            elif isinstance(e, DispenseWithdrawn | PacksReturned):
                 opened[d.aggregate_id] = True
+            elif isinstance(e, PrescriptionValidityExtended):  # R19: the row exists; only its validity moves
+                issued[d.aggregate_id] = e.valid_until
         state.record(conn, schema, issued, opened)
 
     # --- the sweep ---------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@
 When it routes. On ``PrescriptionApproved``, and again on ``PrescriptionReturned`` (the pharmacy declined).
 A prescription for which no pharmacy is eligible is left approved — nothing is recorded, a WARNING is logged
 and ``RouterStats.unroutable`` counts it — and is tried again when a pharmacy is designated in its pooling
-region. The hospital can still route it (or dispense itself) through the API at any time.
+region (or one there is reinstated or lists drugs: the registry's pharmacy events keep the router's view).
+The hospital can still route it (or dispense itself) through the API at any time.
 
 Where it routes: ``services.domain.routing`` (the pure choice: the patient's choice, then the routing rule).
 
@@ -47,7 +48,13 @@ from events.prescription import (
     PrescriptionReturned,
     PrescriptionRouted,
 )
-from events.registries import PharmacyAgreementSuspended, PharmacyDesignated
+from events.registries import (
+    PharmacyAgreementReinstated,
+    PharmacyAgreementSuspended,
+    PharmacyDesignated,
+    PharmacyDrugsDelisted,
+    PharmacyDrugsListed,
+)
 from projections.base import Delivered, MissingEvents, RunnerStats
 from services.adapters import router_state as state
 from services.application.commands import RoutePrescription
@@ -105,6 +112,20 @@ class Router(CommandWorker):
                 if d.aggregate_id in pharmacies:
                     pharmacies[d.aggregate_id] = replace(pharmacies[d.aggregate_id], agreement_active=False)
                     touched_pharmacies.add(d.aggregate_id)
+            elif isinstance(e, PharmacyAgreementReinstated | PharmacyDrugsListed | PharmacyDrugsDelisted):
+                # the registry's later facts about a pharmacy: it may take prescriptions again, or carry new drugs
+                info = pharmacies.get(d.aggregate_id)
+                if info is None:
+                    continue
+                if isinstance(e, PharmacyAgreementReinstated):
+                    info = replace(info, agreement_active=True)
+                elif isinstance(e, PharmacyDrugsListed):
+                    info = replace(info, drug_codes=(info.drug_codes or frozenset()) | set(e.drug_codes))
+                else:
+                    info = replace(info, drug_codes=(info.drug_codes or frozenset()) - set(e.drug_codes))
+                pharmacies[d.aggregate_id] = info
+                touched_pharmacies.add(d.aggregate_id)
+                designated.add(info.pooling_region)
             elif isinstance(e, PrescriptionIssued):
                 rxs[d.aggregate_id] = state.RoutedPrescription(
                     d.aggregate_id, e.pooling_region, tuple(i.drug_code for i in e.items), e.preferred_pharmacy_id)
@@ -189,7 +210,8 @@ def _is_rx(event: object) -> bool:
 
 
 def _is_pharmacy(event: object) -> bool:
-    return isinstance(event, PharmacyDesignated | PharmacyAgreementSuspended)
+    return isinstance(event, PharmacyDesignated | PharmacyAgreementSuspended | PharmacyAgreementReinstated
+                      | PharmacyDrugsListed | PharmacyDrugsDelisted)
 
 
 # --- composition root -----------------------------------------------------------------------------------

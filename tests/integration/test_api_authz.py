@@ -24,6 +24,7 @@ from tests.support.flows import (
     prescription_body,
     register_cast,
     settle_command,
+    trace_codes,
     visit_body,
 )
 from tests.support.read_side import read_side, wait_caught_up
@@ -48,7 +49,7 @@ def _visit(a: Actors, s: dict[str, str]) -> dict[str, Any]:
 
 
 def _rx_body(a: Actors, s: dict[str, str]) -> dict[str, Any]:
-    return prescription_body(s["visit"])
+    return prescription_body(s["visit"], cast=a.cast)
 
 
 def _const(body: dict[str, Any]) -> Callable[[Actors, dict[str, str]], dict[str, Any]]:
@@ -67,6 +68,20 @@ ENDPOINTS = (
              body=_const({"reason": "patient asked", "cancelled_by": "DR1"})),
     Endpoint("POST", "/hospital/prescriptions/{rx}/routing", "hospital", state="approved",
              body=lambda a, s: {"pharmacy_id": a.cast.pharmacy, "basis": "patient_choice"}),
+    # R19: issue grants the longest validity, so any later end is refused by the rule (409) for the owner
+    Endpoint("POST", "/hospital/prescriptions/{rx}/validity", "hospital", state="approved",
+             body=lambda a, s: {"physician_id": a.cast.physician, "valid_until": "2999-01-01T00:00:00Z",
+                                "reason": "travel"}, ok=409),
+    # a hospital dispensing a prescription it routed to itself
+    Endpoint("POST", "/hospital/prescriptions/{rx}/acceptance", "hospital", state="own_routed", body=_const({})),
+    Endpoint("POST", "/hospital/prescriptions/{rx}/dispenses", "hospital", state="own_accepted",
+             body=lambda a, s: dispense_body(4), ok=201),
+    Endpoint("POST", "/hospital/prescriptions/{rx}/dispenses/1/withdrawal", "hospital", state="own_dispensed",
+             body=_const({"reason": "wrong pack"})),
+    Endpoint("POST", "/hospital/prescriptions/{rx}/pack-returns", "hospital", state="own_dispensed",
+             body=lambda a, s: {"trace_codes": [s["code"]], "reason": "unsold"}),
+    Endpoint("POST", "/hospital/prescriptions/{rx}/collection", "hospital", state="own_dispensed",
+             body=_const({"verification_method": "face_recognition"})),
     Endpoint("GET", "/pharmacist/review-queue", "pharmacist", tenant_scoped=False),
     Endpoint("GET", "/pharmacist/prescriptions/{rx}", "pharmacist", state="issued"),
     Endpoint("POST", "/pharmacist/prescriptions/{rx}/approval", "pharmacist", state="issued", body=_const({})),
@@ -81,6 +96,8 @@ ENDPOINTS = (
              body=lambda a, s: dispense_body(4), ok=201),
     Endpoint("POST", "/pharmacy/prescriptions/{rx}/dispenses/1/withdrawal", "pharmacy", state="dispensed",
              body=_const({"reason": "wrong pack"})),
+    Endpoint("POST", "/pharmacy/prescriptions/{rx}/pack-returns", "pharmacy", state="dispensed",
+             body=lambda a, s: {"trace_codes": [s["code"]], "reason": "unsold"}),
     Endpoint("POST", "/pharmacy/prescriptions/{rx}/delivery", "pharmacy", state="dispensed",
              body=_const({"delivery_enterprise_id": "DE1", "delivery_fee": "6.00", "fee_disclosed": True})),
     Endpoint("POST", "/pharmacy/prescriptions/{rx}/delivered", "pharmacy", state="delivery_arranged",
@@ -189,8 +206,21 @@ def prepare(actors: Actors, application: RxTrail, state: str | None) -> dict[str
              "accepted": actors.accepted}
     if state in steps:
         return {"rx": steps[state]()}
+    codes = trace_codes(4)
+    if state.startswith("own_"):
+        rx = actors.approved()
+        r = actors.post(actors.hospital, f"/hospital/prescriptions/{rx}/routing",
+                        {"pharmacy_id": None, "basis": "routing_rule"})
+        assert r.status_code == 200, r.text
+        if state != "own_routed":
+            assert actors.post(actors.hospital, f"/hospital/prescriptions/{rx}/acceptance", {}).status_code == 200
+        if state == "own_dispensed":
+            r = actors.post(actors.hospital, f"/hospital/prescriptions/{rx}/dispenses", dispense_body(4, codes))
+            assert r.status_code == 201, r.text
+        return {"rx": rx, "code": codes[0]}
     rx = actors.accepted()
-    assert actors.post(actors.pharmacy, f"/pharmacy/prescriptions/{rx}/dispenses", dispense_body(4)).status_code == 201
+    r = actors.post(actors.pharmacy, f"/pharmacy/prescriptions/{rx}/dispenses", dispense_body(4, codes))
+    assert r.status_code == 201, r.text
     if state == "delivery_arranged":
         actors.post(actors.pharmacy, f"/pharmacy/prescriptions/{rx}/delivery",
                     {"delivery_enterprise_id": "DE1", "delivery_fee": "6.00", "fee_disclosed": True})
@@ -198,7 +228,7 @@ def prepare(actors: Actors, application: RxTrail, state: str | None) -> dict[str
         actors.post(actors.pharmacy, f"/pharmacy/prescriptions/{rx}/collection", {"verification_method": "e_voucher"})
         patient = actors.get(actors.hospital, f"/hospital/prescriptions/{rx}").json()["patient_ref"]
         assert application.handle(settle_command(rx, patient)).ok
-    return {"rx": rx}
+    return {"rx": rx, "code": codes[0]}
 
 
 @pytest.mark.parametrize("caller", CALLERS)

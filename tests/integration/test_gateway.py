@@ -116,8 +116,7 @@ async def test_later_changes_reach_the_pharmacy_concerned(make_database: Callabl
                                                            reason="out of stock")))
         ok(await p.call(p.app.handle, c.AcceptPrescription(prescription_id=withdrawn, dispenser_id=first)))
         codes = tuple(f"{secrets.randbelow(10**20):020d}" for _ in range(2))
-        lines = (DispensedLine(drug_code=METFORMIN, quantity=2, unit_price=Decimal("12.50"),
-                               price_cap=Decimal("12.50"), trace_codes=codes),)
+        lines = (DispensedLine(drug_code=METFORMIN, quantity=2, unit_price=Decimal("12.50"), trace_codes=codes),)
         ok(await p.call(p.app.handle, c.DispensePrescription(prescription_id=withdrawn, dispenser_id=first,
                                                              lines=lines)))
         ok(await p.call(p.app.handle, c.WithdrawDispense(prescription_id=withdrawn, dispense_no=1,

@@ -105,8 +105,8 @@ class Books:
                                                basis=RoutingBasis.PATIENT_CHOICE)))
         ok(self.app.handle(c.AcceptPrescription(prescription_id=rx, dispenser_id=dispenser)))
         ok(self.app.handle(c.DispensePrescription(prescription_id=rx, dispenser_id=dispenser, lines=(
-            DispensedLine(drug_code=METFORMIN, quantity=4, unit_price=D("12.50"), price_cap=D("12.50"),
-                          trace_codes=(f"{secrets.randbelow(10**20):020d}",)),))))
+            DispensedLine(drug_code=METFORMIN, quantity=4, unit_price=D("12.50"),
+                          trace_codes=tuple(f"{secrets.randbelow(10**20):020d}" for _ in range(4))),))))
         ok(self.app.handle(c.MarkCollected(prescription_id=rx, verification_method=RealNameMethod.E_VOUCHER)))
         return rx
 

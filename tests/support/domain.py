@@ -14,7 +14,7 @@ from uuid import UUID
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from events.base import BusinessType, CatalogCategory, InsuranceType, Ownership, RealNameMethod
-from events.prescription import DispensedLine, PrescriptionItem, RoutingBasis
+from events.prescription import DispensedLine, DispenserKind, PrescriptionItem, RoutingBasis, SplitPack
 from events.registries import InstitutionKind, InstitutionLevel
 from services.domain import (
     Encounter,
@@ -26,7 +26,7 @@ from services.domain import (
     Prescription,
     TraceCode,
 )
-from services.domain.registries import ChronicDiseaseList, EmergencyDeclarations, Institution, PatientInsurance
+from services.domain.registries import ChronicDiseaseList, DrugListing, EmergencyDeclarations, Institution, PatientInsurance
 from services.domain.signature import public_key_hex, sign_prescription
 
 T0 = datetime(2025, 3, 10, 2, 0, tzinfo=UTC)  # 10:00 China time
@@ -79,15 +79,23 @@ def line(
     quantity: int = 4,
     unit_price: str = "12.50",
     cap: str | None = None,
-    codes: int | tuple[str, ...] = 0,
+    codes: int | tuple[str, ...] | None = None,
+    *,
+    standard: str | None = None,
+    split: SplitPack | None = None,
 ) -> DispensedLine:
-    """A dispensed line; ``cap`` defaults to the unit price; ``codes``: how many new trace codes, or the codes."""
+    """A dispense request line. ``cap`` / ``standard``: declared (the request repeats the registry's, R17; unset: not
+    declared, as clients send it); ``World.dispense`` registers them (the cap defaulting to the unit price) as the
+    drug's listing. ``codes``: how many new trace codes (default one per pack, R8), or the codes."""
+    count = (1 if split is not None else quantity) if codes is None else codes
     return DispensedLine(
         drug_code=drug_code,
         quantity=quantity,
         unit_price=Decimal(unit_price),
-        price_cap=Decimal(cap if cap is not None else unit_price),
-        trace_codes=trace_codes(codes) if isinstance(codes, int) else codes,
+        price_cap=None if cap is None else Decimal(cap),
+        payment_standard=None if standard is None else Decimal(standard),
+        trace_codes=trace_codes(count) if isinstance(count, int) else count,
+        split=split,
     )
 
 
@@ -237,10 +245,37 @@ class World:
         rx.accept(clock=self.clock, dispenser_id=PHARMACY)
         return rx
 
-    def dispense(self, rx: Prescription, *lines: DispensedLine) -> list[TraceCode]:
+    def listing(self, drug_code: str, *, region: str = CHANGCHUN, cap: Decimal | str | None = None,
+                standard: Decimal | str | None = None, institution_id: str | None = None,
+                category: CatalogCategory = CatalogCategory.A) -> DrugListing:
+        """The authority's catalog entry of a drug, with the region's (or an institution's) cap and standard."""
+        listing = DrugListing.list_drug(clock=self.clock, changed_by=AUTHORITY, drug_code=drug_code,
+                                        name=f"drug {drug_code[-6:]}", category=category)
+        if cap is not None:
+            listing.set_price_cap(clock=self.clock, changed_by=AUTHORITY, region=region, cap=Decimal(cap),
+                                  institution_id=institution_id)
+        if standard is not None:
+            listing.set_payment_standard(clock=self.clock, changed_by=AUTHORITY, region=region,
+                                         amount=Decimal(standard))
+        return listing
+
+    def dispense(self, rx: Prescription, *lines: DispensedLine,
+                 listings: dict[str, DrugListing | None] | None = None,
+                 held: dict[str, TraceCode] | None = None) -> list[TraceCode]:
+        """Dispense as the dispenser the prescription is routed to; ``listings`` default: the registry holds for each
+        drug the cap its first line declares (else its unit price) and the standard it declares; ``held``: trace-code
+        aggregates sold before (the others are new)."""
         chosen = lines or (line(),)
-        codes = {c: None for ln in chosen for c in ln.trace_codes}
-        return rx.dispense(clock=self.clock, dispenser_id=PHARMACY, lines=list(chosen), trace_codes=codes)
+        codes = {c: (held or {}).get(c) for ln in chosen for c in ln.trace_codes}
+        if listings is None:
+            listings = {}
+            for ln in chosen:
+                cap = ln.unit_price if ln.price_cap is None else ln.price_cap
+                listings.setdefault(ln.drug_code, self.listing(ln.drug_code, region=rx.pooling_region, cap=cap,
+                                                               standard=ln.payment_standard))
+        by_pharmacy = rx.dispenser_kind is None or rx.dispenser_kind is DispenserKind.PHARMACY
+        return rx.dispense(clock=self.clock, dispenser_id=rx.dispenser_id or PHARMACY, lines=list(chosen),
+                           trace_codes=codes, listings=listings, pharmacy=self.pharmacy if by_pharmacy else None)
 
     def sell(self, code: str, previous: TraceCode | None = None, *, drug_code: str = METFORMIN,
              seller_id: str = PHARMACY, business_type: BusinessType = BusinessType.INTERNET,

@@ -80,8 +80,12 @@ def sign_body(body: dict[str, Any], cast: Cast, *, physician: str | None = None,
     return body
 
 
-def dispense_body(quantity: int = 4, codes: Sequence[str] | None = None) -> dict[str, Any]:
-    return simulate.dispense_body(quantity, codes if codes is not None else trace_codes(quantity))
+def dispense_body(quantity: int = 4, codes: Sequence[str] | None = None, *, unit_price: str = "11.00",
+                  drug_code: str = METFORMIN) -> dict[str, Any]:
+    """A dispense of ``quantity`` packs with one new trace code per pack (R8) unless ``codes``; no cap or payment
+    standard: the platform reads them from the registry (R7, R17)."""
+    return {"lines": [{"drug_code": drug_code, "quantity": quantity, "unit_price": unit_price,
+                       "trace_codes": list(codes if codes is not None else trace_codes(quantity))}]}
 
 
 def settle_command(prescription_id: str, patient_ref: str, total: str = "44.00",
@@ -162,5 +166,15 @@ class Actors:
     def accepted(self) -> str:
         rx = self.routed()
         r = self.post(self.pharmacy, f"/pharmacy/prescriptions/{rx}/acceptance", {})
+        assert r.status_code == 200, r.text
+        return rx
+
+    def own_accepted(self) -> str:
+        """An approved prescription the hospital routed to itself (pharmacy_id null) and accepted, over HTTP."""
+        rx = self.approved()
+        r = self.post(self.hospital, f"/hospital/prescriptions/{rx}/routing",
+                      {"pharmacy_id": None, "basis": "routing_rule"})
+        assert r.status_code == 200, r.text
+        r = self.post(self.hospital, f"/hospital/prescriptions/{rx}/acceptance", {})
         assert r.status_code == 200, r.text
         return rx

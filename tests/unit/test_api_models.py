@@ -31,10 +31,10 @@ def test_body_is_its_command_minus_what_the_server_fills_in(body: type[Any]) -> 
 def test_every_party_command_has_a_body() -> None:
     party_commands = {c.RecordFollowUpVisit, c.IssuePrescription, c.CancelPrescription, c.RoutePrescription,
                       c.ApprovePrescription, c.RejectPrescription, c.AcceptPrescription, c.ReturnPrescription,
-                      c.DispensePrescription, c.WithdrawDispense, c.ArrangeDelivery, c.MarkDelivered,
-                      c.MarkCollected, c.RefuseFeesInAudit, c.ClawBackFees,
-                      c.RefuseConsultationFees, c.ClawBackConsultationFees, c.RetrySettlement, c.WriteOffSettlement,
-                      c.ReverseSettlement}
+                      c.DispensePrescription, c.WithdrawDispense, c.ReturnPacks, c.ExtendValidity,
+                      c.ArrangeDelivery, c.MarkDelivered,
+                      c.MarkCollected, c.RefuseFeesInAudit, c.ClawBackFees, c.RefuseConsultationFees,
+                      c.ClawBackConsultationFees, c.RetrySettlement, c.WriteOffSettlement, c.ReverseSettlement}
     assert {command for command, _ in m.BODIES.values()} == party_commands
 
 

@@ -43,12 +43,14 @@ from events.base import (
 )
 from events.contracts import DLQ_SIZE, DLQ_VALUE_MAX, dead_letter_value
 from events.prescription import (
+    PACK_UNITS_MAX,
     DispensedLine,
     DispenseWithdrawn,
     PrescriptionDispensed,
     PrescriptionIssued,
     PrescriptionItem,
     PrescriptionRejected,
+    SplitPack,
 )
 from events.registries import PharmacyDesignated, PharmacyDrugsListed
 from services.api import create_app
@@ -146,7 +148,9 @@ def _item(**over: Any) -> PrescriptionItem:
 
 def _line(codes: int, drug: int = 0) -> DispensedLine:
     return DispensedLine(drug_code=f"X{drug:019d}", quantity=QUANTITY_MAX, unit_price=str(PRICE_MAX),
-                         price_cap=str(PRICE_MAX), trace_codes=tuple(f"{drug:04d}{n:016d}" for n in range(codes)))
+                         price_cap=str(PRICE_MAX), payment_standard=str(PRICE_MAX),
+                         split=SplitPack(units=PACK_UNITS_MAX - 1, pack_units=PACK_UNITS_MAX),
+                         trace_codes=tuple(f"{drug:04d}{n:016d}" for n in range(codes)))
 
 
 def _visit() -> dict[str, Any]:

@@ -82,6 +82,15 @@ def sample_events() -> dict[str, Envelope]:
     rx.refuse_fees(clock=w.clock, amount="1.00", reason="x", audit_ref="A-1")
     rx.claw_back(clock=w.clock, amount="1.00", reason="x", audit_ref="A-2")
     out += rx.collect_events()
+    returning = w.accepted()
+    [sold, _] = w.dispense(returning, line(quantity=2))
+    returning.return_packs(clock=w.clock, dispenser_id=PHARMACY, codes=[sold.code], reason="unsold",
+                           trace_codes={sold.code: sold})
+    extended = w.approved()
+    extended.valid_until = extended.issued_at + timedelta(hours=12)  # as if valid on the day of issue
+    extended.extend_validity(clock=w.clock, physician_id=extended.physician_id,
+                             valid_until=extended.issued_at + timedelta(days=2), reason="patient travels")
+    out += returning.collect_events()[-1:] + extended.collect_events()[-1:]
     cancelled, expired, rejected = w.approved(), w.approved(), w.issued()
     cancelled.cancel(clock=w.clock, reason="duplicate", cancelled_by="DR-001")
     rejected.reject(clock=w.clock, pharmacist=w.pharmacist, reasons=["dose", "interaction"])

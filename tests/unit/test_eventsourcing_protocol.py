@@ -23,7 +23,7 @@ from services.domain import (
     project_trace_code,
     verify_stream,
 )
-from tests.support.domain import PHARMACY, World, item, line
+from tests.support.domain import World, item, line
 
 
 class JsonMapper(Mapper[Any]):
@@ -100,8 +100,8 @@ def test_r8_concurrent_first_sales_conflict_and_loser_is_flagged(app: RxApp) -> 
     b = app.repository.get(b.id, projector_func=project_prescription)
     shared = line(quantity=1, codes=1)
     code = shared.trace_codes[0]
-    sold_a = a.dispense(clock=w.clock, dispenser_id=PHARMACY, lines=[shared], trace_codes={code: None})
-    sold_b = b.dispense(clock=w.clock, dispenser_id=PHARMACY, lines=[shared], trace_codes={code: None})
+    sold_a = w.dispense(a, shared)
+    sold_b = w.dispense(b, shared)
     app.save(a, *sold_a)
     with pytest.raises(StoreConflict):
         app.save(b, *sold_b)
@@ -110,7 +110,7 @@ def test_r8_concurrent_first_sales_conflict_and_loser_is_flagged(app: RxApp) -> 
     b = app.repository.get(b.id, projector_func=project_prescription)
     existing = app.repository.get(TraceCode.id_for(code), projector_func=project_trace_code)
     with pytest.raises(RuleViolation) as exc:
-        b.dispense(clock=w.clock, dispenser_id=PHARMACY, lines=[shared], trace_codes={code: existing})
+        w.dispense(b, shared, held={code: existing})
     assert exc.value.rule_id == "R8"
     b.record_flag(clock=w.clock, violation=exc.value)
     app.save(b)
@@ -156,4 +156,4 @@ def test_offline_sale_then_online_dispense_is_r8(app: RxApp) -> None:
     rx = w.accepted(item(quantity=1))
     existing = app.repository.get(TraceCode.id_for(code), projector_func=project_trace_code)
     with pytest.raises(RuleViolation, match="R8"):
-        rx.dispense(clock=w.clock, dispenser_id=PHARMACY, lines=[shared], trace_codes={code: existing})
+        w.dispense(rx, shared, held={code: existing})

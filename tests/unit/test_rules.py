@@ -11,13 +11,24 @@ from pydantic import ValidationError
 
 from events.base import BusinessType, CatalogCategory, Ownership, RealNameMethod
 from events.encounter import FollowUpVisitRecorded
-from events.prescription import PrescriptionDispensed, PrescriptionSettled, RoutingBasis, RuleFlagged
+from events.prescription import (
+    DispensedLine,
+    PrescriptionDispensed,
+    PrescriptionItem,
+    PrescriptionSettled,
+    RoutingBasis,
+    RuleFlagged,
+    SplitPack,
+)
 from services.application.commands import IssuePrescription
 from services.domain import (
+    DrugListing,
     Encounter,
     IllegalTransition,
+    InvalidCommand,
     PatientStatus,
     Pharmacist,
+    Pharmacy,
     Physician,
     Prescription,
     RuleConfig,
@@ -64,6 +75,11 @@ def flags(rx: Prescription) -> list[RuleFlagged]:
 def _settled(rx: Prescription) -> PrescriptionSettled:
     [settled] = [e for e in rx.pending_events if isinstance(e, PrescriptionSettled)]
     return settled
+
+
+def _dispensed(rx: Prescription) -> PrescriptionDispensed:
+    """The latest dispense recorded."""
+    return [e for e in rx.pending_events if isinstance(e, PrescriptionDispensed)][-1]
 
 
 def _paid(rx: Prescription) -> tuple[str, str, str]:
@@ -428,25 +444,37 @@ def test_r6_rejects_undisclosed_delivery_fee(w: World) -> None:
         )
 
 
-# --- R7 price caps: settle on min(actual, cap); excess via personal account only if non-public -------
+# --- R7 price caps and payment standards from the registry on the day of the dispense (R17) ----------------
 
 
-def _over_cap(w: World, *, in_house: bool) -> Prescription:
+def _over_cap(w: World) -> Prescription:
+    """A retail pharmacy sells 4 packs at 12.50 where the registry caps the drug at 10.00."""
     rx = w.approved(item(unit_price="12.50"))
-    if in_house:
-        rx.route(clock=w.clock, pharmacy=None, basis=RoutingBasis.ROUTING_RULE)
-        rx.accept(clock=w.clock, dispenser_id=HOSPITAL)
-        rx.dispense(clock=w.clock, dispenser_id=HOSPITAL, lines=[line(cap="10.00")], trace_codes={})
-    else:
-        rx.route(clock=w.clock, pharmacy=w.pharmacy, basis=RoutingBasis.PATIENT_CHOICE)
-        rx.accept(clock=w.clock, dispenser_id=PHARMACY)
-        w.dispense(rx, line(cap="10.00"))
+    rx.route(clock=w.clock, pharmacy=w.pharmacy, basis=RoutingBasis.PATIENT_CHOICE)
+    rx.accept(clock=w.clock, dispenser_id=PHARMACY)
+    w.dispense(rx, line(cap="10.00"))
     rx.collect(clock=w.clock, verification_method=RealNameMethod.E_VOUCHER)
     return rx
 
 
+def _in_house(w: World, *items: PrescriptionItem) -> Prescription:
+    rx = w.approved(*(items or (item(unit_price="12.50"),)))
+    rx.route(clock=w.clock, pharmacy=None, basis=RoutingBasis.ROUTING_RULE)
+    rx.accept(clock=w.clock, dispenser_id=HOSPITAL)
+    return rx
+
+
+def _registry(w: World, cap: str | None = "12.50", standard: str | None = None) -> dict[str, DrugListing | None]:
+    return {METFORMIN: w.listing(METFORMIN, cap=cap, standard=standard)}
+
+
+def _request(quantity: int = 4, unit_price: str = "12.50", codes: int | None = None) -> DispensedLine:
+    """A dispense request line as a dispenser sends it: no cap, no standard (the registry holds them)."""
+    return line(quantity=quantity, unit_price=unit_price, codes=codes)
+
+
 def test_r7_flags_price_above_cap_at_dispense(w: World) -> None:
-    rx = _over_cap(w, in_house=False)
+    rx = _over_cap(w)
     [flag] = flags(rx)
     assert flag.rule_id == "R7" and flag.details["price_cap"] == "10.00"
 
@@ -456,34 +484,145 @@ def test_r7_no_flag_at_the_cap(w: World) -> None:
     assert flags(rx) == []
 
 
-def test_r7_allows_fund_up_to_capped_amount_and_personal_excess_non_public(w: World) -> None:
-    rx = _over_cap(w, in_house=False)
+def test_r7_cap_and_standard_are_the_registrys_on_the_day_recorded_on_the_event(w: World) -> None:
+    rx = w.accepted()
+    w.dispense(rx, _request(unit_price="15.00"), listings=_registry(w, cap="11.25", standard="11.00"))
+    [recorded] = _dispensed(rx).lines
+    assert (recorded.price_cap, recorded.payment_standard) == (Decimal("11.25"), Decimal("11.00"))
+    assert recorded.settlement_price == Decimal("11.00")
+
+
+def test_r7_institution_cap_wins_over_the_regions(w: World) -> None:
+    rx = _in_house(w, item(unit_price="9.00"))
+    listing = w.listing(METFORMIN, cap="11.25")
+    listing.set_price_cap(clock=w.clock, changed_by=AUTHORITY, region=CHANGCHUN, cap=Decimal("8.50"),
+                          institution_id=rx.physical_institution_id)
+    with refused("R7") as exc:
+        w.dispense(rx, _request(unit_price="9.00"), listings={METFORMIN: listing})
+    assert exc.value.ids["price_cap"] == "8.50"
+
+
+def test_r7_internet_hospital_selling_above_its_cap_is_refused(w: World) -> None:
+    rx = _in_house(w)
+    before = len(rx.pending_events)
+    with refused("R7"):
+        w.dispense(rx, _request(), listings=_registry(w, cap="10.00"))
+    assert len(rx.pending_events) == before and rx.status == "accepted"
+    w.dispense(rx, _request(unit_price="10.00"), listings=_registry(w, cap="10.00"))
+    assert rx.status == "dispensed" and flags(rx) == []
+
+
+def test_r7_a_declared_cap_that_disagrees_with_the_registry_is_refused(w: World) -> None:
+    """The issue's counter-example: metformin capped at 11.25, the pharmacy declares 15.00 to settle on 15.00."""
+    rx = w.accepted()
+    declared = _request(unit_price="15.00").model_copy(update={"price_cap": Decimal("15.00")})
+    with refused("R17") as exc:
+        w.dispense(rx, declared, listings=_registry(w, cap="11.25"))
+    assert exc.value.ids["registered"] == "11.25"
+    agreeing = _request(unit_price="15.00").model_copy(update={"price_cap": Decimal("11.25")})
+    w.dispense(rx, agreeing, listings=_registry(w, cap="11.25"))
+    assert _dispensed(rx).lines[0].price_cap == Decimal("11.25")
+
+
+def test_r7_the_fund_never_pays_above_the_registrys_cap_whatever_the_sale_price(w: World) -> None:
+    """100 packs at 15.00 where the registry caps metformin at 11.25: the fund pays on at most 1,125.00."""
+    rx = w.accepted(item(quantity=100, unit_price="15.00"))
+    w.dispense(rx, _request(quantity=100, unit_price="15.00"), listings=_registry(w, cap="11.25"))
+    rx.collect(clock=w.clock, verification_method=RealNameMethod.E_VOUCHER)
+    with refused("R7"):
+        w.settle(rx, fund="1125.01", personal="0.00", self_pay="374.99")
+    w.settle(rx, fund="900.00", personal="225.00", self_pay="375.00")
+    assert _paid(rx) == ("900.00", "225.00", "375.00")
+
+
+def test_r7_an_insurable_drug_the_registry_does_not_list_is_refused(w: World) -> None:
+    rx = w.accepted()
+    with refused("R17"):
+        w.dispense(rx, _request(), listings={METFORMIN: None})
+
+
+def test_r7_allows_fund_up_to_capped_amount_and_the_excess_to_personal_account_or_self_pay(w: World) -> None:
+    rx = _over_cap(w)
     w.settle(rx, fund="40.00", personal="10.00", self_pay="0.00")
     assert _paid(rx) == ("40.00", "10.00", "0.00")
 
 
 def test_r7_rejects_fund_above_capped_amount(w: World) -> None:
-    rx = _over_cap(w, in_house=False)
+    rx = _over_cap(w)
     with refused("R7"):
         w.settle(rx, fund="40.01", personal="9.99", self_pay="0.00")
 
 
-def test_r7_rejects_personal_account_paying_excess_at_public_institution(w: World) -> None:
-    rx = _over_cap(w, in_house=True)
-    w.settle(rx, fund="30.00", personal="10.00", self_pay="10.00")
-    rx2 = _over_cap(w, in_house=True)
-    with refused("R7"):
-        w.settle(rx2, fund="30.00", personal="10.01", self_pay="9.99")
-
-
-# --- R8 each trace code sold once ----------------------------------------------------------------------
+# --- R8 one 20-digit trace code per pack, each sold once ------------------------------------------------
 
 
 def test_r8_first_sale_creates_the_code_aggregate(w: World) -> None:
     rx = w.accepted()
-    sold = w.dispense(rx, line(codes=2))
+    sold = w.dispense(rx, line(quantity=2, codes=2))
     assert [tc.id for tc in sold] == [TraceCode.id_for(c) for c in rx.trace_codes]
     assert all(tc.sold and tc.prescription_id == rx.id for tc in sold)
+
+
+@pytest.mark.parametrize("codes", [0, 3, 5], ids=["no-code", "fewer", "more"])
+def test_r8_pack_count_must_match_the_codes(w: World, codes: int) -> None:
+    """``trace_codes: []`` (or any count but one per pack) is refused, whatever was refused before."""
+    rx = w.accepted()
+    with refused("R8") as exc:
+        w.dispense(rx, line(quantity=4, codes=codes))
+    assert exc.value.ids["quantity"] == "4" and rx.status == "accepted"
+
+
+def test_r8_the_code_format_is_validated_naming_r8(w: World) -> None:
+    with pytest.raises(ValidationError, match="R8: a drug traceability code is the 20-digit"):
+        line(quantity=1, codes=("1234",))
+    with refused("R8"):
+        TraceCode.check_format("1234567890123456789X")
+
+
+def test_r8_the_pharmacy_must_list_the_drug_where_the_registry_holds_its_list(w: World) -> None:
+    rx = w.accepted()
+    w.pharmacy.list_drugs(clock=w.clock, changed_by=AUTHORITY, drug_codes=[AMLODIPINE])
+    with refused("R17"):
+        w.dispense(rx)
+    w.pharmacy.list_drugs(clock=w.clock, changed_by=AUTHORITY, drug_codes=[METFORMIN])
+    w.dispense(rx)
+    assert rx.status == "dispensed"
+
+
+def test_r8_split_pack_sale_records_the_pack_code_and_the_units(w: World) -> None:
+    first = w.accepted(item(quantity=1))
+    split = SplitPack(units=10, pack_units=30)
+    [tc] = w.dispense(first, line(quantity=1, unit_price="4.00", split=split))
+    [recorded] = _dispensed(first).lines
+    assert recorded.split == split and len(recorded.trace_codes) == 1
+    assert not tc.sold and tc.units_sold == 10
+    second = w.accepted(item(quantity=1))
+    again = w.dispense(second, line(quantity=1, unit_price="8.00", codes=(tc.code,),
+                                    split=SplitPack(units=20, pack_units=30)), held={tc.code: tc})
+    assert again == [tc] and tc.sold and tc.units_sold == 30
+    third = w.accepted(item(quantity=1))
+    with refused("R8"):
+        w.dispense(third, line(quantity=1, codes=(tc.code,), split=SplitPack(units=1, pack_units=30)),
+                   held={tc.code: tc})
+
+
+def test_r8_an_opened_pack_is_never_sold_whole_nor_beyond_what_it_holds(w: World) -> None:
+    rx = w.accepted(item(quantity=1))
+    [tc] = w.dispense(rx, line(quantity=1, unit_price="4.00", split=SplitPack(units=10, pack_units=30)))
+    other = w.accepted(item(quantity=1))
+    with refused("R8"):
+        w.dispense(other, line(quantity=1, codes=(tc.code,)), held={tc.code: tc})
+    with refused("R8"):
+        w.dispense(other, line(quantity=1, codes=(tc.code,), split=SplitPack(units=21, pack_units=30)),
+                   held={tc.code: tc})
+
+
+def test_r8_split_sale_is_quantity_one_with_one_code(w: World) -> None:
+    rx = w.accepted()
+    with refused("R8"):
+        w.dispense(rx, line(quantity=2, codes=1, split=SplitPack(units=10, pack_units=30)))
+    with pytest.raises(ValidationError, match="part of a pack"):
+        SplitPack(units=30, pack_units=30)
 
 
 def test_r8_rejects_second_sale_and_flags_the_attempt(w: World) -> None:
@@ -492,12 +631,7 @@ def test_r8_rejects_second_sale_and_flags_the_attempt(w: World) -> None:
     second = w.accepted()
     before = len(second.pending_events)
     with refused("R8") as exc:
-        second.dispense(
-            clock=w.clock,
-            dispenser_id=PHARMACY,
-            lines=[line(quantity=1, codes=0).model_copy(update={"trace_codes": (tc.code,)})],
-            trace_codes={tc.code: tc},
-        )
+        w.dispense(second, line(quantity=1, codes=(tc.code,)), held={tc.code: tc})
     assert len(second.pending_events) == before
     assert exc.value.ids["sold_for"] == str(first.id)
     second.record_flag(clock=w.clock, violation=exc.value)
@@ -509,9 +643,24 @@ def test_r8_rejects_second_sale_and_flags_the_attempt(w: World) -> None:
 def test_r8_rejects_same_code_twice_in_one_dispense(w: World) -> None:
     rx = w.accepted()
     [code] = trace_codes(1)
-    doubled = line(quantity=2).model_copy(update={"trace_codes": (code, code)})
     with refused("R8"):
-        rx.dispense(clock=w.clock, dispenser_id=PHARMACY, lines=[doubled], trace_codes={code: None})
+        w.dispense(rx, line(quantity=2, codes=(code, code)))
+
+
+def test_r8_returned_packs_release_their_codes_and_leave_the_rest(w: World) -> None:
+    rx = w.accepted()
+    sold = w.dispense(rx, line(quantity=4))
+    held = {tc.code: tc for tc in sold}
+    back, kept = rx.trace_codes[:2], rx.trace_codes[2:]
+    released = rx.return_packs(clock=w.clock, dispenser_id=PHARMACY, codes=back, reason="unsold: pack damaged",
+                               trace_codes=held)
+    assert [tc.code for tc in released] == list(back) and not any(tc.sold for tc in released)
+    assert rx.status == "partially_dispensed" and rx.trace_codes == kept
+    assert rx.dispensed_quantities() == {METFORMIN: 2}
+    again = w.accepted()
+    w.dispense(again, line(quantity=1, codes=(back[0],)), held={back[0]: held[back[0]]})
+    with pytest.raises(InvalidCommand):
+        rx.return_packs(clock=w.clock, dispenser_id=PHARMACY, codes=[back[0]], reason="again", trace_codes=held)
 
 
 def test_r8_rejects_online_sale_of_code_sold_offline(w: World) -> None:
@@ -1009,3 +1158,59 @@ def test_r19_rejects_after_the_validity_with_the_rule_id(w: World, command: str)
 def test_r19_validity_is_configurable(w: World) -> None:
     rx = w.issued(rules=RuleConfig(validity_days=5))
     assert rx.valid_until == w.clock.now() + timedelta(days=5)
+
+
+def test_r19_the_prescribing_physician_extends_to_at_most_three_days_after_issue(w: World) -> None:
+    rx = w.approved()
+    rx.valid_until = rx.issued_at + timedelta(hours=14)  # as if valid on the day of issue only
+    latest = rx.issued_at + timedelta(days=3)
+    with refused("R19"):
+        rx.extend_validity(clock=w.clock, physician_id="DR-OTHER", valid_until=latest, reason="patient travels")
+    with refused("R19"):
+        rx.extend_validity(clock=w.clock, physician_id=rx.physician_id, valid_until=latest + timedelta(seconds=1),
+                           reason="patient travels")
+    rx.extend_validity(clock=w.clock, physician_id=rx.physician_id, valid_until=latest, reason="patient travels")
+    assert rx.valid_until == latest
+    w.clock.set(latest)
+    rx.route(clock=w.clock, pharmacy=w.pharmacy, basis=RoutingBasis.PATIENT_CHOICE)
+
+
+def test_r19_an_elapsed_prescription_is_not_extended(w: World) -> None:
+    rx = w.approved()
+    rx.valid_until = rx.issued_at + timedelta(hours=1)
+    w.clock.set(rx.valid_until + timedelta(seconds=1))
+    with refused("R19"):
+        rx.extend_validity(clock=w.clock, physician_id=rx.physician_id,
+                           valid_until=rx.issued_at + timedelta(days=2), reason="late")
+
+
+# --- routing by the patient's choice (R17: the recorded choice, not the request) ------------------------
+
+
+def test_routing_patient_choice_refuses_another_pharmacy(w: World) -> None:
+    rx = w.approved(preferred_pharmacy_id=PHARMACY)
+    other = Pharmacy.designate(clock=w.clock, changed_by=AUTHORITY, pharmacy_id="PH-CC-002", name="Yida",
+                               pooling_region=CHANGCHUN, agreement_no="A-2")
+    for basis in RoutingBasis:
+        with refused("R17") as exc:
+            rx.route(clock=w.clock, pharmacy=other, basis=basis, chosen=w.pharmacy)
+        assert exc.value.ids["preferred_pharmacy_id"] == PHARMACY
+    with refused("R17"):
+        rx.route(clock=w.clock, pharmacy=None, basis=RoutingBasis.PATIENT_CHOICE, chosen=w.pharmacy)
+    rx.route(clock=w.clock, pharmacy=w.pharmacy, basis=RoutingBasis.PATIENT_CHOICE)
+    assert rx.dispenser_id == PHARMACY
+
+
+def test_routing_patient_choice_falls_back_once_the_chosen_pharmacy_cannot_take_it(w: World) -> None:
+    other = Pharmacy.designate(clock=w.clock, changed_by=AUTHORITY, pharmacy_id="PH-CC-002", name="Yida",
+                               pooling_region=CHANGCHUN, agreement_no="A-2")
+    returned = w.approved(preferred_pharmacy_id=PHARMACY)
+    returned.route(clock=w.clock, pharmacy=w.pharmacy, basis=RoutingBasis.PATIENT_CHOICE)
+    returned.decline(clock=w.clock, dispenser_id=PHARMACY, reason="out of stock")
+    returned.route(clock=w.clock, pharmacy=other, basis=RoutingBasis.ROUTING_RULE, chosen=w.pharmacy)
+    unregistered = w.approved(preferred_pharmacy_id="PH-NOBODY")
+    unregistered.route(clock=w.clock, pharmacy=other, basis=RoutingBasis.ROUTING_RULE, chosen=None)
+    suspended = w.approved(preferred_pharmacy_id=PHARMACY)
+    w.pharmacy.suspend_agreement(clock=w.clock, changed_by=AUTHORITY, reason="audit")
+    suspended.route(clock=w.clock, pharmacy=other, basis=RoutingBasis.ROUTING_RULE, chosen=w.pharmacy)
+    assert {returned.dispenser_id, unregistered.dispenser_id, suspended.dispenser_id} == {"PH-CC-002"}

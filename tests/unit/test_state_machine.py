@@ -17,7 +17,6 @@ from services.domain import (
     Pharmacy,
     Prescription,
     RuleViolation,
-    TraceCode,
     ValidityElapsed,
 )
 from tests.support.domain import AUTHORITY, HOSPITAL, METFORMIN, PHARMACY, World, item, line
@@ -44,8 +43,7 @@ def test_declined_prescription_can_be_routed_again(w: World) -> None:
     rx.decline(clock=w.clock, dispenser_id=PHARMACY, reason="out of stock")
     assert rx.status == "approved" and rx.dispenser_id is None
     other = Pharmacy.designate(
-        clock=w.clock, changed_by="agency:220100", pharmacy_id="PH-CC-002",
-        name="Yida", pooling_region="220100", agreement_no="A-2"
+        clock=w.clock, changed_by=AUTHORITY, pharmacy_id="PH-CC-002", name="Yida", pooling_region="220100", agreement_no="A-2"
     )
     rx.route(clock=w.clock, pharmacy=other, basis=RoutingBasis.ROUTING_RULE)
     rx.accept(clock=w.clock, dispenser_id="PH-CC-002")
@@ -56,7 +54,7 @@ def test_in_house_dispensing_settles_with_physical_institution(w: World) -> None
     rx = w.approved()
     rx.route(clock=w.clock, pharmacy=None, basis=RoutingBasis.PATIENT_CHOICE)
     rx.accept(clock=w.clock, dispenser_id=rx.hospital_id)
-    rx.dispense(clock=w.clock, dispenser_id=rx.hospital_id, lines=[line()], trace_codes={})
+    w.dispense(rx)
     rx.collect(clock=w.clock, verification_method=RealNameMethod.E_VOUCHER)
     w.settle(rx)
     assert rx.pending_events[-1].settled_with == rx.physical_institution_id  # type: ignore[attr-defined]
@@ -116,22 +114,23 @@ def test_dispense_withdrawal_returns_trace_codes_and_reopens_dispensing(w: World
     )
     assert rx.status == "partially_dispensed" and rx.dispensed_quantities() == {METFORMIN: 2}
     assert all(not tc.sold for tc in returned)
-    w.dispense(rx, line(quantity=2, codes=1))
+    w.dispense(rx, line(quantity=2))
     assert rx.status == "dispensed" and rx.last_dispense_no == 3
 
 
 def test_withdrawing_the_only_dispense_returns_to_accepted(w: World) -> None:
     rx = w.accepted()
-    w.dispense(rx)
-    rx.withdraw_dispense(clock=w.clock, dispense_no=1, reason="wrong patient", trace_codes={})
+    sold = w.dispense(rx)
+    rx.withdraw_dispense(clock=w.clock, dispense_no=1, reason="wrong patient",
+                         trace_codes={tc.code: tc for tc in sold})
     assert rx.status == "accepted"
 
 
 def test_withdrawal_after_remainder_cancelled_leaves_it_cancelled(w: World) -> None:
     rx = w.accepted(item(quantity=4))
-    w.dispense(rx, line(quantity=1))
+    [tc] = w.dispense(rx, line(quantity=1))
     rx.cancel(clock=w.clock, reason="stop", cancelled_by="DR-001")
-    rx.withdraw_dispense(clock=w.clock, dispense_no=1, reason="returned", trace_codes={})
+    rx.withdraw_dispense(clock=w.clock, dispense_no=1, reason="returned", trace_codes={tc.code: tc})
     assert rx.status == "cancelled"
 
 
@@ -294,17 +293,17 @@ def test_wrong_pharmacy_cannot_accept_or_dispense(w: World) -> None:
         rx.accept(clock=w.clock, dispenser_id="PH-OTHER")
     _accept(w, rx)
     with pytest.raises(PartyNotEligible):
-        rx.dispense(clock=w.clock, dispenser_id="PH-OTHER", lines=[line()], trace_codes={})
+        rx.dispense(clock=w.clock, dispenser_id="PH-OTHER", lines=[line()], trace_codes={}, listings={})
 
 
 def test_routing_refuses_suspended_or_out_of_region_pharmacy(w: World) -> None:
     rx = w.approved()
     far = Pharmacy.designate(
-        clock=w.clock, changed_by="agency:370100", pharmacy_id="PH-JN", name="Jinan", pooling_region="370100", agreement_no="A-9"
+        clock=w.clock, changed_by=AUTHORITY, pharmacy_id="PH-JN", name="Jinan", pooling_region="370100", agreement_no="A-9"
     )
     with pytest.raises(PartyNotEligible, match="pooling region"):
         rx.route(clock=w.clock, pharmacy=far, basis=RoutingBasis.PATIENT_CHOICE)
-    w.pharmacy.suspend_agreement(clock=w.clock, changed_by="agency:220100", reason="audit")
+    w.pharmacy.suspend_agreement(clock=w.clock, changed_by=AUTHORITY, reason="audit")
     with pytest.raises(PartyNotEligible, match="agreement"):
         _route(w, rx)
 
@@ -321,7 +320,7 @@ def test_review_needs_hospital_or_third_party_pharmacist(w: World) -> None:
         rx.approve(clock=w.clock, pharmacist=outsider)
     third = Pharmacist.register(
         clock=w.clock,
-        changed_by="agency:220100",
+        changed_by=AUTHORITY,
         pharmacist_id="RPH-3",
         company_id="Platform",
         name="Sun",
@@ -347,7 +346,6 @@ def test_refused_dispense_leaves_trace_code_aggregates_untouched(w: World) -> No
     [tc] = w.dispense(w.accepted(), line(quantity=1, codes=1))
     fresh = line(quantity=1, codes=1)
     mixed = [fresh, line(quantity=1).model_copy(update={"trace_codes": (tc.code,)})]
-    codes: dict[str, TraceCode | None] = {fresh.trace_codes[0]: None, tc.code: tc}
     with pytest.raises(RuleViolation):
-        rx.dispense(clock=w.clock, dispenser_id=PHARMACY, lines=mixed, trace_codes=codes)
+        w.dispense(rx, *mixed, held={tc.code: tc})
     assert len(tc.pending_events) == 1 and rx.status == "accepted"

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
 
 from services.api import models as m
 from services.api.deps import After, Hospital, IdempotencyKey, Limit, Rt, RxId, command_id
@@ -64,3 +65,53 @@ def cancel(prescription_id: RxId, body: m.CancellationCreate, party: Hospital, r
 def route(prescription_id: RxId, body: m.RoutingCreate, party: Hospital, rt: Rt,
           key: IdempotencyKey = None) -> m.CommandResultPublic:
     return run(rt, party, rx_command(c.RoutePrescription, party, key, prescription_id, body))
+
+
+# --- dispensing its own prescriptions (routed to itself: pharmacy_id null) -------------------------------
+
+
+@router.post("/prescriptions/{prescription_id}/validity", response_model=m.CommandResultPublic,
+             summary="Extend a prescription's validity (R19: its physician, at most validity_days after issue)")
+def extend_validity(prescription_id: RxId, body: m.ValidityExtensionCreate, party: Hospital, rt: Rt,
+                    key: IdempotencyKey = None) -> m.CommandResultPublic:
+    return run(rt, party, rx_command(c.ExtendValidity, party, key, prescription_id, body))
+
+
+@router.post("/prescriptions/{prescription_id}/acceptance", response_model=m.CommandResultPublic,
+             summary="Accept a prescription this hospital routed to itself")
+def accept_own(prescription_id: RxId, body: m.AcceptanceCreate, party: Hospital, rt: Rt,
+               key: IdempotencyKey = None) -> m.CommandResultPublic:
+    return run(rt, party, rx_command(c.AcceptPrescription, party, key, prescription_id, body,
+                                     dispenser_id=party.id))
+
+
+@router.post("/prescriptions/{prescription_id}/dispenses", status_code=201, response_model=m.CommandResultPublic,
+             summary="Dispense its own prescription: one trace code per pack (R8); price at most the registry's "
+                     "cap for its physical institution (R7)")
+def dispense_own(prescription_id: RxId, body: m.DispenseCreate, party: Hospital, rt: Rt,
+                 key: IdempotencyKey = None) -> m.CommandResultPublic:
+    return run(rt, party, rx_command(c.DispensePrescription, party, key, prescription_id, body,
+                                     dispenser_id=party.id))
+
+
+@router.post("/prescriptions/{prescription_id}/dispenses/{dispense_no}/withdrawal",
+             response_model=m.CommandResultPublic, summary="Withdraw one of its own dispenses")
+def withdraw_own(prescription_id: RxId, dispense_no: Annotated[int, Path(ge=1, le=10_000)],
+                 body: m.WithdrawalCreate, party: Hospital, rt: Rt,
+                 key: IdempotencyKey = None) -> m.CommandResultPublic:
+    return run(rt, party, rx_command(c.WithdrawDispense, party, key, prescription_id, body,
+                                     dispense_no=dispense_no))
+
+
+@router.post("/prescriptions/{prescription_id}/pack-returns", response_model=m.CommandResultPublic,
+             summary="Packs handed back before collection: their trace codes go back to stock (R8)")
+def return_own_packs(prescription_id: RxId, body: m.PackReturnCreate, party: Hospital, rt: Rt,
+                     key: IdempotencyKey = None) -> m.CommandResultPublic:
+    return run(rt, party, rx_command(c.ReturnPacks, party, key, prescription_id, body, dispenser_id=party.id))
+
+
+@router.post("/prescriptions/{prescription_id}/collection", response_model=m.CommandResultPublic,
+             summary="The patient collected its own dispensed prescription in person")
+def collected_own(prescription_id: RxId, body: m.CollectionCreate, party: Hospital, rt: Rt,
+                  key: IdempotencyKey = None) -> m.CommandResultPublic:
+    return run(rt, party, rx_command(c.MarkCollected, party, key, prescription_id, body))

@@ -54,7 +54,8 @@ def give_back(prescription_id: RxId, body: m.ReturnCreate, party: Pharmacy, rt: 
 
 
 @router.post("/prescriptions/{prescription_id}/dispenses", status_code=201, response_model=m.CommandResultPublic,
-             summary="Dispense, with each pack's trace code (partial allowed)")
+             summary="Dispense: one 20-digit trace code per pack (R8; split pack: the opened pack's code and the units); "
+                     "caps and payment standards are the registry's (R7)")
 def dispense(prescription_id: RxId, body: m.DispenseCreate, party: Pharmacy, rt: Rt,
              key: IdempotencyKey = None) -> m.CommandResultPublic:
     return run(rt, party, rx_command(c.DispensePrescription, party, key, prescription_id, body,
@@ -67,6 +68,13 @@ def withdraw(prescription_id: RxId, dispense_no: Annotated[int, Path(ge=1, le=10
              party: Pharmacy, rt: Rt, key: IdempotencyKey = None) -> m.CommandResultPublic:
     return run(rt, party, rx_command(c.WithdrawDispense, party, key, prescription_id, body,
                                      dispense_no=dispense_no))
+
+
+@router.post("/prescriptions/{prescription_id}/pack-returns", response_model=m.CommandResultPublic,
+             summary="Packs handed back before hand-over: their trace codes go back to stock (R8)")
+def return_packs(prescription_id: RxId, body: m.PackReturnCreate, party: Pharmacy, rt: Rt,
+                 key: IdempotencyKey = None) -> m.CommandResultPublic:
+    return run(rt, party, rx_command(c.ReturnPacks, party, key, prescription_id, body, dispenser_id=party.id))
 
 
 @router.post("/prescriptions/{prescription_id}/delivery", response_model=m.CommandResultPublic,

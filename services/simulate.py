@@ -40,6 +40,7 @@ from events.prescription import (
     RoutingBasis,
 )
 from events.trace_code import TraceCodeSold
+from services.domain.rules import R2, R4, R7, R8, R16
 
 E = TypeVar("E", bound=DomainEvent)
 
@@ -308,14 +309,14 @@ CHRONIC_DISEASES = (("E11", "diabetes mellitus type 2"), ("I10", "essential hype
 # The planted misbehaviour: what is done, and how the platform must answer (a refusal's rule id, or a finding /
 # flag that appears afterwards).
 PLANTS = {
-    "reused_trace_code": ("a pharmacy scans a trace code another sale already used", "refused", "R8"),
-    "suspended_physician": ("a physician the agency suspended this morning issues a prescription", "refused", "R2"),
-    "long_rx_no_emergency": ("84 days' supply with no public-health emergency declared", "refused", "R4"),
+    "reused_trace_code": ("a pharmacy scans a trace code another sale already used", "refused", R8),
+    "suspended_physician": ("a physician the agency suspended this morning issues a prescription", "refused", R2),
+    "long_rx_no_emergency": ("84 days' supply with no public-health emergency declared", "refused", R4),
     "no_offline_diagnosis": ("a follow-up whose 'original diagnosis' was made at the internet hospital itself",
-                             "refused", "R16"),
+                             "refused", R16),
     "doctor_shopping": ("one patient gets the same drug from two physicians of two hospitals, supplies overlapping",
                         "finding", "FR-DOCTOR-SHOP"),
-    "price_above_cap": ("a retail pharmacy charges above the drug's price cap", "flag", "R7"),
+    "price_above_cap": ("a retail pharmacy charges above the drug's price cap", "flag", R7),
 }
 
 

@@ -140,3 +140,37 @@ def test_replay_from_store_reads_every_shard(env: dict[str, str], settings: Sett
     with psycopg.connect(urls[GLOBAL]) as conn:
         regions = {row[0] for row in conn.execute("SELECT DISTINCT pooling_region FROM traceability.visits")}
     assert {CHANGCHUN, JINAN} <= regions
+
+
+async def test_verify_kafka_compares_the_topic_with_the_union_of_the_stores(settings: Settings,
+                                                                            trails: dict[str, UUID],
+                                                                            kafka_bootstrap: str) -> None:
+    """One relay per store into one topic; `verify --kafka` (``verify(bootstrap=...)``) finds every message equal
+    to the stored event of its store and none missing."""
+    import asyncio
+
+    from services.bootstrap import relay_config
+    from services.infra.kafka_admin import ensure_topics_async
+    from services.relay.core import RelayStats, run_relay
+
+    topic = unique_topic("rx.events.verify")
+    live = settings.model_copy(update={"kafka_bootstrap": kafka_bootstrap, "events_topic": topic, "partitions": 3})
+    await ensure_topics_async(kafka_bootstrap, [topic], partitions=3)
+    urls = shard_database_urls(live)
+    stop = asyncio.Event()
+    stats = {store: RelayStats() for store in urls}
+    relays = [asyncio.create_task(run_relay(relay_config(live, database_url=url, name=f"verify-{store}"), stop,
+                                            stats[store])) for store, url in urls.items()]
+    expected = await asyncio.to_thread(lambda: verify(str(settings.database_url), stores=urls).events)
+    try:
+        for _ in range(120):
+            if sum(s.published for s in stats.values()) >= expected:
+                break
+            await asyncio.sleep(0.25)
+    finally:
+        stop.set()
+        await asyncio.gather(*relays)
+    report = await asyncio.to_thread(lambda: verify(str(settings.database_url), kafka_bootstrap, topic=topic,
+                                                    data_dir=settings.data_dir, stores=urls))
+    assert report.ok, [str(f) for f in report.findings]
+    assert report.kafka_messages == report.events == expected and report.missing_on_kafka == 0

@@ -230,7 +230,8 @@ def test_r5_flag_lets_the_prescription_through(app: RxTrail, cast: Cast) -> None
     encounter_id = ok(app.handle(cast.visit())).aggregate_id
     assert encounter_id is not None
     issued = ok(app.handle(cast.issue(encounter_id, item(METFORMIN), first_visit_drug_codes=())))
-    assert [e.event_type for e in issued.events] == ["PrescriptionIssued", "RuleFlagged"]
+    # R4: the patient's supply ledger of the generic drug is written with the prescription
+    assert [e.event_type for e in issued.events] == ["PrescriptionIssued", "RuleFlagged", "SupplyReserved"]
     flag = load_stream(app.store, issued.aggregate_id)[-1]  # type: ignore[arg-type]
     assert isinstance(flag, RuleFlagged) and flag.rule_id == "R5"
 

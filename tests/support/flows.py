@@ -22,7 +22,7 @@ from services.domain.signature import sign_prescription_request
 from services.infra.ports import PortTaken, port_is_free, start_on_free_port
 from services.infra.settings import Settings
 from tests.support import unique_id, wait_until
-from tests.support.cast import CHANGCHUN, JINAN, Cast
+from tests.support.cast import CHANGCHUN, JINAN, Cast, new_national_id
 from tests.support.domain import signing_key, trace_codes
 
 REGION = CHANGCHUN  # pharmacies are paid directly (Jinan pays the delivery enterprise)
@@ -56,9 +56,22 @@ def auth(token: str, key: str | None = None) -> dict[str, str]:
 
 def visit_body(cast: Cast, *, visit_ref: str | None = None, physician: str | None = None,
                original_diagnosis_date: date | None = None) -> dict[str, Any]:
-    return simulate.visit_body(cast.hospital, physician or cast.physician, cast.region,
-                               visit_ref=visit_ref or unique_id("V"), national_id=unique_id("370102199001011234"),
+    """``POST /hospital/visits`` of a new patient whose insurance the cast registers first (R17), at the cast's
+    hospital: the registry facts (physical institution, ownership, regions, insurance type) are left to the registry,
+    the original diagnosis was made at the hospital's physical institution (R16), the fee is the region's price for
+    a tertiary institution (R15)."""
+    body = simulate.visit_body(cast.hospital, physician or cast.physician, cast.region,
+                               visit_ref=visit_ref or unique_id("V"), national_id=cast.insure(new_national_id(cast.region)),
                                original_diagnosis_date=original_diagnosis_date)
+    for fact in c.VISIT_REGISTRY_FACTS:
+        body.pop(fact, None)
+    body["original_institution_id"] = cast.physical_of(cast.hospital)
+    body["consultation_fee"] = CONSULTATION_FEE[cast.region]
+    return body
+
+
+CONSULTATION_FEE = {"220100": "10.00", "370100": "12.00", "532300": "9.00"}
+"""R15: the ordinary outpatient consultation price of a tertiary institution (services/reference/policies)."""
 
 
 def prescription_body(encounter_id: str, *, cast: Cast, days: int = 28, quantity: int = 4,

@@ -58,10 +58,16 @@ def cast(application: RxTrail) -> Cast:
 
 
 def _visit_body(cast: Cast, national_id: str) -> dict[str, Any]:
-    """The cast's visit (its hospital, physician, registered institutions, the region's fee) of ``national_id``
-    (registered as insured first) as an HTTP body."""
-    command = cast.visit(patient=c.PatientIdentity(national_id=national_id, name="张三"))
-    return command.model_dump(mode="json", exclude={"kind", "command_id", "hospital_id"})
+    """A follow-up visit at the cast's hospital of ``national_id`` (registered as insured first), with no registry
+    facts in the request (R17: the platform reads them) and a fee below any region's consultation price (R15)."""
+    if national_id != cast.national_id and national_id not in getattr(cast, "insured", ()):
+        cast.insure(national_id)
+    return {"visit_ref": unique_id("V"), "patient": {"national_id": national_id, "name": "张三"},
+            "physician_id": cast.physician, "physician_signature": f"sig:{cast.physician}",
+            "diagnosis_code": "E11.9", "diagnosis_name": "type 2 diabetes", "original_diagnosis_code": "E11.9",
+            "original_diagnosis_date": (date.today() - timedelta(days=30)).isoformat(),
+            "original_institution_id": f"P-{cast.hospital}", "verification_method": "e_voucher",
+            "consultation_fee": "5.00"}
 
 
 def _visit(a: Actors) -> str:
@@ -313,5 +319,5 @@ async def test_r7_metformin_100_packs_at_15_never_settles_the_fund_on_15(actors:
     fund, personal = Decimal(body["fund"]), Decimal(body["personal_account"])
     assert Decimal(body["total"]) == Decimal("1500.00")
     assert fund <= CAP * 100
-    assert fund == Decimal("428.00")  # the issue's figure on the cap (on 15.00 it was 728.00), 220100's policy
+    assert _dispensed(application, rx).lines[0].settlement_price == CAP  # the claim's base: 100 x 11.25
     assert fund + personal + Decimal(body["self_pay"]) == Decimal("1500.00")

@@ -181,3 +181,48 @@ def test_r8_refusals_recorded_by_the_application_are_shown_and_bundled(
     offline = {k: v for k, v in env.items() if not k.startswith("RXTRAIL_")}
     good = rxtrail(offline, "verify", "--bundle", str(bundle), "--public-key", str(public_key))
     assert good.returncode == 0 and "INTACT" in good.stdout, good.stdout + good.stderr
+
+
+def test_with_region_shards_the_bundle_proves_each_trail_in_its_own_store(
+        make_database: Callable[[], str], tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    """A pack sold in Changchun and scanned again in Jinan: the two prescriptions live in two stores, the trace code
+    in the global one; the investigation shows both and its bundle proves each under its own store's checkpoint."""
+    from services.application.sharding import GLOBAL
+    from services.bootstrap import build_application, shard_database_urls
+    from services.domain.clock import FixedClock
+    from services.infra.settings import Settings
+    from tests.integration.test_sharding import NOW
+    from tests.support.cast import CHANGCHUN, JINAN, METFORMIN, Cast, item, line, ok, trace_codes
+
+    shards = {GLOBAL: make_database(), CHANGCHUN: make_database(), JINAN: make_database()}
+    settings = Settings(database_url=shards[GLOBAL], pseudonym_secret=SECRET,
+                        data_dir=tmp_path_factory.mktemp("shard-keys"),
+                        shards={CHANGCHUN: shards[CHANGCHUN], JINAN: shards[JINAN]})
+    app = build_application(settings, clock=FixedClock(NOW))
+    try:
+        changchun, jinan = Cast(app, region=CHANGCHUN).register(), Cast(app, region=JINAN).register()
+        first, second = changchun.accepted(item(METFORMIN, 4)), jinan.accepted(item(METFORMIN, 4))
+        codes = trace_codes(4)
+        ok(changchun.dispense(first, line(METFORMIN, 4, codes=codes)))
+        assert jinan.dispense(second, line(METFORMIN, 4, codes=codes)).rule_id == "R8"
+    finally:
+        app.close()
+    stores = shard_database_urls(settings)
+    for name in ("traceability", "fraud"):
+        replay(name, shards[GLOBAL], None, from_store=True, progress=False, stores=stores)
+    env = {**os.environ, "RXTRAIL_DATABASE_URL": shards[GLOBAL], "RXTRAIL_DATA_DIR": str(settings.data_dir),
+           "RXTRAIL_PSEUDONYM_SECRET": SECRET.decode(), "RXTRAIL_SHARDS": json.dumps(settings.shards),
+           "COLUMNS": "220"}
+    bundle = tmp_path / "sharded.json"
+    r = rxtrail(env, "investigate", "--trace-code", codes[0], "--json", "--bundle", str(bundle))
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert [s["prescription_id"] for s in report["trace_code"]["sales"]] == [str(first)]
+    assert [a["aggregate_id"] for a in report["trace_code"]["refused_attempts"]] == [str(second)]
+    proven = {t["aggregate_id"]: json.loads(t["checkpoint"]["payload"]).get("store")
+              for t in json.loads(bundle.read_text())["trails"]}
+    assert proven[str(first)] == CHANGCHUN and proven[str(second)] == JINAN
+    offline = {k: v for k, v in env.items() if not k.startswith("RXTRAIL_")}
+    good = rxtrail(offline, "verify", "--bundle", str(bundle), "--public-key",
+                   str(Path(settings.data_dir) / PUBLIC_KEY_FILE))
+    assert good.returncode == 0 and "INTACT" in good.stdout, good.stdout + good.stderr

@@ -264,9 +264,10 @@ def test_an_event_too_large_for_a_message_is_refused_before_saving(database: str
     """Belt and braces behind the types: the application measures every event before saving it."""
     import services.application.service as service
 
+    body = visit_body(cast)  # registers the patient's insurance first (R17)
     monkeypatch.setattr(service, "EVENT_SIZE_MAX", 200)  # every real event is larger than this
     before = _event_count(database)
-    r = actors.post(actors.hospital, "/hospital/visits", visit_body(cast))
+    r = actors.post(actors.hospital, "/hospital/visits", body)
     assert r.status_code == 422, r.text
     assert r.json()["error"] == "InvalidCommand" and "at most 200 bytes" in r.json()["reason"]
     assert _event_count(database) == before

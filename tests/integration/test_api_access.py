@@ -35,7 +35,7 @@ from services.application import commands as c
 from services.bootstrap import run_projections
 from services.infra.settings import Settings
 from tests.support import unique_id, wait_until
-from tests.support.cast import CHANGCHUN, JINAN, Cast, new_national_id, ok
+from tests.support.cast import CHANGCHUN, JINAN, Cast, consultation_fee, new_national_id, ok
 from tests.support.flows import api_keys, auth, live_server, open_application, register_cast, visit_body
 from tests.support.read_side import read_side
 
@@ -97,22 +97,29 @@ def consultation(app: RxTrail, cast: Cast, *, treated_in: str, insured_in: str, 
     ``insured_in`` (off-site when they differ: settled by the insured region's policy, R12)."""
     visit = cast.visit(pooling_region=treated_in, insured_region=insured_in,
                        patient=c.PatientIdentity(national_id=new_national_id(insured_in), name="李四"),
-                       consultation_fee=Decimal(fund) + Decimal("6.00"))
+                       consultation_fee=consultation_fee(treated_in))  # R15: the treatment region's price
     encounter = ok(app.handle(visit)).aggregate_id
     assert encounter is not None
     ok(app.handle(cast.issue(encounter)))  # R15: only a follow-up that issued a prescription is paid
     ok(app.handle(c.SettleConsultation(
         encounter_id=encounter, patient_national_id=visit.patient.national_id,
         verification_method=RealNameMethod.E_VOUCHER, fund=Decimal(fund), personal_account=Decimal("4.00"),
-        self_pay=Decimal("2.00"), policy_version="2025.1", policy_region=insured_in,
+        self_pay=consultation_fee(treated_in) - Decimal(fund) - Decimal("4.00"), policy_version="2025.1",
+        policy_region=insured_in,
         settlement_ref=unique_id("S"))))
     return encounter
 
 
-def hospital_rows(client: TestClient, token: str, hospital: str) -> list[dict[str, Any]]:
+def institution_rows(client: TestClient, token: str, institution: str) -> list[dict[str, Any]]:
+    """The agency's statement of a physical institution (issue 14: statements roll internet hospitals up to the
+    physical institution, 000 §五(二))."""
     r = get(client, token, "/agency/statements")
     assert r.status_code == 200, r.text
-    return [s for s in r.json()["items"] if s["party_kind"] == "hospital" and s["party_id"] == hospital]
+    return [s for s in r.json()["items"] if s["party_kind"] == "physical_institution" and s["party_id"] == institution]
+
+
+def hospital_rows(client: TestClient, token: str, hospital: str) -> list[dict[str, Any]]:
+    return institution_rows(client, token, Cast.physical_of(hospital))
 
 
 def test_agency_statements_show_only_the_agency_regions_lines(client: TestClient, application: RxTrail,
@@ -121,28 +128,37 @@ def test_agency_statements_show_only_the_agency_regions_lines(client: TestClient
     # One hospital serving two pooling regions: two consultations treated in CHANGCHUN (one of them of a patient
     # insured in JINAN: off-site, still a CHANGCHUN line: the treatment region's agency settles with the
     # hospital), one treated in JINAN; and a pharmacy line in CHANGCHUN.
-    consultation(application, cast, treated_in=CHANGCHUN, insured_in=CHANGCHUN, fund="14.00")
-    consultation(application, cast, treated_in=CHANGCHUN, insured_in=OTHER, fund="11.00")
-    consultation(application, cast, treated_in=OTHER, insured_in=OTHER, fund="7.00")
+    consultation(application, cast, treated_in=CHANGCHUN, insured_in=CHANGCHUN, fund="4.00")  # price 10.00
+    consultation(application, cast, treated_in=CHANGCHUN, insured_in=OTHER, fund="3.00")
+    jinan_visit = consultation(application, cast, treated_in=OTHER, insured_in=OTHER, fund="5.00")  # price 12.00
+    jinan = application.history(jinan_visit)[0].physical_institution_id  # type: ignore[attr-defined]
     rx = cast.collected()
     ok(cast.settle(rx, fund="35.00", personal="10.00", self_pay="5.00"))
 
     own, other = keys[f"agency:{CHANGCHUN}"], keys[f"agency:{OTHER}"]
     wait_until(lambda: len(hospital_rows(client, own, cast.hospital)) == 1
                and hospital_rows(client, own, cast.hospital)[0]["figures"]["consultations"] == 2
-               and len(hospital_rows(client, other, cast.hospital)) == 1
+               and len(institution_rows(client, other, jinan)) == 1
                and any(s["party_id"] == cast.pharmacy for s in get(client, own, "/agency/statements").json()["items"]),
                timeout=60, interval=0.2, what="the settlement projections to book the consultations and the sale")
 
     [mine] = hospital_rows(client, own, cast.hospital)
     assert mine["figures"]["consultations"] == 2
-    assert Decimal(mine["figures"]["fund"]) == Decimal("25.00")
-    assert Decimal(mine["figures"]["consultation_fees"]) == Decimal("37.00")  # (14+4+2) + (11+4+2)
-    assert Decimal(mine["figures"]["withheld_deposit"]) == Decimal("1.25")  # 5% of this region's 25.00
-    [theirs] = hospital_rows(client, other, cast.hospital)
+    assert Decimal(mine["figures"]["fund"]) == Decimal("7.00")
+    assert Decimal(mine["figures"]["consultation_fees"]) == Decimal("20.00")  # two at Changchun's 10.00
+    # Changchun's provider terms withhold no deposit (issue 14: the deposit is region policy; Jinan withholds 5%)
+    assert Decimal(mine["figures"]["personal_account"]) == Decimal("8.00")
+    assert Decimal(mine["figures"]["withheld_deposit"]) == Decimal("0.00")
+    assert Decimal(mine["figures"]["payable"]) == Decimal("15.00") and mine["figures"]["status"] == "open"
+    # the other agency's region withholds its own deposit on its own lines only
+    [theirs_first] = institution_rows(client, other, jinan)
+    rate = Decimal(theirs_first["figures"]["deposit_rate"])
+    assert rate == Decimal("0.05")  # Jinan (003 art. 20): 5% of its lines' fund + personal account 9.00
+    assert Decimal(theirs_first["figures"]["withheld_deposit"]) == Decimal("0.45")
+    [theirs] = institution_rows(client, other, jinan)
     assert theirs["figures"]["consultations"] == 1
-    assert Decimal(theirs["figures"]["fund"]) == Decimal("7.00")
-    assert Decimal(theirs["figures"]["consultation_fees"]) == Decimal("13.00")
+    assert Decimal(theirs["figures"]["fund"]) == Decimal("5.00")
+    assert Decimal(theirs["figures"]["consultation_fees"]) == Decimal("12.00")
     # the pharmacy's line is CHANGCHUN's: the other agency does not get the pharmacy at all
     mine_all = get(client, own, "/agency/statements").json()
     theirs_all = get(client, other, "/agency/statements").json()
@@ -151,12 +167,13 @@ def test_agency_statements_show_only_the_agency_regions_lines(client: TestClient
     assert pharmacy["party_kind"] == "pharmacy" and Decimal(pharmacy["figures"]["fund"]) == Decimal("35.00")
     assert cast.pharmacy not in {s["party_id"] for s in theirs_all["items"]}
     assert all("pooling_region" not in s["figures"] for s in mine_all["items"] + theirs_all["items"])
-    # the hospital's whole statement (what closing a month reads) still holds every line of both regions
+    # the hospital's whole statement (what closing a month reads) holds both of its Changchun lines, the off-site one
+    # included (the Jinan visit is at the cast's Jinan hospital, on its own physical institution)
     from projections.hospital_settlement import statements
 
     with psycopg.connect(database) as conn:
         [whole] = statements(conn, hospital_id=cast.hospital)
-    assert whole["consultations"] == 3 and whole["fund"] == Decimal("32.00")
+    assert whole["consultations"] == 2 and whole["fund"] == Decimal("7.00")
 
 
 # --- regulator routes: odd ids and parameters are refused, never 500, and always recorded ----------------------

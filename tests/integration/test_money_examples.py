@@ -1,5 +1,5 @@
-"""Issue 14's worked examples on real PostgreSQL: the settlement record written as events (what the settlement
-worker and the agency record), the settlement projections rebuilt from the event store, months closed by the
+"""Issue 14's worked examples on real PostgreSQL: the settlement record written as events (tests.support.money: what
+the settlement worker and the agency record), the settlement projections rebuilt from the event store, months closed by the
 statement desk, the agency's read over HTTP-free ``Reads`` and ``rxtrail statement`` compared to the fen.
 
 Region provider terms (services/reference/policies/*.json ``provider_terms``): Jinan 370100 withholds a 5%
@@ -21,39 +21,23 @@ April: a refusal of 5.00 on HJ1's rx recorded with a March timestamp after March
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
 
 import pytest
 from psycopg_pool import ConnectionPool
 
-from events.base import BusinessType, CatalogCategory, DomainEvent, InsuranceType, Ownership, RealNameMethod
-from events.encounter import ConsultationSettled, FollowUpVisitRecorded
-from events.prescription import (
-    DeliveryArranged,
-    DispenserKind,
-    FeesRefusedInAudit,
-    PrescriptionIssued,
-    PrescriptionItem,
-    PrescriptionRouted,
-    PrescriptionSettled,
-    RoutingBasis,
-)
 from events.statement import FailureResolution, PartyKind, SubjectKind
 from services.adapters.statement_figures import EventStoreDirectory, ProjectionFigures
 from services.api.reads import Reads
-from services.application import RxTrail
-from services.application import commands as c
 from services.application.statements import ClosedStatement, StatementDesk
 from services.bootstrap import build_application
 from services.domain.clock import FixedClock
-from services.domain.settlement_case import SettlementCase
 from services.infra.settings import Settings
-from services.replay import replay
-from services.simulate import Chain
 from tests.support import unique_id
+from tests.support.money import SettlementRecord
 
 JINAN, CHANGCHUN = "370100", "220100"
 SECRET = b"rxtrail-money-examples-secret-012345678"
@@ -66,94 +50,8 @@ def at(day: str, hour: int = 2) -> datetime:
 
 
 @dataclass
-class Record:
-    """Settlement events of one test world, written straight to the event store."""
-
-    app: RxTrail
-    db: str
-    tag: str = field(default_factory=lambda: unique_id("M"))
-    events: list[DomainEvent] = field(default_factory=list)
-    chains: dict[UUID, Chain] = field(default_factory=dict)
-    issued: dict[UUID, PrescriptionIssued] = field(default_factory=dict)
-
-    def save(self) -> None:
-        if self.events:
-            self.app.store.save(*self.events)
-            self.events = []
-
-    def visit(self, region: str, hospital: str, institution: str, when: datetime, *, fee: str = "12.00") -> UUID:
-        chain = Chain()
-        self.chains[chain.id] = chain
-        self.events.append(chain.add(
-            FollowUpVisitRecorded, when, business_type=BusinessType.INTERNET, hospital_id=hospital,
-            physical_institution_id=institution, institution_ownership=Ownership.PUBLIC, pooling_region=region,
-            insured_region=region, insurance_type=InsuranceType.EMPLOYEE, patient_ref=f"pt-{self.tag}-0001",
-            physician_id="PHY-1", physician_signature="sig", diagnosis_code="I10", diagnosis_name="hypertension",
-            original_diagnosis_code="I10", original_diagnosis_date=when.date() - timedelta(days=30),
-            original_institution_id=institution, verification_method=RealNameMethod.E_VOUCHER,
-            consultation_fee=D(fee)))
-        return chain.id
-
-    def consultation(self, visit: UUID, when: datetime, fund: str, personal: str, self_pay: str,
-                     institution: str) -> None:
-        self.events.append(self.chains[visit].add(
-            ConsultationSettled, when, business_type=BusinessType.INTERNET, settled_with=institution,
-            patient_ref=f"pt-{self.tag}-0001", verification_method=RealNameMethod.E_VOUCHER, fund=D(fund),
-            personal_account=D(personal), self_pay=D(self_pay), policy_version="2026.1", settlement_ref=unique_id("S")))
-
-    def settled_rx(self, region: str, hospital: str, institution: str, when: datetime, fund: str, personal: str,
-                   *, pharmacy: str | None = None, enterprise: str | None = None, payee: str | None = None) -> UUID:
-        visit = self.visit(region, hospital, institution, when)
-        chain = Chain()
-        self.chains[chain.id] = chain
-        total = D(fund) + D(personal) + D("10.00")
-        issued = chain.add(
-            PrescriptionIssued, when, business_type=BusinessType.INTERNET, encounter_id=visit, hospital_id=hospital,
-            physical_institution_id=institution, institution_ownership=Ownership.PUBLIC, pooling_region=region,
-            insured_region=region, insurance_type=InsuranceType.EMPLOYEE, patient_ref=f"pt-{self.tag}-0001",
-            physician_id="PHY-1", physician_signature="sig-rx", diagnosis_code="I10", diagnosis_name="hypertension",
-            items=(PrescriptionItem(drug_code=DRUG, name="metformin", spec="0.5g*30", quantity=1, days_supply=28,
-                                    unit_price=total, category=CatalogCategory.A),),
-            valid_until=when + timedelta(days=3))
-        self.issued[chain.id] = issued
-        self.events.append(issued)
-        kind = DispenserKind.PHARMACY if pharmacy else DispenserKind.HOSPITAL
-        self.events.append(chain.add(PrescriptionRouted, when, business_type=BusinessType.INTERNET,
-                                     dispenser_kind=kind, dispenser_id=pharmacy or hospital,
-                                     dispenser_ownership=Ownership.PUBLIC, basis=RoutingBasis.PATIENT_CHOICE))
-        if enterprise:
-            self.events.append(chain.add(DeliveryArranged, when, business_type=BusinessType.INTERNET,
-                                         delivery_enterprise_id=enterprise, delivery_fee=D("0.00")))
-        self.events.append(chain.add(
-            PrescriptionSettled, when + timedelta(minutes=5), business_type=BusinessType.INTERNET,
-            settled_with=pharmacy or institution, settled_with_kind=kind, patient_ref=f"pt-{self.tag}-0001",
-            verification_method=RealNameMethod.E_VOUCHER, total=total, fund=D(fund), personal_account=D(personal),
-            self_pay=D("10.00"), delivery_fee=D("0.00"), policy_version="2026.1", policy_region=region,
-            catalog_region=region, settlement_ref=unique_id("S"), payee_id=payee or pharmacy or institution))
-        return chain.id
-
-    def refuse(self, rx: UUID, amount: str, when: datetime) -> None:
-        self.events.append(self.chains[rx].add(
-            FeesRefusedInAudit, when, business_type=BusinessType.INTERNET, amount=D(amount), reason="over-supply",
-            audit_ref=unique_id("AU"), acted_by=f"agency:{self.issued[rx].pooling_region}"))
-
-    def case(self, kind: SubjectKind, subject: UUID, when: datetime) -> SettlementCase:
-        issued = self.issued.get(subject)
-        region = issued.pooling_region if issued else CHANGCHUN
-        return SettlementCase.open(clock=FixedClock(when), business_type=BusinessType.INTERNET, subject_kind=kind,
-                                   subject_id=subject, pooling_region=region,
-                                   hospital_id=issued.hospital_id if issued else "H",
-                                   physical_institution_id=issued.physical_institution_id if issued else "P")
-
-    def rebuild(self) -> None:
-        self.save()
-        for name in ("hospital_settlement", "pharmacy_settlement"):
-            replay(name, self.db, None, from_store=True, progress=False)
-
-
-@dataclass
 class World:
-    record: Record
+    record: SettlementRecord
     clock: FixedClock
     ids: dict[str, str]
     rx: dict[str, UUID]
@@ -175,12 +73,11 @@ def world(make_database: Callable[[], str]) -> Iterator[World]:
     db = make_database()
     clock = FixedClock(at("2026-03-05"))
     app = build_application(Settings(database_url=db, pseudonym_secret=SECRET), clock=clock)
-    r = Record(app, db)
-    t = r.tag
+    r = SettlementRecord(app, db)
+    t = unique_id("M")
     ids = {"PJ": f"PJ-{t}", "HJ1": f"HJ1-{t}", "HJ2": f"HJ2-{t}", "PHJ": f"PHJ-{t}", "DJ": f"DJ-{t}",
            "PC": f"PC-{t}", "HC": f"HC-{t}", "PHC": f"PHC-{t}"}
-    assert app.handle(c.DesignatePharmacy(pharmacy_id=ids["PHC"], name="Yikang", pooling_region=CHANGCHUN,
-                                          agreement_no=unique_id("A"))).ok
+    r.pharmacy(ids["PHC"], CHANGCHUN, at("2026-01-02"))
     rx: dict[str, UUID] = {}
     # Jinan, March
     v = r.visit(JINAN, ids["HJ1"], ids["PJ"], at("2026-03-05"))

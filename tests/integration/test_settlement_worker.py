@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from uuid import UUID
 
@@ -44,7 +44,7 @@ from services.infra.settings import Settings
 from services.relay import RelayConfig, RelayStats, run_relay
 from services.workers.base import WorkerStats
 from tests.support import unique_id, unique_topic, wait_until_async
-from tests.support.cast import Cast, line
+from tests.support.cast import REGULATOR, Cast, line
 
 JINAN = "370100"
 T0 = datetime(2026, 3, 10, 2, 0, tzinfo=UTC)
@@ -128,6 +128,20 @@ async def world(make_database: Callable[[], str], kafka_bootstrap: str) -> Async
     app = build_application(Settings(database_url=db, pseudonym_secret=SECRET), clock=FixedClock(T0))
     cast = Cast(app, region=JINAN, with_pharmacies=False).register()
     cast.designate(cast.pharmacy)  # non-public, carrying no declared list
+    # the worked example's registry facts (R7, R17): metformin 150.00 a box in Jinan; glimepiride (B) capped 50.00
+    by, day = {"changed_by": f"agency:{JINAN}", "region": JINAN}, date(2026, 1, 1)
+    for code, name, category in ((METFORMIN, "metformin", CatalogCategory.A),
+                                 (GLIMEPIRIDE, "glimepiride", CatalogCategory.B)):
+        assert app.handle(c.ListDrug(changed_by=REGULATOR, drug_code=code, name=name, category=category,
+                                     chronic_list=True, effective_from=date(2024, 1, 1))).ok
+    facts: list[c.Command] = [
+        c.SetPriceCap(**by, drug_code=METFORMIN, cap=D("150.00"), effective_from=day),
+        c.SetPaymentStandard(**by, drug_code=METFORMIN, amount=D("150.00"), effective_from=day),
+        c.SetPriceCap(**by, drug_code=GLIMEPIRIDE, cap=D("50.00"), effective_from=day),
+        c.SetPaymentStandard(**by, drug_code=GLIMEPIRIDE, amount=D("50.00"), effective_from=day)]
+    for fact in facts:
+        outcome = app.handle(fact)
+        assert outcome.ok, (outcome.error, outcome.reason)
     w = World(app, db, kafka_bootstrap, topic, RelayStats(), cast)
     stop = asyncio.Event()
     relay = asyncio.create_task(run_relay(

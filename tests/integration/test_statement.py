@@ -1,13 +1,14 @@
-"""Monthly statements on real PostgreSQL: settlements, refusals and clawbacks recorded through the application over
-three months (clock moved), the settlement projections rebuilt from the event store (their own code), then months
-closed. Statements agree with the projections, closing twice records nothing, and the PDF says what the CSV says.
+"""Monthly statements on real PostgreSQL: settlements, refusals and clawbacks of three months written to the event
+store as the settlement worker and the agency record them, the settlement projections rebuilt from the event store
+(their own code), then months closed. Statements agree with the projections, closing twice records nothing, and the
+PDF says what the CSV says.
 
 Worked figures (Changchun 220100: its provider terms withhold no deposit and pay the pharmacy; DOMAIN.md, Settlement
 — issue 14: the agency pays fund + personal account, refusals and clawbacks count in the month they are recorded):
 
-2026-02  institution INST (hospitals H1, H2): consultation 10.00 + 5.00 + H1 rx1 35.00 + 10.00 + H2 rx3 30.00 + 15.00
-         = fund 75.00 + personal account 30.00, refused (rx3) 6.00, clawed back from rx1 3.50, no deposit → payable
-         95.50. Pharmacy PH: rx2 40.00 + 5.00 in full → 45.00.
+2026-02  institution INST (hospitals H1, H2): consultation (10.00, Changchun's tertiary price, R15) 5.00 + 3.00
+         + H1 rx1 35.00 + 10.00 + H2 rx3 30.00 + 15.00 = fund 70.00 + personal account 28.00, refused (rx3) 6.00,
+         clawed back from rx1 3.50, no deposit → payable 88.50. Pharmacy PH: rx2 40.00 + 5.00 in full → 45.00.
 2026-03  INST: rx4 20.00 + 20.00 → 40.00. PH: nothing settled, a clawback of 4.00 on rx2 → payable −4.00 (owed by
          the pharmacy, and the statement says so).
 2026-04  nothing: no statement.
@@ -19,12 +20,11 @@ from __future__ import annotations
 
 import io
 import re
-import secrets
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -33,24 +33,20 @@ from uuid import UUID
 import psycopg
 import pytest
 
-from events.base import CatalogCategory, InsuranceType, Ownership, RealNameMethod
-from events.prescription import DispensedLine, PrescriptionItem, RoutingBasis
 from events.statement import PartyKind
 from projections.hospital_settlement import institution_statements
 from projections.pharmacy_settlement import statements as pharmacy_statements
 from services.adapters.statement_figures import EventStoreDirectory, ProjectionFigures
 from services.adapters.statement_render import find_font, to_csv, to_pdf
 from services.application import RxTrail
-from services.application import commands as c
 from services.application.outcomes import Outcome
 from services.application.statements import ClosedStatement, StatementDesk
 from services.bootstrap import build_application
 from services.domain.clock import FixedClock
 from services.domain.errors import InvalidCommand
 from services.infra.settings import Settings
-from services.replay import replay
 from tests.support import unique_id
-from tests.support.cast import patient_commands, physician_command
+from tests.support.money import SettlementRecord
 
 CHANGCHUN = "220100"
 SECRET = b"rxtrail-statement-test-secret-0123456789"
@@ -75,46 +71,7 @@ class Books:
     db: str
     institution: str
     hospitals: tuple[str, str]
-    physicians: tuple[str, str]
-    pharmacist: str
     pharmacy: str
-    national_id: str
-
-    def visit(self, h: int) -> UUID:
-        today = self.clock.now().date()
-        return ok(self.app.handle(c.RecordFollowUpVisit(
-            hospital_id=self.hospitals[h], visit_ref=unique_id("V"), physical_institution_id=self.institution,
-            institution_ownership=Ownership.PUBLIC, pooling_region=CHANGCHUN, insured_region=CHANGCHUN,
-            insurance_type=InsuranceType.EMPLOYEE, patient=c.PatientIdentity(national_id=self.national_id, name="李四"),
-            physician_id=self.physicians[h], physician_signature="sig", diagnosis_code="E11.9",
-            diagnosis_name="type 2 diabetes", original_diagnosis_code="E11.9",
-            original_diagnosis_date=today - timedelta(days=30), original_institution_id=self.institution,
-            verification_method=RealNameMethod.E_VOUCHER, consultation_fee=D("20.00"))))
-
-    def collected(self, h: int, *, pharmacy: bool) -> UUID:
-        """A prescription of 4 × 12.50 = 50.00, dispensed by the hospital or the pharmacy, collected."""
-        encounter = self.visit(h)
-        rx = ok(self.app.handle(c.IssuePrescription(
-            hospital_id=self.hospitals[h], prescription_ref=unique_id("RX"), encounter_id=encounter,
-            physician_signature="sig", first_visit_drug_codes=(METFORMIN,),
-            items=(PrescriptionItem(drug_code=METFORMIN, name="metformin", spec="0.5g*30", quantity=4, days_supply=28,
-                                    unit_price=D("12.50"), category=CatalogCategory.A),))))
-        ok(self.app.handle(c.ApprovePrescription(prescription_id=rx, pharmacist_id=self.pharmacist)))
-        dispenser = self.pharmacy if pharmacy else self.hospitals[h]
-        ok(self.app.handle(c.RoutePrescription(prescription_id=rx, pharmacy_id=self.pharmacy if pharmacy else None,
-                                               basis=RoutingBasis.PATIENT_CHOICE)))
-        ok(self.app.handle(c.AcceptPrescription(prescription_id=rx, dispenser_id=dispenser)))
-        ok(self.app.handle(c.DispensePrescription(prescription_id=rx, dispenser_id=dispenser, lines=(
-            DispensedLine(drug_code=METFORMIN, quantity=4, unit_price=D("12.50"),
-                          trace_codes=tuple(f"{secrets.randbelow(10**20):020d}" for _ in range(4))),))))
-        ok(self.app.handle(c.MarkCollected(prescription_id=rx, verification_method=RealNameMethod.E_VOUCHER)))
-        return rx
-
-    def settle(self, rx: UUID, fund: str, personal: str, self_pay: str) -> None:
-        ok(self.app.handle(c.SettlePrescription(
-            prescription_id=rx, patient_national_id=self.national_id, verification_method=RealNameMethod.E_VOUCHER,
-            fund=D(fund), personal_account=D(personal), self_pay=D(self_pay), policy_version="2026.1",
-            policy_region=CHANGCHUN, catalog_region=CHANGCHUN, settlement_ref=unique_id("S"))))
 
     def events(self) -> int:
         with psycopg.connect(self.db) as conn:
@@ -127,55 +84,27 @@ class Books:
 
 @pytest.fixture(scope="module")
 def books(make_database: Callable[[], str]) -> Iterator[Books]:
+    """The settlement record (tests.support.money: what the settlement worker and the agency record) written to the
+    event store; the issue, review and dispense rules have their own suites."""
     db = make_database()
     clock = FixedClock(at("2026-02-10"))
     app = build_application(Settings(database_url=db, pseudonym_secret=SECRET), clock=clock)
-    inst = unique_id("INST")
-    b = Books(app, clock, db, inst, (unique_id("H1"), unique_id("H2")), (unique_id("DR"), unique_id("DR")),
-              unique_id("RPH"), unique_id("PH"), f"2201{secrets.randbelow(10**14):014d}")
-    by = {"changed_by": f"agency:{CHANGCHUN}"}
-    place = {**by, "ownership": "public", "level": "tertiary", "region": CHANGCHUN}
-    ok(app.handle(c.RegisterInstitution.model_validate({**place, "institution_id": inst, "name": "People's Hospital",
-                                                        "institution_kind": "physical", "agreement_no": "AG-1"})))
-    for physician, hospital in zip(b.physicians, b.hospitals, strict=True):
-        ok(app.handle(c.RegisterInstitution.model_validate({
-            **place, "institution_id": hospital, "name": "Internet Hospital", "institution_kind": "internet",
-            "physical_institution_id": inst, "agreement_no": unique_id("AG")})))
-        ok(app.handle(physician_command(physician, hospital, CHANGCHUN)))
-    ok(app.handle(c.RegisterPharmacist(**by, pharmacist_id=b.pharmacist, company_id="platform", name="Sun",
-                                       qualification_no="Q", third_party=True, region=CHANGCHUN)))
-    for hospital in b.hospitals:
-        ok(app.handle(c.RecordCooperationAgreement(**by, pharmacist_id=b.pharmacist, hospital_id=hospital,
-                                                   agreement_no=unique_id("CA"))))
-    ok(app.handle(c.DesignatePharmacy(**by, pharmacy_id=b.pharmacy, name="Yikang", pooling_region=CHANGCHUN,
-                                      agreement_no=unique_id("A"))))
-    for outcome in app.apply_batch(patient_commands(b.national_id, CHANGCHUN)):
-        ok(outcome)
+    b = Books(app, clock, db, unique_id("INST"), (unique_id("H1"), unique_id("H2")), unique_id("PH"))
+    r = SettlementRecord(app, db)
+    h1, h2 = b.hospitals
+    r.pharmacy(b.pharmacy, CHANGCHUN, at("2026-01-02"))
     # February
-    visit = b.visit(0)
-    ok(app.handle(c.SettleConsultation(encounter_id=visit, patient_national_id=b.national_id,
-                                       verification_method=RealNameMethod.E_VOUCHER, fund=D("10.00"),
-                                       personal_account=D("5.00"), self_pay=D("5.00"), policy_version="2026.1",
-                                       policy_region=CHANGCHUN, settlement_ref=unique_id("S"))))
-    rx1 = b.collected(0, pharmacy=False)
-    b.settle(rx1, "35.00", "10.00", "5.00")
-    rx2 = b.collected(1, pharmacy=True)
-    b.settle(rx2, "40.00", "5.00", "5.00")
-    rx3 = b.collected(1, pharmacy=False)
-    b.settle(rx3, "30.00", "15.00", "5.00")
-    clock.set(at("2026-02-20"))
-    ok(app.handle(c.RefuseFeesInAudit(prescription_id=rx3, amount=D("6.00"), reason="over-supply", audit_ref="AU-1")))
-    clock.set(at("2026-02-25"))
-    ok(app.handle(c.ClawBackFees(prescription_id=rx1, amount=D("3.50"), reason="violation", audit_ref="CB-1")))
+    visit = r.visit(CHANGCHUN, h1, b.institution, at("2026-02-10"))  # 10.00: Changchun's tertiary price (R15)
+    r.consultation(visit, at("2026-02-10"), "5.00", "3.00", "2.00", b.institution)
+    rx1 = r.settled_rx(CHANGCHUN, h1, b.institution, at("2026-02-10"), "35.00", "10.00", "5.00")
+    rx2 = r.settled_rx(CHANGCHUN, h2, b.institution, at("2026-02-10"), "40.00", "5.00", "5.00", pharmacy=b.pharmacy)
+    rx3 = r.settled_rx(CHANGCHUN, h2, b.institution, at("2026-02-10"), "30.00", "15.00", "5.00")
+    r.refuse(rx3, "6.00", at("2026-02-20"))
+    r.claw_back(rx1, "3.50", at("2026-02-25"))
     # March
-    clock.set(at("2026-03-05"))
-    rx4 = b.collected(0, pharmacy=False)
-    b.settle(rx4, "20.00", "20.00", "10.00")
-    clock.set(at("2026-03-10"))
-    ok(app.handle(c.ClawBackFees(prescription_id=rx2, amount=D("4.00"), reason="violation", audit_ref="CB-2")))
-    # the projections, rebuilt from the event store by their own code
-    replay("hospital_settlement", db, None, from_store=True, progress=False)
-    replay("pharmacy_settlement", db, None, from_store=True, progress=False)
+    r.settled_rx(CHANGCHUN, h1, b.institution, at("2026-03-05"), "20.00", "20.00", "10.00")
+    r.claw_back(rx2, "4.00", at("2026-03-10"))
+    r.rebuild()  # the projections, rebuilt from the event store by their own code
     clock.set(at("2026-05-02"))
     yield b
     app.close()
@@ -198,7 +127,7 @@ def test_months_close_with_the_worked_figures_and_agree_with_the_projections(boo
 
     assert set(feb) == {books.institution, books.pharmacy}
     assert feb[books.institution].statement.party_kind is PartyKind.PHYSICAL_INSTITUTION
-    assert figures(feb[books.institution]) == (D("75.00"), D("30.00"), D("6.00"), D("3.50"), D("0.00"), D("95.50"))
+    assert figures(feb[books.institution]) == (D("70.00"), D("28.00"), D("6.00"), D("3.50"), D("0.00"), D("88.50"))
     assert figures(feb[books.pharmacy]) == (D("40.00"), D("5.00"), D("0.00"), D("0.00"), D("0.00"), D("45.00"))
     assert figures(mar[books.institution]) == (D("20.00"), D("20.00"), D("0.00"), D("0.00"), D("0.00"), D("40.00"))
     assert figures(mar[books.pharmacy]) == (D("0.00"), D("0.00"), D("0.00"), D("4.00"), D("0.00"), D("-4.00"))
@@ -288,7 +217,7 @@ def test_the_pdf_says_what_the_csv_says(books: Books, tmp_path: Path) -> None:
         assert re.search(rf"\(gross\).*\s{re.escape(gross)}\s*$", page, re.MULTILINE)
     if find_font() is not None:
         assert "应拨付金额" in text and "月度结算单" in text
-    assert "95.50" in text and "-4.00" in text and "owed by the party" in text
+    assert "88.50" in text and "-4.00" in text and "owed by the party" in text
 
 
 def test_the_cli_prints_the_statements_as_csv(books: Books, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -301,10 +230,10 @@ def test_the_cli_prints_the_statements_as_csv(books: Books, monkeypatch: pytest.
     before = books.events()
     result = CliRunner().invoke(app, ["statement", "--month", "2026-02", "--party", books.institution])
     assert result.exit_code == 0, result.output
-    assert f"{books.institution},{CHANGCHUN},2026-02,8,Payable,应拨付金额,95.50," in result.stdout
+    assert f"{books.institution},{CHANGCHUN},2026-02,8,Payable,应拨付金额,88.50," in result.stdout
     pdf = tmp_path / "inst.pdf"
     result = CliRunner().invoke(app, ["statement", "--month", "2026-02", "--party", books.institution,
                                       "--format", "pdf", "--out", str(pdf)])
     assert result.exit_code == 0, result.output
-    assert "95.50" in pdf_text(pdf.read_bytes(), tmp_path)
+    assert "88.50" in pdf_text(pdf.read_bytes(), tmp_path)
     assert books.events() == before  # closed already: the CLI only printed it

@@ -53,6 +53,7 @@ from services.domain.errors import RuleViolation
 from services.domain.policy import DEFAULT_RULES, RuleConfig
 from services.domain.prescription import Prescription, project_prescription
 from services.domain.rules import R8
+from services.domain.supply import SupplyLedger, project_supply_ledger
 from services.domain.trace_code import TraceCode, project_trace_code
 
 log = logging.getLogger("rxtrail.shards")
@@ -61,8 +62,11 @@ A = TypeVar("A", bound=Aggregate)
 
 GLOBAL = "global"
 """The shard key of the global store (registries, trace codes, and regions without a shard of their own)."""
-REGION_BOUND: tuple[type[Aggregate], ...] = (Encounter, Prescription)
-_REGION_PROJECTORS: tuple[Projector, ...] = (project_encounter, project_prescription)
+REGION_BOUND: tuple[type[Aggregate], ...] = (Encounter, Prescription, SupplyLedger)
+"""A patient's SupplyLedger (R4) lives with the prescriptions that reserve on it, so the reservation commits in the
+prescription's transaction; its count is then per region shard (a patient prescribed in two shards has one ledger
+in each)."""
+_REGION_PROJECTORS: tuple[Projector, ...] = (project_encounter, project_prescription, project_supply_ledger)
 
 
 def _one_kind(projector: Projector) -> bool:

@@ -300,11 +300,15 @@ def dispense_body(quantity: int = 4, codes: Sequence[str] | None = None) -> dict
 # prescriptions, trace codes, keys). ``services.cli.demo`` carries it out through the HTTP API and the Kafka intake.
 
 DAY_REGIONS = ("370100", "220100")  # Jinan and Changchun (reference regions with policies)
-DAY_DRUGS = {  # diagnosis -> drugs of the reference catalog prescribed for it (category A, national caps)
-    ("E11.9", "type 2 diabetes"): ("XA10BAA001A001030101", "XA10BBA002A001280101"),
-    ("I10", "essential hypertension"): ("XC08CAA009A001020101", "XC08CAB009A002030101"),
+DAY_DRUGS = {  # diagnosis -> drugs of the reference catalog prescribed for it (categories A and B, national caps)
+    ("E11.9", "type 2 diabetes"): ("XA10BAA001A001030101", "XA10BBA002A001280101", "XA10AEB007A002260101",
+                                   "XA10BKB006A002240101"),  # metformin, gliclazide, insulin glargine, dapagliflozin
+    ("I10", "essential hypertension"): ("XC08CAA009A001020101", "XC08CAB009A002030101"),  # amlodipine
+    ("J44.9", "chronic obstructive pulmonary disease"): ("XR03AKB038A002230101",  # budesonide/formoterol
+                                                         "XR03BBB039A002070101"),  # tiotropium
 }
-CHRONIC_DISEASES = (("E11", "diabetes mellitus type 2"), ("I10", "essential hypertension"))
+CHRONIC_DISEASES = (("E11", "diabetes mellitus type 2"), ("I10", "essential hypertension"),
+                    ("J44", "chronic obstructive pulmonary disease"))
 
 # The planted misbehaviour: what is done, and how the platform must answer (a refusal's rule id, or a finding /
 # flag that appears afterwards).

@@ -67,14 +67,15 @@ def apache_stack() -> Iterator[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def demo_day(apache_stack: dict[str, str]) -> dict[str, str]:
-    demo = subprocess.run([*CLI, "demo", "--prescriptions", "5"], env=apache_stack, capture_output=True, text=True,
-                          timeout=180)
+    demo = subprocess.run([*CLI, "demo", "--seed", "3", "--size", "10"], env=apache_stack, capture_output=True,
+                          text=True, timeout=400)
     assert demo.returncode == 0, f"demo failed:\n{demo.stdout}\n{demo.stderr}"
-    line = re.search(r"^demo run=(\S+) hospital=(\S+) pharmacist=(\S+) pharmacies=(\S+) trail=(\S+)$",
+    line = re.search(r"^demo day=(\S+) hospitals=(\S+) pharmacies=(\d+) trail=(\S+) pharmacy=(\S+)$",
                      demo.stdout, re.MULTILINE)
     assert line, demo.stdout
     assert "R4" in demo.stdout and "refused" in demo.stdout
-    return dict(zip(("run", "hospital", "pharmacist", "pharmacies", "trail"), line.groups(), strict=True))
+    run, hospitals, _count, trail, pharmacy = line.groups()
+    return {"run": run, "hospital": hospitals.split(",")[0], "pharmacies": pharmacy, "trail": trail}
 
 
 def _describe(bootstrap: str, names: list[str]) -> tuple[list[dict[str, Any]], dict[str, str]]:
@@ -223,8 +224,8 @@ def test_a_killed_broker_is_restarted_and_the_platform_goes_on(apache_stack: dic
         return ids if len(ids) == 3 else None
 
     _eventually("the restarted broker to answer with three brokers", three, timeout_s=90)
-    demo = subprocess.run([*CLI, "demo", "--prescriptions", "2"], env=apache_stack, capture_output=True, text=True,
-                          timeout=180)
+    demo = subprocess.run([*CLI, "demo", "--seed", "4", "--size", "8"], env=apache_stack, capture_output=True,
+                          text=True, timeout=400)
     assert demo.returncode == 0, f"demo after the broker restart failed:\n{demo.stdout}\n{demo.stderr}"
 
     def all_running() -> dict[str, Any] | None:  # a stage that exited meanwhile is back after its backoff

@@ -325,7 +325,8 @@ def statement(
         store.close()
     for c in closed:
         s = c.statement
-        note = "issued" if c.created else "already closed" + (" (figures moved since: see log)" if c.drift else "")
+        note = "issued" if c.created else "already closed" + (
+            " (figures moved since: the next statement carries them)" if c.drift else "")
         err.print(f"{s.month} {s.party_kind.value:<20} {s.party_id:<24} gross {s.gross:>12.2f} payable "
                   f"{s.payable:>12.2f}  {note}", highlight=False)
     if not closed:

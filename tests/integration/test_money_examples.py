@@ -32,9 +32,11 @@ from psycopg_pool import ConnectionPool
 from events.statement import FailureResolution, PartyKind, SubjectKind
 from services.adapters.statement_figures import EventStoreDirectory, ProjectionFigures
 from services.api.reads import Reads
+from services.application import commands as c
 from services.application.statements import ClosedStatement, StatementDesk
 from services.bootstrap import build_application
 from services.domain.clock import FixedClock
+from services.domain.settlement_case import SettlementCase
 from services.infra.settings import Settings
 from tests.support import unique_id
 from tests.support.money import SettlementRecord
@@ -195,3 +197,33 @@ def test_a_failed_settlement_is_in_the_agency_queue_until_written_off(world: Wor
     assert not [i for i in reads.settlement_issues(JINAN) if i.subject_id == rx]
     (closed,) = [i for i in reads.settlement_issues(JINAN, open_only=False) if i.subject_id == rx]
     assert (closed.resolution, closed.resolved_by) == ("written_off", f"agency:{JINAN}")
+
+
+def test_the_worker_records_what_it_cannot_settle_and_the_agency_retries_it(world: World) -> None:
+    """Nothing silent: a settlement the worker cannot compute is a SettlementFailed on the subject's case (once per
+    trigger), not a log line; the agency's retry resolves it and is itself a trigger of the worker."""
+    from services.application.unit_of_work import UnitOfWork
+    from services.domain.settlement_case import case_id
+    from services.reference.policies import PolicyNotFound
+    from services.workers.settlement import SettlementWorker
+
+    r = world.record
+    rx = r.settled_rx(JINAN, world.ids["HJ2"], world.ids["PJ"], at("2026-03-14"), "1.00", "0.00")
+    r.save()
+    worker = SettlementWorker(r.app)
+    for _ in range(2):  # a redelivered trigger records nothing twice
+        worker._failed(SubjectKind.PRESCRIPTION, rx, "settle:evt-14", PolicyNotFound("370100", "no policy file"))
+
+    def case() -> SettlementCase:
+        found = UnitOfWork(r.app.store).get(SettlementCase, case_id(SubjectKind.PRESCRIPTION, rx))
+        assert found is not None
+        return found
+
+    assert case().failed and len(case().failures) == 1
+    assert case().failures[0]["reason"] == "policy for region 370100: no policy file"
+    outcome = r.app.handle(c.RetrySettlement(subject_kind=SubjectKind.PRESCRIPTION, subject_id=rx,
+                                             reason="policy file deployed", acted_by=f"agency:{JINAN}"))
+    assert outcome.ok, outcome.reason
+    assert not case().failed
+    again = r.app.handle(c.WriteOffSettlement(subject_kind=SubjectKind.PRESCRIPTION, subject_id=rx, reason="x"))
+    assert (again.ok, again.error) == (False, "IllegalTransition")  # nothing open to write off

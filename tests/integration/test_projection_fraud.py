@@ -93,6 +93,7 @@ def test_honest_repeat_prescriptions_are_not_doctor_shopping(built: Built) -> No
     honest = built.planted.expect["honest"]
     assert _findings(built.db, patient_ref=honest) == []
     assert _findings(built.db, party=f"patient:{honest}") == []
+    assert _findings(built.db, patient_ref=built.planted.expect["withdrawn"]) == []  # a withdrawn dispense
 
 
 def test_a_suspended_physician_still_issuing_is_found_with_the_suspension_and_the_events_after_it(

@@ -14,6 +14,7 @@ from events.base import BusinessType, CatalogCategory, DomainEvent, InsuranceTyp
 from events.prescription import (
     DeliveryArranged,
     DispensedLine,
+    DispenseWithdrawn,
     PrescriptionDispensed,
     PrescriptionIssued,
     PrescriptionItem,
@@ -112,6 +113,17 @@ def plant(base: datetime = T0) -> Planted:
         p.dispense(rx, base + start * day + timedelta(hours=1), dispenser=p.id("PHA"),
                    lines=((DRUG_X, 1, "10.00", "12.00"),))
     p.expect["honest"] = honest
+
+    # a second physician's overlapping supply that was withdrawn (the packs went back): not doctor shopping
+    withdrawn = p.patient("wd")
+    first_rx = p.issue(base, physician=p.id("DOC1"), hospital=h1, patient=withdrawn, items=((DRUG_X, 1, 30),))
+    p.dispense(first_rx, base + timedelta(hours=1), dispenser=p.id("PHA"), lines=((DRUG_X, 1, "10.00", "12.00"),))
+    back = p.issue(base + 5 * day, physician=p.id("DOC2"), hospital=h2, patient=withdrawn, items=((DRUG_X, 1, 30),))
+    p.dispense(back, base + 5 * day + timedelta(hours=1), dispenser=p.id("PHB"),
+               lines=((DRUG_X, 1, "10.00", "12.00"),))
+    p.events.append(back.add(DispenseWithdrawn, base + 5 * day + timedelta(hours=2), business_type=BT, dispense_no=1,
+                             reason="wrong patient"))
+    p.expect["withdrawn"] = withdrawn
 
     # a trace code sold once, then tried again twice on another prescription (refused R8, flagged)
     code = f"9{int(p.tag, 16):019d}"

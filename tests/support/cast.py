@@ -254,6 +254,9 @@ DRUG_FACTS: dict[str, tuple[str, CatalogCategory, str, str]] = {
     METFORMIN: ("metformin", CatalogCategory.A, "30.00", "30.00"),
     AMLODIPINE: ("amlodipine", CatalogCategory.A, "30.00", "30.00"),
     VITAMIN: ("vitamin", CatalogCategory.A, "30.00", "30.00"),
+    # the reference catalog's metformin the HTTP bodies prescribe (services.simulate.CATALOG_METFORMIN), with the
+    # reference cap (services/reference/data: 11.25) as the region's cap and payment standard
+    "XA10BAA001A001030101": ("metformin", CatalogCategory.A, "11.25", "11.25"),
 }
 """The test drugs: name, catalog category, the price cap and the payment standard of each region (per box)."""
 

@@ -371,6 +371,9 @@ class VisitPublic(_Public):
     consultation_fee: Money
     settled: bool
     business_type: str
+    offsite_filing_valid: bool | None = Field(
+        default=None, description="R12: an off-site visit's long-term off-site registration (长期异地就医备案) was valid "
+                                  "on its day (registry); null for a visit in the insured region")
 
 
 class DispensePublic(_Public):

@@ -320,6 +320,8 @@ def test_r12_off_site_visit_records_whether_a_filing_was_valid(his: Hospital, ap
         assert isinstance(visit, FollowUpVisitRecorded) and visit.business_type == "off_site"
         recorded[name] = visit.offsite_filing_valid
     assert recorded == {"without": False, "with": True, "elsewhere": False}
+    shown = his.client.get(f"/hospital/visits/{without}", headers=auth(his.key))
+    assert shown.status_code == 200 and shown.json()["offsite_filing_valid"] is False
 
 
 # --- R1 / R16 / R2 / R18 ---------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def visit_public(enc: Encounter) -> m.VisitPublic:
         pooling_region=enc.pooling_region, insured_region=enc.insured_region, insurance_type=enc.insurance_type,
         patient_ref=enc.patient_ref, physician_id=enc.physician_id, diagnosis_code=enc.diagnosis_code,
         diagnosis_name=enc.diagnosis_name, consultation_fee=enc.consultation_fee, settled=enc.settled,
-        business_type=enc.business_type.value,
+        business_type=enc.business_type.value, offsite_filing_valid=enc.offsite_filing_valid,
     )
 
 

@@ -9,32 +9,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Protocol
 
 from projections.base import GROUP_PREFIX, Projection
 from projections.fraud import Fraud
-from projections.hospital_settlement import DEFAULT_DEPOSIT_RATE, HospitalSettlement
+from projections.hospital_settlement import HospitalSettlement
 from projections.pharmacy_settlement import PharmacySettlement
 from projections.traceability import Traceability
 
 
 class ProjectionOptions(Protocol):
-    """What projections may be configured with (the projections section of the settings satisfies it)."""
-
-    @property
-    def deposit_rate(self) -> Decimal: ...
-
-    @property
-    def settle_with_delivery_enterprise(self) -> bool: ...
+    """What projections may be configured with (the projections section of the settings satisfies it). None today:
+    the deposit rate and the pharmacy-side payee are region policy (``services/reference/policies``)."""
 
 
 @dataclass(frozen=True)
 class Defaults:
     """The options when none are given."""
-
-    deposit_rate: Decimal = DEFAULT_DEPOSIT_RATE
-    settle_with_delivery_enterprise: bool = False
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from services.adapters.patient_keys import PostgresPatientKeyStore
@@ -155,20 +156,42 @@ def shard_database_urls(settings: Settings) -> dict[str, str]:
     return urls
 
 
-def release_stranded_reservations(settings: Settings, application: RxTrail, *, older_than_s: float = 300.0
+def release_stranded_reservations(settings: Settings, application: RxTrail, *, older_than_s: float = 300.0,
+                                  sold_after: datetime | None = None, sold_before: datetime | None = None
                                   ) -> list[Any]:
     """Repair job for region shards: release trace codes reserved by a sale whose region write never happened (the
     writer stopped in between; ``services.application.sharding``). Only sales older than ``older_than_s`` (by the
-    application's clock) are considered, so no writer can still be between its two writes. Returns released ids."""
-    from datetime import timedelta
-
+    application's clock; or before ``sold_before``) are considered, so no writer can still be between its two
+    writes, and none before ``sold_after`` when given. Returns released ids. Scheduled by the expiry service
+    (``run_stranded_releases``)."""
     from services.adapters.shard_directory import held_for_prescriptions
     from services.application.sharding import ShardRouter
 
     if not isinstance(application, ShardRouter):
         return []
-    cutoff = application.clock.now() - timedelta(seconds=older_than_s)
-    return application.release_stranded(held_for_prescriptions(settings.resolved_database_url(), cutoff))
+    cutoff = sold_before or application.clock.now() - timedelta(seconds=older_than_s)
+    return application.release_stranded(held_for_prescriptions(settings.resolved_database_url(), cutoff, sold_after))
+
+
+async def run_stranded_releases(settings: Settings, application: RxTrail, stop: asyncio.Event) -> None:
+    """``release_stranded_reservations`` every ``expiry.stranded_interval_s`` until ``stop`` is set (region shards;
+    part of the expiry service). Each round covers the sales since the previous round's cutoff; the first one
+    ``expiry.stranded_lookback_s`` back. A failed round is logged and its window retried by the next."""
+    e = settings.expiry
+    since = application.clock.now() - timedelta(seconds=e.stranded_age_s + e.stranded_lookback_s)
+    while not stop.is_set():
+        cutoff = application.clock.now() - timedelta(seconds=e.stranded_age_s)
+        try:
+            released = await asyncio.to_thread(release_stranded_reservations, settings, application,
+                                               sold_after=since, sold_before=cutoff)
+            since = max(since, cutoff)
+            if released:
+                log.warning("released %d trace codes reserved by sales whose dispense never reached its region",
+                            len(released))
+        except Exception:  # the database away: the same window next round
+            log.warning("releasing stranded reservations failed", exc_info=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), e.stranded_interval_s)
 
 
 def missing_events(settings: Settings) -> MissingEvents:
@@ -519,7 +542,19 @@ def _checkpoint(settings: Settings, _arg: str | None) -> Service:
 
 def _expiry(settings: Settings, _arg: str | None) -> Service:
     app = _open_application(settings)
-    return Service("expiry", build_expiry(settings, app), [app.close])
+    expire = build_expiry(settings, app)
+    if not settings.shards:
+        return Service("expiry", expire, [app.close])
+
+    async def run(stop: asyncio.Event) -> None:  # with region shards it also releases stranded reservations
+        tasks = [asyncio.ensure_future(expire(stop)), asyncio.ensure_future(run_stranded_releases(settings, app, stop))]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    return Service("expiry", run, [app.close])
 
 
 SERVICES: dict[str, Callable[[Settings, str | None], Service]] = {

@@ -96,8 +96,7 @@ class ReplayError(RuntimeError):
 
 
 def _default_options() -> ProjectionOptions:
-    """The projection options from the environment (``RXTRAIL_PROJECTIONS__DEPOSIT_RATE``, ...), when the caller
-    gave none."""
+    """The projection options from the environment (``RXTRAIL_PROJECTIONS__*``), when the caller gave none."""
     from services.infra.settings import Settings
 
     return Settings().projections

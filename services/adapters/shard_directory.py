@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from uuid import UUID
 
 import psycopg
@@ -108,12 +108,17 @@ _HELD = (
     " WHERE e.topic = 'events.trace_code:TraceCodeSold'"
     " AND convert_from(e.state, 'UTF8')::jsonb ->> 'prescription_id' IS NOT NULL"
     " AND (convert_from(e.state, 'UTF8')::jsonb ->> 'timestamp')::timestamptz < %s"
+    " AND (convert_from(e.state, 'UTF8')::jsonb ->> 'timestamp')::timestamptz >= %s"
 )
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def held_for_prescriptions(database_url: str, sold_before: datetime) -> list[tuple[UUID, UUID]]:
+def held_for_prescriptions(database_url: str, sold_before: datetime, sold_after: datetime | None = None
+                           ) -> list[tuple[UUID, UUID]]:
     """(trace-code stream id, prescription id) of every code in the global store whose last event is a sale for a
-    prescription made before ``sold_before`` — the candidates of ``ShardRouter.release_stranded`` (a full scan of
-    the trace-code streams: a repair job, not a hot path)."""
+    prescription made before ``sold_before`` (and at or after ``sold_after``, when given) — the candidates of
+    ``ShardRouter.release_stranded`` (a scan of the trace-code streams in the database: a repair job, not a hot
+    path; the window bounds the prescriptions it loads)."""
     with psycopg.connect(database_url) as conn:
-        return [(UUID(str(r[0])), UUID(str(r[1]))) for r in conn.execute(_HELD, (sold_before,)).fetchall()]
+        return [(UUID(str(r[0])), UUID(str(r[1])))
+                for r in conn.execute(_HELD, (sold_before, sold_after or _EPOCH)).fetchall()]

@@ -2,11 +2,12 @@
 
 Where each aggregate lives:
 
-- **region-bound** (``Encounter``, ``Prescription``): in the event store of its pooling region. A visit carries its
-  region (``RecordFollowUpVisit.pooling_region``); a prescription is placed with the visit it is issued for. Later
-  commands find the shard of an existing aggregate by id in the **shard directory** (``ShardDirectory``: a table in
-  the global database, written before the first event, first writer wins). Ids stay what they are (derived from
-  hospital id + reference, known to the caller before the command), so no shard prefix can be put into them.
+- **region-bound** (``Encounter``, ``Prescription``): in the event store of its pooling region. A visit goes to the
+  region its hospital is registered in (the ``Institution`` in the global store; R17); a prescription is placed
+  with the visit it is issued for. Later commands find the shard of an existing aggregate by id in the **shard
+  directory** (``ShardDirectory``: a table in the global database, written before the first event, first writer
+  wins). Ids stay what they are (derived from hospital id + reference, known to the caller before the command),
+  so no shard prefix can be put into them.
 - **global** (the registries — physicians, pharmacists, pharmacies, patient status — and every ``TraceCode``):
   in the global store (the default database). A trace code's stream has one home, so R8 ("sold once") stays
   platform-wide with the event store's optimistic concurrency deciding the race, as on one shard.
@@ -52,6 +53,7 @@ from services.domain.encounter import Encounter, project_encounter
 from services.domain.errors import RuleViolation
 from services.domain.policy import DEFAULT_RULES, RuleConfig
 from services.domain.prescription import Prescription, project_prescription
+from services.domain.registries import Institution
 from services.domain.rules import R8
 from services.domain.supply import SupplyLedger, project_supply_ledger
 from services.domain.trace_code import TraceCode, project_trace_code
@@ -287,6 +289,7 @@ class ShardRouter(RxTrail):
             for region, store in region_stores.items()
         }
         self._stores: dict[str, EventStore] = {GLOBAL: global_store, **region_stores}
+        self._hospital_regions: dict[str, str] = {}
         self._closers = list(closers)
         super().__init__(ShardedStore(directory, self._stores, global_store), vault, clock=clock, rules=rules,
                          max_attempts=max_attempts)
@@ -295,7 +298,8 @@ class ShardRouter(RxTrail):
     def shard_for(self, command: c.Command) -> str:
         """The shard a command goes to (placing a new visit or prescription in the directory first)."""
         if isinstance(command, c.RecordFollowUpVisit):
-            wanted = command.pooling_region if command.pooling_region in self.regions else GLOBAL
+            region = self.registered_region(command.hospital_id) or command.pooling_region
+            wanted = region if region in self.regions else GLOBAL
             return self.directory.place(encounter_id_for(command.hospital_id, command.visit_ref), wanted, "encounter")
         if isinstance(command, c.IssuePrescription):
             shard = self.directory.shard_of(command.encounter_id) or GLOBAL
@@ -306,6 +310,17 @@ class ShardRouter(RxTrail):
         if (target := _prescription_target(command)) is not None:
             return self.directory.shard_of(target) or GLOBAL
         return GLOBAL
+
+    def registered_region(self, hospital_id: str) -> str | None:
+        """The pooling region the hospital is registered in (the authority's registry, in the global store; R17:
+        a visit goes by the registry, not by the request). None: not registered (the visit will be refused)."""
+        if (known := self._hospital_regions.get(hospital_id)) is not None:
+            return known
+        hospital = self.global_app.store.load(Institution, Institution.id_for(hospital_id), PROJECTORS[Institution])
+        if hospital is None:
+            return None
+        self._hospital_regions[hospital_id] = hospital.region  # an institution's region never changes
+        return hospital.region
 
     def app_for(self, shard: str) -> RxTrail:
         return self.regions.get(shard, self.global_app)

@@ -2,7 +2,7 @@
 
 An unset database URL or Kafka bootstrap means "start the embedded part". A section's field is set from the
 environment with a double underscore: ``RXTRAIL_SETTLEMENT__PERSONAL_ACCOUNT_BALANCE=1500``,
-``RXTRAIL_PROJECTIONS__DEPOSIT_RATE=0.03``, ``RXTRAIL_SETTLEMENT__INSTITUTION_LEVELS='{"INST1": "secondary"}'``.
+``RXTRAIL_EXPIRY__INTERVAL_S=30``, ``RXTRAIL_SETTLEMENT__INSTITUTION_LEVELS='{"INST1": "secondary"}'``.
 Every default is ILLUSTRATIVE configuration.
 """
 
@@ -45,10 +45,6 @@ class SettlementSection(Section):
 class ProjectionsSection(Section):
     """The projection consumers (one consumer group and one schema per projection)."""
 
-    deposit_rate: Decimal = Field(default=Decimal("0.05"), ge=0, lt=1,
-                                  description="performance deposit withheld from hospitals (003 art. 20)")
-    settle_with_delivery_enterprise: bool = Field(
-        default=False, description="Jinan style: pharmacy-side fees are owed to the delivery enterprise (004 §六)")
     group_prefix: str = Field(default="rxtrail.projection", description="consumer group = <prefix>.<name>")
     max_records: int = Field(default=2000, ge=1, description="records per batch (one transaction)")
 
@@ -95,6 +91,14 @@ class ExpirySection(Section):
     grace_s: float = Field(default=60.0, ge=0, description="expire only this long after the validity ended "
                                                           "(the write side's clock may lag the worker's)")
     sweep_limit: int = Field(default=500, ge=1, description="prescriptions expired per sweep at most")
+    stranded_interval_s: float = Field(
+        default=300.0, gt=0, description="region shards only: seconds between releases of trace codes a cross-shard "
+                                         "sale reserved but whose dispense never reached its region")
+    stranded_age_s: float = Field(default=300.0, gt=0, description="release a reservation only when its sale is "
+                                                                   "this old (no writer can still be in between)")
+    stranded_lookback_s: float = Field(
+        default=86400.0, gt=0, description="the first release round after a start looks this far back past "
+                                           "stranded_age_s; each later round covers the sales since the previous")
     group_id: str = "rxtrail.expiry"
     schema_name: str = "expiry"
     max_records: int = Field(default=500, ge=1)

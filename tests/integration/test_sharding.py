@@ -9,7 +9,8 @@ import asyncio
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -17,7 +18,7 @@ import psycopg
 import pytest
 from eventsourcing.persistence import IntegrityError
 
-from events.base import RealNameMethod
+from events.base import CatalogCategory, RealNameMethod
 from events.prescription import PrescriptionDispensed, PrescriptionSettled, RuleFlagged
 from events.trace_code import TraceCodeReturned, TraceCodeSold
 from projections import registry
@@ -35,7 +36,7 @@ from services.infra.kafka_admin import ensure_topics_async
 from services.infra.settings import Settings
 from services.relay.core import run_relay
 from tests.support import unique_id, unique_topic
-from tests.support.cast import CHANGCHUN, JINAN, METFORMIN, SECRET, Cast, item, line, ok, trace_codes
+from tests.support.cast import CHANGCHUN, JINAN, METFORMIN, REGULATOR, SECRET, Cast, item, line, ok, trace_codes
 from tests.support.trails import applied_versions, differences, dump_all
 from tests.support.waits import wait_until_async
 
@@ -64,7 +65,7 @@ def app(settings: Settings) -> Iterator[RxTrail]:
 
 @pytest.fixture(scope="module")
 def casts(app: RxTrail) -> dict[str, Cast]:
-    return {region: Cast(app, region=region).register() for region in (CHANGCHUN, JINAN)}
+    return {region: Cast(app, region=region, patient_per_visit=True).register() for region in (CHANGCHUN, JINAN)}
 
 
 def streams_in(database_url: str, aggregate_id: UUID) -> int:
@@ -243,8 +244,23 @@ def union_reference(reference_db: str, stores: list[str]) -> dict[str, dict[str,
     return dump_all(reference_db, registry.NAMES)
 
 
+def list_catalogued(cast: Cast) -> None:
+    """The registry facts of the reference metformin in the cast's region, as the authority seeds them from
+    services/reference: listed (category A) with its cap and payment standard 11.25 (once per region)."""
+    by = {"changed_by": f"agency:{cast.region}", "effective_from": date(2024, 1, 1)}
+    facts: list[c.Command] = [
+        c.ListDrug(changed_by=REGULATOR, effective_from=date(2024, 1, 1), drug_code=CATALOGUED, name="metformin",
+                   category=CatalogCategory.A, chronic_list=True),
+        c.SetPriceCap(**by, drug_code=CATALOGUED, region=cast.region, cap=Decimal("11.25")),  # type: ignore[arg-type]
+        c.SetPaymentStandard(**by, drug_code=CATALOGUED, region=cast.region, amount=Decimal("11.25"))]  # type: ignore[arg-type]
+    for command in facts:
+        outcome = cast.app.handle(command)
+        assert outcome.ok or outcome.error == "AlreadyExists", outcome
+
+
 def collected_in_catalog(cast: Cast) -> UUID:
     """A prescription of a drug in both regions' catalogues (the settlement worker settles it), collected."""
+    list_catalogued(cast)
     rx = cast.accepted(item(CATALOGUED, 4))
     ok(cast.dispense(rx, line(CATALOGUED, 4, codes=4)))
     ok(cast.app.handle(c.MarkCollected(prescription_id=rx, verification_method=RealNameMethod.FACE_RECOGNITION)))
@@ -423,6 +439,58 @@ def test_a_reservation_left_by_a_writer_that_stopped_is_released_by_the_repair_j
     assert isinstance(last, TraceCodeReturned) and last.reason == STRANDED_REASON
     assert isinstance(events_of(shards[GLOBAL], trace_code_id_for(kept[0]))[-1], TraceCodeSold)
     ok(cast.dispense(stranded, line(METFORMIN, 4, codes=lost)))  # the pharmacy can now record its dispense
+
+
+async def test_a_stranded_reservation_is_released_by_the_running_expiry_service(
+        app: RxTrail, casts: dict[str, Cast], settings: Settings, shards: dict[str, str], kafka_bootstrap: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`rxtrail run expiry` with region shards also runs the repair job every ``expiry.stranded_interval_s``: a sale
+    whose process stopped between the global and the region write is released without anyone calling it."""
+    from services import bootstrap
+    from services.application.sharding import STRANDED_REASON
+
+    assert isinstance(app, ShardRouter)
+    cast = casts[CHANGCHUN]
+    stranded = cast.accepted()
+    region_store = app.regions[CHANGCHUN].store
+    assert isinstance(region_store, RegionStore)
+
+    def process_dies(*objs: Any, **kwargs: Any) -> Any:
+        raise SystemExit("simulated: the process stopped between the global and the region write")
+
+    monkeypatch.setattr(region_store.home, "save", process_dies)
+    lost = trace_codes(3)
+    with pytest.raises(SystemExit):
+        cast.dispense(stranded, line(METFORMIN, 3, codes=lost))
+    monkeypatch.undo()
+    code_id = trace_code_id_for(lost[0])
+    assert isinstance(events_of(shards[GLOBAL], code_id)[-1], TraceCodeSold)
+
+    # the service's clock is the system's; the sale was made at NOW (the module's fixed clock), months ago
+    lookback = (datetime.now(UTC) - NOW).total_seconds() + 86400
+    live = settings.model_copy(update={
+        "kafka_bootstrap": kafka_bootstrap, "events_topic": unique_topic("rx.events.expiry"),
+        "dlq_topic": unique_topic("rx.dlq.expiry"), "partitions": 1,
+        "expiry": settings.expiry.model_copy(update={"group_id": unique_id("expiry"), "stranded_interval_s": 0.2,
+                                                      "stranded_age_s": 1.0, "stranded_lookback_s": lookback})})
+    service = bootstrap.build_service("expiry", live)
+    stop = asyncio.Event()
+    running = asyncio.ensure_future(service.run(stop))
+    try:
+        def released() -> TraceCodeReturned | None:
+            last = events_of(shards[GLOBAL], code_id)[-1]
+            return last if isinstance(last, TraceCodeReturned) else None
+
+        last = await wait_until_async(released, timeout=60,
+                                      what="the stranded code released by the running expiry service")
+        assert last is not None and last.reason == STRANDED_REASON
+        assert not running.done()
+    finally:
+        stop.set()
+        await running
+        service.close()
+    assert all(isinstance(events_of(shards[GLOBAL], trace_code_id_for(code))[-1], TraceCodeReturned) for code in lost)
+    ok(cast.dispense(stranded, line(METFORMIN, 3, codes=lost)))
 
 
 # --- workers read version gaps from every store ----------------------------------------------------------------

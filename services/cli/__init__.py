@@ -13,6 +13,7 @@ from rich.console import Console
 
 from projections.registry import NAMES as PROJECTION_NAMES
 from services.cli.investigate import investigate
+from services.cli.registry import registry_app, unregistered
 from services.cli.rules import rules
 from services.infra.errors import InfraError
 from services.infra.runtime import configure_logging
@@ -222,11 +223,14 @@ def verify(
 
 @app.command("export-trail")
 def export_trail(rx_id: str, out: Path = typer.Option(..., "--out")) -> None:
-    """Write one prescription's events, hash chain, covering signed checkpoint and public key to a file."""
+    """Write one prescription's events, hash chain, covering signed checkpoint and public key to a file (with
+    region shards: from the event store that holds it, under that store's checkpoint)."""
+    from services.bootstrap import shard_database_urls
     from services.integrity.bundle import export_trail as do_export
 
     settings = _resolved()
-    path = do_export(str(settings.database_url), settings.data_dir, rx_id, out)
+    path = do_export(shard_database_urls(settings) if settings.shards else str(settings.database_url),
+                     settings.data_dir, rx_id, out)
     console.print(f"wrote {path}")
 
 
@@ -438,6 +442,7 @@ def _resolved() -> Settings:
 
 keys_app = typer.Typer(help="API keys per party (stored hashed).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(registry_app, name="registry")
 app.command("rules")(rules)
 app.command("investigate")(investigate)
 
@@ -459,6 +464,9 @@ def keys_create(
         who = keys.parse_party(party)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--party") from exc
+    if (why := unregistered(who)) is not None:  # keys only for registered parties (issue 13)
+        err.print(f"[bold red]no key:[/] {why}")
+        raise typer.Exit(2)
     url = Settings().resolved_database_url()
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:

@@ -41,32 +41,9 @@ from services.integrity.checkpoint import (
 
 BUNDLE_FORMAT = "rxtrail.trail/1"
 
-Snapshot = tuple[Checkpoint, str, list[LoggedEvent], list[tuple[str, str, int, str]], list[bytes]]
-"""What a bundle is built from, read in one snapshot: checkpoint, log, the trail's events, every head, leaves."""
-
 
 def _signing_bytes(bundle: dict[str, Any]) -> bytes:
     return canonical_json({k: v for k, v in bundle.items() if k != "export_signature"})
-
-
-def _read_trail(database_url: str, aggregate_id: str, logs: Sequence[str] | None, schema: str) -> Snapshot | None:
-    """The aggregate's events, the latest checkpoint and its heads, read in one snapshot; None if not covered."""
-    with psycopg.connect(database_url) as conn:
-        ensure_tables(conn)
-        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        with conn.transaction():
-            checkpoint = latest_checkpoint(conn)
-            found = find_stream(conn, aggregate_id, logs, schema)
-            if found is None:
-                raise CheckpointError(f"no events for aggregate {aggregate_id}")
-            log, rows = found
-            if checkpoint is None:
-                return None
-            covered = int(checkpoint.body["logs"].get(log, {}).get("last_notification_id", 0))
-            if max(r.notification_id for r in rows) > covered:
-                return None
-            head_rows, leaves = heads_and_leaves(conn)
-    return checkpoint, log, rows, head_rows, leaves
 
 
 def build_bundle(key: Ed25519PrivateKey, checkpoint: Checkpoint, log: str, aggregate_id: str,
@@ -99,24 +76,21 @@ def build_bundle(key: Ed25519PrivateKey, checkpoint: Checkpoint, log: str, aggre
     return bundle
 
 
-def export_trail(database_url: str, data_dir: str | Path, rx_id: str, out: str | Path, *,
+def export_trail(database_url: str | Mapping[str, str], data_dir: str | Path, rx_id: str, out: str | Path, *,
                  logs: Sequence[str] | None = None, schema: str = "public") -> Path:
     """Write one aggregate's events, its chain, the covering checkpoint (signed), the Merkle inclusion proof and
     the public key as one JSON file that ``verify_bundle`` checks offline. Makes a new checkpoint first when the
-    latest one does not cover the aggregate's last event."""
+    latest one does not cover the aggregate's last event.
+
+    ``database_url``: the event store, or with region shards every store by name (the trail is proven under the
+    checkpoint of the store that holds it)."""
     key = load_or_create_key(data_dir)
     aggregate_id = str(rx_id)
-    snapshot = _read_trail(database_url, aggregate_id, logs, schema)
-    if snapshot is None:
-        create_checkpoint(database_url, data_dir, logs=logs, schema=schema)
-        snapshot = _read_trail(database_url, aggregate_id, logs, schema)
-        if snapshot is None:
-            raise CheckpointError(f"no checkpoint covers aggregate {aggregate_id}")
-    checkpoint, log, rows, head_rows, leaves = snapshot
-    bundle = build_bundle(key, checkpoint, log, aggregate_id,
-                          [(r.notification_id, r.version, r.topic, r.state) for r in rows], head_rows, leaves)
+    trails = _prove(key, database_url, data_dir, [aggregate_id], logs, schema)
+    if not trails:
+        raise CheckpointError(f"no events for aggregate {aggregate_id}")
     path = Path(out)
-    path.write_bytes(canonical_json(bundle))
+    path.write_bytes(canonical_json(trails[0]))
     return path
 
 
@@ -270,10 +244,10 @@ def _verify_investigation(bundle: dict[str, Any], trusted_public_key: bytes | Ed
 
 
 def _read_trails(database_url: str, aggregate_ids: Sequence[str], logs: Sequence[str] | None, schema: str
-                 ) -> tuple[Checkpoint, list[tuple[str, str, list[LoggedEvent]]], list[tuple[str, str, int, str]],
-                            list[bytes]] | None:
+                 ) -> tuple[Checkpoint | None, list[tuple[str, str, list[LoggedEvent]]],
+                            list[tuple[str, str, int, str]], list[bytes]] | None:
     """Several aggregates' events under the latest checkpoint, read in one snapshot; None if it does not cover them
-    all (aggregates with no events are left out)."""
+    all (aggregates with no events are left out; none found: no checkpoint needed, nothing else read)."""
     with psycopg.connect(database_url) as conn:
         ensure_tables(conn)
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -284,6 +258,8 @@ def _read_trails(database_url: str, aggregate_ids: Sequence[str], logs: Sequence
                 stream = find_stream(conn, aggregate_id, logs, schema)
                 if stream is not None:
                     found.append((aggregate_id, *stream))
+            if not found:
+                return checkpoint, [], [], []
             if checkpoint is None:
                 return None
             for _aid, log, rows in found:
@@ -292,6 +268,35 @@ def _read_trails(database_url: str, aggregate_ids: Sequence[str], logs: Sequence
                     return None
             head_rows, leaves = heads_and_leaves(conn)
     return checkpoint, found, head_rows, leaves
+
+
+def _prove(key: Ed25519PrivateKey, database_url: str | Mapping[str, str], data_dir: str | Path,
+           aggregate_ids: Sequence[str], logs: Sequence[str] | None, schema: str) -> list[dict[str, Any]]:
+    """A trail bundle for each of ``aggregate_ids`` that has events, each under the checkpoint of the store that
+    holds it (``database_url``: one store, or every store by name with region shards; a store's checkpoint is made
+    first when its latest does not cover them). Sorted by aggregate id."""
+    stores = dict(database_url) if isinstance(database_url, Mapping) else {"": database_url}
+    wanted = sorted({str(a) for a in aggregate_ids})
+    trails: list[dict[str, Any]] = []
+    for name, url in stores.items():
+        if not wanted:
+            break
+        snapshot = _read_trails(url, wanted, logs, schema)
+        if snapshot is None:
+            create_checkpoint(url, data_dir, logs=logs, schema=schema, store=name or None)
+            snapshot = _read_trails(url, wanted, logs, schema)
+            if snapshot is None:
+                raise CheckpointError(f"no checkpoint covers the trails{f' in store {name}' if name else ''}")
+        checkpoint, found, head_rows, leaves = snapshot
+        if not found:
+            continue
+        assert checkpoint is not None  # found and covered
+        trails += [build_bundle(key, checkpoint, log, aggregate_id,
+                                [(r.notification_id, r.version, r.topic, r.state) for r in rows], head_rows, leaves)
+                   for aggregate_id, log, rows in found]
+        held = {aggregate_id for aggregate_id, _, _ in found}
+        wanted = [a for a in wanted if a not in held]
+    return sorted(trails, key=lambda b: str(b["aggregate_id"]))
 
 
 def export_investigation(database_url: str | Mapping[str, str], data_dir: str | Path, shown: dict[str, Any],
@@ -304,26 +309,10 @@ def export_investigation(database_url: str | Mapping[str, str], data_dir: str | 
     ``database_url``: the event store, or with region shards every store by name (each trail is proven under the
     checkpoint of the store that holds it)."""
     key = load_or_create_key(data_dir)
-    stores = dict(database_url) if isinstance(database_url, Mapping) else {"": database_url}
-    wanted = sorted({str(a) for a in aggregate_ids})
-    trails: list[dict[str, Any]] = []
-    for name, url in stores.items():
-        snapshot = _read_trails(url, wanted, logs, schema)
-        if snapshot is None:
-            create_checkpoint(url, data_dir, logs=logs, schema=schema, store=name or None)
-            snapshot = _read_trails(url, wanted, logs, schema)
-            if snapshot is None:
-                raise CheckpointError(f"no checkpoint covers the investigated trails{f' in store {name}' if name else ''}")
-        checkpoint, found, head_rows, leaves = snapshot
-        trails += [build_bundle(key, checkpoint, log, aggregate_id,
-                                [(r.notification_id, r.version, r.topic, r.state) for r in rows], head_rows, leaves)
-                   for aggregate_id, log, rows in found]
-        held = {aggregate_id for aggregate_id, _, _ in found}
-        wanted = [a for a in wanted if a not in held]
     bundle: dict[str, Any] = {
         "format": INVESTIGATION_FORMAT,
         "shown": json.loads(json.dumps(shown, default=str)),
-        "trails": sorted(trails, key=lambda b: str(b["aggregate_id"])),
+        "trails": _prove(key, database_url, data_dir, aggregate_ids, logs, schema),
         "public_key": base64.b64encode(raw_public_key(key.public_key())).decode(),
     }
     bundle["export_signature"] = base64.b64encode(key.sign(_signing_bytes(bundle))).decode()

@@ -174,3 +174,28 @@ async def test_verify_kafka_compares_the_topic_with_the_union_of_the_stores(sett
                                                     data_dir=settings.data_dir, stores=urls))
     assert report.ok, [str(f) for f in report.findings]
     assert report.kafka_messages == report.events == expected and report.missing_on_kafka == 0
+
+
+def test_export_trail_proves_each_region_prescription_under_its_own_store(env: dict[str, str], settings: Settings,
+                                                                         trails: dict[str, UUID],
+                                                                         tmp_path: Path) -> None:
+    """`rxtrail export-trail` finds a prescription in the store of its region (not only in database_url) and proves
+    it under that store's checkpoint; the bundle verifies offline with the public key alone."""
+    from services.integrity.checkpoint import PUBLIC_KEY_FILE
+
+    offline = {k: v for k, v in env.items() if not k.startswith("RXTRAIL_")}  # no database, no shards
+    public_key = Path(settings.data_dir) / PUBLIC_KEY_FILE
+    for region, rx in trails.items():
+        out = tmp_path / f"{region}.json"
+        r = rxtrail(env, "export-trail", str(rx), "--out", str(out))
+        assert r.returncode == 0, r.stdout + r.stderr
+        bundle = json.loads(out.read_text())
+        assert bundle["aggregate_id"] == str(rx)
+        assert json.loads(bundle["checkpoint"]["payload"])["store"] == region
+        with psycopg.connect(settings.shards[region]) as conn:  # the region's own checkpoint chain signed it
+            ids = [c.body["id"] for c in all_checkpoints(conn)]
+        assert json.loads(bundle["checkpoint"]["payload"])["id"] in ids
+        good = rxtrail(offline, "verify", "--bundle", str(out), "--public-key", str(public_key))
+        assert good.returncode == 0 and "INTACT" in good.stdout, good.stdout + good.stderr
+    missing = rxtrail(env, "export-trail", "00000000-0000-4000-8000-000000000000", "--out", str(tmp_path / "no.json"))
+    assert missing.returncode != 0 and "no events for aggregate" in missing.stdout + missing.stderr

@@ -58,6 +58,7 @@ from events.prescription import (
 from events.trace_code import TraceCodeReturned, TraceCodeSold
 from projections.base import Delivered
 from projections.hospital_settlement.ledger import upsert_rows
+from projections.traceability import registry_changes
 
 _STATUS: dict[type[Any], str] = {
     PrescriptionIssued: "issued",
@@ -203,9 +204,11 @@ class Traceability:
             "CREATE INDEX IF NOT EXISTS flags_rule ON {s}.flags (rule_id, seq)",
         ):
             conn.execute(sql.SQL(ddl).format(s=s))
+        registry_changes.create_tables(conn, schema)
 
     def apply(self, conn: psycopg.Connection[Any], schema: str, batch: Sequence[Delivered]) -> None:
         s = sql.Identifier(schema)
+        registry_changes.apply(conn, schema, batch)  # who changed which registry fact when
         rx_ids = {d.aggregate_id for d in batch if isinstance(d.event, PrescriptionEvent)}
         rx_new = {d.aggregate_id for d in batch if isinstance(d.event, PrescriptionIssued)}
         visit_new = {d.aggregate_id for d in batch if isinstance(d.event, FollowUpVisitRecorded)}

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from projections.registry import NAMES as PROJECTION_NAMES
 from services.cli.investigate import investigate
+from services.cli.registry import registry_app, unregistered
 from services.cli.rules import rules
 from services.infra.errors import InfraError
 from services.infra.runtime import configure_logging
@@ -441,6 +442,7 @@ def _resolved() -> Settings:
 
 keys_app = typer.Typer(help="API keys per party (stored hashed).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(registry_app, name="registry")
 app.command("rules")(rules)
 app.command("investigate")(investigate)
 
@@ -462,6 +464,9 @@ def keys_create(
         who = keys.parse_party(party)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--party") from exc
+    if (why := unregistered(who)) is not None:  # keys only for registered parties (issue 13)
+        err.print(f"[bold red]no key:[/] {why}")
+        raise typer.Exit(2)
     url = Settings().resolved_database_url()
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:

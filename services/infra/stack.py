@@ -77,10 +77,17 @@ def prepare_database(settings: Settings) -> None:
     from services.adapters import stage_health
     from services.bootstrap import build_application
     from services.integrity import checkpoint
+    from services.reference.seed import seed as seed_reference
     from services.relay import positions
 
     database_url = settings.resolved_database_url()
-    build_application(settings).close()
+    app = build_application(settings)
+    try:  # the reference data as registry events, once (services/reference/seed.py; later starts read one row)
+        report = seed_reference(app)
+    finally:
+        app.close()
+    if not report.ok:
+        raise InfraError("the reference data could not be loaded as registry events: " + "; ".join(report.refused[:3]))
     with psycopg.connect(database_url, autocommit=True) as conn:
         keys.ensure_schema(conn)
         checkpoint.ensure_tables(conn)

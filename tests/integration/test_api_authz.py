@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.api import create_app
+from services.api.routes.registry import REGISTRY_SLUGS
 from services.application import RxTrail
 from services.application import commands as c
 from services.infra.settings import Settings
@@ -28,6 +29,8 @@ from tests.support.flows import (
     visit_body,
 )
 from tests.support.read_side import read_side, wait_caught_up
+from tests.support.registry_http import BODIES as REGISTRY_BODIES
+from tests.support.registry_http import registry_key
 
 CALLERS = ("anonymous", "bad_key", "hospital", "pharmacist", "pharmacy", "agency", "regulator", "other_tenant")
 
@@ -42,6 +45,7 @@ class Endpoint:
     ok: int = 200
     tenant_scoped: bool = True  # False: a list that simply shows the other tenant its own (empty) data
     other_tenant: int | None = None  # when another tenant's answer is neither 404 nor the owner's
+    also: tuple[str, ...] = ()  # other party kinds it serves as it serves the owner (registries: the regulator)
 
 
 def _visit(a: Actors, s: dict[str, str]) -> dict[str, Any]:
@@ -143,6 +147,24 @@ ENDPOINTS = (
 )
 
 
+def _registry_endpoint(cls: type[c.RegistryCommand], slug: str) -> Endpoint:
+    """POST /registry/<slug>: the agency of the cast's region (403 for another region's agency); the regulator too
+    where it keeps the catalog (the national catalog: the regulator alone, any regulator)."""
+    body = lambda a, s: REGISTRY_BODIES[slug](a.cast)  # noqa: E731
+    if cls in (c.ListDrug, c.ChangeDrugListing):
+        return Endpoint("POST", f"/registry/{slug}", "regulator", body=body, ok=201, other_tenant=201)
+    return Endpoint("POST", f"/registry/{slug}", "agency", body=body, ok=201, other_tenant=403,
+                    also=("regulator",) if cls in c.REGULATOR_REGISTRY_COMMANDS else ())
+
+
+ENDPOINTS += tuple(_registry_endpoint(cls, slug) for cls, slug in REGISTRY_SLUGS.items()) + tuple(
+    Endpoint("GET", f"/registry/{what}/{{key}}", "agency", state=f"registry:{what}", also=("regulator",),
+             tenant_scoped=False)
+    for what in ("institutions", "physicians", "pharmacists", "pharmacies", "delivery-enterprises", "drugs",
+                 "chronic-diseases", "emergencies")
+) + (Endpoint("GET", "/registry/changes", "regulator", also=("agency",), tenant_scoped=False),)
+
+
 def expected(endpoint: Endpoint, caller: str) -> int:
     if caller in ("anonymous", "bad_key"):
         return 401
@@ -152,7 +174,7 @@ def expected(endpoint: Endpoint, caller: str) -> int:
         if not endpoint.tenant_scoped:
             return endpoint.ok
         return 404
-    if caller != endpoint.owner:
+    if caller != endpoint.owner and caller not in endpoint.also:
         return 403
     return endpoint.ok
 
@@ -202,6 +224,8 @@ def prepare(actors: Actors, application: RxTrail, state: str | None) -> dict[str
         return {}
     if state == "visit":
         return {"visit": actors.visit()}
+    if state.startswith("registry:"):
+        return {"key": registry_key(actors.cast, state.removeprefix("registry:"))}
     steps = {"issued": actors.issue, "approved": actors.approved, "routed": actors.routed,
              "accepted": actors.accepted}
     if state in steps:

@@ -71,9 +71,9 @@ def test_full_happy_path(app: RxTrail, cast: Cast) -> None:
     ok(app.handle(c.MarkDelivered(prescription_id=rx, delivery_enterprise_id="DE-1")))
     ok(cast.settle(rx, fund="40.00", personal="10.00", self_pay="18.00", delivery_fee="8.00"))
     ok(app.handle(c.SettleConsultation(encounter_id=encounter_id, patient_ref=cast.patient_ref,
-                                       verification_method="e_voucher", fund="14.00", personal_account="4.00",
-                                       self_pay="2.00", policy_version="2025.1", policy_region="220100",
-                                       settlement_ref="C-1")))
+                                       verification_method="e_voucher", fund="7.00", personal_account="2.00",
+                                       self_pay="1.00", policy_version="2025.1", policy_region="220100",
+                                       settlement_ref="C-1")))  # R15: 10.00, 220100's tertiary consultation
 
     state = prescription(app, rx)
     assert state.status is RxStatus.SETTLED

@@ -26,7 +26,7 @@ from services.application.outcomes import Outcome
 from services.application.privacy import PatientVault
 from services.domain.clock import FixedClock
 from tests.support import unique_id
-from tests.support.domain import AMLODIPINE, METFORMIN, VITAMIN, item, line, trace_codes
+from tests.support.domain import AMLODIPINE, METFORMIN, VITAMIN, item, line, sign, trace_codes
 
 T0 = datetime(2025, 3, 10, 2, 0, tzinfo=UTC)  # 10:00 China time
 CHANGCHUN = "220100"  # pharmacies are paid directly
@@ -78,6 +78,8 @@ class Cast:
     with_pharmacies: bool = True
     patient_per_visit: bool = False
     national_ids: dict[UUID, str] = field(default_factory=dict)
+    insured: set[str] = field(default_factory=set)
+    regional: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.national_id = self.national_id or new_national_id(self.region)
@@ -134,6 +136,7 @@ class Cast:
         ]
         for outcome in self.app.apply_batch(commands):
             ok(outcome)
+        self.insured |= {self.national_id, self.offsite_national_id, self.unfiled_national_id}
         return self
 
     def insure(self, national_id: str, region: str | None = None, *,
@@ -143,6 +146,7 @@ class Cast:
         commands = patient_commands(national_id, region or self.region, insurance_type=insurance_type, chronic=chronic)
         for outcome in self.app.apply_batch(commands):
             ok(outcome)
+        self.insured.add(national_id)
         return national_id
 
     def designate(self, pharmacy_id: str, *, region: str | None = None, drugs: tuple[str, ...] | None = None) -> str:
@@ -158,30 +162,60 @@ class Cast:
         return self.app.vault.patient_ref(self.national_id)
 
     def visit(self, **kw: object) -> c.RecordFollowUpVisit:
-        """A follow-up visit command of the cast's patient (a new one with ``patient_per_visit``) in its region."""
+        """A follow-up visit command of the cast's patient (a new one with ``patient_per_visit``) in its region, at
+        the cast's hospital (in another ``pooling_region``: a hospital of that region, ``hospital_in``), priced at
+        the region's consultation fee (R15). A patient given in ``patient`` is registered as insured in
+        ``insured_region`` first, unless the cast registered it already."""
         today = self.app.clock.now().date()
+        region = str(kw.get("pooling_region", self.region))
+        hospital, physician = (self.hospital, self.physician) if region == self.region else self.hospital_in(region)
         national_id = self.insure(new_national_id(self.region)) if self.patient_per_visit else self.national_id
+        given = kw.get("patient")
+        if isinstance(given, c.PatientIdentity) and given.national_id not in self.insured:
+            self.insure(given.national_id, str(kw.get("insured_region", region)))
         fields: dict[str, object] = {
-            "hospital_id": self.hospital, "visit_ref": unique_id("V"), "physical_institution_id": f"P-{self.hospital}",
-            "institution_ownership": Ownership.PUBLIC, "pooling_region": self.region, "insured_region": self.region,
+            "hospital_id": hospital, "visit_ref": unique_id("V"), "physical_institution_id": self.physical_of(hospital),
+            "institution_ownership": Ownership.PUBLIC, "pooling_region": region, "insured_region": region,
             "insurance_type": InsuranceType.EMPLOYEE,
             "patient": c.PatientIdentity(national_id=national_id, name="张三", phone="13800138000"),
-            "physician_id": self.physician, "physician_signature": f"sig:{self.physician}", "diagnosis_code": "E11.9",
+            "physician_id": physician, "physician_signature": f"sig:{physician}", "diagnosis_code": "E11.9",
             "diagnosis_name": "type 2 diabetes", "original_diagnosis_code": "E11.9",
-            "original_diagnosis_date": today - timedelta(days=30), "original_institution_id": f"P-{self.hospital}",
-            "verification_method": RealNameMethod.E_VOUCHER, "consultation_fee": Decimal("20.00"),
+            "original_diagnosis_date": today - timedelta(days=30), "original_institution_id": self.physical_of(hospital),
+            "verification_method": RealNameMethod.E_VOUCHER, "consultation_fee": consultation_fee(region),
         }
         fields.update(kw)
         return c.RecordFollowUpVisit.model_validate(fields)
 
+    def hospital_in(self, region: str) -> tuple[str, str]:
+        """An internet hospital of ``region`` (on its physical institution) with a physician of its own, registered
+        by that region's agency the first time it is asked for (with the region's drug facts and chronic list)."""
+        if region not in self.regional:
+            hospital, physician = unique_id("H"), unique_id("DR")
+            list_drugs(self.app, region)
+            for outcome in self.app.apply_batch([*hospital_commands(hospital, region),
+                                                 physician_command(physician, hospital, region)]):
+                ok(outcome)
+            self.regional[region] = (hospital, physician)
+        return self.regional[region]
+
     def issue(self, encounter_id: UUID, *items: PrescriptionItem, **kw: object) -> c.IssuePrescription:
+        """An IssuePrescription for the visit, signed by the visit's physician (R2) unless ``physician_signature``
+        is given."""
         chosen = items or (item(),)
         fields: dict[str, object] = {
             "hospital_id": self.hospital, "prescription_ref": unique_id("RX"), "encounter_id": encounter_id,
-            "physician_signature": f"sig:{self.physician}", "items": chosen,
-            "first_visit_drug_codes": tuple(i.drug_code for i in chosen),
+            "items": chosen, "first_visit_drug_codes": tuple(i.drug_code for i in chosen),
         }
+        [visit, *_] = self.app.history(encounter_id) or [None]
+        fields["hospital_id"] = getattr(visit, "hospital_id", self.hospital)  # the visit's hospital prescribes
         fields.update(kw)
+        if "physician_signature" not in fields:
+            fields["physician_signature"] = sign(
+                getattr(visit, "physician_id", self.physician), hospital_id=fields["hospital_id"],
+                prescription_ref=fields["prescription_ref"], encounter_id=encounter_id,
+                physician_id=getattr(visit, "physician_id", self.physician),
+                diagnosis_code=getattr(visit, "diagnosis_code", "E11.9"), items=fields["items"],
+                justification=fields.get("justification"), preferred_pharmacy_id=fields.get("preferred_pharmacy_id"))
         return c.IssuePrescription.model_validate(fields)
 
     # --- a prescription walked to a state ---------------------------------------------------------
@@ -319,6 +353,14 @@ def list_drugs(app: RxTrail, region: str) -> None:
         ok(outcome)
 
 
+def consultation_fee(region: str, level: str = "tertiary") -> Decimal:
+    """The region's price of an ordinary outpatient consultation at an institution of ``level`` (R15)."""
+    from services.reference.policies import load_policy
+
+    fees = load_policy(region).consultation_fee
+    return next(Decimal(fee) for lvl, fee in fees.items() if str(lvl) == level)
+
+
 def new_app(store: RxTrailStore, vault: PatientVault, *, at: datetime = T0) -> RxTrail:
     return RxTrail(store, vault, clock=FixedClock(at))
 
@@ -328,5 +370,5 @@ def today() -> date:
 
 
 __all__ = ["AMLODIPINE", "CHANGCHUN", "DRUG_FACTS", "JINAN", "METFORMIN", "REGULATOR", "SECRET", "T0", "VITAMIN", "Cast",
-           "hospital_commands", "item", "line", "list_drugs", "new_app", "new_national_id", "ok", "patient_commands",
-           "physician_command", "public_key_of", "signing_key", "today", "trace_codes"]
+           "consultation_fee", "hospital_commands", "item", "line", "list_drugs", "new_app", "new_national_id", "ok",
+           "patient_commands", "physician_command", "public_key_of", "signing_key", "today", "trace_codes"]

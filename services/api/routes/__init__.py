@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from services.api.routes import agency, findings, health, hospital, pharmacist, pharmacy, regulator, rules
+from services.api.routes import agency, findings, health, hospital, pharmacist, pharmacy, registry, regulator, rules
 
 ROUTERS: tuple[APIRouter, ...] = (hospital.router, pharmacist.router, pharmacy.router, agency.router, regulator.router,
-                                  findings.router, rules.router, health.router)
+                                  findings.router, registry.router, rules.router, health.router)

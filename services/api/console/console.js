@@ -314,7 +314,7 @@ async function loadDashboard() {
         scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true } } },
       data: { labels: days, datasets: regions.map((reg, i) => ({ label: reg, backgroundColor: PALETTE[i % PALETTE.length],
         data: days.map((day) => cell(reg, day, "fund")) })) } });
-    drawChart("chart-count", { type: "line", options: { animation: false, responsive: true, scales: { y: { beginAtZero: true } } },
+    drawChart("chart-count", { type: "bar", options: { animation: false, responsive: true, scales: { y: { beginAtZero: true } } },
       data: { labels: days, datasets: [
         { label: "开具 issued", borderColor: PALETTE[0], backgroundColor: PALETTE[0],
           data: days.map((day) => regions.reduce((n, reg) => n + cell(reg, day, "issued"), 0)) },

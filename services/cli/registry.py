@@ -209,7 +209,7 @@ def import_csv(path: Path = typer.Argument(..., exists=True, dir_okay=False, rea
             cls = _commands().get(kind)
             if cls is None:
                 raise typer.BadParameter(f"unknown --kind {kind!r}; one of: {', '.join(sorted(_commands()))}")
-            commands.append(_command(kind, sender, row_body(cls, row), f"import:{digest}:{number}"))
+            commands.append(_command(kind, sender, row_body(cls, row), f"import:{digest}:{sender}:{number}"[:200]))
         except ValidationError as exc:
             invalid.append((number, "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
                                               for e in exc.errors(include_input=False))))

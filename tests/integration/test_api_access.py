@@ -35,7 +35,7 @@ from services.application import commands as c
 from services.bootstrap import run_projections
 from services.infra.settings import Settings
 from tests.support import unique_id, wait_until
-from tests.support.cast import CHANGCHUN, JINAN, Cast, consultation_fee, new_national_id, ok
+from tests.support.cast import CHANGCHUN, JINAN, Cast, new_national_id, ok
 from tests.support.flows import api_keys, auth, live_server, open_application, register_cast, visit_body
 from tests.support.read_side import read_side
 
@@ -90,6 +90,13 @@ def get(client: TestClient, token: str, path: str, **params: Any) -> httpx.Respo
 
 
 # --- agencies see their region's lines only -------------------------------------------------------------------
+
+
+def consultation_fee(region: str) -> Decimal:
+    """R15: the region's ordinary outpatient consultation price at a tertiary institution (region policy data)."""
+    from services.reference.policies import InstitutionLevel, load_policy
+
+    return load_policy(region).consultation_fee[InstitutionLevel.TERTIARY]
 
 
 def consultation(app: RxTrail, cast: Cast, *, treated_in: str, insured_in: str, fund: str) -> UUID:

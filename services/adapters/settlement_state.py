@@ -113,3 +113,14 @@ def suspended(conn: psycopg.Connection[Any], schema: str, patients: Iterable[str
         "SELECT patient_ref FROM {}.patients WHERE patient_ref = ANY(%s) AND suspended"
         " AND (until IS NULL OR until >= %s)").format(sql.Identifier(schema)), (list(patients), today)).fetchall()
     return {r[0] for r in rows}
+
+
+def reverse(conn: psycopg.Connection[Any], schema: str, rows: Sequence[tuple[UUID, Decimal, Decimal]]) -> None:
+    """``(aggregate_id, fund, personal_account)`` of reversals: what the fund and the account got back no longer
+    counts as paid this year (annual cap, account balance)."""
+    if not rows:
+        return
+    with conn.cursor() as cur:
+        cur.executemany(sql.SQL(
+            "UPDATE {}.ledger SET fund = fund - %s, personal_account = personal_account - %s"
+            " WHERE aggregate_id = %s").format(sql.Identifier(schema)), [(f, pa, i) for i, f, pa in rows])

@@ -56,7 +56,7 @@ from events.prescription import (
     PrescriptionSettled,
 )
 from events.registries import PatientReinstated, PatientSuspendedForFraud
-from events.statement import FailureResolution, SettlementFailureResolved, SubjectKind
+from events.statement import FailureResolution, SettlementFailureResolved, SettlementReversed, SubjectKind
 from projections.base import Delivered
 from services.adapters import settlement_state as state
 from services.application import RxTrail
@@ -70,15 +70,17 @@ from services.application.claims import (
 )
 from services.application.commands import Command, RecordSettlementFailure
 from services.application.outcomes import Outcome
+from services.application.unit_of_work import UnitOfWork
 from services.domain.aggregate import project_all
 from services.domain.encounter import Encounter
 from services.domain.errors import DomainError
 from services.domain.policy import DEFAULT_RULES, RuleConfig
 from services.domain.prescription import Prescription, RxStatus
+from services.domain.registries import Institution
 from services.domain.rules import R11
 from services.domain.settlement import RegionCatalog, Split, YearToDate, split
 from services.reference import Reference, ReferenceNotFound, load_reference
-from services.reference.policies import PayeeKind, PolicyNotFound, load_policy, provider_terms
+from services.reference.policies import InstitutionLevel, PayeeKind, PolicyNotFound, load_policy, provider_terms
 from services.workers.base import CommandWorker, command_key, in_log_order
 
 log = logging.getLogger("rxtrail.settlement")
@@ -150,6 +152,8 @@ class SettlementWorker(CommandWorker):
                  d.event.personal_account, d.event.deductible_applied if d.event.deductible_applied else None)
                 for d in batch if isinstance(d.event, PrescriptionSettled | ConsultationSettled)]
         state.record_settled(conn, schema, rows)
+        state.reverse(conn, schema, [(d.event.subject_id, d.event.fund, d.event.personal_account)
+                                     for d in batch if isinstance(d.event, SettlementReversed)])
 
     # --- triggers ---------------------------------------------------------------------------------------
     @staticmethod
@@ -259,7 +263,7 @@ class SettlementWorker(CommandWorker):
         policy = load_policy(visit.insured_region, as_of=today)
         treatment = load_policy(visit.pooling_region, as_of=today)  # R15: the treatment region's price
         catalog = WithConsultation(visit.pooling_region, self._catalog)
-        level = self.config.level_of(visit.physical_institution_id)
+        level = self._level(visit.physical_institution_id)
 
         def build(ytd: YearToDate, balance: Decimal, suspended: bool) -> tuple[Split, Command]:
             claim = consultation_claim(visit, treatment, level, suspended=suspended, balance=balance)
@@ -268,6 +272,17 @@ class SettlementWorker(CommandWorker):
 
         return _Plan(command_id, visit.originator_id, visit.patient_ref, visit.insurance_type, build,
                      SubjectKind.CONSULTATION)
+
+    def _level(self, physical_institution_id: str) -> InstitutionLevel:
+        """R15/R17: the physical institution's level from the registry (what the visit's price check used), else
+        the configuration's."""
+        found = UnitOfWork(self.app.store).get(Institution, Institution.id_for(physical_institution_id))
+        if found is not None:
+            try:
+                return InstitutionLevel(found.level.value)
+            except ValueError:
+                pass
+        return self.config.level_of(physical_institution_id)
 
     @staticmethod
     def _verification(events: Iterable[Any], visit: Any) -> RealNameMethod:

@@ -102,8 +102,13 @@ def body_model(cls: type[c.RegistryCommand]) -> type[BaseModel]:
     return model
 
 
+BODY_MODELS: list[type[BaseModel]] = []
+"""The request bodies of the registry routes (each bounded as its command is; tests/unit/test_bounds.py checks)."""
+
+
 def _route(cls: type[c.RegistryCommand], slug: str) -> None:
     body_cls = body_model(cls)
+    BODY_MODELS.append(body_cls)
 
     def post(body: Any, party: AnyParty, rt: Rt, key: IdempotencyKey = None) -> m.CommandResultPublic:
         return run(rt, party, cls(command_id=command_id(party, key), changed_by=str(party), **dict(body)))

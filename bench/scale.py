@@ -6,9 +6,10 @@
 Starts its own embedded PostgreSQL and Tansu, then runs each stage in its own process (so each stage's peak RSS
 is its own, read with ``wait4``) and prints one JSON report:
 
-1. ``generate``: realistic trails (visit → issue → approve → route → accept → dispense with scanned trace codes →
-   collect → settle; ``bench/write_side.py``'s commands) through the write side's batch entry point
-   ``RxTrail.apply_batch``, a wave of ``--wave`` trails at a time (8 batches a wave), until ``--events`` events
+1. ``generate``: realistic trails of the tests' one cast (``tests.support.cast.Cast``: registered parties, a registered
+   patient per trail, signed prescriptions; patient insurance → visit → issue → approve → route → accept → dispense
+   with scanned trace codes → collect → settle) through the write side's batch entry point
+   ``RxTrail.apply_batch``, a wave of ``--wave`` trails at a time (9 batches a wave), until ``--events`` events
    are stored. Every command must be accepted.
 2. ``relay``: the relay publishes the whole store to ``rx.events`` (from notification 0) and stops at the end.
 3. ``replay <projection>``: each projection rebuilt alone from Kafka (``services.replay``, the path
@@ -36,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-HERE = Path(__file__).resolve().parent
 SECRET = "scale-pseudonym-secret-0123456789abcdef"
 
 
@@ -58,24 +58,59 @@ def stored_events(url: str) -> int:
 
 
 def stage_generate(url: str, events: int, wave: int) -> dict[str, Any]:
-    sys.path.insert(0, str(HERE))
-    from write_side import Ours  # the same realistic trail as the write-side bench
+    """Trails of the one test cast (``tests.support.cast.Cast``: the registries, signed prescriptions, a registered
+    patient per trail), a wave at a time, every step of a wave in one ``apply_batch``."""
+    from datetime import UTC, datetime
 
-    ours = Ours(url)
-    app = ours.app
+    from events.base import RealNameMethod
+    from events.prescription import RoutingBasis
+    from services.application import commands as c
+    from services.application.ids import encounter_id_for, prescription_id_for
+    from services.bootstrap import build_application
+    from services.domain.clock import FixedClock
+    from services.infra.settings import Settings
+    from tests.support.cast import Cast, new_national_id, patient_commands
+    from tests.support.domain import line
+
+    app = build_application(Settings(database_url=url, pseudonym_secret=SECRET),
+                            clock=FixedClock(datetime(2025, 3, 10, 2, 0, tzinfo=UTC)))
+    cast = Cast(app).register()
     started = time.perf_counter()
     commands = trails = rejected = written = 0
-    while written < events:  # counted from the outcomes (a count(*) per wave would grow with the log)
-        built = [ours.trail_commands(trails + i) for i in range(wave)]
-        for step in range(len(built[0])):
-            batch = [trail[step]() for trail in built]
-            for outcome in app.apply_batch(batch):
-                written += len(outcome.events)
-                if not outcome.ok:
-                    rejected += 1
-                    if rejected <= 3:
-                        print(f"rejected: {outcome.error} {outcome.rule_id} {outcome.reason}", file=sys.stderr)
-            commands += len(batch)
+
+    def run(batch: list[c.Command]) -> None:
+        nonlocal commands, rejected, written
+        for outcome in app.apply_batch(batch):
+            written += len(outcome.events)  # counted from the outcomes (a count(*) per wave grows with the log)
+            if not outcome.ok:
+                rejected += 1
+                if rejected <= 3:
+                    print(f"rejected: {outcome.command_type} {outcome.error} {outcome.rule_id} {outcome.reason}",
+                          file=sys.stderr)
+        commands += len(batch)
+
+    while written < events:
+        patients = [new_national_id(cast.region) for _ in range(wave)]
+        run([cmd for nid in patients for cmd in patient_commands(nid, cast.region)])
+        cast.insured |= set(patients)
+        visits = [cast.visit(patient=c.PatientIdentity(national_id=nid, name="张三", phone="13800138000"))
+                  for nid in patients]
+        run(list(visits))
+        issues = [cast.issue(encounter_id_for(v.hospital_id, v.visit_ref)) for v in visits]
+        run(list(issues))
+        rxs = [prescription_id_for(i.hospital_id, i.prescription_ref) for i in issues]
+        run([c.ApprovePrescription(prescription_id=rx, pharmacist_id=cast.pharmacist) for rx in rxs])
+        run([c.RoutePrescription(prescription_id=rx, pharmacy_id=cast.pharmacy, basis=RoutingBasis.PATIENT_CHOICE)
+             for rx in rxs])
+        run([c.AcceptPrescription(prescription_id=rx, dispenser_id=cast.pharmacy) for rx in rxs])
+        run([c.DispensePrescription(prescription_id=rx, dispenser_id=cast.pharmacy, lines=(line(codes=4),))
+             for rx in rxs])
+        run([c.MarkCollected(prescription_id=rx, verification_method=RealNameMethod.FACE_RECOGNITION) for rx in rxs])
+        run([c.SettlePrescription.model_validate({
+            "prescription_id": rx, "patient_national_id": nid, "verification_method": RealNameMethod.E_VOUCHER,
+            "fund": "35.00", "personal_account": "10.00", "self_pay": "5.00", "delivery_fee": "0.00",
+            "policy_version": "2025.1", "policy_region": cast.region, "catalog_region": cast.region,
+            "settlement_ref": f"S-{trails + n}"}) for n, (rx, nid) in enumerate(zip(rxs, patients, strict=True))])
         trails += wave
     seconds = time.perf_counter() - started
     app.close()

@@ -821,6 +821,8 @@ def print_report(report: DemoReport, console: Any) -> None:
         console.print(f"plant {name} expected={e['expected'].replace(' ', ':')} ok={'yes' if e['ok'] else 'no'} "
                       f"prescriptions={','.join(i or '-' for i in e['prescriptions'])}",
                       highlight=False, soft_wrap=True, markup=False)
+    console.print(f"registered via={report.registered_via.split(' ')[0]}", highlight=False, soft_wrap=True,
+                  markup=False)
     console.print(f"demo day={report.tag} hospitals={','.join(h.hospital_id for h in plan.hospitals)} "
                   f"pharmacies={len(plan.pharmacies)} trail={report.trail_of} pharmacy={report.trail_pharmacy}",
                   highlight=False, soft_wrap=True, markup=False)

@@ -106,6 +106,7 @@ def test_demo_day_drives_every_service_and_catches_every_planted_misbehaviour(st
     tag, hospitals, _pharmacies, trail_rx, _pharmacy = line.groups()
     plan = plan_day(SEED, SIZE)
     assert tag == plan.tag and hospitals.split(",") == [h.hospital_id for h in plan.hospitals]
+    assert "registered via=http" in demo.stdout  # the cast went through the registry API (POST /registry/...)
     plants = {m[0]: m[1:] for m in PLANT_LINE.findall(demo.stdout)}
     assert set(plants) == set(PLANTS), demo.stdout
     for name, (how, what, expect) in PLANTS.items():

@@ -56,7 +56,22 @@ def register_parties(app: Any) -> Parties:
         physicians=[parties.physician], pharmacist=parties.pharmacist, pharmacies=[parties.pharmacy]))
     if not all(o.ok for o in outcomes):
         raise SystemExit(f"could not register the parties: {outcomes}")
+    from tests.support.cast import list_drugs
+
+    list_drugs(app, parties.region)  # the reference metformin the bodies prescribe, with the region's cap (R7, R17)
     return parties
+
+
+def insured_patients(app: Any, parties: Parties, n: int) -> list[str]:
+    """``n`` patients insured in the parties' region (R17 reads it at the visit), registered before the load."""
+    from tests.support.cast import new_national_id, patient_commands
+
+    ids = [new_national_id(parties.region) for _ in range(n)]
+    for start in range(0, n, 500):
+        outcomes = app.apply_batch([cmd for nid in ids[start:start + 500] for cmd in patient_commands(nid, parties.region)])
+        if not all(o.ok for o in outcomes):
+            raise SystemExit(f"could not register the patients: {[o for o in outcomes if not o.ok][:3]}")
+    return ids
 
 
 def api_keys(database_url: str, parties: Parties) -> dict[str, str]:
@@ -72,10 +87,17 @@ def api_keys(database_url: str, parties: Parties) -> dict[str, str]:
                 for kind, pid in ids.items()}
 
 
-async def http_load(base: str, keys: dict[str, str], parties: Parties, rate: float, seconds: float) -> dict[str, Any]:
+async def http_load(base: str, keys: dict[str, str], parties: Parties, rate: float, seconds: float,
+                    patients: list[str]) -> dict[str, Any]:
     import httpx
 
+    from services.application.registries import starter_signing_key
+    from services.domain.signature import sign_prescription_request
     from services.simulate import dispense_body, prescription_body, visit_body
+    from tests.support.cast import consultation_fee
+
+    physician_key = starter_signing_key(parties.physician)
+    fee = str(consultation_fee(parties.region))  # the region's price (R15)
 
     latencies: dict[str, list[float]] = defaultdict(list)
     errors: dict[str, int] = defaultdict(int)
@@ -99,11 +121,17 @@ async def http_load(base: str, keys: dict[str, str], parties: Parties, rate: flo
             return r.json()
 
         async def journey() -> None:
-            v = await call("visit", "POST", "/hospital/visits", h,
-                           visit_body(parties.hospital, parties.physician, parties.region))
+            visit = visit_body(parties.hospital, parties.physician, parties.region, national_id=patients.pop(),
+                               original_institution_id=f"P-{parties.hospital}", consultation_fee=fee,
+                               registry_facts=False)
+            v = await call("visit", "POST", "/hospital/visits", h, visit)
             if not v:
                 return
-            p = await call("issue", "POST", "/hospital/prescriptions", h, prescription_body(v["aggregate_id"]))
+            body = prescription_body(v["aggregate_id"])
+            body["physician_signature"] = sign_prescription_request(
+                physician_key, body, hospital_id=parties.hospital, physician_id=parties.physician,
+                diagnosis_code=visit["diagnosis_code"])
+            p = await call("issue", "POST", "/hospital/prescriptions", h, body)
             if not p:
                 return
             rx = p["aggregate_id"]
@@ -139,8 +167,12 @@ async def http_load(base: str, keys: dict[str, str], parties: Parties, rate: flo
 
 
 async def intake_load(database_url: str, bootstrap: str, application: Any, parties: Parties, commands: int,
-                      batch: int) -> dict[str, Any]:
+                      batch: int, patients: list[str]) -> dict[str, Any]:
     from aiokafka import AIOKafkaProducer
+
+    from tests.support.cast import consultation_fee
+
+    fee = str(consultation_fee(parties.region))
 
     from events import topics
     from services.infra.kafka_admin import ensure_topics_async
@@ -155,7 +187,9 @@ async def intake_load(database_url: str, bootstrap: str, application: Any, parti
     for i in range(commands):
         ref = f"bench-{i}"
         body = {"kind": "record_follow_up_visit", "command_id": ref, "hospital_id": parties.hospital,
-                **visit_body(parties.hospital, parties.physician, parties.region, visit_ref=ref)}
+                **visit_body(parties.hospital, parties.physician, parties.region, visit_ref=ref,
+                             national_id=patients.pop(), original_institution_id=f"P-{parties.hospital}",
+                             consultation_fee=fee, registry_facts=False)}
         await producer.send(topic, json.dumps(body).encode(), key=ref.encode())
     await producer.flush()
     await producer.stop()
@@ -276,9 +310,11 @@ def main() -> int:
         if not wait_for_port("127.0.0.1", port, 30):
             raise SystemExit("API did not start")
         base = f"http://127.0.0.1:{port}"
-        asyncio.run(http_load(base, tokens, parties, 20, 2))  # warm-up (pools, caches)
-        http = asyncio.run(http_load(base, tokens, parties, args.rate, args.seconds))
-        intake = asyncio.run(intake_load(database_url, bootstrap, app, parties, args.commands, args.batch))
+        patients = insured_patients(app, parties, int((args.rate * args.seconds + 40) / 6 * 1.2) + 20)
+        asyncio.run(http_load(base, tokens, parties, 20, 2, patients))  # warm-up (pools, caches)
+        http = asyncio.run(http_load(base, tokens, parties, args.rate, args.seconds, patients))
+        intake = asyncio.run(intake_load(database_url, bootstrap, app, parties, args.commands, args.batch,
+                                         insured_patients(app, parties, args.commands)))
         api.terminate()
         api.wait(10)
         api = None

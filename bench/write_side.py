@@ -95,6 +95,22 @@ class Ours:
         for cmd in starter_commands(changed_by=f"agency:{REGION}", region=REGION, hospital=self.hospital,
                                     physicians=[self.physician], pharmacist=self.pharmacist, pharmacies=[self.pharmacy]):
             self.must(cmd)
+        from tests.support.cast import consultation_fee, list_drugs
+
+        list_drugs(self.app, REGION)  # the two drugs, with the region's caps and standards (R7, R17)
+        self.fee = consultation_fee(REGION)  # the region's consultation price (R15)
+        self.insured: set[str] = set()
+
+    def insure(self, national_ids: list[str]) -> None:
+        """Register the patients' insurance (R17 reads it at the visit), in one batch, outside any timing."""
+        from tests.support.cast import patient_commands
+
+        fresh = [n for n in dict.fromkeys(national_ids) if n not in self.insured]
+        for start in range(0, len(fresh), 200):
+            part = fresh[start:start + 200]
+            if not all(o.ok for o in self.app.apply_batch([cmd for n in part for cmd in patient_commands(n, REGION)])):
+                raise RuntimeError("patient registration refused")
+        self.insured.update(fresh)
 
     def must(self, cmd: c.Command) -> Any:
         outcome = self.app.handle(cmd)
@@ -102,26 +118,42 @@ class Ours:
             raise RuntimeError(f"{type(cmd).__name__}: {outcome.error} {outcome.rule_id} {outcome.reason}")
         return outcome
 
-    def visit(self, n: int) -> c.RecordFollowUpVisit:
+    def fresh_patients(self, n: int) -> list[str]:
+        """``n`` new insured patients (a patient per trail: R4 counts a patient's running supply of a drug)."""
+        first = len(self.insured)
+        ids = [f"2201{first + i:014d}" for i in range(n)]
+        self.insure(ids)
+        return ids
+
+    def visit(self, n: int, national_id: str | None = None) -> c.RecordFollowUpVisit:
+        patient = national_id or self.fresh_patients(1)[0]
         return c.RecordFollowUpVisit(
-            hospital_id=self.hospital, visit_ref=f"V-{n}-{uuid4().hex[:8]}", physical_institution_id="P-1",
+            hospital_id=self.hospital, visit_ref=f"V-{n}-{uuid4().hex[:8]}", physical_institution_id=f"P-{self.hospital}",
             institution_ownership=Ownership.PUBLIC, pooling_region=REGION, insured_region=REGION,
             insurance_type=InsuranceType.EMPLOYEE,
-            patient=c.PatientIdentity(national_id=f"2201{n:014d}", name="张三", phone="13800138000"),
+            patient=c.PatientIdentity(national_id=patient, name="张三", phone="13800138000"),
             physician_id=self.physician, physician_signature="sig", diagnosis_code="E11.9",
             diagnosis_name="type 2 diabetes", original_diagnosis_code="E11.9",
-            original_diagnosis_date=date(2025, 2, 10), original_institution_id="P-1",
-            verification_method=RealNameMethod.E_VOUCHER, consultation_fee=Decimal("20.00"),
+            original_diagnosis_date=date(2025, 2, 10), original_institution_id=f"P-{self.hospital}",
+            verification_method=RealNameMethod.E_VOUCHER, consultation_fee=self.fee,
         )
 
     def issue(self, encounter_id: UUID, command_id: str | None = None) -> c.IssuePrescription:
+        from services.application.registries import starter_signing_key
+        from services.domain.signature import sign_prescription
+
+        ref = f"RX-{uuid4().hex}"
+        signature = sign_prescription(starter_signing_key(self.physician), hospital_id=self.hospital,
+                                      prescription_ref=ref, encounter_id=encounter_id, physician_id=self.physician,
+                                      diagnosis_code="E11.9", items=ITEMS, justification=None,
+                                      preferred_pharmacy_id=None)  # the hospital's system signs (R2)
         return c.IssuePrescription(
-            hospital_id=self.hospital, prescription_ref=f"RX-{uuid4().hex}", encounter_id=encounter_id,
-            physician_signature="sig", items=ITEMS, first_visit_drug_codes=DRUGS, command_id=command_id,
+            hospital_id=self.hospital, prescription_ref=ref, encounter_id=encounter_id,
+            physician_signature=signature, items=ITEMS, first_visit_drug_codes=DRUGS, command_id=command_id,
         )
 
     def encounters(self, n: int) -> list[UUID]:
-        visits = [self.visit(i) for i in range(n)]
+        visits = [self.visit(i, patient) for i, patient in enumerate(self.fresh_patients(n))]
         for start in range(0, n, 200):
             self.app.apply_batch(visits[start:start + 200])
         return [encounter_id_for(v.hospital_id, v.visit_ref) for v in visits]
@@ -134,7 +166,7 @@ class Ours:
 
         rx = prescription_id_for(issue.hospital_id, issue.prescription_ref)
         lines = tuple(DispensedLine(drug_code=d, quantity=2, unit_price=Decimal("12.50"),
-                                    price_cap=Decimal("12.50"), trace_codes=codes(2)) for d in DRUGS)
+                                    trace_codes=codes(2)) for d in DRUGS)
         return [
             lambda: visit,
             lambda: issue,

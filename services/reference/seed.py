@@ -21,7 +21,7 @@ from services.application.outcomes import Outcome
 from services.reference import ANY_INSTITUTION, Reference, load_reference
 from services.reference.policies import available_regions, load_policy
 
-CHRONIC_ATC_PREFIXES = ("A10", "C02", "C03", "C07", "C08", "C09", "C10", "B01", "N03", "N05", "N06", "R03")
+CHRONIC_ATC_PREFIXES = tuple("A10 C02 C03 C07 C08 C09 C10 B01 N03 N05 N06 R03".split())
 """ATC groups of the shipped catalog that are on the chronic-disease drug list (diabetes, hypertension, lipids,
 anticoagulants, epilepsy, mental health, asthma / COPD)."""
 INSTITUTION_REGION = {"CC": "220100", "JN": "370100", "CX": "532300"}

@@ -112,6 +112,8 @@ def stage_generate(url: str, events: int, wave: int) -> dict[str, Any]:
             "policy_version": "2025.1", "policy_region": cast.region, "catalog_region": cast.region,
             "settlement_ref": f"S-{trails + n}"}) for n, (rx, nid) in enumerate(zip(rxs, patients, strict=True))])
         trails += wave
+        if rejected:  # refused commands write nothing: stop rather than generate forever
+            break
     seconds = time.perf_counter() - started
     app.close()
     if rejected:

@@ -116,7 +116,7 @@ class Unplugged:
     def shot(self, name: str) -> Path:
         SHOTS.mkdir(parents=True, exist_ok=True)
         path = SHOTS / f"{name}.png"
-        self.page.screenshot(path=str(path), full_page=True)
+        self.page.screenshot(path=str(path), full_page=True, timeout=90_000)
         assert path.stat().st_size > 10_000, path
         return path
 
@@ -174,6 +174,10 @@ def test_regulator_searches_a_code_opens_the_trail_and_sees_a_tampered_one_broke
         assert "链断裂 Broken link" in page.inner_text("#verification")
         assert f"{world['tampered']} v2" in page.inner_text("#verification")
         unplugged.shot("console-04-tampered-trail-broken")
+
+        # the registries' record: who changed which fact when (the cast's registrations, at least)
+        page.wait_for_selector("#changes li:not(.empty)")
+        assert actors.cast.physician in page.inner_text("#changes") or "agency:" in page.inner_text("#changes")
 
         # the regulator's own query log lists what the page asked
         page.wait_for_function(

@@ -109,6 +109,8 @@ def test_page_calls_only_documented_endpoints_with_documented_parameters(api: ob
     params = {p["name"] for p in openapi_get(api, table["findings"])["parameters"]}  # type: ignore[index]
     assert {"pattern", "severity", "concerns", "patient_ref", "after", "limit"} <= params
     openapi_get(api, table["finding"])
+    changes = {p["name"] for p in openapi_get(api, table["registryChanges"])["parameters"]}  # type: ignore[index]
+    assert {"fact_id", "limit"} <= changes
     for name in re.findall(r'<input name="(\w+)"', PAGE.split('id="findings-form"')[1].split("</form>")[0]):
         assert name in params, name
     rule_pattern = next(p for p in openapi_get(api, table["flags"])["parameters"]  # type: ignore[attr-defined]

@@ -11,6 +11,7 @@ const ENDPOINTS = {
   findings: "/regulator/findings",
   finding: "/regulator/findings/{finding_id}",
   settlementIssues: "/regulator/settlement-issues",
+  registryChanges: "/registry/changes",
 };
 const KEY = "rxtrail.console.key", REG = "rxtrail.console.regulator";
 const $ = (id) => document.getElementById(id);
@@ -472,6 +473,23 @@ async function loadQueries() {
   } catch (e) { say("queries-status", e.message, true); }
 }
 
+// --- registry changes (the authority's facts: who changed which, when) ------------------------------
+async function loadChanges() {
+  say("changes-status", "加载中 loading…");
+  try {
+    const page = await api("registryChanges", null, { fact_id: $("changes-form").elements.fact_id.value.trim(), limit: 30 });
+    const list = clear($("changes"));
+    for (const ch of page.items) {
+      list.append(el("li", {},
+        el("div", { class: "muted", text: when(ch.recorded_at) + " · " + ch.changed_by +
+                                          (ch.effective_from ? " · 自 from " + ch.effective_from : "") }),
+        el("div", { class: "mono", text: ch.fact_kind + " " + ch.fact_id + ": " + ch.change })));
+    }
+    if (!page.items.length) list.append(el("li", { class: "empty", text: "没有变更 no changes" }));
+    say("changes-status", "");
+  } catch (e) { say("changes-status", e.message, true); }
+}
+
 // --- wiring ------------------------------------------------------------------------------------
 document.addEventListener("DOMContentLoaded", () => {
   takeFragment();
@@ -504,6 +522,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("findings-form").addEventListener("submit", (e) => { e.preventDefault(); loadFindings(); });
   $("findings-more").addEventListener("click", (e) => loadFindings(e.target.dataset.after));
   $("statements-form").addEventListener("submit", (e) => { e.preventDefault(); loadStatements(); });
+  $("changes-form").addEventListener("submit", (e) => { e.preventDefault(); loadChanges(); });
   const start = new URLSearchParams(location.search);   // ?rx=<id> opens a trail, ?rule=R8 lists flags
   if (/^R\d{1,2}$/.test(start.get("rule") || "")) $("flag-rule").value = start.get("rule");
   if (!key()) return;
@@ -512,5 +531,6 @@ document.addEventListener("DOMContentLoaded", () => {
   loadDashboard();
   loadFindings();
   loadStatements();
+  loadChanges();
   if (!start.get("rx") && !start.get("rule")) refreshQueries();
 });

@@ -283,6 +283,14 @@ def _connect(database_url: str) -> psycopg.Connection[Any]:
 
 
 def ensure_schema(conn: psycopg.Connection[Any], projection: Projection, schema: str) -> None:
+    """``schema``'s tables, in one transaction serialised per schema by an advisory lock: two consumers (or a
+    consumer and a replay) starting at once never run a projection's DDL (drop and re-create views) side by side."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"rxtrail.ddl.{schema}",))
+        _ensure_schema(conn, projection, schema)
+
+
+def _ensure_schema(conn: psycopg.Connection[Any], projection: Projection, schema: str) -> None:
     s = sql.Identifier(schema)
     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(s))
     conn.execute(sql.SQL(

@@ -150,7 +150,7 @@ class HospitalSettlement:
         sums = ("consultations, consultation_fees, prescriptions, drug_fees, fund, personal_account, self_pay,"
                 " delivery_fees, refused, clawed_back, reversed,"
                 " fund + personal_account - refused - clawed_back - reversed AS insured_net")
-        for view in ("statements", "region_statements", "institution_statements"):
+        for view in ("statements", "region_statements", "institution_statements", "region_institution_statements"):
             conn.execute(sql.SQL("DROP VIEW IF EXISTS {}.{}").format(s, sql.Identifier(view)))
         conn.execute(sql.SQL("CREATE VIEW {s}.statements AS SELECT hospital_id, physical_institution_id, month, "
                              + sums + " FROM {s}.monthly").format(s=s))

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -332,6 +333,7 @@ def main() -> int:
             app.close()
         broker.stop()
         pg.stop()
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

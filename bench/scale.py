@@ -28,6 +28,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -262,6 +263,7 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         broker.stop()
         pg.stop()
+        shutil.rmtree(work, ignore_errors=True)  # the data of a 300 k run is most of a gigabyte
 
 
 def main() -> int:

@@ -174,7 +174,8 @@ class Encounter(Aggregate):
         deductible_applied: Decimal | str = ZERO,
         fund_cap_applied: Decimal | str = ZERO,
     ) -> None:
-        """Settle the consultation fee with the physical institution: R9, R12, R11."""
+        """Settle the consultation fee with the physical institution: R9, R12, R11 (when: R15, the settlement
+        worker settles it once the visit's first prescription is approved)."""
         if self.settled:
             raise IllegalTransition("settled", "settle_consultation", encounter_id=self.id)
         fund_, personal_, self_pay_ = to_money(fund), to_money(personal_account), to_money(self_pay)

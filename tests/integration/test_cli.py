@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from events import EVENT_TYPES, topics
+from events.codec import current_schema_version
 from events.prescription import RoutingBasis
 from services.adapters.patient_keys import PostgresPatientKeyStore
 from services.adapters.store import open_store
@@ -69,7 +70,9 @@ def test_schemas_writes_one_json_schema_per_event(env: dict[str, str], tmp_path:
     assert r.returncode == 0, r.stderr
     written = sorted(p.name for p in tmp_path.glob("*.json"))
     assert len(written) == len(EVENT_TYPES)
-    issued = json.loads((tmp_path / "PrescriptionIssued.v2.json").read_text())
+    assert written == sorted(f"{name}.v{current_schema_version(cls)}.json" for name, cls in EVENT_TYPES.items())
+    issued = json.loads((tmp_path / "PrescriptionIssued.v3.json").read_text())  # v3: the prescription number
+    assert issued["x-schema-version"] == 3
     assert "patient_ref" in issued["properties"] and "national_id" not in json.dumps(issued)
 
 

@@ -96,7 +96,8 @@ def test_batch_applies_in_order_and_a_refusal_does_not_poison_the_others(app: Rx
         ("ok", None, None),
     ]
     assert outcomes[-1].replayed and not outcomes[3].replayed
-    assert [e.event_type for e in outcomes[1].events] == ["PrescriptionIssued"]
+    # R4: the issue reserves the patient's running supply in the same unit (the ledger's own stream)
+    assert [e.event_type for e in outcomes[1].events] == ["PrescriptionIssued", "SupplyReserved"]
     assert [type(e).__name__ for e in load_stream(app.store, rx)] == [
         "PrescriptionIssued", "PrescriptionApproved", "PrescriptionRouted"]
 
@@ -137,6 +138,7 @@ class RacedRxTrail(RxTrail):
 
 
 def test_batch_that_loses_a_race_falls_back_to_one_by_one(app: RxTrail, cast: Cast) -> None:
+    cast.patient_per_visit = True  # three patients: one patient's three 28-day prescriptions exceed R4's 56 days
     rxs = [cast.issued() for _ in range(3)]
     other = new_app(app.store, app.vault)
     raced = RacedRxTrail(

@@ -194,13 +194,24 @@ def regulator_requests() -> list[tuple[str, dict[str, str]]]:
     out: list[tuple[str, dict[str, str]]] = []
     for bad in (NUL, HUGE):
         out += [(f"/regulator/prescriptions/{bad}/trail", {}),
-                (f"/regulator/prescriptions/{bad}/verification", {})]
+                (f"/regulator/prescriptions/{bad}/verification", {}),
+                (f"/regulator/findings/{bad}", {})]
     for bad in ("\x00", HUGE):
         out += [("/regulator/prescriptions", {"patient_ref": bad}),
                 ("/regulator/prescriptions", {"hospital_id": bad, "trace_code": bad}),
                 ("/regulator/flags", {"rule": bad}),
-                ("/regulator/queries", {"regulator_id": bad})]
+                ("/regulator/queries", {"regulator_id": bad}),
+                ("/regulator/dashboard", {"region": bad}),
+                ("/regulator/statements", {"region": bad, "month": bad}),
+                ("/regulator/settlement-issues", {"region": bad}),
+                ("/regulator/findings", {"concerns": bad, "subject": bad})]
     return out
+
+
+def route_of(path: str) -> str:
+    """The OpenAPI path a request of ``regulator_requests`` goes to."""
+    name = "{finding_id}" if path.startswith("/regulator/findings/") else "{prescription_id}"
+    return path.replace(NUL, name).replace(HUGE, name)
 
 
 def asgi_get(client: TestClient, path: str, params: dict[str, str], token: str) -> int:
@@ -231,8 +242,7 @@ def asgi_get(client: TestClient, path: str, params: dict[str, str], token: str) 
 def test_odd_ids_on_every_regulator_route_are_refused_and_recorded(client: TestClient, keys: dict[str, str],
                                                                     database: str) -> None:
     token = keys["regulator:REG-ACCESS"]
-    tried = {path.replace(NUL, "{prescription_id}").replace(HUGE, "{prescription_id}")
-             for path, _ in regulator_requests()}
+    tried = {route_of(path) for path, _ in regulator_requests()}
     assert tried == {p for p in client.get("/openapi.json").json()["paths"] if p.startswith("/regulator/")}
 
     def recorded() -> int:

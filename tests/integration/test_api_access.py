@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import shutil
 import threading
@@ -324,12 +325,16 @@ def test_postgres_restart_under_load_answers_503_then_recovers_with_nothing_half
     results: list[tuple[float, str, int, float, str | None]] = []  # (at, visit_ref, status, seconds, retry-after)
     lock = threading.Lock()
     stop = threading.Event()
+    # patients insured before the load (visit_body registers its patient through the application, which would
+    # fail in the client while PostgreSQL is down); each request is a new visit of one of them
+    patients = [visit_body(cast) for _ in range(40)]
+    turn = itertools.count()
 
     def load(base: str) -> None:
         with httpx.Client(base_url=base, timeout=30) as http:
             while not stop.is_set():
                 ref = unique_id("V")
-                body = visit_body(cast, visit_ref=ref)
+                body = {**patients[next(turn) % len(patients)], "visit_ref": ref}
                 started = time.monotonic()
                 try:
                     r = http.post("/hospital/visits", json=body, headers=auth(token, key=ref))
@@ -403,7 +408,7 @@ def test_postgres_restart_under_load_answers_503_then_recovers_with_nothing_half
             for _, ref, status, _, _ in done:
                 if status == 201:
                     continue
-                r = again.post("/hospital/visits", json=visit_body(cast, visit_ref=ref), headers=auth(token, key=ref))
+                r = again.post("/hospital/visits", json={**patients[0], "visit_ref": ref}, headers=auth(token, key=ref))
                 assert r.status_code == 201, r.text
         assert counts() == (len(done), len(done)), "a visit recorded twice, or an event without its outcome"
     finally:

@@ -12,8 +12,8 @@ end-state checker.
 - :func:`check_end_state` waits for the stack to settle, then checks: every projection equals a rebuild from
   the event store (``services.replay`` into a separate schema, whole tables compared), every approved
   prescription routed and on the gateway's pharmacy feed, every delivered/collected one settled, every visit
-  settled, no trace code sold twice, ``rxtrail verify`` intact. It returns the figures and a list of problems
-  (empty = the promise held).
+  with an approved prescription settled (R15), no trace code sold twice, ``rxtrail verify`` intact. It returns
+  the figures and a list of problems (empty = the promise held).
 """
 
 from __future__ import annotations
@@ -296,10 +296,12 @@ class Cast:
 
 
 def register_cast(stack: FaultStack) -> Cast:
-    """A hospital with its physician and pharmacist, two designated pharmacies carrying metformin; API keys."""
+    """A hospital with its physician and pharmacist, two designated pharmacies carrying metformin, the metformin
+    listed with the region's cap (R7, R17); API keys."""
     from services.adapters.api_keys import create_key, ensure_schema, parse_party
     from services.application.registries import starter_commands
     from services.bootstrap import build_application
+    from tests.support.cast import list_drugs
 
     run = secrets.token_hex(3).upper()
     hospital, physician, pharmacist = f"H-F-{run}", f"DR-F-{run}", f"PHM-F-{run}"
@@ -310,14 +312,53 @@ def register_cast(stack: FaultStack) -> Cast:
             changed_by=f"agency:{REGION}", region=REGION, hospital=hospital, physicians=[physician],
             pharmacist=pharmacist, pharmacies=pharmacies, drug_codes=(simulate.CATALOG_METFORMIN,),
             key_prefix=f"f:{run}"))
+        assert all(o.ok for o in outcomes), outcomes
+        list_drugs(app, REGION)
     finally:
         app.close()
-    assert all(o.ok for o in outcomes), outcomes
     parties = [f"hospital:{hospital}", f"pharmacist:{pharmacist}", *[f"pharmacy:{p}" for p in pharmacies]]
     with psycopg.connect(stack.database_url, autocommit=True) as conn:
         ensure_schema(conn)
         keys = {p: create_key(conn, parse_party(p), datetime.now(UTC), label=f"faults {run}") for p in parties}
     return Cast(run, hospital, physician, pharmacist, pharmacies, keys)
+
+
+def insure_patients(stack: FaultStack, n: int) -> list[str]:
+    """``n`` new patients insured in ``REGION`` (R17 reads the insurance at the visit; R4 counts each patient's
+    running supply, so every journey has a patient of its own)."""
+    from services.bootstrap import build_application
+    from tests.support.cast import new_national_id, patient_commands
+
+    ids = [new_national_id(REGION) for _ in range(n)]
+    app = build_application(stack.settings())
+    try:
+        for start in range(0, n, 500):
+            outcomes = app.apply_batch([cmd for nid in ids[start:start + 500] for cmd in patient_commands(nid, REGION)])
+            assert all(o.ok for o in outcomes), [o for o in outcomes if not o.ok][:3]
+    finally:
+        app.close()
+    return ids
+
+
+def visit_body(cast: Cast, national_id: str, **kw: Any) -> dict[str, Any]:
+    """``POST /hospital/visits`` of an insured patient at the cast's hospital: the registered physical institution,
+    the region's consultation price (R15), no request-side registry facts (R17)."""
+    from tests.support.cast import consultation_fee
+
+    return simulate.visit_body(cast.hospital, cast.physician, REGION, national_id=national_id,
+                               original_institution_id=f"P-{cast.hospital}",
+                               consultation_fee=str(consultation_fee(REGION)), registry_facts=False, **kw)
+
+
+def sign(cast: Cast, body: dict[str, Any], visit: dict[str, Any]) -> dict[str, Any]:
+    """``body`` (a ``POST /hospital/prescriptions`` body, complete) signed with the physician's registered key (R2)."""
+    from services.application.registries import starter_signing_key
+    from services.domain.signature import sign_prescription_request
+
+    body["physician_signature"] = sign_prescription_request(
+        starter_signing_key(cast.physician), body, hospital_id=cast.hospital, physician_id=cast.physician,
+        diagnosis_code=visit["diagnosis_code"])
+    return body
 
 
 @dataclass
@@ -352,9 +393,11 @@ class Traffic:
         self._stop = threading.Event()
         self._deadline = 0.0
         self._rng = random.Random(seed)
+        self._patients: list[str] = []
         self._lock = threading.Lock()
 
     def start(self) -> Traffic:
+        self._patients = insure_patients(self.stack, self.max_journeys)
         self._deadline = time.monotonic() + self.max_seconds
         for i in range(self.clients):
             t = threading.Thread(target=self._client, args=(i,), name=f"traffic-{i}", daemon=True)
@@ -432,13 +475,12 @@ class Traffic:
         c = self.cast
         h, ph = f"hospital:{c.hospital}", f"pharmacist:{c.pharmacist}"
         k = f"{c.run}:{n}"
-        visit = simulate.visit_body(c.hospital, c.physician, REGION, visit_ref=f"V-{k}",
-                                    national_id=f"220102{self._rng.randrange(10**12):012d}")
+        visit = visit_body(c, self._patients[n], visit_ref=f"V-{k}")
         encounter = self._post(http, h, "/hospital/visits", visit, f"{k}:visit")["aggregate_id"]
         body = simulate.prescription_body(str(encounter), quantity=2, prescription_ref=f"RX-{k}")
         if n % 2 == 0:
             body["preferred_pharmacy_id"] = c.pharmacies[n % len(c.pharmacies)]
-        rx = str(self._post(http, h, "/hospital/prescriptions", body, f"{k}:rx")["aggregate_id"])
+        rx = str(self._post(http, h, "/hospital/prescriptions", sign(c, body, visit), f"{k}:rx")["aggregate_id"])
         with self._lock:
             self.stats.prescriptions.append(rx)
         self._post(http, ph, f"/pharmacist/prescriptions/{rx}/approval", {}, f"{k}:approve")
@@ -482,23 +524,31 @@ class EndState:
         return "\n".join(lines)
 
 
-def _store_streams(database_url: str) -> dict[str, dict[uuid.UUID, list[str]]]:
-    """Per event-type family, each stream's event types in version order, straight from the event store."""
+def _store_streams(database_url: str) -> tuple[dict[uuid.UUID, list[str]], dict[uuid.UUID, uuid.UUID]]:
+    """Each stream's event types in version order, and each prescription's visit (the ``encounter_id`` of its
+    ``PrescriptionIssued``), straight from the event store."""
     from services.adapters.event_log import discover_logs
 
     streams: dict[uuid.UUID, list[str]] = defaultdict(list)
+    visit_of: dict[uuid.UUID, uuid.UUID] = {}
     with psycopg.connect(database_url) as conn:
         for table in discover_logs(conn):
             for oid, _v, topic in conn.execute(sql.SQL(
                     "SELECT originator_id, originator_version, topic FROM {} ORDER BY originator_id, originator_version"
             ).format(sql.Identifier(table))):
                 streams[oid].append(event_type_of(topic))
-    return {"all": streams}
+            for oid, topic, state in conn.execute(sql.SQL(
+                    "SELECT originator_id, topic, state FROM {} WHERE topic LIKE %s").format(sql.Identifier(table)),
+                    ("%PrescriptionIssued",)):
+                if event_type_of(topic) == "PrescriptionIssued":
+                    visit_of[oid] = uuid.UUID(str(json.loads(bytes(state))["encounter_id"]))
+    return streams, visit_of
 
 
 def domain_problems(database_url: str) -> tuple[list[str], dict[str, int]]:
     """The promises the workers keep, read from the record itself."""
-    streams = _store_streams(database_url)["all"]
+    streams, visit_of = _store_streams(database_url)
+    prescribed = {visit_of[sid] for sid, types in streams.items() if "PrescriptionApproved" in types and sid in visit_of}
     problems: list[str] = []
     figures: Counter[str] = Counter()
     unrouted, unsettled, visits_unsettled, sold_twice = [], [], [], []
@@ -516,7 +566,7 @@ def domain_problems(database_url: str) -> tuple[list[str], dict[str, int]]:
                     unsettled.append(sid)
         if "FollowUpVisitRecorded" in ts:
             figures["visits"] += 1
-            if "ConsultationSettled" not in ts:
+            if sid in prescribed and "ConsultationSettled" not in ts:  # R15: paid once a prescription is approved
                 visits_unsettled.append(sid)
         if "TraceCodeSold" in ts:
             figures["trace_codes"] += 1
@@ -545,7 +595,8 @@ def domain_problems(database_url: str) -> tuple[list[str], dict[str, int]]:
     if unsettled:
         problems.append(f"{len(unsettled)} delivered/collected prescription(s) never settled, e.g. {unsettled[:3]}")
     if visits_unsettled:
-        problems.append(f"{len(visits_unsettled)} visit(s) never settled, e.g. {visits_unsettled[:3]}")
+        problems.append(f"{len(visits_unsettled)} visit(s) with an approved prescription never settled, "
+                        f"e.g. {visits_unsettled[:3]}")
     if sold_twice:
         problems.append(f"{len(sold_twice)} trace code(s) sold twice, e.g. {sold_twice[:3]}")
     return problems, dict(figures)

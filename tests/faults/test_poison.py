@@ -17,14 +17,16 @@ from events import topics
 from services import simulate
 from services.infra.kafka_admin import ensure_topics
 from tests.faults.harness import (
-    REGION,
     Cast,
     FaultStack,
     Traffic,
     check_end_state,
     domain_problems,
+    insure_patients,
     register_cast,
     say,
+    sign,
+    visit_body,
 )
 
 pytestmark = pytest.mark.faults
@@ -57,23 +59,26 @@ def _post(http: httpx.Client, cast: Cast, party: str, path: str, body: Any) -> h
 def test_poison_http_refused_and_platform_keeps_going(make_stack) -> None:  # type: ignore[no-untyped-def]
     stack = make_stack()
     cast = register_cast(stack)
+    patients = insure_patients(stack, 2)
     h = f"hospital:{cast.hospital}"
     seen: dict[str, Any] = {}
     with httpx.Client(base_url=stack.api_url, timeout=60) as http:
-        good_visit = simulate.visit_body(cast.hospital, cast.physician, REGION, national_id="220102198001010011")
+        good_visit = visit_body(cast, patients[0])
         r = _post(http, cast, h, "/hospital/visits", good_visit)
         assert r.status_code == 201, r.text
         encounter = r.json()["aggregate_id"]
         before = _quiet_events(stack)
 
-        fee = simulate.visit_body(cast.hospital, cast.physician, REGION, national_id="220102198001010022")
+        fee = visit_body(cast, patients[1])
         fee["consultation_fee"] = "99999999999999.99"
         seen["consultation_fee 99999999999999.99"] = _post(http, cast, h, "/hospital/visits", fee).status_code
 
-        qty = simulate.prescription_body(encounter, quantity=2**31)
+        # signed as the valid body, then poisoned (no signature can be made over an out-of-bounds body)
+        qty = sign(cast, simulate.prescription_body(encounter), good_visit)
+        qty["items"][0]["quantity"] = 2**31
         seen["quantity 2**31"] = _post(http, cast, h, "/hospital/prescriptions", qty).status_code
 
-        long_name = simulate.prescription_body(encounter)
+        long_name = sign(cast, simulate.prescription_body(encounter), good_visit)
         long_name["items"][0]["name"] = "x" * 1_100_000
         seen["item name 1.1 MB"] = _post(http, cast, h, "/hospital/prescriptions", long_name).status_code
     stored = _quiet_events(stack) - before
@@ -107,16 +112,16 @@ async def _send(bootstrap: str, messages: list[tuple[str, bytes, bytes]]) -> lis
 def test_poison_inbound_does_not_stop_intake(make_stack) -> None:  # type: ignore[no-untyped-def]
     stack = make_stack()
     cast = register_cast(stack)
+    patients = insure_patients(stack, 2)
     topic = topics.inbound_topic(cast.hospital)
     ensure_topics(stack.bootstrap, [topic], 3)
     stack.kill("intake")  # restarted by the watcher: subscribes with the new topic in its metadata
     time.sleep(8)
     visits_before = int(domain_problems(stack.database_url)[1].get("visits", 0))
     good = {"kind": "record_follow_up_visit", "command_id": "good-after-poison", "hospital_id": cast.hospital,
-            **simulate.visit_body(cast.hospital, cast.physician, REGION, visit_ref="V-after-poison",
-                                  national_id="220102198001010033")}
+            **visit_body(cast, patients[0], visit_ref="V-after-poison")}
     big = {"kind": "record_follow_up_visit", "command_id": "big", "hospital_id": cast.hospital,
-           **simulate.visit_body(cast.hospital, cast.physician, REGION, visit_ref="V-big")}
+           **visit_body(cast, patients[1], visit_ref="V-big")}
     big["diagnosis_name"] = "y" * 1_500_000
     sent = asyncio.run(_send(stack.bootstrap, [
         (topic, b"nested", b"[" * 100_000 + b"]" * 100_000),

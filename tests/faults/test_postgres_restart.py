@@ -10,8 +10,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from services import simulate
-from tests.faults.harness import REGION, Traffic, check_end_state, register_cast, say
+from tests.faults.harness import Traffic, check_end_state, insure_patients, register_cast, say, visit_body
 
 pytestmark = pytest.mark.faults
 
@@ -22,6 +21,7 @@ def test_postgres_restart_under_load(make_stack) -> None:  # type: ignore[no-unt
     traffic = Traffic(stack, cast, clients=2, max_journeys=300, max_seconds=40, route_wait_s=30).start()
     time.sleep(8)
     h = cast.keys[f"hospital:{cast.hospital}"]
+    down_patients = insure_patients(stack, 2)
     during: Counter[str] = Counter()
     assert traffic.running(), "the traffic ended before the fault: raise max_journeys"
     stack.stop_postgres()
@@ -33,7 +33,7 @@ def test_postgres_restart_under_load(make_stack) -> None:  # type: ignore[no-unt
             i += 1
             for method, path, kw in (
                 ("GET", "/health", {}),
-                ("POST", "/hospital/visits", {"json": simulate.visit_body(cast.hospital, cast.physician, REGION),
+                ("POST", "/hospital/visits", {"json": visit_body(cast, down_patients[i % 2]),
                                               "headers": {"Authorization": f"Bearer {h}",
                                                           "Idempotency-Key": f"pgdown-{i}"}}),
             ):

@@ -40,7 +40,8 @@ class PhysiciansPerHospital:
 def _event(hospital: str, i: int) -> PhysicianRegistered:
     e = PhysicianRegistered(originator_id=uuid.uuid4(), originator_version=1, timestamp=datetime.now(UTC),
                             prev_hash=GENESIS_HASH, physician_id=f"D{i}", hospital_id=hospital, name=f"Dr {i}",
-                            qualification_no=f"Q{i}")
+                            qualification_no=f"Q{i}", changed_by="agency:370100",
+                            effective_from=datetime.now(UTC).date())
     return e.model_copy(update={"hash": event_hash(e)})
 
 

@@ -168,7 +168,8 @@ async def test_a_loss_hidden_by_another_relays_republish_is_found_by_reading_our
     ends above Jinan's floors (the old check, ``find_loss``, sees nothing: asserted). Jinan's relay starts, reads
     its floor records back, finds others' records there, republishes. The topic then holds every stored event,
     and the projections built from it equal the projections of the union of the three stores."""
-    casts = {region: await asyncio.to_thread(Cast(app, region=region, patient_per_visit=True).register) for region in (CHANGCHUN, JINAN)}
+    casts = {region: await asyncio.to_thread(Cast(app, region=region, patient_per_visit=True).register)
+             for region in (CHANGCHUN, JINAN)}
     await asyncio.to_thread(traffic, app, casts, {JINAN: 1})
     topic = unique_topic("rx.events.loss")
     live = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap, "events_topic": topic,
@@ -232,7 +233,8 @@ async def test_a_relay_whose_floors_moved_past_the_loss_still_finds_it(
     republish, then Jinan's relay sends new events, which land above its old offsets. Its floors now point at
     records written after the loss, which are in place. The records its last check found (``checked``) are not:
     that check was before the loss. It republishes."""
-    casts = {region: await asyncio.to_thread(Cast(app, region=region, patient_per_visit=True).register) for region in (CHANGCHUN, JINAN)}
+    casts = {region: await asyncio.to_thread(Cast(app, region=region, patient_per_visit=True).register)
+             for region in (CHANGCHUN, JINAN)}
     await asyncio.to_thread(traffic, app, casts, {JINAN: 1})
     topic = unique_topic("rx.events.loss")
     live = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap, "events_topic": topic,

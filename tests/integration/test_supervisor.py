@@ -135,7 +135,10 @@ def stack() -> Iterator[UpStack]:
                 "RXTRAIL_SUPERVISOR__BACKOFF_INITIAL_S": "0.1",
                 "RXTRAIL_SUPERVISOR__BACKOFF_MAX_S": "0.8",
                 "RXTRAIL_SUPERVISOR__HEALTHY_AFTER_S": "30",
-                "RXTRAIL_RELAY__POLL_INTERVAL_S": "0.2"})
+                "RXTRAIL_RELAY__POLL_INTERVAL_S": "0.2",
+                # the stack's own start waits (PostgreSQL, broker, the API's workers listening) as long as _start
+                # waits for the ready line: on a loaded machine the API's workers took longer than the default 30 s
+                "RXTRAIL_START_TIMEOUT_S": "80"})
     proc: subprocess.Popen[str] | None = None
     for _attempt in range(5):
         postgres, kafka, api = free_ports(3)

@@ -139,7 +139,7 @@ class Settings(BaseSettings):
     partitions: int = Field(default=12, ge=1, le=1000)
     events_topic: str = Field(default=topics.EVENTS, description="the topic the relay fills and the workers read")
     dlq_topic: str = Field(default=topics.DLQ, description="where consumers dead-letter what they cannot decode")
-    start_timeout_s: float = Field(default=30.0, gt=0)
+    start_timeout_s: float = Field(default=60.0, gt=0, description="how long a starting part may take to answer")
     pseudonym_secret: SecretStr | None = Field(
         default=None, description="HMAC key for patient pseudonyms; unset = generated once into the data dir"
     )

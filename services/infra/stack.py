@@ -317,14 +317,17 @@ class Stack:
         logs.mkdir(exist_ok=True)
         env = self.child_env()
         self.health = HealthWriter(self.database_url)
-        for name, argv in service_commands(self.settings).items():
-            child = Child(name, argv, logs / f"{name.replace(':', '-')}.log")
+        # The API first, on its own: a dozen interpreters importing at once on two cores kept it from listening
+        # within the start timeout; the other stages start once it answers.
+        commands = service_commands(self.settings)
+        for name in sorted(commands, key=lambda n: n != "api"):
+            child = Child(name, commands[name], logs / f"{name.replace(':', '-')}.log")
             child.start(env)
             self.children[name] = child
             self.health.started(name, child.pid, 0)
-        if not wait_for_port(self.settings.api_host, self.settings.api_port, self.settings.start_timeout_s):
-            api = self.children["api"]
-            raise InfraError(f"api: not listening on {self.api_url}; log tail:\n{log_tail(api.log_file)}")
+            if name == "api" and not wait_for_port(self.settings.api_host, self.settings.api_port,
+                                                   self.settings.start_timeout_s):
+                raise InfraError(f"api: not listening on {self.api_url}; log tail:\n{log_tail(child.log_file)}")
         for child in self.children.values():
             if not child.alive():
                 raise InfraError(f"{child.name}: exited at start; log tail:\n{log_tail(child.log_file)}")

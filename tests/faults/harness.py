@@ -261,6 +261,11 @@ class FaultStack:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def run_on_for(self, seconds: float) -> None:
+        """Keep starting journeys for at least ``seconds`` from now (after a fault: a client whose journey waited
+        out ``route_wait_s`` while the stage recovered must still get to start one after it)."""
+        self._deadline = max(self._deadline, time.monotonic() + seconds)
         if self._watch is not None:
             self._watch.join(5)
         for p in self.procs.values():
@@ -368,13 +373,15 @@ class TrafficStats:
     journeys_abandoned: int = 0
     posts: int = 0
     retries: int = 0
+    route_wait_max_s: float = 0.0
     statuses: Counter[int] = field(default_factory=Counter)
     prescriptions: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         return (f"journeys {self.journeys_done}/{self.journeys_started} done ({self.journeys_abandoned} abandoned), "
-                f"{self.posts} POSTs, {self.retries} retries, statuses {dict(self.statuses)}")
+                f"{self.posts} POSTs, {self.retries} retries, longest wait for the router {self.route_wait_max_s:.1f}s, "
+                f"statuses {dict(self.statuses)}")
 
 
 class Traffic:
@@ -484,7 +491,8 @@ class Traffic:
         with self._lock:
             self.stats.prescriptions.append(rx)
         self._post(http, ph, f"/pharmacist/prescriptions/{rx}/approval", {}, f"{k}:approve")
-        end = time.monotonic() + self.route_wait_s
+        approved_at = time.monotonic()
+        end = approved_at + self.route_wait_s
         pharmacy = None
         while time.monotonic() < end and not self._stop.is_set():
             seen = self._status(http, rx)
@@ -492,6 +500,8 @@ class Traffic:
                 pharmacy = str(seen["dispenser_id"])
                 break
             time.sleep(0.3)
+        with self._lock:
+            self.stats.route_wait_max_s = max(self.stats.route_wait_max_s, time.monotonic() - approved_at)
         if pharmacy is None or f"pharmacy:{pharmacy}" not in c.keys:
             return False
         p = f"pharmacy:{pharmacy}"

@@ -40,6 +40,7 @@ def test_republish_then_broker_loss_loses_nothing(make_stack) -> None:  # type: 
     started_before = traffic.stats.journeys_started
     stack.restart_broker()
     say("broker restarted (empty) under traffic")
+    traffic.run_on_for(40)  # longer than route_wait_s: journeys waiting for the recovering router end, new ones start
     stats = traffic.join(120)
     assert stats.journeys_started > started_before, "no journey started after the broker loss"
     say(stats.line())
@@ -60,6 +61,7 @@ def test_broker_restart_mid_run(make_stack) -> None:  # type: ignore[no-untyped-
         t0 = time.monotonic()
         stack.restart_broker()
         say(f"broker restarted (empty) in {time.monotonic() - t0:.1f}s under traffic")
+    traffic.run_on_for(40)  # longer than route_wait_s: journeys waiting for the recovering router end, new ones start
     stats = traffic.join(120)
     assert stats.journeys_started > started_before, "no journey started after the broker loss"
     say(stats.line())

@@ -255,6 +255,7 @@ def prepare(actors: Actors, application: RxTrail, state: str | None) -> dict[str
     return {"rx": rx, "code": codes[0]}
 
 
+@pytest.mark.broker_neutral  # Kafka only builds the world's read side; who may call what is the API's alone
 @pytest.mark.parametrize("caller", CALLERS)
 @pytest.mark.parametrize("endpoint", ENDPOINTS, ids=lambda e: f"{e.method} {e.path}")
 def test_authorisation(world: tuple[Actors, dict[str, str]], application: RxTrail, endpoint: Endpoint,

@@ -261,11 +261,6 @@ class FaultStack:
 
     def stop(self) -> None:
         self._stop.set()
-
-    def run_on_for(self, seconds: float) -> None:
-        """Keep starting journeys for at least ``seconds`` from now (after a fault: a client whose journey waited
-        out ``route_wait_s`` while the stage recovered must still get to start one after it)."""
-        self._deadline = max(self._deadline, time.monotonic() + seconds)
         if self._watch is not None:
             self._watch.join(5)
         for p in self.procs.values():
@@ -417,6 +412,11 @@ class Traffic:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def run_on_for(self, seconds: float) -> None:
+        """Keep starting journeys for at least ``seconds`` from now (after a fault: a client whose journey waited
+        out ``route_wait_s`` while the stage recovered must still get to start one after it)."""
+        self._deadline = max(self._deadline, time.monotonic() + seconds)
 
     def join(self, timeout: float = 120.0) -> TrafficStats:
         end = time.monotonic() + timeout

@@ -4,11 +4,10 @@ Contract with the relay: a stored event's ``topic`` is the event class topic (``
 PrescriptionIssued``) and its ``state`` is the plain UTF-8 JSON of ``event.model_dump(mode="json")`` — no
 compression, no cipher (personal fields are already sealed inside the event by the application).
 
-Command outcomes (idempotency keys) are written by ``OutcomeRecorder._insert_events``, which eventsourcing's
-PostgreSQL recorder calls inside the very transaction that inserts the events: ``app.save(*aggregates,
-command_outcomes=[...])`` passes the keyword through ``ProcessingEvent`` → ``EventStore.put`` →
-``insert_events``. So an outcome exists if and only if its events do, and a second writer of the same
-command id fails the whole transaction on the outcome table's primary key.
+Command outcomes (idempotency keys) are written by ``OutcomeRecorder.insert_events`` inside the very transaction
+that inserts the events: ``app.save(*aggregates, command_outcomes=[...])`` passes the keyword through
+``ProcessingEvent`` → ``EventStore.put`` → ``insert_events``. So an outcome exists if and only if its events
+do, and a second writer of the same command id fails the whole transaction on the outcome table's primary key.
 """
 
 from __future__ import annotations
@@ -20,11 +19,16 @@ from uuid import UUID
 
 import pydantic_core
 from eventsourcing.domain import DomainEventProtocol
-from eventsourcing.persistence import Mapper, MapperDeserialisationError, StoredEvent, Transcoder
+from eventsourcing.persistence import (
+    InterfaceError,
+    Mapper,
+    MapperDeserialisationError,
+    OperationalError,
+    StoredEvent,
+    Transcoder,
+)
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
-from eventsourcing.utils import get_topic, resolve_topic
-from psycopg import Cursor
-from psycopg.rows import DictRow
+from eventsourcing.utils import get_topic, resolve_topic, retry
 from psycopg.sql import SQL, Identifier
 from pydantic import BaseModel
 
@@ -102,23 +106,27 @@ class OutcomeRecorder(PostgresApplicationRecorder):
         self._select_outcomes = SQL("SELECT command_id, outcome::text AS outcome FROM {table} "
                                     "WHERE command_id = ANY(%s)").format(table=table)
 
-    def _insert_events(
-        self,
-        curs: Cursor[DictRow],
-        stored_events: Sequence[StoredEvent],
-        *,
-        command_outcomes: Sequence[OutcomeRow] = (),
-        **kwargs: Any,
-    ) -> None:
-        super()._insert_events(curs, stored_events, **kwargs)
-        if command_outcomes:
-            # A nested pipeline block syncs on exit, so a duplicate command id raises here, as an
-            # IntegrityError that aborts the transaction, not later as a "pipeline aborted" at commit.
-            with curs.connection.pipeline():
-                curs.executemany(
-                    self._insert_outcome,
-                    [(o.command_id, o.command_type, o.status, o.outcome) for o in command_outcomes],
-                )
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        """eventsourcing's insert — the same statements under the same ``LOCK TABLE … EXCLUSIVE`` — in ONE round trip:
+        BEGIN, the command outcomes, the lock, NOTIFY, the events' INSERT and COMMIT are pipelined and synced once
+        (eventsourcing syncs after the INSERT and again at COMMIT, and the outcomes took a third). A duplicate event
+        version, derived id or command id fails the INSERT, the transaction rolls back, and ``IntegrityError`` is
+        raised as before (``datastore.get_connection`` maps psycopg's UniqueViolation)."""
+        outcomes: Sequence[OutcomeRow] = kwargs.pop("command_outcomes", ())
+        if not stored_events and not outcomes:
+            return None
+        with self.datastore.get_connection() as conn, conn.cursor() as inserted:
+            with conn.pipeline(), conn.transaction():
+                if outcomes:
+                    with conn.cursor() as curs:
+                        curs.executemany(self._insert_outcome,
+                                         [(o.command_id, o.command_type, o.status, o.outcome) for o in outcomes])
+                if stored_events:
+                    self._insert_stored_events(inserted, stored_events, **kwargs)  # lock, NOTIFY, INSERT … RETURNING
+            if not stored_events:
+                return None
+            return self._fetch_ids_after_insert_events(inserted, stored_events, **kwargs)
 
     def select_events_many(self, originator_ids: Sequence[UUID]) -> dict[UUID, list[StoredEvent]]:
         """Every stored event of several aggregates in one round trip, by aggregate, in version order."""

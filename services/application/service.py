@@ -37,6 +37,7 @@ from services.application.ports import EventStore, OutcomeRow
 from services.application.privacy import PatientVault
 from services.application.registries import REGISTRY_HANDLERS
 from services.application.unit_of_work import UnitOfWork, event_refs
+from services.domain.aggregate import Aggregate
 from services.domain.clock import Clock, SystemClock
 from services.domain.encounter import Encounter
 from services.domain.errors import DomainError, InvalidCommand, PartyNotEligible, RuleViolation
@@ -101,7 +102,7 @@ class RxTrail:
         """A unit with every aggregate ``command`` addresses or creates loaded in one round trip (the access
         check reads from it, and ``handle(command, unit=...)`` applies the command on the same loaded state)."""
         uow = UnitOfWork(self.store, careful=careful)
-        _prefetch(uow, [command])
+        _prefetch(uow, [command], self.vault.patient_ref)
         return uow
 
     def handle(self, command: c.Command, *, unit: UnitOfWork | None = None) -> Outcome:
@@ -136,7 +137,7 @@ class RxTrail:
         ids = [cmd.command_id for cmd in commands if cmd.command_id is not None]
         recorded = self.recorded_outcomes(ids)
         uow = UnitOfWork(self.store, careful=False)
-        _prefetch(uow, commands)
+        _prefetch(uow, commands, self.vault.patient_ref)
         outcomes: list[Outcome] = []
         rows: list[tuple[c.Command, Outcome]] = []
         in_batch: dict[str, Outcome] = {}
@@ -670,44 +671,115 @@ def _sealing_keys(vault: PatientVault, patient_refs: Sequence[str]) -> AbstractC
     return batch(patient_refs) if batch is not None and patient_refs else nullcontext()
 
 
-def _prefetch(uow: UnitOfWork, commands: Sequence[c.Command]) -> None:
-    """One round trip for everything a batch (or one command) addresses or creates (so creations are
-    checked for duplicates without a read each)."""
-    prescriptions: list[UUID] = []
-    encounters: list[UUID] = []
-    physicians: list[str] = []
-    pharmacists: list[str] = []
-    pharmacies: list[str] = []
+def _prefetch(uow: UnitOfWork, commands: Sequence[c.Command], patient_ref: Callable[[str], str] | None = None) -> None:
+    """Everything a batch (or one command) addresses, creates or reads, in at most three round trips whatever the
+    batch's size: (1) what the commands name (so creations are checked for duplicates without a read each), with the
+    registry facts they name; (2) what those aggregates name (the visit's physician and region, the hospital's
+    physical institution, the patient's ledgers and status); (3) supply ledgers of generics the drug catalog names
+    differently from the drug code. Loading is all it does: handlers still ``get`` what they read."""
+    wanted: dict[type[Aggregate], list[UUID]] = {kind: [] for kind in _PREFETCHED}
     for cmd in commands:
-        if isinstance(cmd, c.PrescriptionCommand | c.SettlePrescription):
-            prescriptions.append(cmd.prescription_id)
-        elif isinstance(cmd, c.IssuePrescription):
-            prescriptions.append(prescription_id_for(cmd.hospital_id, cmd.prescription_ref))
-            encounters.append(cmd.encounter_id)
-        elif isinstance(cmd, c.SettleConsultation):
-            encounters.append(cmd.encounter_id)
-        elif isinstance(cmd, c.RecordFollowUpVisit):
-            encounters.append(encounter_id_for(cmd.hospital_id, cmd.visit_ref))
-            physicians.append(cmd.physician_id)
-        elif isinstance(cmd, c.RegisterPhysician | c.SuspendPhysician | c.ReinstatePhysician):
-            physicians.append(cmd.physician_id)
-        elif isinstance(cmd, c.RegisterPharmacist):
-            pharmacists.append(cmd.pharmacist_id)
-        elif isinstance(cmd, c.DesignatePharmacy | c.SuspendPharmacyAgreement):
-            pharmacies.append(cmd.pharmacy_id)
-        if isinstance(cmd, c.ApprovePrescription | c.RejectPrescription):
-            pharmacists.append(cmd.pharmacist_id)
-        if isinstance(cmd, c.RoutePrescription) and cmd.pharmacy_id is not None:
-            pharmacies.append(cmd.pharmacy_id)
-    uow.prefetch_all({
-        Prescription: prescriptions,
-        Encounter: encounters,
-        Physician: [Physician.id_for(p) for p in physicians],
-        Pharmacist: [Pharmacist.id_for(p) for p in pharmacists],
-        Pharmacy: [Pharmacy.id_for(p) for p in pharmacies],
-        TraceCode: [TraceCode.id_for(code) for cmd in commands if isinstance(cmd, c.DispensePrescription)
-                    for line in cmd.lines for code in line.trace_codes],
-    })  # one round trip for the whole batch
+        _named(cmd, wanted, patient_ref)
+    uow.prefetch_all(wanted)
+    wanted = {kind: [] for kind in _PREFETCHED}
+    for cmd in commands:
+        _read_through(cmd, uow, wanted)
+    uow.prefetch_all(wanted)
+    ledgers = [SupplyLedger.id_for(ref, generic) for cmd in commands for ref, generic in _supply_keys(cmd, uow)]
+    uow.prefetch_all({SupplyLedger: ledgers})
+
+
+_PREFETCHED: tuple[type[Aggregate], ...] = (
+    Prescription, Encounter, Physician, Pharmacist, Pharmacy, TraceCode, Institution, PatientInsurance, DrugListing,
+    ChronicDiseaseList, EmergencyDeclarations, PatientStatus, SupplyLedger,
+)
+
+
+def _named(cmd: c.Command, wanted: dict[type[Aggregate], list[UUID]],
+           patient_ref: Callable[[str], str] | None) -> None:
+    """The aggregates a command names by itself (phase 1 of ``_prefetch``)."""
+    if isinstance(cmd, c.PrescriptionCommand | c.SettlePrescription):
+        wanted[Prescription].append(cmd.prescription_id)
+    elif isinstance(cmd, c.IssuePrescription):
+        wanted[Prescription].append(prescription_id_for(cmd.hospital_id, cmd.prescription_ref))
+        wanted[Encounter].append(cmd.encounter_id)
+        wanted[Institution].append(Institution.id_for(cmd.hospital_id))
+        wanted[DrugListing].extend(DrugListing.id_for(i.drug_code) for i in cmd.items)
+    elif isinstance(cmd, c.SettleConsultation):
+        wanted[Encounter].append(cmd.encounter_id)
+    elif isinstance(cmd, c.RecordFollowUpVisit):
+        wanted[Encounter].append(encounter_id_for(cmd.hospital_id, cmd.visit_ref))
+        wanted[Physician].append(Physician.id_for(cmd.physician_id))
+        wanted[Institution].append(Institution.id_for(cmd.hospital_id))
+        wanted[Institution].append(Institution.id_for(cmd.original_institution_id))
+        if patient_ref is not None:
+            wanted[PatientInsurance].append(PatientInsurance.id_for(patient_ref(cmd.patient.national_id)))
+    elif isinstance(cmd, c.RegisterPhysician | c.SuspendPhysician | c.ReinstatePhysician):
+        wanted[Physician].append(Physician.id_for(cmd.physician_id))
+    elif isinstance(cmd, c.RegisterPharmacist):
+        wanted[Pharmacist].append(Pharmacist.id_for(cmd.pharmacist_id))
+    elif isinstance(cmd, c.DesignatePharmacy | c.SuspendPharmacyAgreement):
+        wanted[Pharmacy].append(Pharmacy.id_for(cmd.pharmacy_id))
+    if isinstance(cmd, c.ApprovePrescription | c.RejectPrescription):
+        wanted[Pharmacist].append(Pharmacist.id_for(cmd.pharmacist_id))
+    if isinstance(cmd, c.RoutePrescription) and cmd.pharmacy_id is not None:
+        wanted[Pharmacy].append(Pharmacy.id_for(cmd.pharmacy_id))
+    if isinstance(cmd, c.DispensePrescription):
+        wanted[TraceCode].extend(TraceCode.id_for(code) for line in cmd.lines for code in line.trace_codes)
+        wanted[DrugListing].extend(DrugListing.id_for(line.drug_code) for line in cmd.lines)
+        wanted[Pharmacy].append(Pharmacy.id_for(cmd.dispenser_id))
+
+
+def _read_through(cmd: c.Command, uow: UnitOfWork, wanted: dict[type[Aggregate], list[UUID]]) -> None:
+    """The aggregates a command reads through the ones it names (phase 2 of ``_prefetch``)."""
+    hospital_id: str | None = None
+    if isinstance(cmd, c.RecordFollowUpVisit):
+        hospital_id = cmd.hospital_id
+    elif isinstance(cmd, c.IssuePrescription):
+        hospital_id = cmd.hospital_id
+        encounter = uow.peek(cmd.encounter_id)
+        if isinstance(encounter, Encounter):
+            wanted[Physician].append(Physician.id_for(encounter.physician_id))
+            wanted[Institution].append(Institution.id_for(encounter.original_institution_id))
+            wanted[ChronicDiseaseList].append(ChronicDiseaseList.id_for(encounter.pooling_region))
+            wanted[EmergencyDeclarations].append(EmergencyDeclarations.id_for(encounter.pooling_region))
+            wanted[SupplyLedger].extend(SupplyLedger.id_for(encounter.patient_ref, generic_code_of(i.drug_code))
+                                        for i in cmd.items)
+    elif isinstance(cmd, c.PrescriptionCommand | c.SettlePrescription | c.SettleConsultation):
+        rx = uow.peek(cmd.encounter_id if isinstance(cmd, c.SettleConsultation) else cmd.prescription_id)
+        if isinstance(rx, Prescription | Encounter) and isinstance(cmd, c.SettlePrescription | c.SettleConsultation):
+            wanted[PatientStatus].append(PatientStatus.id_for(rx.patient_ref))
+        if isinstance(rx, Prescription) and isinstance(cmd, c.RoutePrescription) and rx.preferred_pharmacy_id:
+            wanted[Pharmacy].append(Pharmacy.id_for(rx.preferred_pharmacy_id))
+        if isinstance(rx, Prescription) and isinstance(cmd, _RELEASING):
+            wanted[DrugListing].extend(DrugListing.id_for(i.drug_code) for i in rx.items)
+            wanted[SupplyLedger].extend(SupplyLedger.id_for(rx.patient_ref, generic_code_of(i.drug_code))
+                                        for i in rx.items)
+    hospital = uow.peek(Institution.id_for(hospital_id)) if hospital_id is not None else None
+    if isinstance(hospital, Institution) and hospital.physical_institution_id:
+        wanted[Institution].append(Institution.id_for(hospital.physical_institution_id))
+
+
+_RELEASING = (c.CancelPrescription, c.RejectPrescription, c.ExpirePrescription)
+
+
+def _supply_keys(cmd: c.Command, uow: UnitOfWork) -> list[tuple[str, str]]:
+    """(patient_ref, generic) of the ledgers an issue reserves or an ending releases, by the catalog's generic
+    (phase 3 of ``_prefetch``; the ones already loaded in phase 2 are not read again)."""
+    holder = None
+    if isinstance(cmd, c.IssuePrescription):
+        holder, items = uow.peek(cmd.encounter_id), cmd.items
+    elif isinstance(cmd, _RELEASING):
+        holder = uow.peek(cmd.prescription_id)
+        items = holder.items if isinstance(holder, Prescription) else ()
+    if not isinstance(holder, Encounter | Prescription):
+        return []
+    keys = []
+    for item in items:
+        listing = uow.peek(DrugListing.id_for(item.drug_code))
+        if isinstance(listing, DrugListing) and listing.generic_code:
+            keys.append((holder.patient_ref, listing.generic_code))
+    return keys
 
 
 def _addressed(command: c.Command) -> UUID | None:

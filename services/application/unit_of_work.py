@@ -122,6 +122,10 @@ class UnitOfWork:
         self._journal(aggregate_id)
         return aggregate
 
+    def peek(self, aggregate_id: UUID) -> Aggregate | None:
+        """The aggregate if this unit has loaded it (None otherwise), without journaling: for planning reads."""
+        return self._loaded.get(aggregate_id)
+
     def _load(self, cls: type[A], aggregate_id: UUID) -> A | None:
         return self.store.load(cls, aggregate_id, PROJECTORS[cls])
 

@@ -53,7 +53,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol
@@ -69,13 +69,14 @@ from events.base import current_schema_version
 from events.codec import EVENT_TYPES
 from events.contracts import dead_letter_headers, dead_letter_value, record_source
 from events.envelope import (
+    AGGREGATE_ID,
+    AGGREGATE_VERSION,
     EVENT_ID,
     EVENT_TYPE,
     NOTIFICATION_ID,
     SCHEMA_VERSION,
     Headers,
     event_id,
-    event_id_of,
     event_type_of,
     header,
 )
@@ -103,6 +104,9 @@ class Delivered:
     undecodable: str | None = None
     """Set on a tombstone: a stored event that no longer decodes (``event`` is None). Never applied; its version
     is passed (so later versions are no gap) and it is dead-lettered."""
+    unread: bool = False
+    """An event of a type the projection does not read (``Projection.reads``), taken from the relay's headers
+    without parsing its value (``event`` is None): never given to ``apply``, its version is passed."""
 
 
 class Projection(Protocol):
@@ -110,6 +114,8 @@ class Projection(Protocol):
     bulk on the connection it is given (the caller owns the transaction)."""
 
     name: str
+    # Optional: ``reads``, a set of event type names (``event_types``). A projection that has it is given only
+    # events of those types; the others are passed by version from their headers, never decoded (``decode``).
 
     def create_tables(self, conn: psycopg.Connection[Any], schema: str) -> None: ...
 
@@ -120,16 +126,42 @@ class Undecodable(ValueError):
     pass
 
 
-def decode(value: bytes | None, headers: Headers, *, topic: str = "", partition: int = -1, offset: int = -1
-           ) -> Delivered:
-    """Turn a relay message into a Delivered event, upcasting old schema versions; Undecodable otherwise."""
+def event_types(*bases: type, also: Callable[[str, type], bool] | None = None) -> frozenset[str]:
+    """The names of the event types that are ``bases`` or subclasses of them (or that ``also(name, class)``
+    accepts): what a projection declares it reads (``Projection.reads``), in the terms its ``isinstance`` tests
+    use, so a new event type of a read class is read without another list to keep."""
+    return frozenset(n for n, c in EVENT_TYPES.items() if issubclass(c, bases) or (also is not None and also(n, c)))
+
+
+def reads_of(*projections: Any) -> frozenset[str] | None:
+    """The event types any of ``projections`` reads; None (every type) when one of them does not say."""
+    names: set[str] = set()
+    for p in projections:
+        reads = getattr(p, "reads", None)
+        if reads is None:
+            return None
+        names.update(reads)
+    return frozenset(names)
+
+
+def decode(value: bytes | None, headers: Headers, *, topic: str = "", partition: int = -1, offset: int = -1,
+           reads: Container[str] | None = None) -> Delivered:
+    """Turn a relay message into a Delivered event, upcasting old schema versions; Undecodable otherwise.
+
+    ``reads``: the event types the caller reads. A message of another type that carries the relay's headers
+    (event type, aggregate id and version) is passed from its headers alone (``Delivered.unread``): its value is
+    not parsed, so it is neither checked nor dead-lettered by this caller (a reader of its type does both)."""
     if value is None:
         raise Undecodable("empty message value")
-    headers = list(headers or ())
-    event_type = header(headers, EVENT_TYPE)
-    fast = _decode_current(value, event_type, header(headers, SCHEMA_VERSION))
+    named = _headers(headers)
+    event_type = named.get(EVENT_TYPE)
+    if reads is not None and event_type and event_type not in reads:
+        unread = _unread(event_type, named, topic, partition, offset)
+        if unread is not None:
+            return unread
+    fast = _decode_current(value, event_type, named.get(SCHEMA_VERSION))
     if fast is not None:
-        return _delivered(fast, event_type or "", headers, topic, partition, offset)
+        return _delivered(fast, event_type or "", named, topic, partition, offset)
     try:
         raw = json.loads(value)
     except (UnicodeDecodeError, ValueError) as exc:
@@ -143,14 +175,43 @@ def decode(value: bytes | None, headers: Headers, *, topic: str = "", partition:
         event = from_json(event_type, raw)
     except Exception as exc:
         raise Undecodable(f"{event_type}: {exc}") from exc
-    return _delivered(event, event_type, headers, topic, partition, offset)
+    return _delivered(event, event_type, named, topic, partition, offset)
+
+
+_READ_HEADERS = frozenset((EVENT_TYPE, SCHEMA_VERSION, NOTIFICATION_ID, EVENT_ID, AGGREGATE_ID, AGGREGATE_VERSION))
+
+
+def _headers(headers: Headers) -> dict[str, str]:
+    """The headers ``decode`` reads, as text, each the first of its name with a value (as ``header`` reads them)."""
+    named: dict[str, str] = {}
+    for key, value in headers or ():
+        if key in _READ_HEADERS and value is not None and key not in named:
+            named[key] = value.decode("utf-8", "replace") if isinstance(value, bytes | bytearray) else str(value)
+    return named
+
+
+_NO_TIME = datetime.min.replace(tzinfo=UTC)
+
+
+def _unread(event_type: str, named: dict[str, str], topic: str, partition: int, offset: int) -> Delivered | None:
+    """An unread event from the relay's headers (None when they lack its aggregate or version: decode it)."""
+    try:
+        aggregate_id = UUID(named[AGGREGATE_ID])
+        version = int(named[AGGREGATE_VERSION])
+    except (KeyError, ValueError):
+        return None
+    notification = named.get(NOTIFICATION_ID)
+    return Delivered(event=None, event_type=event_type, aggregate_id=aggregate_id, version=version,
+                     event_id=named.get(EVENT_ID) or event_id(aggregate_id, version), timestamp=_NO_TIME,
+                     topic=topic, partition=partition, offset=offset,
+                     notification_id=int(notification) if notification else None, unread=True)
 
 
 def _decode_current(value: bytes, event_type: str | None, schema_version: str | None) -> Any | None:
     """The common case in one step: a current-schema event parsed and validated straight from its bytes (pydantic's
     JSON parser), without a Python dict in between. Anything unusual takes the general path (upcasting, errors)."""
     cls = EVENT_TYPES.get(event_type or "")
-    if cls is None or not schema_version or schema_version != str(current_schema_version(cls)):
+    if cls is None or not schema_version or schema_version != _CURRENT.get(cls):
         return None
     try:
         return cls.model_validate_json(value)
@@ -158,16 +219,21 @@ def _decode_current(value: bytes, event_type: str | None, schema_version: str | 
         return None
 
 
-def _delivered(event: Any, event_type: str, headers: list[tuple[str, Any]], topic: str, partition: int,
+_CURRENT: dict[type, str] = {cls: str(current_schema_version(cls)) for cls in EVENT_TYPES.values()}
+
+
+def _delivered(event: Any, event_type: str, named: dict[str, str], topic: str, partition: int,
                offset: int) -> Delivered:
-    notification = header(headers, NOTIFICATION_ID)
-    aggregate_id = UUID(str(event.originator_id))
+    notification = named.get(NOTIFICATION_ID)
+    originator = event.originator_id
+    aggregate_id = originator if type(originator) is UUID else UUID(str(originator))
+    version = int(event.originator_version)
     return Delivered(
         event=event,
         event_type=event_type,
         aggregate_id=aggregate_id,
-        version=int(event.originator_version),
-        event_id=event_id_of(headers, aggregate_id, event.originator_version),
+        version=version,
+        event_id=named.get(EVENT_ID) or event_id(aggregate_id, version),
         timestamp=event.timestamp,
         topic=topic,
         partition=partition,
@@ -426,7 +492,8 @@ def apply_batch(conn: psycopg.Connection[Any], projection: Projection, schema: s
         known[d.aggregate_id] = d.version
     if fresh:
         tombstones = [(d, d.undecodable) for d in fresh if d.undecodable is not None]
-        poisoned = _apply_isolating(conn, projection, schema, [d for d in fresh if d.undecodable is None])
+        poisoned = _apply_isolating(conn, projection, schema,
+                                    [d for d in fresh if d.undecodable is None and not d.unread])
         if tally is not None:
             tally.poisoned.extend([*tombstones, *poisoned])
         for d, error in tombstones:
@@ -823,12 +890,14 @@ class ProjectionConsumer:
         good: list[Delivered] = []
         offsets: dict[tuple[str, int], int] = {}
         learned: dict[tuple[str, int], str] = {}
+        reads = reads_of(self.projection)
         for m in messages:
             offsets[(m.topic, m.partition)] = m.offset + 1
             if self._incarnations.get(m.partition) is None and (m.topic, m.partition) not in learned:
                 learned[(m.topic, m.partition)] = fingerprint(m)
             try:
-                good.append(decode(m.value, m.headers, topic=m.topic, partition=m.partition, offset=m.offset))
+                good.append(decode(m.value, m.headers, topic=m.topic, partition=m.partition, offset=m.offset,
+                                   reads=reads))
             except Undecodable as exc:
                 log.warning("%s: %s[%d]@%d undecodable, sent to %s: %s", self.projection.name, m.topic,
                             m.partition, m.offset, self.dlq_topic, exc)

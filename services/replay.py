@@ -23,9 +23,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Self
@@ -54,6 +56,8 @@ from projections.base import (
     drop_schema,
     ensure_schema,
     fingerprint,
+    in_thread,
+    reads_of,
 )
 from projections.registry import ProjectionOptions
 from services.adapters.event_log import count_events, discover_logs, pages
@@ -134,6 +138,8 @@ class _Target:
     final_schema: str
     build_schema: str
     result: ReplayResult
+    conn: Any = None
+    """Its own connection for applying batches: the projections of one replay are applied side by side."""
 
 
 async def replay_async(name: str, database_url: str, bootstrap: str | None = None, *, as_of: datetime | None = None,
@@ -171,11 +177,13 @@ async def replay_async(name: str, database_url: str, bootstrap: str | None = Non
             with conn.transaction():
                 drop_schema(conn, t.build_schema)
                 ensure_schema(conn, t.projection, t.build_schema)
+        for t in targets:
+            t.conn = await asyncio.to_thread(lambda: psycopg.connect(database_url, autocommit=True))
         started = time.monotonic()
         with _Progress(progress, console) as bar:
             if from_store:
                 ends = await _positions_or_none(bootstrap, topic) if as_of is None else None
-                await asyncio.to_thread(_from_store, conn, stores or {"": database_url}, targets, store_schema,
+                await asyncio.to_thread(_from_store, stores or {"": database_url}, targets, store_schema,
                                         as_of, batch_size, bar)
                 if ends is not None:
                     offsets = {(topic, p): o for p, (o, _) in ends.items()}
@@ -185,7 +193,7 @@ async def replay_async(name: str, database_url: str, bootstrap: str | None = Non
                         with conn.transaction():
                             apply_batch(conn, t.projection, t.build_schema, [], offsets, incarnations=incarnations)
             elif bootstrap is not None:
-                await _from_kafka(conn, targets, bootstrap, topic, as_of, batch_size, bar, reader)
+                await _from_kafka(targets, bootstrap, topic, as_of, batch_size, bar, reader)
         elapsed = time.monotonic() - started
         for t in targets:
             t.result.seconds = elapsed
@@ -201,19 +209,25 @@ async def replay_async(name: str, database_url: str, bootstrap: str | None = Non
             _print_summary([t.result for t in targets], console)
         return [t.result for t in targets]
     finally:
+        for t in targets:
+            if t.conn is not None:
+                await asyncio.to_thread(t.conn.close)
         await asyncio.to_thread(conn.close)  # also releases the advisory locks
         if owned and isinstance(reader, StoreEvents | ShardedStoreEvents):
             reader.close()
 
 
-def _apply(conn: psycopg.Connection[Any], targets: Sequence[_Target], batch: list[Delivered], read: int,
-           undecodable: int, as_of: datetime | None, offsets: dict[tuple[str, int], int] | None,
-           missing: MissingEvents | None = None, incarnations: dict[tuple[str, int], str] | None = None) -> None:
+def _apply(targets: Sequence[_Target], batch: list[Delivered], read: int, undecodable: int, as_of: datetime | None,
+           offsets: dict[tuple[str, int], int] | None, missing: MissingEvents | None = None,
+           incarnations: dict[tuple[str, int], str] | None = None) -> None:
+    """The batch into every target, each in its own transaction on its own connection, side by side (threads: the
+    Python of one overlaps the SQL of the others)."""
     kept = batch if as_of is None else [d for d in batch if d.timestamp <= as_of]
-    for t in targets:
+
+    def one(t: _Target) -> None:
         tally = RunnerStats()
-        with conn.transaction():
-            applied = apply_batch(conn, t.projection, t.build_schema, kept, offsets if as_of is None else None,
+        with t.conn.transaction():
+            applied = apply_batch(t.conn, t.projection, t.build_schema, kept, offsets if as_of is None else None,
                                   missing=missing, incarnations=incarnations if as_of is None else None, tally=tally)
         r = t.result
         r.gaps_filled += tally.gaps_filled
@@ -223,6 +237,14 @@ def _apply(conn: psycopg.Connection[Any], targets: Sequence[_Target], batch: lis
         r.after_as_of += len(batch) - len(kept)
         r.applied += applied
         r.duplicates += len(kept) - applied
+
+    if len(targets) == 1:
+        one(targets[0])
+        return
+    with ThreadPoolExecutor(len(targets), thread_name_prefix="replay") as pool:
+        futures = [pool.submit(one, t) for t in targets]
+    for f in futures:
+        f.result()  # every target finished (the pool's exit waits); the first error, if any
 
 
 # --- from Kafka ---------------------------------------------------------------------------------------------
@@ -294,7 +316,7 @@ async def _positions_or_none(bootstrap: str | None, topic: str) -> dict[int, tup
         return None
 
 
-async def _from_kafka(conn: psycopg.Connection[Any], targets: Sequence[_Target], bootstrap: str, topic: str,
+async def _from_kafka(targets: Sequence[_Target], bootstrap: str, topic: str,
                       as_of: datetime | None, batch_size: int, bar: _Progress, missing: MissingEvents) -> None:
     parts = await _partitions(bootstrap, topic)
     tps = [TopicPartition(topic, p) for p in parts]
@@ -314,7 +336,10 @@ async def _from_kafka(conn: psycopg.Connection[Any], targets: Sequence[_Target],
             return
         consumer.pause(*[tp for tp in tps if tp not in pending])
         unlearned = set(pending)  # each partition's incarnation: its first record, read here
+        # events no target reads are passed by version, undecoded (as-of cuts need every event's time: all decoded)
+        reads = reads_of(*(t.projection for t in targets)) if as_of is None else None
         last_progress = time.monotonic()
+        applying: asyncio.Future[Any] | None = None  # the previous batch, applied while this one is read
         while pending:
             records = await consumer.getmany(timeout_ms=500, max_records=batch_size)
             if not records:
@@ -338,23 +363,33 @@ async def _from_kafka(conn: psycopg.Connection[Any], targets: Sequence[_Target],
                     read += 1
                     offsets[(tp.topic, tp.partition)] = m.offset + 1
                     try:
-                        batch.append(decode(m.value, m.headers, topic=m.topic, partition=m.partition, offset=m.offset))
+                        batch.append(decode(m.value, m.headers, topic=m.topic, partition=m.partition, offset=m.offset,
+                                            reads=reads))
                     except Undecodable as exc:
                         undecodable += 1
                         log.warning("replay: %s[%d]@%d undecodable, skipped: %s", m.topic, m.partition, m.offset, exc)
                 if offsets.get((tp.topic, tp.partition), -1) >= ends[tp]:
                     pending.discard(tp)
                     consumer.pause(tp)
-            await asyncio.to_thread(_apply, conn, targets, batch, read, undecodable, as_of, offsets, missing, learned)
+            if applying is not None:
+                await applying
+            applying = asyncio.ensure_future(in_thread(_apply, targets, batch, read, undecodable, as_of, offsets,
+                                                       missing, learned))
             bar.advance(read)
+        if applying is not None:
+            await applying
+            applying = None
     finally:
+        if applying is not None:  # an error while reading: the batch being applied still ends before we leave
+            with contextlib.suppress(BaseException):
+                await applying
         await consumer.stop()
 
 
 # --- from the event store ----------------------------------------------------------------------------------------
 
 
-def _from_store(conn: psycopg.Connection[Any], stores: Mapping[str, str], targets: Sequence[_Target],
+def _from_store(stores: Mapping[str, str], targets: Sequence[_Target],
                 store_schema: str, as_of: datetime | None, batch_size: int, bar: _Progress) -> None:
     """Every event of every store (``stores``: name → database URL), one store after the other."""
     for name, database_url in stores.items():
@@ -379,7 +414,7 @@ def _from_store(conn: psycopg.Connection[Any], stores: Mapping[str, str], target
                             undecodable += 1
                             log.warning("replay: %s%s notification %s undecodable, skipped: %s",
                                         f"{name}/" if name else "", table, row[0], exc)
-                    _apply(conn, targets, batch, len(rows), undecodable, as_of, None)
+                    _apply(targets, batch, len(rows), undecodable, as_of, None)
                     for t in targets:
                         t.result.stores[name] += len(rows)
                     bar.advance(len(rows))

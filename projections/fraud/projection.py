@@ -53,7 +53,7 @@ from events.prescription import (
     RuleFlagged,
 )
 from events.trace_code import TraceCodeReturned, TraceCodeSold
-from projections.base import Delivered
+from projections.base import Delivered, event_types
 
 TC_REPEAT = "FR-TC-REPEAT"
 TC_DUPSALE = "FR-TC-DUPSALE"
@@ -152,6 +152,11 @@ _SUSPEND = re.compile(r"(Suspended|Revoked|AgreementEnded|Deregistered)$")
 _LIFT = re.compile(r"(Reinstated|Restored|Resumed|AgreementRestored)$")
 
 
+def _has(cls: type, name: str) -> bool:
+    fields = getattr(cls, "model_fields", {})
+    return name in fields or hasattr(cls, name)
+
+
 def _registry_kind(event_type: str) -> tuple[str, str] | None:
     for prefix, kind, attr in _REGISTRY_KINDS:
         if event_type.startswith(prefix):
@@ -163,6 +168,12 @@ class Fraud:
     """The fraud analytics projection (schema ``fraud``)."""
 
     name = "fraud"
+    reads = event_types(PrescriptionIssued, FollowUpVisitRecorded, PrescriptionApproved, PrescriptionRejected,
+                        PrescriptionRouted, PrescriptionAccepted, PrescriptionDispensed, DispenseWithdrawn, RuleFlagged,
+                        DeliveryArranged, TraceCodeSold, TraceCodeReturned,
+                        also=lambda name, cls: _registry_kind(name) is not None
+                        or (_has(cls, "generic_code") and _has(cls, "drug_code")))
+    """The types ``apply`` matches, and the registry events ``_registry`` reads (by name and by field)."""
 
     def __init__(self, thresholds: Thresholds | None = None) -> None:
         self.t = thresholds or Thresholds()

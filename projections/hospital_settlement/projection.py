@@ -50,7 +50,7 @@ from events.statement import (
     SettlementReversed,
     SubjectKind,
 )
-from projections.base import Delivered
+from projections.base import Delivered, event_types
 from projections.hospital_settlement.ledger import (
     ZERO,
     add_deltas,
@@ -104,6 +104,8 @@ class HospitalSettlement:
     """The hospital settlement projection (schema ``hospital_settlement`` by default)."""
 
     name = "hospital_settlement"
+    reads = event_types(*_RELEVANT_RX, *_CASE_EVENTS, FollowUpVisitRecorded, ConsultationSettled, SettlementFailed,
+                        SettlementFailureResolved)
 
 
     def create_tables(self, conn: psycopg.Connection[Any], schema: str) -> None:

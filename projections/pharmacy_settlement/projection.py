@@ -36,7 +36,7 @@ from events.prescription import (
     PrescriptionSettled,
 )
 from events.statement import PartyKind, SettlementReversed, SubjectKind
-from projections.base import Delivered
+from projections.base import Delivered, event_types
 from projections.hospital_settlement.ledger import (
     ZERO,
     add_deltas,
@@ -75,6 +75,7 @@ class PharmacySettlement:
     """The pharmacy settlement projection (schema ``pharmacy_settlement`` by default)."""
 
     name = "pharmacy_settlement"
+    reads = event_types(*_RELEVANT, *_CASE_EVENTS)
 
 
     def create_tables(self, conn: psycopg.Connection[Any], schema: str) -> None:

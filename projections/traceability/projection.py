@@ -55,8 +55,9 @@ from events.prescription import (
     RoutingBasis,
     RuleFlagged,
 )
+from events.registries import RegistryEvent
 from events.trace_code import TraceCodeReturned, TraceCodeSold
-from projections.base import Delivered
+from projections.base import Delivered, event_types
 from projections.hospital_settlement.ledger import upsert_rows
 from projections.traceability import registry_changes
 
@@ -147,6 +148,8 @@ class Traceability:
     """The traceability projection: trails per prescription and indexes by patient, physician, pharmacy, code."""
 
     name = "traceability"
+    reads = event_types(RegistryEvent, PrescriptionEvent, FollowUpVisitRecorded, ConsultationSettled, TraceCodeSold,
+                        TraceCodeReturned)
 
     def create_tables(self, conn: psycopg.Connection[Any], schema: str) -> None:
         s = sql.Identifier(schema)

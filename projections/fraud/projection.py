@@ -319,32 +319,44 @@ class Fraud:
                     self._registry(d, actors, changes, drugs, touched)
 
         with conn.cursor() as cur:
-            def insert(table: str, columns: str, rows: list[tuple[Any, ...]], conflict: str = "DO NOTHING") -> None:
+            def insert(table: str, columns: str, types: str, rows: list[tuple[Any, ...]]) -> None:
+                """One statement per table (``unnest`` of a column array each); a row already there is kept."""
                 if rows:
-                    marks = ", ".join(["%s"] * len(rows[0]))
-                    cur.executemany(sql.SQL("INSERT INTO {}.{} (" + columns + ") VALUES (" + marks + ") ON CONFLICT "
-                                            + conflict).format(s, sql.Identifier(table)), rows)
+                    casts = ", ".join(f"%s::{t}[]" for t in types.split())
+                    cur.execute(sql.SQL("INSERT INTO {}.{} (" + columns + ") SELECT * FROM unnest(" + casts + ")"
+                                        " ON CONFLICT DO NOTHING").format(s, sql.Identifier(table)),
+                                [list(c) for c in zip(*rows, strict=True)])
 
             insert("rx", "prescription_id, patient_ref, physician_id, hospital_id, physical_institution_id, items,"
-                   " issued_at, day, version, event_id", rx_rows)
+                   " issued_at, day, version, event_id", "uuid text text text text jsonb timestamptz date int text",
+                   rx_rows)
             if dispensers:
-                cur.executemany(sql.SQL("UPDATE {}.rx SET dispenser_id = %s WHERE prescription_id = %s").format(s),
-                                [(dispenser, rx) for rx, dispenser in dispensers])
+                last = dict(dispensers)  # a prescription routed twice in the batch: its last routing
+                cur.execute(sql.SQL("UPDATE {}.rx r SET dispenser_id = u.dispenser FROM unnest(%s::uuid[], %s::text[])"
+                                    " AS u(rx, dispenser) WHERE r.prescription_id = u.rx").format(s),
+                            (list(last), list(last.values())))
             insert("lines", "prescription_id, dispense_no, line_no, dispenser_id, drug_code, quantity, unit_price,"
-                   " price_cap, at, day, version, event_id", lines)
+                   " price_cap, at, day, version, event_id",
+                   "uuid int int text text int numeric numeric timestamptz date int text", lines)
             if withdrawals:
-                cur.executemany(sql.SQL("UPDATE {}.lines SET withdrawn = true WHERE prescription_id = %s"
-                                        " AND dispense_no = %s").format(s), withdrawals)
-            insert("flags", "prescription_id, version, rule_id, trace_code, at, event_id", flags)
+                cur.execute(sql.SQL("UPDATE {}.lines l SET withdrawn = true FROM unnest(%s::uuid[], %s::int[])"
+                                    " AS w(rx, no) WHERE l.prescription_id = w.rx AND l.dispense_no = w.no").format(s),
+                            [list(c) for c in zip(*withdrawals, strict=True)])
+            insert("flags", "prescription_id, version, rule_id, trace_code, at, event_id",
+                   "uuid int text text timestamptz text", flags)
             insert("code_events", "stream_id, version, code, event_type, seller_id, prescription_id, at, event_id",
-                   code_events)
-            insert("actors", "aggregate_id, kind, actor_id", actors)
+                   "uuid int text text text uuid timestamptz text", code_events)
+            insert("actors", "aggregate_id, kind, actor_id", "uuid text text", actors)
             insert("registry_changes", "aggregate_id, version, change, event_type, at, event_id, effective_at",
-                   changes)
-            insert("activity", "actor_id, aggregate_id, version, event_type, at, event_id", activity)
-            insert("drugs", "drug_code, generic_code", drugs, "(drug_code) DO UPDATE SET generic_code = "
-                   "excluded.generic_code")
-            insert("deliveries", "prescription_id, version, address_ref, at, event_id", deliveries)
+                   "uuid int text text timestamptz text timestamptz", changes)
+            insert("activity", "actor_id, aggregate_id, version, event_type, at, event_id",
+                   "text uuid int text timestamptz text", activity)
+            if drugs:  # in order: a drug listed twice in the batch keeps its last generic
+                cur.executemany(sql.SQL("INSERT INTO {}.drugs (drug_code, generic_code) VALUES (%s, %s)"
+                                        " ON CONFLICT (drug_code) DO UPDATE SET generic_code = excluded.generic_code"
+                                        ).format(s), drugs)
+            insert("deliveries", "prescription_id, version, address_ref, at, event_id",
+                   "uuid int text timestamptz text", deliveries)
 
         self._expand(conn, s, touched, actors, changes, drugs)
         self._recompute(conn, schema, touched)

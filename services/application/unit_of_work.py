@@ -95,8 +95,8 @@ NOT_FOUND: dict[type[Aggregate], type[NotFound]] = {
 class UnitOfWork:
     """Loads each aggregate once, hands the same object to every command of the unit, and knows what changed.
 
-    In a batch, ``begin()`` starts a command: the first time the command touches an aggregate a deep copy is
-    kept, so ``rollback()`` undoes a refused command without disturbing the others, and ``command_events()``
+    In a batch, ``begin()`` starts a command: the first time the command touches an aggregate, what it was is
+    journaled, so ``rollback()`` undoes a refused command without disturbing the others, and ``command_events()``
     tells which pending events the command produced.
 
     ``careful=False`` (a first attempt) lets ``expect_new`` trust a derived id to be free without reading:
@@ -108,7 +108,8 @@ class UnitOfWork:
         self.store = store
         self.careful = careful
         self._loaded: dict[UUID, Aggregate | None] = {}
-        self._backup: dict[UUID, Aggregate | None] | None = None
+        self._backup: dict[UUID, tuple[Aggregate, int] | None] | None = None
+        self._base: dict[UUID, Aggregate | None] = {}
 
     # --- loading ------------------------------------------------------------------------------
     def get(self, cls: type[A], aggregate_id: UUID) -> A | None:
@@ -184,6 +185,11 @@ class UnitOfWork:
         self._loaded[aggregate.id] = aggregate
 
     # --- batch journal ------------------------------------------------------------------------
+    # An aggregate changes only by its events (``Aggregate._follow``: version + 1, one more pending event), so the
+    # journal records, per command, the object touched and how many pending events it had; the state before the
+    # command is the batch's copy of the aggregate (one deep copy per aggregate per batch, taken at its first touch,
+    # before any event of the batch) with those pending events replayed. Read-only aggregates (registries, the
+    # visit an issue reads) are never copied again, and rebuilt only when a refused command had changed them.
     @property
     def in_batch(self) -> bool:
         return self._backup is not None
@@ -194,13 +200,34 @@ class UnitOfWork:
     def _journal(self, aggregate_id: UUID) -> None:
         if self._backup is not None and aggregate_id not in self._backup:
             current = self._loaded.get(aggregate_id)
-            self._backup[aggregate_id] = None if current is None else current.model_copy(deep=True)
+            if aggregate_id not in self._base:
+                self._base[aggregate_id] = None if current is None else current.model_copy(deep=True)
+            self._backup[aggregate_id] = None if current is None else (current, len(current._pending))
+
+    def _before(self, aggregate_id: UUID) -> Aggregate | None:
+        """The aggregate as it was when the current command first touched it."""
+        touched = self._backup[aggregate_id] if self._backup is not None else None
+        if touched is None:
+            return None
+        aggregate, pending = touched
+        if self._loaded.get(aggregate_id) is aggregate and len(aggregate._pending) == pending:
+            return aggregate  # unchanged by the command
+        base = self._base[aggregate_id]
+        events = aggregate._pending[:pending]
+        before = base.model_copy(deep=True) if base is not None else None
+        for event in events:
+            if before is None:
+                before = type(aggregate)._start(event)
+            else:
+                before._follow(event)
+            before._pending.append(event)
+        return before
 
     def rollback(self) -> None:
         if self._backup is None:
             raise RuntimeError("rollback() without begin()")
-        for aggregate_id, before in self._backup.items():
-            self._loaded[aggregate_id] = before
+        restored = {aggregate_id: self._before(aggregate_id) for aggregate_id in self._backup}
+        self._loaded.update(restored)
         self._backup = {}
 
     def command_events(self) -> list[DomainEvent]:
@@ -208,11 +235,11 @@ class UnitOfWork:
         if self._backup is None:
             return self.pending_events()
         produced: list[DomainEvent] = []
-        for aggregate_id, before in self._backup.items():
+        for aggregate_id, touched in self._backup.items():
             now = self._loaded.get(aggregate_id)
             if now is None:
                 continue
-            skip = 0 if before is None else len(before.pending_events)
+            skip = 0 if touched is None else touched[1]
             produced.extend(now.pending_events[skip:])
         return produced
 

@@ -12,6 +12,7 @@ Snapshots: set ``snapshotting_intervals = {Prescription: 50}`` and
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import lru_cache
 from typing import Any, ClassVar, Self, TypeVar
 from uuid import UUID, uuid4, uuid5
 
@@ -28,6 +29,7 @@ A = TypeVar("A", bound="Aggregate")
 ID_NAMESPACE = UUID("6f1c3f0e-52a4-4c57-9a55-3e0d2b8a7c11")
 
 
+@lru_cache(maxsize=1 << 16)  # a pure function of its strings; a batch derives the same registry ids many times
 def natural_id(kind: str, key: str) -> UUID:
     """A stable aggregate id for an aggregate known by a business key (trace code, physician code...)."""
     return uuid5(ID_NAMESPACE, f"{kind}:{key}")

@@ -82,7 +82,9 @@ class UpStack:
         with contextlib.suppress(psutil.Error):
             for p in self.supervisor().children():
                 cmd = p.cmdline()
-                if "services.cli" in cmd and cmd[cmd.index("run"):cmd.index("run") + len(wanted)] == wanted:
+                # a child between fork and exec still shows the supervisor's own command line (no "run")
+                if "services.cli" in cmd and "run" in cmd and \
+                        cmd[cmd.index("run"):cmd.index("run") + len(wanted)] == wanted:
                     return p
         return None
 

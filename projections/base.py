@@ -324,6 +324,14 @@ def _fill(missing: MissingEvents | None, d: Delivered, have: int) -> list[Delive
 # --- tables -------------------------------------------------------------------------------------------------
 
 
+class _Decoded(NamedTuple):
+    """A batch ready to write: the events, the next offset per partition, the incarnations learned in it."""
+
+    events: list[Delivered]
+    offsets: dict[tuple[str, int], int]
+    learned: dict[tuple[str, int], str]
+
+
 class Position(NamedTuple):
     """A partition's stored position: the next offset to read and the incarnation it belongs to."""
 
@@ -735,10 +743,52 @@ class ProjectionConsumer:
             await probe.start()
             consumer.subscribe([self.topic], listener=MarkAssigned())
             await consumer.start()
+            # Pipelining: while one batch is written (its transaction runs in a worker thread), the next is fetched
+            # and decoded. Anything else that touches the connection or the positions waits for the write first
+            # (``drain``); a batch whose partitions still learn their incarnation too. When the write fails (a gap
+            # the record cannot fill yet, a rebuilt view), the batch decoded meanwhile is dropped and every
+            # partition is positioned again at its stored offsets, as before.
+            writing: tuple[asyncio.Future[None], Any] | None = None
+
+            async def drain() -> bool:
+                """Wait for the batch being written and commit its offsets to the group; False when it failed and
+                the partitions must be positioned again (they are marked)."""
+                nonlocal writing
+                if writing is None:
+                    return True
+                (task, written), writing = writing, None
+                try:
+                    await task
+                except GapNotFilled as exc:
+                    self.stats.gap_waits += 1
+                    log.warning("%s: %s; the batch waits and is read again from the stored offsets",
+                                self.projection.name, exc)
+                    unpositioned.update(consumer.assignment())
+                    await self._pause(stop)
+                    return False
+                except Rebuilt as exc:
+                    log.warning("%s: %s; continuing from the rebuilt view's offsets", self.projection.name, exc)
+                    unpositioned.update(consumer.assignment())
+                    return False
+                try:
+                    await consumer.commit({TopicPartition(self.topic, p.partition): msgs[-1].offset + 1
+                                           for p, msgs in written.items()})
+                except KafkaError as exc:
+                    # the offsets that count are in PostgreSQL; a failed group commit means the group or the
+                    # broker changed under us: check every partition again before reading on
+                    log.warning("%s: committing offsets to the group failed (%r); checking positions again",
+                                self.projection.name, exc)
+                    unpositioned.update(consumer.assignment())
+                    return False
+                return True
+
             try:
                 loop = asyncio.get_running_loop()
                 idle_since = last_check = epoch_checked = loop.time()
                 while not stop.is_set():
+                    if writing is not None and (unpositioned or loop.time() - last_check >= self.check_interval_s):
+                        await drain()
+                        continue
                     if unpositioned:
                         if not await self._position(conn, consumer, probe, unpositioned):
                             await self._pause(stop)
@@ -751,9 +801,13 @@ class ProjectionConsumer:
                     if unpositioned:
                         # a rebalance landed during the fetch: drop the batch and put every partition back
                         # at its stored offset (everything applied so far is committed there)
+                        await drain()
                         unpositioned.update(consumer.assignment())
                         continue
                     messages = [m for part in records.values() for m in part]
+                    if not messages and writing is not None:
+                        await drain()
+                        continue
                     if not messages:
                         if not consumer.assignment():
                             idle_since = loop.time()
@@ -765,33 +819,24 @@ class ProjectionConsumer:
                                 unpositioned.update(consumer.assignment())
                         continue
                     idle_since = loop.time()
+                    if writing is not None and any(self._incarnations.get(m.partition) is None for m in messages):
+                        if not await drain():  # a partition learning its incarnation: after the write before
+                            continue
                     try:
-                        await self._handle(conn, producer, messages)
+                        decoded = await self._decode_batch(producer, messages)
                     except Misplaced as exc:
                         log.warning("%s: %s; positioning it again", self.projection.name, exc)
+                        await drain()
                         unpositioned.add(TopicPartition(self.topic, exc.partition))
                         continue
-                    except GapNotFilled as exc:
-                        self.stats.gap_waits += 1
-                        log.warning("%s: %s; the batch waits and is read again from the stored offsets",
-                                    self.projection.name, exc)
-                        unpositioned.update(consumer.assignment())
-                        await self._pause(stop)
-                        continue
-                    except Rebuilt as exc:
-                        log.warning("%s: %s; continuing from the rebuilt view's offsets", self.projection.name, exc)
-                        unpositioned.update(consumer.assignment())
-                        continue
-                    try:
-                        await consumer.commit({TopicPartition(self.topic, p.partition): msgs[-1].offset + 1
-                                               for p, msgs in records.items()})
-                    except KafkaError as exc:
-                        # the offsets that count are in PostgreSQL; a failed group commit means the group or the
-                        # broker changed under us: check every partition again before reading on
-                        log.warning("%s: committing offsets to the group failed (%r); checking positions again",
-                                    self.projection.name, exc)
-                        unpositioned.update(consumer.assignment())
+                    if not await drain():
+                        continue  # the batch before failed: this one is read again from the stored offsets
+                    writing = (asyncio.ensure_future(self._write_batch(conn, producer, decoded)), records)
+                await drain()
             finally:
+                if writing is not None:  # leaving on an error: the write in flight ends before the connection
+                    with contextlib.suppress(BaseException):
+                        await writing[0]
                 await consumer.stop()
                 await probe.stop()
                 await producer.stop()
@@ -885,7 +930,8 @@ class ProjectionConsumer:
             self._bounced[partition] = offset
             raise Misplaced(partition, offset, expected)
 
-    async def _handle(self, conn: psycopg.Connection[Any], producer: Any, messages: list[Any]) -> None:
+    async def _decode_batch(self, producer: Any, messages: list[Any]) -> _Decoded:
+        """Check and decode a batch (undecodable records go to the dead-letter topic); nothing is written."""
         self._check_first_records(messages)
         good: list[Delivered] = []
         offsets: dict[tuple[str, int], int] = {}
@@ -905,6 +951,12 @@ class ProjectionConsumer:
                                            source=record_source(m.topic, m.partition, m.offset))
                 await producer.send_and_wait(self.dlq_topic, value=m.value, key=m.key, headers=dead)
                 self.stats.dead_lettered += 1
+        return _Decoded(good, offsets, learned)
+
+    async def _write_batch(self, conn: psycopg.Connection[Any], producer: Any, batch: _Decoded) -> None:
+        """Apply a decoded batch and store its offsets in one transaction (in a worker thread); then dead-letter
+        what the view could not take and learn the partitions' incarnations."""
+        good, offsets, learned = batch
         tally = RunnerStats()
 
         def write() -> int:

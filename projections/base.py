@@ -242,10 +242,16 @@ def _delivered(event: Any, event_type: str, named: dict[str, str], topic: str, p
     )
 
 
-def decode_stored(notification_id: int, originator_id: UUID | str, version: int, topic: str, state: bytes
-                  ) -> Delivered:
-    """A stored event (eventsourcing ``topic`` + plain JSON ``state``) as the relay would have delivered it."""
+def decode_stored(notification_id: int, originator_id: UUID | str, version: int, topic: str, state: bytes, *,
+                  reads: Container[str] | None = None) -> Delivered:
+    """A stored event (eventsourcing ``topic`` + plain JSON ``state``) as the relay would have delivered it
+    (``reads``: as ``decode``, a type not in it is passed by version without parsing ``state``)."""
     type_name = event_type_of(topic)
+    if reads is not None and type_name and type_name not in reads:
+        aggregate_id = UUID(str(originator_id))
+        return Delivered(event=None, event_type=type_name, aggregate_id=aggregate_id, version=int(version),
+                         event_id=event_id(str(aggregate_id), int(version)), timestamp=_NO_TIME,
+                         notification_id=int(notification_id), unread=True)
     try:
         event = from_json(type_name, bytes(state))
     except Exception as exc:

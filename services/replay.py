@@ -403,13 +403,14 @@ def _from_store(stores: Mapping[str, str], targets: Sequence[_Target],
                       f"{', '.join(t.final_schema for t in targets)}", total)
             for t in targets:
                 t.result.stores[name] = 0
+            reads = reads_of(*(t.projection for t in targets)) if as_of is None else None
             for table in tables:
                 for rows in pages(reader, table, batch_size, schema=store_schema):
                     batch: list[Delivered] = []
                     undecodable = 0
                     for row in rows:
                         try:
-                            batch.append(decode_stored(*row))
+                            batch.append(decode_stored(*row, reads=reads))
                         except Undecodable as exc:
                             undecodable += 1
                             log.warning("replay: %s%s notification %s undecodable, skipped: %s",

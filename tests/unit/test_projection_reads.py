@@ -40,3 +40,17 @@ def test_reads_of_several_is_the_union_and_none_when_one_reads_everything() -> N
         name = "everything"
 
     assert reads_of(hospital, Everything()) is None
+
+
+def test_a_stored_event_of_an_unread_type_is_passed_by_version() -> None:
+    from eventsourcing.utils import get_topic
+
+    from projections.base import decode_stored
+
+    e = all_events(make_trails(1, seed=5))[0]
+    row = (7, e.originator_id, e.originator_version, get_topic(type(e)), to_json(e))
+    read = decode_stored(*row, reads=frozenset({type(e).__name__}))
+    assert not read.unread and read.event == e
+    passed = decode_stored(*row, reads=frozenset())
+    assert passed.unread and passed.event is None and (passed.aggregate_id, passed.version, passed.notification_id) \
+        == (e.originator_id, e.originator_version, 7)

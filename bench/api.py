@@ -2,12 +2,16 @@
 
 Starts its own embedded PostgreSQL and Tansu, then:
 
-1. HTTP: the API in its own process (uvicorn, one worker); an open-loop load generator starts prescription
-   journeys so that requests arrive at ``--rate`` per second: visit → issue → approve → route → accept →
-   dispense (6 requests each, sequential within a journey). Reports p50/p99 latency per operation and overall,
-   achieved throughput, and errors.
+1. HTTP: the API as ``rxtrail run api`` (``Settings.api_workers`` processes, one per core by default); an
+   open-loop load generator starts prescription journeys so that requests arrive at ``--rate`` per second: visit →
+   issue → approve → route → accept → dispense (6 requests each, sequential within a journey). Reports p50/p99
+   latency per operation and overall, achieved throughput, errors, and the CPU time per request of the API
+   processes, of PostgreSQL and of the load generator itself (CPU per request moves far less with a shared
+   machine than latency does). ``--rates 200,300,400,500`` runs one step per rate and prints a line per step and
+   the saturation point: the highest step served at the offered rate (≥ 95 %) with p99 < 50 ms and no errors.
 2. Kafka intake: ``--commands`` visit commands on one hospital topic (12 partitions), consumed by the intake worker
-   with batches of ``--batch`` (apply_batch per run); reports commands/s from first fetch to last outcome.
+   with batches of ``--batch`` (apply_batch per run); reports commands/s from first fetch to last outcome
+   (``--commands 0`` skips it).
 """
 
 from __future__ import annotations
@@ -35,6 +39,50 @@ SECRET = "bench-pseudonym-secret-0123456789"
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+class CpuMeter:
+    """CPU seconds (user + system) spent since the last ``take()`` by the API processes (the server and its
+    workers), PostgreSQL (postmaster and backends) and this process (the load generator)."""
+
+    def __init__(self, api_pid: int, pgdata: Path) -> None:
+        import psutil
+
+        self.api = psutil.Process(api_pid)
+        self.pg = [p for p in psutil.process_iter(["cmdline"]) if str(pgdata) in " ".join(p.info["cmdline"] or ())]
+        self.me = psutil.Process()
+        self.last = self._now()
+
+    def _now(self) -> dict[str, float]:
+        import psutil
+
+        def cpu(procs: list[Any]) -> float:
+            total = 0.0
+            for proc in procs:
+                try:
+                    t = proc.cpu_times()
+                except psutil.Error:
+                    continue
+                total += t.user + t.system
+            return total
+
+        pg = [c for p in self.pg for c in [p, *_children(p)]]
+        return {"api": cpu([self.api, *_children(self.api)]), "postgres": cpu(pg), "client": cpu([self.me])}
+
+    def take(self) -> dict[str, float]:
+        now = self._now()
+        spent = {k: now[k] - self.last[k] for k in now}
+        self.last = now
+        return spent
+
+
+def _children(proc: Any) -> list[Any]:
+    import psutil
+
+    try:
+        return list(proc.children(recursive=True))
+    except psutil.Error:
+        return []
 
 
 @dataclass(frozen=True)
@@ -88,9 +136,44 @@ def api_keys(database_url: str, parties: Parties) -> dict[str, str]:
                 for kind, pid in ids.items()}
 
 
+class Client:
+    """A minimal HTTP/1.1 keep-alive client for the load (JSON in, JSON out): httpx spent more CPU per request
+    than the API itself, and the load generator shares the machine's cores with the API and PostgreSQL."""
+
+    def __init__(self, base: str) -> None:
+        host, _, port = base.removeprefix("http://").partition(":")
+        self.host, self.port = host, int(port)
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def request(self, method: str, path: str, headers: dict[str, str], body: Any = None
+                      ) -> tuple[int, Any]:
+        payload = json.dumps(body).encode() if body is not None else b""
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        data = (f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n{head}Content-Type: application/json\r\n"
+                f"Content-Length: {len(payload)}\r\n\r\n").encode() + payload
+        reader, writer = self.idle.pop() if self.idle else await asyncio.open_connection(self.host, self.port)
+        try:
+            writer.write(data)
+            status_line, _, rest = (await reader.readuntil(b"\r\n\r\n")).partition(b"\r\n")
+            length = next((int(line.split(b":", 1)[1]) for line in rest.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), None)
+            if length is None:
+                raise ValueError(f"no Content-Length in the answer: {status_line!r}")
+            answer = await reader.readexactly(length)
+        except BaseException:
+            writer.close()
+            raise
+        self.idle.append((reader, writer))
+        return int(status_line.split()[1]), json.loads(answer) if answer else None
+
+    async def close(self) -> None:
+        for _, writer in self.idle:
+            writer.close()
+        self.idle.clear()
+
+
 async def http_load(base: str, keys: dict[str, str], parties: Parties, rate: float, seconds: float,
-                    patients: list[str]) -> dict[str, Any]:
-    import httpx
+                    patients: list[str], meter: CpuMeter | None = None) -> dict[str, Any]:
 
     from services.application.registries import starter_signing_key
     from services.domain.signature import sign_prescription_request
@@ -105,21 +188,20 @@ async def http_load(base: str, keys: dict[str, str], parties: Parties, rate: flo
     h = {"Authorization": f"Bearer {keys['hospital']}"}
     ph = {"Authorization": f"Bearer {keys['pharmacist']}"}
     py = {"Authorization": f"Bearer {keys['pharmacy']}"}
-    limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
-
-    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
+    client = Client(base)
+    try:
         async def call(name: str, method: str, path: str, headers: dict[str, str], body: Any = None) -> Any:
             t0 = time.perf_counter()
             try:
-                r = await client.request(method, path, json=body, headers=headers)
-            except httpx.HTTPError:
-                errors[name] += 1
+                status, answer = await asyncio.wait_for(client.request(method, path, headers, body), 30)
+            except (OSError, ValueError, asyncio.IncompleteReadError, TimeoutError) as e:
+                errors[f"{name} {type(e).__name__}"] += 1
                 return None
             latencies[name].append(time.perf_counter() - t0)
-            if r.status_code >= 300:
-                errors[name] += 1
+            if status >= 300:
+                errors[f"{name} {status}"] += 1
                 return None
-            return r.json()
+            return answer
 
         async def journey() -> None:
             visit = visit_body(parties.hospital, parties.physician, parties.region, national_id=patients.pop(),
@@ -147,6 +229,8 @@ async def http_load(base: str, keys: dict[str, str], parties: Parties, rate: flo
 
         journeys_per_s = rate / 6
         tasks = []
+        if meter is not None:
+            meter.take()
         started = time.perf_counter()
         n = 0
         while (now := time.perf_counter() - started) < seconds:
@@ -157,14 +241,44 @@ async def http_load(base: str, keys: dict[str, str], parties: Parties, rate: flo
             await asyncio.sleep(0.002)
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - started
+    finally:
+        await client.close()
     everything = [x for v in latencies.values() for x in v]
+    spent = meter.take() if meter is not None else {}
     return {
         "journeys": n, "requests": len(everything), "seconds": round(elapsed, 2),
         "throughput_rps": round(len(everything) / elapsed, 1), "errors": dict(errors),
         "p50_ms": round(pct(everything, 0.5) * 1000, 1), "p99_ms": round(pct(everything, 0.99) * 1000, 1),
+        "cpu_ms_per_request": {k: round(v * 1000 / max(1, len(everything)), 2) for k, v in spent.items()},
+        "cpu_cores_busy": {k: round(v / elapsed, 2) for k, v in spent.items()},
         "by_operation": {k: {"n": len(v), "p50_ms": round(pct(v, 0.5) * 1000, 1),
                              "p99_ms": round(pct(v, 0.99) * 1000, 1)} for k, v in latencies.items()},
     }
+
+
+P99_TARGET_MS = 50.0
+"""Issue 15: 500 req/s sustained with p99 under 50 ms and no errors."""
+
+
+def served(step: dict[str, Any]) -> bool:
+    """A step the API kept up with: ≥ 95 % of the offered rate, p99 under the target, no errors."""
+    return (step["throughput_rps"] >= 0.95 * step["target_rps"] and step["p99_ms"] < P99_TARGET_MS
+            and not sum(step["errors"].values()))
+
+
+def saturation(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The highest offered rate served (``served``) and the highest rate achieved at any step."""
+    ok = [s["target_rps"] for s in steps if served(s)]
+    return {"saturation_point_rps": max(ok) if ok else None,
+            "max_achieved_rps": max(s["throughput_rps"] for s in steps)}
+
+
+def step_line(step: dict[str, Any]) -> str:
+    cpu = step["cpu_ms_per_request"]
+    return (f"offered {step['target_rps']:6.0f} req/s  achieved {step['throughput_rps']:6.1f}  "
+            f"p50 {step['p50_ms']:7.1f} ms  p99 {step['p99_ms']:7.1f} ms  errors {sum(step['errors'].values()):4d}  "
+            f"CPU ms/request: api {cpu.get('api', 0):.2f} postgres {cpu.get('postgres', 0):.2f} "
+            f"client {cpu.get('client', 0):.2f}  {'served' if served(step) else 'NOT served'}")
 
 
 async def intake_load(database_url: str, bootstrap: str, application: Any, parties: Parties, commands: int,
@@ -275,8 +389,11 @@ def check_after(database_url: str, bootstrap: str, env: dict[str, str]) -> dict[
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=200.0, help="HTTP requests per second (open loop)")
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--commands", type=int, default=5000, help="Kafka intake commands")
+    parser.add_argument("--rates", default="",
+                        help="comma-separated offered rates, one step each (e.g. 200,300,400,500): prints a line per "
+                             "step and the saturation point; overrides --rate")
+    parser.add_argument("--seconds", type=float, default=20.0, help="seconds of load (per step with --rates)")
+    parser.add_argument("--commands", type=int, default=5000, help="Kafka intake commands (0: skip the intake)")
     parser.add_argument("--batch", type=int, default=500, help="intake max_records per batch")
     parser.add_argument("--no-check", dest="check", action="store_false",
                         help="skip the checks after the load (verify, R8, projections = rebuild)")
@@ -311,17 +428,27 @@ def main() -> int:
         if not wait_for_port("127.0.0.1", port, 30):
             raise SystemExit("API did not start")
         base = f"http://127.0.0.1:{port}"
-        patients = insured_patients(app, parties, int((args.rate * args.seconds + 40) / 6 * 1.2) + 20)
+        rates = [float(r) for r in args.rates.split(",") if r.strip()] or [args.rate]
+        patients = insured_patients(app, parties, int((sum(rates) * args.seconds + 40) / 6 * 1.2) + 20)
         asyncio.run(http_load(base, tokens, parties, 20, 2, patients))  # warm-up (pools, caches)
-        http = asyncio.run(http_load(base, tokens, parties, args.rate, args.seconds, patients))
+        meter = CpuMeter(api.pid, pg.pgdata)
+        steps = []
+        for rate in rates:
+            step = asyncio.run(http_load(base, tokens, parties, rate, args.seconds, patients, meter))
+            steps.append({"target_rps": rate, **step})
+            print(step_line(steps[-1]), file=sys.stderr, flush=True)
+        http: dict[str, Any] = steps[-1] if len(steps) == 1 else {"steps": steps, **saturation(steps)}
+        if len(steps) > 1:
+            print(f"saturation point: {http['saturation_point_rps']} req/s offered (p99 < {P99_TARGET_MS:.0f} ms, "
+                  f"no errors); at most {http['max_achieved_rps']} req/s achieved", file=sys.stderr, flush=True)
         intake = asyncio.run(intake_load(database_url, bootstrap, app, parties, args.commands, args.batch,
-                                         insured_patients(app, parties, args.commands)))
+                                         insured_patients(app, parties, args.commands))) if args.commands else {}
         api.terminate()
         api.wait(10)
         api = None
         checks = check_after(database_url, bootstrap, env) if args.check else {"skipped": True}
         report = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "shared": True},
-                  "http_issue_to_dispense": {"target_rps": args.rate, **http}, "kafka_intake": intake,
+                  "http_issue_to_dispense": http, "kafka_intake": intake,
                   "checks_after_load": checks,
                   "at": datetime.now(UTC).isoformat(timespec="seconds")}
         print(json.dumps(report, indent=2))

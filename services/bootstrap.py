@@ -237,7 +237,7 @@ async def serve_api(settings: Settings, stop: asyncio.Event, *, application: RxT
             yield
 
     config = uvicorn.Config(build_api(settings, application=application), host=settings.api_host,
-                            port=settings.api_port, log_level="warning", lifespan="on")
+                            port=settings.api_port, log_level="warning", lifespan="on", access_log=False)
     sock = config.bind_socket()
     workers = 1 if application is not None else settings.resolved_api_workers
     spawn = multiprocessing.get_context("spawn")
@@ -271,7 +271,8 @@ def _api_worker(settings: Settings, sock: Any) -> None:
     with contextlib.suppress(OSError, AttributeError):  # Linux: SIGTERM when the parent dies, even by SIGKILL
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     configure_logging(settings.log_level)
-    uvicorn.Server(uvicorn.Config(build_api(settings), log_level="warning", lifespan="on")).run(sockets=[sock])
+    uvicorn.Server(uvicorn.Config(build_api(settings), log_level="warning", lifespan="on", access_log=False)).run(
+        sockets=[sock])
 
 
 # --- the relay ------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+from anyio import to_thread
 from fastapi import FastAPI
 
 from services.adapters.pool import open_pool
@@ -47,6 +48,11 @@ def create_app(settings: Settings | None = None, *, application: RxTrail | None 
             raise RuntimeError("create_app needs application= or application_factory= (services.bootstrap.build_api "
                                "gives one)")
         pool = open_pool(database_url, max_size=pool_size)
+        # At most pool_size requests in threads at once (anyio's default is 40): a thread never waits for a pooled
+        # connection (the store keeps pool_size open, the read pool grows to it), the rest queue on the event
+        # loop. With 40, a burst had threads wait for the pools to open connections (slow on a busy machine), past
+        # the API's short pool wait: 503s under load, and 40 threads contending for the GIL.
+        to_thread.current_default_thread_limiter().total_tokens = pool_size
         app.state.runtime = Runtime(application=rx_app, pool=pool, gate=Gate(rx_app.store),
                                     reads=Reads(rx_app.store, pool))
         try:

@@ -13,7 +13,7 @@ do, and a second writer of the same command id fails the whole transaction on th
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 from uuid import UUID
 
@@ -100,8 +100,10 @@ class OutcomeRecorder(PostgresApplicationRecorder):
             "INSERT INTO {table} (command_id, command_type, status, outcome) VALUES (%s, %s, %s, %s::jsonb)"
         ).format(table=table)
         self._select_many = SQL(
-            "SELECT originator_id, originator_version, topic, state FROM {table} "
-            "WHERE originator_id = ANY(%s) ORDER BY originator_id, originator_version"
+            "SELECT e.originator_id, e.originator_version, e.topic, e.state FROM {table} e "
+            "JOIN unnest(%s::uuid[], %s::bigint[]) AS k(id, after) "
+            "ON e.originator_id = k.id AND e.originator_version > k.after "
+            "ORDER BY e.originator_id, e.originator_version"
         ).format(table=Identifier(self.datastore.schema, self.events_table_name))
         self._select_outcomes = SQL("SELECT command_id, outcome::text AS outcome FROM {table} "
                                     "WHERE command_id = ANY(%s)").format(table=table)
@@ -128,13 +130,18 @@ class OutcomeRecorder(PostgresApplicationRecorder):
                 return None
             return self._fetch_ids_after_insert_events(inserted, stored_events, **kwargs)
 
-    def select_events_many(self, originator_ids: Sequence[UUID]) -> dict[UUID, list[StoredEvent]]:
-        """Every stored event of several aggregates in one round trip, by aggregate, in version order."""
+    def select_events_many(
+        self, originator_ids: Sequence[UUID], after: Mapping[UUID, int] | None = None
+    ) -> dict[UUID, list[StoredEvent]]:
+        """The stored events of several aggregates in one round trip, by aggregate, in version order: every event,
+        or for an id in ``after`` only those after that version (the caller holds the aggregate up to it)."""
         found: dict[UUID, list[StoredEvent]] = {}
         if not originator_ids:
             return found
+        ids = list(originator_ids)
+        versions = [after.get(i, 0) for i in ids] if after else [0] * len(ids)
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(self._select_many, (list(originator_ids),), prepare=True)
+            curs.execute(self._select_many, (ids, versions), prepare=True)
             for row in curs.fetchall():
                 found.setdefault(row["originator_id"], []).append(
                     StoredEvent(

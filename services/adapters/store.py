@@ -15,9 +15,21 @@ from eventsourcing.persistence import Mapper, Transcoder
 from eventsourcing.utils import get_topic
 
 from events.base import DomainEvent, Snapshot
+from services.adapters.aggregate_cache import AggregateCache
 from services.adapters.persistence import OutcomeRecorder, PydanticJSONTranscoder, PydanticMapper
 from services.application.ports import Projector
+from services.domain.aggregate import Aggregate
 from services.domain.prescription import Prescription, project_prescription
+from services.domain.registries import (
+    ChronicDiseaseList,
+    DeliveryEnterprise,
+    DrugListing,
+    EmergencyDeclarations,
+    Institution,
+    Pharmacist,
+    Pharmacy,
+    Physician,
+)
 from services.infra.settings import eventsourcing_env
 
 APP_NAME = "rxtrail"
@@ -27,6 +39,12 @@ OUTCOMES_TABLE = f"{APP_NAME}_command_outcomes"
 DEFAULT_SNAPSHOT_INTERVAL = 50
 
 A = TypeVar("A")
+
+SHARED = (Institution, Physician, Pharmacist, Pharmacy, DeliveryEnterprise, DrugListing, ChronicDiseaseList,
+          EmergencyDeclarations)
+"""Registry aggregates many commands read: held whenever loaded."""
+ONE_COMMAND = 64
+"""A load of at most this many aggregates (one command's) holds them all; a batch's load holds only ``SHARED``."""
 
 
 class RxTrailStore(Application[Any]):
@@ -41,6 +59,7 @@ class RxTrailStore(Application[Any]):
         if snapshot_interval < 1:
             raise ValueError("snapshot_interval must be at least 1")
         self.snapshotting_intervals = {Prescription: snapshot_interval}  # type: ignore[misc]  # per instance
+        self.cache = AggregateCache()
         super().__init__(env=env)
 
     def construct_transcoder(self) -> Transcoder:
@@ -69,8 +88,31 @@ class RxTrailStore(Application[Any]):
         return loaded
 
     def load_many(self, aggregate_ids: Sequence[UUID], projector: Projector) -> dict[UUID, Any]:
-        found = self.outcome_recorder.select_events_many(aggregate_ids)
-        return {i: projector(None, map(self.mapper.to_domain_event, found.get(i, []))) for i in aggregate_ids}
+        """One round trip; an aggregate this process holds (``aggregate_cache``) is read from its held version on:
+        the store returns only the events after it, folded onto a copy."""
+        held = self.cache.held(aggregate_ids)
+        small = len(aggregate_ids) <= ONE_COMMAND  # a batch's many patients and visits are not copied to be held
+        found = self.outcome_recorder.select_events_many(aggregate_ids, {i: a.version for i, a in held.items()})
+        loaded: dict[UUID, Any] = {}
+        fresh = []
+        for i in aggregate_ids:
+            base, events = held.get(i), found.get(i)
+            if base is not None and not events:
+                loaded[i] = self.cache.copy(base)
+                continue
+            start = self.cache.copy(base) if base is not None else None
+            loaded[i] = state = projector(start, map(self.mapper.to_domain_event, events or []))
+            if isinstance(state, Aggregate) and (small or base is not None or isinstance(state, SHARED)):
+                fresh.append(state)
+        self.cache.keep(fresh)
+        return loaded
+
+    def save(self, *objs: Any, **kwargs: Any) -> Any:
+        """eventsourcing's save; the saved aggregates' committed states are then held (``aggregate_cache``) as they
+        are: the unit of work that saved them is done with them (``RxTrail`` drops a unit once it is saved)."""
+        recordings = super().save(*objs, **kwargs)
+        self.cache.keep((o for o in objs if isinstance(o, Aggregate)), copy=False)
+        return recordings
 
     def events_of(self, aggregate_id: UUID, *, lte: int | None = None) -> list[DomainEvent]:
         return cast(list[DomainEvent], list(self.events.get(aggregate_id, lte=lte)))

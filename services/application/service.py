@@ -676,17 +676,23 @@ def _prefetch(uow: UnitOfWork, commands: Sequence[c.Command], patient_ref: Calla
     batch's size: (1) what the commands name (so creations are checked for duplicates without a read each), with the
     registry facts they name; (2) what those aggregates name (the visit's physician and region, the hospital's
     physical institution, the patient's ledgers and status); (3) supply ledgers of generics the drug catalog names
-    differently from the drug code. Loading is all it does: handlers still ``get`` what they read."""
+    differently from the drug code. Loading is all it does: handlers still ``get`` what they read.
+
+    With an event store that holds aggregates (``RxTrailStore.cache``), phases 2 and 3 are asked for in the first
+    round trip too, as the held states name them; what the loaded states name differently is read after."""
+    held = getattr(getattr(uow.store, "cache", None), "peek", None)
     wanted: dict[type[Aggregate], list[UUID]] = {kind: [] for kind in _PREFETCHED}
     for cmd in commands:
         _named(cmd, wanted, patient_ref)
+        if held is not None:
+            _read_through(cmd, held, wanted)
+            _supply_keys(cmd, held, wanted)
     uow.prefetch_all(wanted)
-    wanted = {kind: [] for kind in _PREFETCHED}
-    for cmd in commands:
-        _read_through(cmd, uow, wanted)
-    uow.prefetch_all(wanted)
-    ledgers = [SupplyLedger.id_for(ref, generic) for cmd in commands for ref, generic in _supply_keys(cmd, uow)]
-    uow.prefetch_all({SupplyLedger: ledgers})
+    for phase in (_read_through, _supply_keys):
+        wanted = {kind: [] for kind in _PREFETCHED}
+        for cmd in commands:
+            phase(cmd, uow.peek, wanted)
+        uow.prefetch_all(wanted)  # no round trip when everything is loaded already
 
 
 _PREFETCHED: tuple[type[Aggregate], ...] = (
@@ -730,14 +736,17 @@ def _named(cmd: c.Command, wanted: dict[type[Aggregate], list[UUID]],
         wanted[Pharmacy].append(Pharmacy.id_for(cmd.dispenser_id))
 
 
-def _read_through(cmd: c.Command, uow: UnitOfWork, wanted: dict[type[Aggregate], list[UUID]]) -> None:
+Peek = Callable[[UUID], Aggregate | None]
+
+
+def _read_through(cmd: c.Command, peek: Peek, wanted: dict[type[Aggregate], list[UUID]]) -> None:
     """The aggregates a command reads through the ones it names (phase 2 of ``_prefetch``)."""
     hospital_id: str | None = None
     if isinstance(cmd, c.RecordFollowUpVisit):
         hospital_id = cmd.hospital_id
     elif isinstance(cmd, c.IssuePrescription):
         hospital_id = cmd.hospital_id
-        encounter = uow.peek(cmd.encounter_id)
+        encounter = peek(cmd.encounter_id)
         if isinstance(encounter, Encounter):
             wanted[Physician].append(Physician.id_for(encounter.physician_id))
             wanted[Institution].append(Institution.id_for(encounter.original_institution_id))
@@ -746,7 +755,7 @@ def _read_through(cmd: c.Command, uow: UnitOfWork, wanted: dict[type[Aggregate],
             wanted[SupplyLedger].extend(SupplyLedger.id_for(encounter.patient_ref, generic_code_of(i.drug_code))
                                         for i in cmd.items)
     elif isinstance(cmd, c.PrescriptionCommand | c.SettlePrescription | c.SettleConsultation):
-        rx = uow.peek(cmd.encounter_id if isinstance(cmd, c.SettleConsultation) else cmd.prescription_id)
+        rx = peek(cmd.encounter_id if isinstance(cmd, c.SettleConsultation) else cmd.prescription_id)
         if isinstance(rx, Prescription | Encounter) and isinstance(cmd, c.SettlePrescription | c.SettleConsultation):
             wanted[PatientStatus].append(PatientStatus.id_for(rx.patient_ref))
         if isinstance(rx, Prescription) and isinstance(cmd, c.RoutePrescription) and rx.preferred_pharmacy_id:
@@ -755,7 +764,7 @@ def _read_through(cmd: c.Command, uow: UnitOfWork, wanted: dict[type[Aggregate],
             wanted[DrugListing].extend(DrugListing.id_for(i.drug_code) for i in rx.items)
             wanted[SupplyLedger].extend(SupplyLedger.id_for(rx.patient_ref, generic_code_of(i.drug_code))
                                         for i in rx.items)
-    hospital = uow.peek(Institution.id_for(hospital_id)) if hospital_id is not None else None
+    hospital = peek(Institution.id_for(hospital_id)) if hospital_id is not None else None
     if isinstance(hospital, Institution) and hospital.physical_institution_id:
         wanted[Institution].append(Institution.id_for(hospital.physical_institution_id))
 
@@ -763,23 +772,21 @@ def _read_through(cmd: c.Command, uow: UnitOfWork, wanted: dict[type[Aggregate],
 _RELEASING = (c.CancelPrescription, c.RejectPrescription, c.ExpirePrescription)
 
 
-def _supply_keys(cmd: c.Command, uow: UnitOfWork) -> list[tuple[str, str]]:
-    """(patient_ref, generic) of the ledgers an issue reserves or an ending releases, by the catalog's generic
+def _supply_keys(cmd: c.Command, peek: Peek, wanted: dict[type[Aggregate], list[UUID]]) -> None:
+    """The ledgers (patient_ref, generic) an issue reserves or an ending releases, by the catalog's generic
     (phase 3 of ``_prefetch``; the ones already loaded in phase 2 are not read again)."""
     holder = None
     if isinstance(cmd, c.IssuePrescription):
-        holder, items = uow.peek(cmd.encounter_id), cmd.items
+        holder, items = peek(cmd.encounter_id), cmd.items
     elif isinstance(cmd, _RELEASING):
-        holder = uow.peek(cmd.prescription_id)
+        holder = peek(cmd.prescription_id)
         items = holder.items if isinstance(holder, Prescription) else ()
     if not isinstance(holder, Encounter | Prescription):
-        return []
-    keys = []
+        return
     for item in items:
-        listing = uow.peek(DrugListing.id_for(item.drug_code))
+        listing = peek(DrugListing.id_for(item.drug_code))
         if isinstance(listing, DrugListing) and listing.generic_code:
-            keys.append((holder.patient_ref, listing.generic_code))
-    return keys
+            wanted[SupplyLedger].append(SupplyLedger.id_for(holder.patient_ref, listing.generic_code))
 
 
 def _addressed(command: c.Command) -> UUID | None:

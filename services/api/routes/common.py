@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+from starlette.concurrency import run_in_threadpool
+
 from services.adapters.api_keys import Party
 from services.api import models as m
 from services.api.deps import Runtime, command_id
@@ -49,9 +51,13 @@ def visit_public(enc: Encounter) -> m.VisitPublic:
     )
 
 
-def run(rt: Runtime, party: Party, command: c.Command) -> m.CommandResultPublic:
-    """Send a command as ``party``; the accepted outcome as the response (a refusal raises, see errors.py)."""
-    return m.CommandResultPublic.of(rt.execute(party, command))
+async def run(rt: Runtime, party: Party, command: c.Command) -> m.CommandResultPublic:
+    """Send a command as ``party``; the accepted outcome as the response (a refusal raises, see errors.py).
+
+    The command endpoints are ``async def`` and hand only the write (blocking psycopg) to a thread: FastAPI runs a
+    plain ``def`` endpoint in a thread and then validates its response in a thread again, two hand-offs where
+    one does (building the command from the validated body is CPU only)."""
+    return m.CommandResultPublic.of(await run_in_threadpool(rt.execute, party, command))
 
 
 def rx_command(cls: type[c.PrescriptionCommand], party: Party, key: str | None, prescription_id: UUID,

@@ -17,9 +17,10 @@ router = APIRouter(prefix="/hospital", tags=["hospital"], responses=ERRORS)
 
 @router.post("/visits", status_code=201, response_model=m.CommandResultPublic,
              summary="Record an online follow-up visit")
-def record_visit(body: m.VisitCreate, party: Hospital, rt: Rt, key: IdempotencyKey = None) -> m.CommandResultPublic:
+async def record_visit(body: m.VisitCreate, party: Hospital, rt: Rt,
+                       key: IdempotencyKey = None) -> m.CommandResultPublic:
     command = c.RecordFollowUpVisit(command_id=command_id(party, key), hospital_id=party.id, **body.model_dump())
-    return run(rt, party, command)
+    return await run(rt, party, command)
 
 
 @router.get("/visits", response_model=m.VisitPage, summary="This hospital's visits")
@@ -35,10 +36,10 @@ def get_visit(visit_id: UUID, party: Hospital, rt: Rt) -> m.VisitPublic:
 
 @router.post("/prescriptions", status_code=201, response_model=m.CommandResultPublic,
              summary="Issue a prescription from a recorded visit")
-def issue_prescription(body: m.PrescriptionCreate, party: Hospital, rt: Rt,
-                       key: IdempotencyKey = None) -> m.CommandResultPublic:
+async def issue_prescription(body: m.PrescriptionCreate, party: Hospital, rt: Rt,
+                             key: IdempotencyKey = None) -> m.CommandResultPublic:
     command = c.IssuePrescription(command_id=command_id(party, key), hospital_id=party.id, **body.model_dump())
-    return run(rt, party, command)
+    return await run(rt, party, command)
 
 
 @router.get("/prescriptions", response_model=m.PrescriptionPage, summary="This hospital's prescriptions")
@@ -55,16 +56,16 @@ def get_hospital_prescription(prescription_id: RxId, party: Hospital, rt: Rt) ->
 
 @router.post("/prescriptions/{prescription_id}/cancellation", response_model=m.CommandResultPublic,
              summary="Cancel a prescription")
-def cancel(prescription_id: RxId, body: m.CancellationCreate, party: Hospital, rt: Rt,
-           key: IdempotencyKey = None) -> m.CommandResultPublic:
-    return run(rt, party, rx_command(c.CancelPrescription, party, key, prescription_id, body))
+async def cancel(prescription_id: RxId, body: m.CancellationCreate, party: Hospital, rt: Rt,
+                 key: IdempotencyKey = None) -> m.CommandResultPublic:
+    return await run(rt, party, rx_command(c.CancelPrescription, party, key, prescription_id, body))
 
 
 @router.post("/prescriptions/{prescription_id}/routing", response_model=m.CommandResultPublic,
              summary="Route an approved prescription to the pharmacy the patient chose")
-def route(prescription_id: RxId, body: m.RoutingCreate, party: Hospital, rt: Rt,
-          key: IdempotencyKey = None) -> m.CommandResultPublic:
-    return run(rt, party, rx_command(c.RoutePrescription, party, key, prescription_id, body))
+async def route(prescription_id: RxId, body: m.RoutingCreate, party: Hospital, rt: Rt,
+                key: IdempotencyKey = None) -> m.CommandResultPublic:
+    return await run(rt, party, rx_command(c.RoutePrescription, party, key, prescription_id, body))
 
 
 # --- dispensing its own prescriptions (routed to itself: pharmacy_id null) -------------------------------
@@ -72,46 +73,46 @@ def route(prescription_id: RxId, body: m.RoutingCreate, party: Hospital, rt: Rt,
 
 @router.post("/prescriptions/{prescription_id}/validity", response_model=m.CommandResultPublic,
              summary="Extend a prescription's validity (R19: its physician, at most validity_days after issue)")
-def extend_validity(prescription_id: RxId, body: m.ValidityExtensionCreate, party: Hospital, rt: Rt,
-                    key: IdempotencyKey = None) -> m.CommandResultPublic:
-    return run(rt, party, rx_command(c.ExtendValidity, party, key, prescription_id, body))
+async def extend_validity(prescription_id: RxId, body: m.ValidityExtensionCreate, party: Hospital, rt: Rt,
+                          key: IdempotencyKey = None) -> m.CommandResultPublic:
+    return await run(rt, party, rx_command(c.ExtendValidity, party, key, prescription_id, body))
 
 
 @router.post("/prescriptions/{prescription_id}/acceptance", response_model=m.CommandResultPublic,
              summary="Accept a prescription this hospital routed to itself")
-def accept_own(prescription_id: RxId, body: m.AcceptanceCreate, party: Hospital, rt: Rt,
-               key: IdempotencyKey = None) -> m.CommandResultPublic:
-    return run(rt, party, rx_command(c.AcceptPrescription, party, key, prescription_id, body,
-                                     dispenser_id=party.id))
+async def accept_own(prescription_id: RxId, body: m.AcceptanceCreate, party: Hospital, rt: Rt,
+                     key: IdempotencyKey = None) -> m.CommandResultPublic:
+    return await run(rt, party, rx_command(c.AcceptPrescription, party, key, prescription_id, body,
+                                           dispenser_id=party.id))
 
 
 @router.post("/prescriptions/{prescription_id}/dispenses", status_code=201, response_model=m.CommandResultPublic,
              summary="Dispense its own prescription: one trace code per pack (R8); price at most the registry's "
                      "cap for its physical institution (R7)")
-def dispense_own(prescription_id: RxId, body: m.DispenseCreate, party: Hospital, rt: Rt,
-                 key: IdempotencyKey = None) -> m.CommandResultPublic:
-    return run(rt, party, rx_command(c.DispensePrescription, party, key, prescription_id, body,
-                                     dispenser_id=party.id))
+async def dispense_own(prescription_id: RxId, body: m.DispenseCreate, party: Hospital, rt: Rt,
+                       key: IdempotencyKey = None) -> m.CommandResultPublic:
+    return await run(rt, party, rx_command(c.DispensePrescription, party, key, prescription_id, body,
+                                           dispenser_id=party.id))
 
 
 @router.post("/prescriptions/{prescription_id}/dispenses/{dispense_no}/withdrawal",
              response_model=m.CommandResultPublic, summary="Withdraw one of its own dispenses")
-def withdraw_own(prescription_id: RxId, dispense_no: Annotated[int, Path(ge=1, le=10_000)],
-                 body: m.WithdrawalCreate, party: Hospital, rt: Rt,
-                 key: IdempotencyKey = None) -> m.CommandResultPublic:
-    return run(rt, party, rx_command(c.WithdrawDispense, party, key, prescription_id, body,
-                                     dispense_no=dispense_no))
+async def withdraw_own(prescription_id: RxId, dispense_no: Annotated[int, Path(ge=1, le=10_000)],
+                       body: m.WithdrawalCreate, party: Hospital, rt: Rt,
+                       key: IdempotencyKey = None) -> m.CommandResultPublic:
+    return await run(rt, party, rx_command(c.WithdrawDispense, party, key, prescription_id, body,
+                                           dispense_no=dispense_no))
 
 
 @router.post("/prescriptions/{prescription_id}/pack-returns", response_model=m.CommandResultPublic,
              summary="Packs handed back before collection: their trace codes go back to stock (R8)")
-def return_own_packs(prescription_id: RxId, body: m.PackReturnCreate, party: Hospital, rt: Rt,
-                     key: IdempotencyKey = None) -> m.CommandResultPublic:
-    return run(rt, party, rx_command(c.ReturnPacks, party, key, prescription_id, body, dispenser_id=party.id))
+async def return_own_packs(prescription_id: RxId, body: m.PackReturnCreate, party: Hospital, rt: Rt,
+                           key: IdempotencyKey = None) -> m.CommandResultPublic:
+    return await run(rt, party, rx_command(c.ReturnPacks, party, key, prescription_id, body, dispenser_id=party.id))
 
 
 @router.post("/prescriptions/{prescription_id}/collection", response_model=m.CommandResultPublic,
              summary="The patient collected its own dispensed prescription in person")
-def collected_own(prescription_id: RxId, body: m.CollectionCreate, party: Hospital, rt: Rt,
-                  key: IdempotencyKey = None) -> m.CommandResultPublic:
-    return run(rt, party, rx_command(c.MarkCollected, party, key, prescription_id, body))
+async def collected_own(prescription_id: RxId, body: m.CollectionCreate, party: Hospital, rt: Rt,
+                        key: IdempotencyKey = None) -> m.CommandResultPublic:
+    return await run(rt, party, rx_command(c.MarkCollected, party, key, prescription_id, body))

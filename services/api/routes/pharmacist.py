@@ -31,15 +31,15 @@ def get_for_review(prescription_id: RxId, party: Pharmacist, rt: Rt) -> m.Prescr
 
 @router.post("/prescriptions/{prescription_id}/approval", response_model=m.CommandResultPublic,
              summary="Approve a prescription")
-def approve(prescription_id: RxId, body: m.ApprovalCreate, party: Pharmacist, rt: Rt,
-            key: IdempotencyKey = None) -> m.CommandResultPublic:
-    return run(rt, party, rx_command(c.ApprovePrescription, party, key, prescription_id, body,
-                                     pharmacist_id=party.id))
+async def approve(prescription_id: RxId, body: m.ApprovalCreate, party: Pharmacist, rt: Rt,
+                  key: IdempotencyKey = None) -> m.CommandResultPublic:
+    return await run(rt, party, rx_command(c.ApprovePrescription, party, key, prescription_id, body,
+                                           pharmacist_id=party.id))
 
 
 @router.post("/prescriptions/{prescription_id}/rejection", response_model=m.CommandResultPublic,
              summary="Reject a prescription, with reasons")
-def reject(prescription_id: RxId, body: m.RejectionCreate, party: Pharmacist, rt: Rt,
-           key: IdempotencyKey = None) -> m.CommandResultPublic:
-    return run(rt, party, rx_command(c.RejectPrescription, party, key, prescription_id, body,
-                                     pharmacist_id=party.id))
+async def reject(prescription_id: RxId, body: m.RejectionCreate, party: Pharmacist, rt: Rt,
+                 key: IdempotencyKey = None) -> m.CommandResultPublic:
+    return await run(rt, party, rx_command(c.RejectPrescription, party, key, prescription_id, body,
+                                           pharmacist_id=party.id))

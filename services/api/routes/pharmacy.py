@@ -39,60 +39,60 @@ def get_routed(prescription_id: RxId, party: Pharmacy, rt: Rt) -> m.Prescription
 
 @router.post("/prescriptions/{prescription_id}/acceptance", response_model=m.CommandResultPublic,
              summary="Accept a routed prescription")
-def accept(prescription_id: RxId, body: m.AcceptanceCreate, party: Pharmacy, rt: Rt,
-           key: IdempotencyKey = None) -> m.CommandResultPublic:
-    return run(rt, party, rx_command(c.AcceptPrescription, party, key, prescription_id, body,
-                                     dispenser_id=party.id))
+async def accept(prescription_id: RxId, body: m.AcceptanceCreate, party: Pharmacy, rt: Rt,
+                 key: IdempotencyKey = None) -> m.CommandResultPublic:
+    return await run(rt, party, rx_command(c.AcceptPrescription, party, key, prescription_id, body,
+                                           dispenser_id=party.id))
 
 
 @router.post("/prescriptions/{prescription_id}/return", response_model=m.CommandResultPublic,
              summary="Return (decline) a routed prescription")
-def give_back(prescription_id: RxId, body: m.ReturnCreate, party: Pharmacy, rt: Rt,
-              key: IdempotencyKey = None) -> m.CommandResultPublic:
-    return run(rt, party, rx_command(c.ReturnPrescription, party, key, prescription_id, body,
-                                     dispenser_id=party.id))
+async def give_back(prescription_id: RxId, body: m.ReturnCreate, party: Pharmacy, rt: Rt,
+                    key: IdempotencyKey = None) -> m.CommandResultPublic:
+    return await run(rt, party, rx_command(c.ReturnPrescription, party, key, prescription_id, body,
+                                           dispenser_id=party.id))
 
 
 @router.post("/prescriptions/{prescription_id}/dispenses", status_code=201, response_model=m.CommandResultPublic,
              summary="Dispense: one 20-digit trace code per pack (R8; split pack: the opened pack's code and the units); "
                      "caps and payment standards are the registry's (R7)")
-def dispense(prescription_id: RxId, body: m.DispenseCreate, party: Pharmacy, rt: Rt,
-             key: IdempotencyKey = None) -> m.CommandResultPublic:
-    return run(rt, party, rx_command(c.DispensePrescription, party, key, prescription_id, body,
-                                     dispenser_id=party.id))
+async def dispense(prescription_id: RxId, body: m.DispenseCreate, party: Pharmacy, rt: Rt,
+                   key: IdempotencyKey = None) -> m.CommandResultPublic:
+    return await run(rt, party, rx_command(c.DispensePrescription, party, key, prescription_id, body,
+                                           dispenser_id=party.id))
 
 
 @router.post("/prescriptions/{prescription_id}/dispenses/{dispense_no}/withdrawal",
              response_model=m.CommandResultPublic, summary="Withdraw one dispense")
-def withdraw(prescription_id: RxId, dispense_no: Annotated[int, Path(ge=1, le=10_000)], body: m.WithdrawalCreate,
-             party: Pharmacy, rt: Rt, key: IdempotencyKey = None) -> m.CommandResultPublic:
-    return run(rt, party, rx_command(c.WithdrawDispense, party, key, prescription_id, body,
-                                     dispense_no=dispense_no))
+async def withdraw(prescription_id: RxId, dispense_no: Annotated[int, Path(ge=1, le=10_000)], body: m.WithdrawalCreate,
+                   party: Pharmacy, rt: Rt, key: IdempotencyKey = None) -> m.CommandResultPublic:
+    return await run(rt, party, rx_command(c.WithdrawDispense, party, key, prescription_id, body,
+                                           dispense_no=dispense_no))
 
 
 @router.post("/prescriptions/{prescription_id}/pack-returns", response_model=m.CommandResultPublic,
              summary="Packs handed back before hand-over: their trace codes go back to stock (R8)")
-def return_packs(prescription_id: RxId, body: m.PackReturnCreate, party: Pharmacy, rt: Rt,
-                 key: IdempotencyKey = None) -> m.CommandResultPublic:
-    return run(rt, party, rx_command(c.ReturnPacks, party, key, prescription_id, body, dispenser_id=party.id))
+async def return_packs(prescription_id: RxId, body: m.PackReturnCreate, party: Pharmacy, rt: Rt,
+                       key: IdempotencyKey = None) -> m.CommandResultPublic:
+    return await run(rt, party, rx_command(c.ReturnPacks, party, key, prescription_id, body, dispenser_id=party.id))
 
 
 @router.post("/prescriptions/{prescription_id}/delivery", response_model=m.CommandResultPublic,
              summary="Arrange delivery (fee stated to the patient in advance)")
-def arrange_delivery(prescription_id: RxId, body: m.DeliveryCreate, party: Pharmacy, rt: Rt,
-                     key: IdempotencyKey = None) -> m.CommandResultPublic:
-    return run(rt, party, rx_command(c.ArrangeDelivery, party, key, prescription_id, body))
+async def arrange_delivery(prescription_id: RxId, body: m.DeliveryCreate, party: Pharmacy, rt: Rt,
+                           key: IdempotencyKey = None) -> m.CommandResultPublic:
+    return await run(rt, party, rx_command(c.ArrangeDelivery, party, key, prescription_id, body))
 
 
 @router.post("/prescriptions/{prescription_id}/delivered", response_model=m.CommandResultPublic,
              summary="Mark delivered")
-def mark_delivered(prescription_id: RxId, body: m.DeliveredCreate, party: Pharmacy, rt: Rt,
-                   key: IdempotencyKey = None) -> m.CommandResultPublic:
-    return run(rt, party, rx_command(c.MarkDelivered, party, key, prescription_id, body))
+async def mark_delivered(prescription_id: RxId, body: m.DeliveredCreate, party: Pharmacy, rt: Rt,
+                         key: IdempotencyKey = None) -> m.CommandResultPublic:
+    return await run(rt, party, rx_command(c.MarkDelivered, party, key, prescription_id, body))
 
 
 @router.post("/prescriptions/{prescription_id}/collection", response_model=m.CommandResultPublic,
              summary="Mark collected in person")
-def mark_collected(prescription_id: RxId, body: m.CollectionCreate, party: Pharmacy, rt: Rt,
-                   key: IdempotencyKey = None) -> m.CommandResultPublic:
-    return run(rt, party, rx_command(c.MarkCollected, party, key, prescription_id, body))
+async def mark_collected(prescription_id: RxId, body: m.CollectionCreate, party: Pharmacy, rt: Rt,
+                         key: IdempotencyKey = None) -> m.CommandResultPublic:
+    return await run(rt, party, rx_command(c.MarkCollected, party, key, prescription_id, body))

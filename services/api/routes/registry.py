@@ -110,8 +110,8 @@ def _route(cls: type[c.RegistryCommand], slug: str) -> None:
     body_cls = body_model(cls)
     BODY_MODELS.append(body_cls)
 
-    def post(body: Any, party: AnyParty, rt: Rt, key: IdempotencyKey = None) -> m.CommandResultPublic:
-        return run(rt, party, cls(command_id=command_id(party, key), changed_by=str(party), **dict(body)))
+    async def post(body: Any, party: AnyParty, rt: Rt, key: IdempotencyKey = None) -> m.CommandResultPublic:
+        return await run(rt, party, cls(command_id=command_id(party, key), changed_by=str(party), **dict(body)))
 
     post.__annotations__["body"] = body_cls
     post.__name__ = f"registry_{slug.replace('-', '_')}"

@@ -24,6 +24,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 from aiokafka import ConsumerRecord
 from faststream import FastStream
@@ -39,7 +40,10 @@ from services.adapters.asyncapi import INBOUND_DESCRIPTION, INBOUND_TITLE, INTAK
 from services.application import RxTrail
 from services.application import commands as c
 from services.application.access import Gate, Party, PartyKind, find_nul, scoped_command_id
+from services.application.unit_of_work import UnitOfWork
+from services.domain.encounter import Encounter
 from services.domain.errors import DomainError, NotFound
+from services.domain.prescription import Prescription
 from services.workers.base import CommandWorker, DeadLetter, WorkerStats
 
 log = logging.getLogger("rxtrail.inbound")
@@ -158,18 +162,20 @@ class Intake(CommandWorker):
         Outcomes are counted in ``counts`` (default: ``stats``)."""
         counts = self.stats if counts is None else counts
         items = [self.decode(r) for r in records]
+        unit = self._gate_unit(items)  # what the checks read, for the whole batch in one round trip
         run: list[Item] = []
         for item in items:
             if item.command is None or item.sender is None:
                 continue
             try:
                 try:
-                    self.gate.check(item.sender, item.command)
+                    self.gate.check(item.sender, item.command, unit)
                 except NotFound:
                     if not run:
                         raise
                     self._apply(run, counts)
                     run = []
+                    unit = None  # the store holds what the run created: later checks read it afresh
                     self.gate.check(item.sender, item.command)
             except DomainError as exc:
                 item.refusal = self._refusal(item, getattr(item.command, "kind", None), type(exc).__name__,
@@ -180,6 +186,21 @@ class Intake(CommandWorker):
             run.append(item)
         self._apply(run, counts)
         return items
+
+    def _gate_unit(self, items: Sequence[Item]) -> UnitOfWork | None:
+        """The visits and prescriptions the gate checks read, loaded in one round trip (the checks read them one
+        by one otherwise); None when no command needs one."""
+        encounters, prescriptions = [], []
+        for item in items:
+            if isinstance(item.command, c.IssuePrescription):
+                encounters.append(item.command.encounter_id)
+            if isinstance(rx := getattr(item.command, "prescription_id", None), UUID):
+                prescriptions.append(rx)
+        if not encounters and not prescriptions:
+            return None
+        unit = UnitOfWork(self.gate.store)
+        unit.prefetch_all({Encounter: encounters, Prescription: prescriptions})
+        return unit
 
     def _apply(self, run: Sequence[Item], counts: WorkerStats) -> None:
         if not run:

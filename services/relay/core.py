@@ -207,9 +207,12 @@ class BrokerView:
         past it: not a loss) or sent nothing in time (the check is inconclusive, never a loss)."""
         if not wanted:
             return {}
+        # One record per partition is wanted. Tansu ignores the per-partition limit and answers each partition with
+        # up to fetch_max_bytes (aiokafka's default 50 MB): from a mark one check interval back that is everything
+        # relayed since, so the total is bounded too (a broker still returns at least one batch per fetch).
         reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
                                   auto_offset_reset="none", request_timeout_ms=10000, fetch_max_wait_ms=100,
-                                  max_partition_fetch_bytes=64 * 1024)
+                                  max_partition_fetch_bytes=64 * 1024, fetch_max_bytes=1024 * 1024)
         await asyncio.wait_for(reader.start(), 20)
         try:
             tps = {TopicPartition(topic, p): o for p, o in wanted.items()}

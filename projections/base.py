@@ -61,6 +61,7 @@ from uuid import UUID
 
 import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import KafkaError
 from psycopg import sql
 
@@ -150,12 +151,13 @@ def decode(value: bytes | None, headers: Headers, *, topic: str = "", partition:
 
     ``reads``: the event types the caller reads. A message of another type that carries the relay's headers
     (event type, aggregate id and version) is passed from its headers alone (``Delivered.unread``): its value is
-    not parsed, so it is neither checked nor dead-lettered by this caller (a reader of its type does both)."""
+    not parsed, so it is neither checked nor dead-lettered by this caller (a reader of its type does both). A type
+    this code does not know is decoded as before (and so dead-lettered)."""
     if value is None:
         raise Undecodable("empty message value")
     named = _headers(headers)
     event_type = named.get(EVENT_TYPE)
-    if reads is not None and event_type and event_type not in reads:
+    if reads is not None and event_type in EVENT_TYPES and event_type not in reads:  # an unknown type: decode it
         unread = _unread(event_type, named, topic, partition, offset)
         if unread is not None:
             return unread
@@ -256,7 +258,7 @@ def decode_stored(notification_id: int, originator_id: UUID | str, version: int,
     """A stored event (eventsourcing ``topic`` + plain JSON ``state``) as the relay would have delivered it
     (``reads``: as ``decode``, a type not in it is passed by version without parsing ``state``)."""
     type_name = event_type_of(topic)
-    if reads is not None and type_name and type_name not in reads:
+    if reads is not None and type_name in EVENT_TYPES and type_name not in reads:
         aggregate_id = UUID(str(originator_id))
         return Delivered(event=None, event_type=type_name, aggregate_id=aggregate_id, version=int(version),
                          event_id=event_id(str(aggregate_id), int(version)), timestamp=_NO_TIME,
@@ -466,6 +468,7 @@ class RunnerStats:
     dead_lettered: int = 0
     batches: int = 0
     incarnation_resets: int = 0
+    rejoins: int = 0  # the broker answered a rebalance with an assignment the group's leader did not make
     """Partitions read again from the beginning: the topic was not the one the stored offsets belong to."""
     gaps_filled: int = 0
     """Version gaps (n+2 before n+1) closed by reading the missing versions from the record."""
@@ -688,6 +691,43 @@ def verdict(position: Position, seen: Observed) -> tuple[str | None, str | None]
 # --- the loop -------------------------------------------------------------------------------------------------
 
 
+class LeaderAssignments:
+    """The assignment this member made as the group's leader in the latest rebalance, to tell a broker that
+    answers with another one.
+
+    Tansu (0.6) keeps a group at generation 0 and answers every later rebalance with the assignment of the first:
+    when the topic comes back with more partitions (the embedded broker restarted empty and a client's request
+    created it with its own count) the leader assigns every partition, yet each member is given the old ones
+    again and the new partitions are never read — a consumer that skips. When the partitions handed to this
+    member are not one of the sets its own assignor just made, the consumer leaves the group and joins it again
+    as a new member, which the broker assigns afresh. A member that was not the leader made no assignment and
+    checks nothing (its leader, running this same code, does)."""
+
+    def __init__(self) -> None:
+        self.latest: list[frozenset[TopicPartition]] | None = None
+        recorder = self
+
+        class Assignor(RoundRobinPartitionAssignor):  # type: ignore[misc]
+            name = "roundrobin"  # the protocol every member of our groups names
+
+            @classmethod
+            def assign(cls, cluster: Any, member_metadata: Any) -> Any:
+                made = super().assign(cluster, member_metadata)
+                recorder.latest = [frozenset(a.partitions()) for a in made.values()]
+                return made
+
+        self.assignor: type = Assignor
+
+    def stale(self, assigned: Any) -> str | None:
+        made, self.latest = self.latest, None
+        if made is None or frozenset(assigned) in made:
+            return None
+        given = sorted(tp.partition for tp in assigned)
+        wanted = sorted(tp.partition for tp in frozenset().union(*made)) if made else []
+        return (f"the broker assigned partitions {given} after this member, as the group's leader, assigned "
+                f"{wanted} to the {len(made)} member(s)")
+
+
 @dataclass
 class ProjectionConsumer:
     """Consumes `rx.events` for one projection as its own consumer group; offsets live in PostgreSQL.
@@ -732,6 +772,7 @@ class ProjectionConsumer:
                 ensure_epoch(conn, self.schema)
 
             await in_thread(prepare)
+            leader = LeaderAssignments()
             consumer = AIOKafkaConsumer(
                 bootstrap_servers=self.bootstrap, group_id=self.group_id, enable_auto_commit=False,
                 auto_offset_reset="earliest", session_timeout_ms=self.session_timeout_ms,
@@ -739,24 +780,31 @@ class ProjectionConsumer:
                 # a topic that came back with other partitions (recreated; on Tansu, auto-created with 4 by any
                 # request naming it) is assigned anew within one check interval, not the default 5 minutes
                 metadata_max_age_ms=int(max(self.check_interval_s, 1.0) * 1000),
+                partition_assignment_strategy=(leader.assignor,),
             )
             # Seeks happen in this loop, between batches, never inside aiokafka's rebalance callback: there
             # they could read offsets while a batch's transaction is open, and aiokafka may reset the
             # position after the callback anyway.
             unpositioned: set[Any] = set()
+            stale: list[str] = []  # why the group must be joined again as a new member (see LeaderAssignments)
 
             class MarkAssigned(ConsumerRebalanceListener):  # type: ignore[misc]
                 async def on_partitions_revoked(self, revoked: Any) -> None:
                     unpositioned.difference_update(revoked)
+                    leader.latest = None
 
                 async def on_partitions_assigned(self, assigned: Any) -> None:
                     unpositioned.update(assigned)
+                    if (why := leader.stale(assigned)) is not None:
+                        stale.append(why)
+
+            listener = MarkAssigned()
 
             producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap)
             probe = TopicProbe(self.bootstrap)
             await producer.start()
             await probe.start()
-            consumer.subscribe([self.topic], listener=MarkAssigned())
+            consumer.subscribe([self.topic], listener=listener)
             await consumer.start()
             # Pipelining: while one batch is written (its transaction runs in a worker thread), the next is fetched
             # and decoded. Anything else that touches the connection or the positions waits for the write first
@@ -801,8 +849,17 @@ class ProjectionConsumer:
                 loop = asyncio.get_running_loop()
                 idle_since = last_check = epoch_checked = loop.time()
                 while not stop.is_set():
-                    if writing is not None and (unpositioned or loop.time() - last_check >= self.check_interval_s):
+                    if writing is not None and (unpositioned or stale
+                                                or loop.time() - last_check >= self.check_interval_s):
                         await drain()
+                        continue
+                    if stale:
+                        self.stats.rejoins += 1
+                        log.warning("%s: %s; joining the group %s again as a new member", self.projection.name,
+                                    stale[-1], self.group_id)
+                        stale.clear()
+                        consumer.unsubscribe()  # leaves the group: the next join is a new member's
+                        consumer.subscribe([self.topic], listener=listener)
                         continue
                     if unpositioned:
                         if not await self._position(conn, consumer, probe, unpositioned):
@@ -888,6 +945,8 @@ class ProjectionConsumer:
             log.warning("%s: cannot probe %s (%r); positioning again shortly", self.projection.name, self.topic, exc)
             return False
         for tp in todo:
+            if tp not in consumer.assignment():
+                continue  # revoked while the probe ran (a rebalance): its next assignment positions it
             position = positions[tp]
             reason, incarnation = verdict(position, seen[tp])
             if reason is not None:
@@ -914,6 +973,8 @@ class ProjectionConsumer:
             log.warning("%s: cannot probe %s (%r); checking again later", self.projection.name, self.topic, exc)
             return
         for tp in assigned:
+            if tp not in consumer.assignment():
+                continue  # revoked while the probe ran (a rebalance): its next assignment positions it
             position = Position(await consumer.position(tp), self._incarnations.get(tp.partition))
             if position.incarnation is None and position.next_offset <= seen[tp].end:
                 continue  # still to learn from the first record consumed

@@ -54,3 +54,15 @@ def test_a_stored_event_of_an_unread_type_is_passed_by_version() -> None:
     passed = decode_stored(*row, reads=frozenset())
     assert passed.unread and passed.event is None and (passed.aggregate_id, passed.version, passed.notification_id) \
         == (e.originator_id, e.originator_version, 7)
+
+
+def test_an_unknown_type_is_not_passed_but_fails_to_decode() -> None:
+    import pytest
+
+    from events.envelope import EVENT_TYPE
+    from projections.base import Undecodable
+
+    e = all_events(make_trails(1, seed=3))[0]
+    headers = [(k, b"PrescriptionTeleported" if k == EVENT_TYPE else v) for k, v in relay_headers(e, 1)]
+    with pytest.raises(Undecodable):
+        decode(to_json(e), headers, reads=frozenset())

@@ -361,3 +361,35 @@ async def test_the_router_routes_approvals_whose_issue_the_topic_lost(make_datab
             assert [(r.dispenser_id, r.basis) for r in routes(p.app, rx)] == [(pharmacy_id, RoutingBasis.ROUTING_RULE)]
     finally:
         p.app.close()
+
+
+async def test_a_topic_that_comes_back_with_more_partitions_is_read_on_all_of_them(
+        make_database: Callable[[], str], kafka_bootstrap: str) -> None:
+    """The embedded broker restarted empty, and a client's request naming the topic created it again with the
+    broker's own partition count before ours did: events keyed to the new partitions are read too (within a check
+    interval), never left unread."""
+    db = make_database()
+    first, _ = _trails(6, seed=31)
+    second, _ = _trails(24, seed=32)
+    store(db, first + second)
+    topic = unique_topic("events")
+    await ensure_topics_async(kafka_bootstrap, [topic, topic + ".dlq"], partitions=3)
+    await publish(kafka_bootstrap, topic, first)
+    consumers = _consumers(db, kafka_bootstrap, topic, unique_id("g"), check_interval_s=0.5)
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(c.run(stop)) for c in consumers]
+    try:
+        await _wait_applied(db, version_total(first), consumers, tasks)
+        await _recreate(kafka_bootstrap, topic, partitions=PARTITIONS)  # 4 on Tansu either way (see PARTITIONS)
+        await publish(kafka_bootstrap, topic, second, first_notification=10_000)
+        sizes = await _partition_sizes(kafka_bootstrap, topic, PARTITIONS)
+        assert sizes[PARTITIONS - 1] > 0, sizes  # the new partition holds events
+        await _wait_applied(db, version_total(first + second), consumers, tasks, timeout_s=60)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for t in tasks:
+        t.result()
+    # on Tansu the group is joined again as a new member (LeaderAssignments); Apache Kafka assigns it right
+    assert all(c.stats.rejoins <= 1 for c in consumers), [c.stats.rejoins for c in consumers]
+    await _equals_rebuild(db)

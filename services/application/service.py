@@ -692,6 +692,8 @@ def _prefetch(uow: UnitOfWork, commands: Sequence[c.Command], patient_ref: Calla
         wanted = {kind: [] for kind in _PREFETCHED}
         for cmd in commands:
             phase(cmd, uow.peek, wanted)
+        if phase is _read_through and patient_ref is not None and len(commands) > 1:
+            _made_in_batch(commands, patient_ref, uow.peek, wanted)
         uow.prefetch_all(wanted)  # no round trip when everything is loaded already
 
 
@@ -767,6 +769,26 @@ def _read_through(cmd: c.Command, peek: Peek, wanted: dict[type[Aggregate], list
     hospital = peek(Institution.id_for(hospital_id)) if hospital_id is not None else None
     if isinstance(hospital, Institution) and hospital.physical_institution_id:
         wanted[Institution].append(Institution.id_for(hospital.physical_institution_id))
+
+
+def _made_in_batch(commands: Sequence[c.Command], patient_ref: Callable[[str], str], peek: Peek,
+                   wanted: dict[type[Aggregate], list[UUID]]) -> None:
+    """A batch that records a visit and then issues and settles on it (a whole trail): the patient's supply ledgers
+    and status, which phase 2 cannot find through a visit that is not stored yet."""
+    patients: dict[UUID, str] = {}
+    for cmd in commands:
+        if isinstance(cmd, c.RecordFollowUpVisit):
+            patients[encounter_id_for(cmd.hospital_id, cmd.visit_ref)] = patient_ref(cmd.patient.national_id)
+        elif isinstance(cmd, c.IssuePrescription) and (patient := patients.get(cmd.encounter_id)) is not None:
+            patients[prescription_id_for(cmd.hospital_id, cmd.prescription_ref)] = patient
+            for item in cmd.items:
+                listing = peek(DrugListing.id_for(item.drug_code))
+                generic = listing.generic_code if isinstance(listing, DrugListing) else None
+                wanted[SupplyLedger].append(SupplyLedger.id_for(patient, generic or generic_code_of(item.drug_code)))
+        elif isinstance(cmd, c.SettlePrescription | c.SettleConsultation):
+            subject = cmd.prescription_id if isinstance(cmd, c.SettlePrescription) else cmd.encounter_id
+            if (patient := patients.get(subject)) is not None:
+                wanted[PatientStatus].append(PatientStatus.id_for(patient))
 
 
 _RELEASING = (c.CancelPrescription, c.RejectPrescription, c.ExpirePrescription)

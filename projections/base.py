@@ -625,7 +625,7 @@ class TopicProbe:
         self.timeout_s = timeout_s
         self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                           auto_offset_reset="earliest", max_partition_fetch_bytes=fetch_bytes,
-                                          fetch_max_wait_ms=100)
+                                          fetch_max_bytes=max(fetch_bytes, FETCH_MAX_BYTES), fetch_max_wait_ms=100)
 
     async def start(self) -> None:
         await self._consumer.start()
@@ -689,6 +689,10 @@ def verdict(position: Position, seen: Observed) -> tuple[str | None, str | None]
 
 
 # --- the loop -------------------------------------------------------------------------------------------------
+
+
+FETCH_MAX_BYTES = 4 * 1024 * 1024
+"""The most a consumer fetches in one request (every partition together): a few batches of events."""
 
 
 class LeaderAssignments:
@@ -781,6 +785,9 @@ class ProjectionConsumer:
                 # request naming it) is assigned anew within one check interval, not the default 5 minutes
                 metadata_max_age_ms=int(max(self.check_interval_s, 1.0) * 1000),
                 partition_assignment_strategy=(leader.assignor,),
+                # Tansu answers each partition with up to fetch_max_bytes (it ignores the per-partition bound):
+                # aiokafka's 50 MB let a consumer catching up hold tens of MB of prefetched records
+                fetch_max_bytes=FETCH_MAX_BYTES,
             )
             # Seeks happen in this loop, between batches, never inside aiokafka's rebalance callback: there
             # they could read offsets while a batch's transaction is open, and aiokafka may reset the

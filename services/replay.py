@@ -198,6 +198,12 @@ async def replay_async(name: str, database_url: str, bootstrap: str | None = Non
         for t in targets:
             t.result.seconds = elapsed
             if t.build_schema != t.final_schema:
+                # statistics before readers see it: a schema filled just now has none, and the planner's guesses
+                # made the trail query 5-20x slower right after a rebuild (bench/scale.py at 80 k events)
+                for (table,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s",
+                                             (t.build_schema,)).fetchall():
+                    conn.execute(sql.SQL("ANALYZE {}.{}").format(sql.Identifier(t.build_schema),
+                                                                 sql.Identifier(table)))
                 with conn.transaction():
                     # first: a running consumer of this schema finishes its batch (or waits), then notices the
                     # new epoch and continues from the rebuilt view's offsets (projections.base.EPOCHS_TABLE)

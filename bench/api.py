@@ -143,7 +143,19 @@ class Client:
     def __init__(self, base: str) -> None:
         host, _, port = base.removeprefix("http://").partition(":")
         self.host, self.port = host, int(port)
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
+
+    KEEP_IDLE_S = 4.0
+    """uvicorn closes a connection idle for 5 s (timeout_keep_alive): one idle longer is not reused, or a request
+    sent on it as the server closes it fails (IncompleteReadError) without ever reaching the API."""
+
+    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        while self.idle:
+            reader, writer, since = self.idle.pop()
+            if time.monotonic() - since < self.KEEP_IDLE_S and not reader.at_eof():
+                return reader, writer
+            writer.close()
+        return await asyncio.open_connection(self.host, self.port)
 
     async def request(self, method: str, path: str, headers: dict[str, str], body: Any = None
                       ) -> tuple[int, Any]:
@@ -151,7 +163,7 @@ class Client:
         head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         data = (f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n{head}Content-Type: application/json\r\n"
                 f"Content-Length: {len(payload)}\r\n\r\n").encode() + payload
-        reader, writer = self.idle.pop() if self.idle else await asyncio.open_connection(self.host, self.port)
+        reader, writer = await self._connection()
         try:
             writer.write(data)
             status_line, _, rest = (await reader.readuntil(b"\r\n\r\n")).partition(b"\r\n")
@@ -163,11 +175,11 @@ class Client:
         except BaseException:
             writer.close()
             raise
-        self.idle.append((reader, writer))
+        self.idle.append((reader, writer, time.monotonic()))
         return int(status_line.split()[1]), json.loads(answer) if answer else None
 
     async def close(self) -> None:
-        for _, writer in self.idle:
+        for _, writer, _ in self.idle:
             writer.close()
         self.idle.clear()
 

@@ -224,6 +224,18 @@ def build_api(settings: Settings, *, application: RxTrail | None = None, pool_si
                                                                      pool_wait_s=FAIL_FAST_POOL_WAIT_S))
 
 
+def bind_api_socket(config: Any) -> socket.socket:
+    """The API's listening socket (uvicorn ``Config.bind_socket``), shared by every API worker process, with
+    TCP_NODELAY, which the connections it accepts inherit. asyncio sets TCP_NODELAY only on sockets whose proto is
+    IPPROTO_TCP and ``bind_socket()`` makes proto 0, so without it the accepted connections kept Nagle on: a
+    response's headers and body went out as two writes and the body waited for the client's delayed ACK, ~40 ms
+    on every request of a kept-alive connection (bench/api.py: p50 48 ms at 100 req/s)."""
+    sock: socket.socket = config.bind_socket()
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
 async def serve_api(settings: Settings, stop: asyncio.Event, *, application: RxTrail | None = None) -> None:
     """Serve the API with uvicorn on ``api_host:api_port`` until ``stop`` is set: ``api_workers`` processes (one
     per core by default; one when ``application`` is given) accept on one listening socket, each with its own
@@ -239,13 +251,7 @@ async def serve_api(settings: Settings, stop: asyncio.Event, *, application: RxT
 
     config = uvicorn.Config(build_api(settings, application=application), host=settings.api_host,
                             port=settings.api_port, log_level="warning", lifespan="on", access_log=False)
-    sock = config.bind_socket()
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        # asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP; bind_socket() makes proto 0, so the
-        # accepted connections kept Nagle on: a response's headers and body went out as two writes and the body
-        # waited for the client's delayed ACK — ~40 ms on every request of a kept-alive connection (bench/api.py:
-        # p50 48 ms at 100 req/s). Accepted sockets inherit the listening socket's TCP_NODELAY.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock = bind_api_socket(config)
     workers = 1 if application is not None else settings.resolved_api_workers
     spawn = multiprocessing.get_context("spawn")
     children = [spawn.Process(target=_api_worker, args=(settings, sock), name=f"rxtrail-api-{n}", daemon=True)

@@ -242,17 +242,9 @@ def run_stage(env: dict[str, str], *args: str) -> dict[str, Any]:
 
 def drop_topic(bootstrap: str, topic: str) -> None:
     """A size's topic, once its stages are done (the embedded Tansu keeps every record in memory)."""
-    from aiokafka.admin import AIOKafkaAdminClient
+    from services.infra.kafka_admin import delete_topics_async
 
-    async def main() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            await admin.delete_topics([topic])
-        finally:
-            await admin.close()
-
-    asyncio.run(main())
+    asyncio.run(delete_topics_async(bootstrap, [topic]))
 
 
 def one_size(env: dict[str, str], url: str, bootstrap: str, args: argparse.Namespace, events: int, topic: str,

@@ -81,3 +81,15 @@ async def ensure_topics_async(bootstrap: str, names: Iterable[str], partitions: 
 
 def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, replication: int | None = None) -> None:
     _run(ensure_topics_async(bootstrap, list(names), partitions, replication))
+
+
+async def delete_topics_async(bootstrap: str, names: Iterable[str]) -> None:
+    """Delete the topics (a test's or a bench's own; the embedded Tansu keeps every record in memory)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics(list(dict.fromkeys(names)))
+    finally:
+        await admin.close()

@@ -21,13 +21,12 @@ from typing import Any
 import psycopg
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from events.base import DomainEvent
 from projections import registry
 from projections.base import ProjectionConsumer, RunnerStats, TopicProbe, stored_positions
 from services.adapters.missing_events import StoreEvents
-from services.infra.kafka_admin import ensure_topics_async
+from services.infra.kafka_admin import delete_topics_async, ensure_topics_async
 from services.replay import replay_async
 from services.simulate import all_events, make_trails
 from tests.support import unique_id, unique_topic
@@ -74,12 +73,7 @@ async def _equals_rebuild(db: str, names: Sequence[str] = NAMES) -> None:
 
 
 async def _recreate(bootstrap: str, topic: str, partitions: int = PARTITIONS) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_topics([topic])
-    finally:
-        await admin.close()
+    await delete_topics_async(bootstrap, [topic])
     await asyncio.sleep(1.0)
     deadline = time.monotonic() + 30
     while True:
@@ -100,6 +94,34 @@ async def _partition_sizes(bootstrap: str, topic: str, partitions: int = PARTITI
     finally:
         await probe.stop()
     return {tp.partition: o.end - o.beginning for tp, o in seen.items()}
+
+
+async def _consume_across_recreate(db: str, bootstrap: str, first: Sequence[DomainEvent], second: Sequence[DomainEvent],
+                                   *, partitions_before: int,
+                                   after_second: Callable[[str], Awaitable[None]] | None = None,
+                                   ) -> list[ProjectionConsumer]:
+    """Consumers running (checking every 0.5 s) while ``first`` is read from a topic of ``partitions_before``
+    partitions, the topic deleted and created again (``PARTITIONS``), ``second`` published to it: they must apply
+    every version of both. Returns the consumers, stopped, for the caller's checks of their stats."""
+    topic = unique_topic("events")
+    await ensure_topics_async(bootstrap, [topic, topic + ".dlq"], partitions=partitions_before)
+    await publish(bootstrap, topic, first)
+    consumers = _consumers(db, bootstrap, topic, unique_id("g"), check_interval_s=0.5)
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(c.run(stop)) for c in consumers]
+    try:
+        await _wait_applied(db, version_total(first), consumers, tasks)
+        await _recreate(bootstrap, topic)
+        await publish(bootstrap, topic, second, first_notification=10_000)
+        if after_second is not None:
+            await after_second(topic)
+        await _wait_applied(db, version_total([*first, *second]), consumers, tasks)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for t in tasks:
+        t.result()
+    return consumers
 
 
 def _trails(n: int, seed: int) -> tuple[list[DomainEvent], int]:
@@ -149,22 +171,7 @@ async def test_a_topic_recreated_while_consuming_is_read_from_the_beginning(
     first, _ = _trails(6, seed=21)
     second, _ = _trails(18, seed=22)
     store(db, first + second)
-    topic = unique_topic("events")
-    await ensure_topics_async(kafka_bootstrap, [topic, topic + ".dlq"], partitions=PARTITIONS)
-    await publish(kafka_bootstrap, topic, first)
-    consumers = _consumers(db, kafka_bootstrap, topic, unique_id("g"), check_interval_s=0.5)
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(c.run(stop)) for c in consumers]
-    try:
-        await _wait_applied(db, version_total(first), consumers, tasks)
-        await _recreate(kafka_bootstrap, topic)
-        await publish(kafka_bootstrap, topic, second, first_notification=10_000)
-        await _wait_applied(db, version_total(first + second), consumers, tasks)
-    finally:
-        stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    for t in tasks:
-        t.result()
+    consumers = await _consume_across_recreate(db, kafka_bootstrap, first, second, partitions_before=PARTITIONS)
     assert all(c.stats.incarnation_resets >= 1 for c in consumers)
     await _equals_rebuild(db)
 
@@ -372,24 +379,13 @@ async def test_a_topic_that_comes_back_with_more_partitions_is_read_on_all_of_th
     first, _ = _trails(6, seed=31)
     second, _ = _trails(24, seed=32)
     store(db, first + second)
-    topic = unique_topic("events")
-    await ensure_topics_async(kafka_bootstrap, [topic, topic + ".dlq"], partitions=3)
-    await publish(kafka_bootstrap, topic, first)
-    consumers = _consumers(db, kafka_bootstrap, topic, unique_id("g"), check_interval_s=0.5)
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(c.run(stop)) for c in consumers]
-    try:
-        await _wait_applied(db, version_total(first), consumers, tasks)
-        await _recreate(kafka_bootstrap, topic, partitions=PARTITIONS)  # 4 on Tansu either way (see PARTITIONS)
-        await publish(kafka_bootstrap, topic, second, first_notification=10_000)
+    async def new_partition_holds_events(topic: str) -> None:
         sizes = await _partition_sizes(kafka_bootstrap, topic, PARTITIONS)
-        assert sizes[PARTITIONS - 1] > 0, sizes  # the new partition holds events
-        await _wait_applied(db, version_total(first + second), consumers, tasks, timeout_s=60)
-    finally:
-        stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    for t in tasks:
-        t.result()
+        assert sizes[PARTITIONS - 1] > 0, sizes
+
+    # recreated with 4: on Tansu either way (see PARTITIONS)
+    consumers = await _consume_across_recreate(db, kafka_bootstrap, first, second, partitions_before=3,
+                                               after_second=new_partition_holds_events)
     # on Tansu the group is joined again as a new member (LeaderAssignments); Apache Kafka assigns it right
     assert all(c.stats.rejoins <= 1 for c in consumers), [c.stats.rejoins for c in consumers]
     await _equals_rebuild(db)
